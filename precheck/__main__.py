@@ -1,0 +1,7 @@
+"""`python -m precheck`: the same as `precheck-server`."""
+
+import sys
+
+from precheck.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""Commands and the pure `decide` that turns one into events, or refuses it.
+
+`decide` reads the read models, never the clock, the disk or a random source: `now` and new
+ids come in with the command. Web handlers and the CLI share it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from functools import singledispatch
+
+import attrs
+
+from precheck.config import SLOTS
+from precheck.errors import Conflict, Expired, Invalid, NotFound
+from precheck.events.types import (
+    Event,
+    RunCancelled,
+    RunCancelRequested,
+    RunQueued,
+    UploadDeleted,
+    UploadExpired,
+    UploadReceived,
+)
+from precheck.projections import Projections
+
+DIE_ID = re.compile(r"[A-Za-z0-9]{8}")
+# A plain cell name: it becomes a file name in the container, so no dots, slashes or spaces.
+TOP_CELL = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,127}")
+
+
+@attrs.frozen
+class ReceiveUpload:
+    """Record a layout file already stored whole under its upload folder."""
+
+    upload_id: str
+    name: str
+    filename: str
+    format: str
+    size: int
+    sha256: str
+    now: datetime
+    expires_at: datetime
+
+
+@attrs.frozen
+class DeleteUpload:
+    """Delete an upload no active run needs."""
+
+    upload_id: str
+    now: datetime
+
+
+@attrs.frozen
+class ExpireUploads:
+    """Retire every upload whose expiry time has passed."""
+
+    now: datetime
+
+
+@attrs.frozen
+class QueueRun:
+    """Queue a precheck of an upload."""
+
+    run_id: str
+    upload_id: str
+    top_cell: str
+    die_id: str
+    slot: str
+    cob: bool
+    now: datetime
+
+
+@attrs.frozen
+class CancelRun:
+    """Cancel a queued run now, or ask the supervisor to stop a running one."""
+
+    run_id: str
+    now: datetime
+
+
+Command = ReceiveUpload | DeleteUpload | ExpireUploads | QueueRun | CancelRun
+
+
+@attrs.frozen
+class Decision:
+    """Events to append, and the stream versions they were decided on."""
+
+    events: tuple[Event, ...]
+    expect: dict[str, int]
+
+
+@singledispatch
+def decide(command: object, state: Projections) -> Decision:
+    """The events `command` causes given `state`, or a `PrecheckError`."""
+    raise TypeError(f"not a command: {command!r}")
+
+
+@decide.register
+def _receive(c: ReceiveUpload, state: Projections) -> Decision:
+    if state.uploads.get(c.upload_id) is not None:
+        raise Conflict(f"upload {c.upload_id} already exists")
+    event = UploadReceived(
+        c.upload_id, c.name, c.filename, c.format, c.size, c.sha256, c.now, c.expires_at
+    )
+    return Decision((event,), {f"upload-{c.upload_id}": 0})
+
+
+@decide.register
+def _delete_upload(c: DeleteUpload, state: Projections) -> Decision:
+    upload = state.uploads.get(c.upload_id)
+    if upload is None:
+        raise NotFound(f"No such upload: {c.upload_id}")
+    busy = [rid for rid in upload.run_ids if _is_active(state, rid)]
+    if busy:
+        raise Conflict(f"upload {c.upload_id} is used by active run {busy[0]}")
+    return Decision((UploadDeleted(c.upload_id, c.now),), {f"upload-{c.upload_id}": upload.version})
+
+
+@decide.register
+def _expire(c: ExpireUploads, state: Projections) -> Decision:
+    due = [
+        u
+        for u in state.uploads.by_id.values()
+        if u.status == "available" and u.expires_at <= c.now
+    ]
+    return Decision(
+        tuple(UploadExpired(u.id, c.now) for u in due),
+        {f"upload-{u.id}": u.version for u in due},
+    )
+
+
+@decide.register
+def _queue(c: QueueRun, state: Projections) -> Decision:
+    if not TOP_CELL.fullmatch(c.top_cell):
+        raise Invalid(
+            "top_cell must be a plain cell name: a letter or underscore, then letters, digits,"
+            " '_', '$' or '-', at most 128 characters"
+        )
+    if not DIE_ID.fullmatch(c.die_id):
+        raise Invalid("die_id must be exactly 8 letters or digits")
+    if c.slot not in SLOTS:
+        raise Invalid(f"slot must be one of {', '.join(SLOTS)}")
+    upload = state.uploads.get(c.upload_id)
+    if upload is None:
+        raise NotFound(f"No such upload: {c.upload_id}")
+    if upload.status == "expired" or upload.expires_at <= c.now:
+        raise Expired(f"upload {c.upload_id} has expired; upload the layout again")
+    event = RunQueued(
+        c.run_id, upload.id, c.top_cell, c.die_id, c.slot, c.cob,
+        upload.name, upload.filename, upload.format, upload.size, upload.sha256, c.now,
+    )  # fmt: skip
+    return Decision((event,), {f"upload-{upload.id}": upload.version, f"run-{c.run_id}": 0})
+
+
+@decide.register
+def _cancel(c: CancelRun, state: Projections) -> Decision:
+    run = state.runs.get(c.run_id)
+    if run is None:
+        raise NotFound(f"No such precheck: {c.run_id}")
+    expect = {f"run-{run.id}": run.version}
+    if run.status == "queued":
+        return Decision((RunCancelled(run.id, c.now),), expect)
+    if run.status == "running":
+        if run.cancel_requested:
+            return Decision((), expect)
+        return Decision((RunCancelRequested(run.id, c.now),), expect)
+    raise Conflict(f"precheck {c.run_id} has already ended ({run.status}); it cannot be cancelled")
+
+
+def _is_active(state: Projections, run_id: str) -> bool:
+    run = state.runs.get(run_id)
+    return run is not None and run.active
+
+
+def upload_expiry(now: datetime, minutes: int) -> datetime:
+    """When an upload received at `now` expires."""
+    return now + timedelta(minutes=minutes)

@@ -1,0 +1,220 @@
+"""The TOML config file, structured into frozen attrs classes."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+
+SLOTS = ("1x1", "0p5x1", "1x0p5", "0p5x0p5")
+PULL_POLICIES = ("missing", "always", "never")
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message names the file and the key."""
+
+
+@attrs.frozen
+class ServerConfig:
+    """The `[server]` table."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    storage_path: Path = Path("./data")
+    max_concurrent: int = 1
+    upload_expiry_minutes: int = 15
+    max_upload_mb: int = 2048
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class DockerConfig:
+    """The `[docker]` table: which image runs the precheck and how."""
+
+    image: str = "ghcr.io/wafer-space/gf180mcu-precheck:latest"
+    container_prefix: str = "precheck-"
+    url: str = ""
+    memory_limit: str = "24g"
+    timeout_minutes: int = 180
+    pull: str = "missing"
+    pids_limit: int = 4096
+
+
+@attrs.frozen
+class ApiKey:
+    """One API key: `key` in clear (may be `${ENV}`) or its `key_sha256` hex digest."""
+
+    name: str
+    key: str = ""
+    key_sha256: str = ""
+
+
+@attrs.frozen
+class AuthConfig:
+    """The `[auth]` table."""
+
+    required: bool = False
+    allowed_ips: tuple[str, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()
+
+
+@attrs.frozen
+class DefaultsConfig:
+    """The `[defaults]` table: values a run request may leave out."""
+
+    slot: str = "1x1"
+
+
+@attrs.frozen
+class Config:
+    """The whole config file."""
+
+    server: ServerConfig = ServerConfig()
+    docker: DockerConfig = DockerConfig()
+    auth: AuthConfig = AuthConfig()
+    defaults: DefaultsConfig = DefaultsConfig()
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(Path, lambda v, _: Path(_str(v)))
+    conv.register_structure_hook(str, lambda v, _: _str(v))
+    conv.register_structure_hook(int, lambda v, _: _int(v))
+    conv.register_structure_hook(bool, lambda v, _: _bool(v))
+    for cls in (ServerConfig, DockerConfig, ApiKey, AuthConfig, DefaultsConfig, Config):
+        conv.register_structure_hook(
+            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+        )
+    return conv
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {type(v).__name__}")
+    return v
+
+
+_converter = _make_converter()
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
+    """Structure a parsed TOML document into a `Config`, or raise `ConfigError`."""
+    try:
+        config = _converter.structure(raw, Config)
+    except cattrs.BaseValidationError as e:
+        raise ConfigError(f"{source}: {_first_problem(e)}") from None
+    config = _expand_keys(config, source)
+    _validate(config, source)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read and check the config file at `path`."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(raw, str(path))
+
+
+def _first_problem(e: cattrs.BaseValidationError) -> str:
+    # transform_error gives "reason @ $.server.port"; turn it into "server.port: reason".
+    msg = cattrs.transform_error(e, path="$")[0]
+    reason, _, where = msg.rpartition(" @ ")
+    key = where.removeprefix("$").lstrip(".") or "(top level)"
+    if reason.startswith("extra fields found"):
+        extra = reason.split("(", 1)[-1].rstrip(")")
+        return f"unknown key {'.'.join(filter(None, [key if key != '(top level)' else '', extra]))}"
+    if reason == "required field missing":
+        return f"{key}: required key missing"
+    return f"{key}: {reason}"
+
+
+def _expand_keys(config: Config, source: str) -> Config:
+    keys = []
+    for i, k in enumerate(config.auth.api_keys):
+
+        def env(m: re.Match[str], i: int = i) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(
+                    f"{source}: auth.api_keys[{i}].key: environment variable {name} is not set"
+                )
+            return os.environ[name]
+
+        keys.append(attrs.evolve(k, key=_ENV.sub(env, k.key)))
+    return attrs.evolve(config, auth=attrs.evolve(config.auth, api_keys=tuple(keys)))
+
+
+def _validate(config: Config, source: str) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: {key}: {why}")
+
+    s, d, a = config.server, config.docker, config.auth
+    if not 0 <= s.port <= 65535:
+        raise bad("server.port", "must be between 0 and 65535")
+    if s.max_concurrent < 1:
+        raise bad("server.max_concurrent", "must be at least 1")
+    if s.upload_expiry_minutes < 1:
+        raise bad("server.upload_expiry_minutes", "must be at least 1")
+    if s.max_upload_mb < 1:
+        raise bad("server.max_upload_mb", "must be at least 1")
+    for j, net in enumerate(s.trusted_proxies):
+        _network(net, bad, f"server.trusted_proxies[{j}]")
+    if not d.image:
+        raise bad("docker.image", "must not be empty")
+    if d.timeout_minutes < 1:
+        raise bad("docker.timeout_minutes", "must be at least 1")
+    if d.pull not in PULL_POLICIES:
+        raise bad("docker.pull", f"must be one of {', '.join(PULL_POLICIES)}")
+    if config.defaults.slot not in SLOTS:
+        raise bad("defaults.slot", f"must be one of {', '.join(SLOTS)}")
+    for j, net in enumerate(a.allowed_ips):
+        _network(net, bad, f"auth.allowed_ips[{j}]")
+    names = set()
+    for i, k in enumerate(a.api_keys):
+        where = f"auth.api_keys[{i}]"
+        if not k.name:
+            raise bad(f"{where}.name", "must not be empty")
+        if k.name in names:
+            raise bad(f"{where}.name", f"duplicate name {k.name!r}")
+        names.add(k.name)
+        if bool(k.key) == bool(k.key_sha256):
+            raise bad(where, "give exactly one of key or key_sha256")
+        if k.key_sha256 and not re.fullmatch(r"[0-9a-f]{64}", k.key_sha256):
+            raise bad(f"{where}.key_sha256", "must be 64 lowercase hex digits")
+    if a.required and not a.api_keys:
+        raise bad("auth.required", "is true but no auth.api_keys are configured")
+
+
+def _network(value: str, bad: Any, key: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise bad(key, f"{value!r} is not an IP address or CIDR network") from None

@@ -1,0 +1,29 @@
+"""Domain errors: what a command refuses, and why. Mapped to HTTP status codes only in `web/`."""
+
+
+class PrecheckError(Exception):
+    """Root of every error a client can cause; its message is shown to the client."""
+
+
+class NotFound(PrecheckError):
+    """The upload or run does not exist."""
+
+
+class Invalid(PrecheckError):
+    """The request's values are wrong (bad die id, slot, top cell, ...)."""
+
+
+class Conflict(PrecheckError):
+    """The thing exists but is in a state that refuses the command."""
+
+
+class Expired(Invalid):
+    """The upload expired and can no longer start runs."""
+
+
+class NotALayout(Invalid):
+    """The uploaded bytes are not GDSII, gzip-compressed GDSII or OASIS."""
+
+
+class TooLarge(PrecheckError):
+    """The upload is bigger than `server.max_upload_mb`."""

@@ -1,0 +1,1 @@
+"""The event log: event types, their JSON codec and the SQLite store."""

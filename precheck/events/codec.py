@@ -1,0 +1,90 @@
+"""One cattrs converter turns events to JSON and back, under stable tags, upcasting old rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import cattrs
+
+from precheck.events.types import SCHEMAS, TAGS, Event, Metadata
+
+CLASSES: dict[str, type] = {tag: cls for cls, tag in TAGS.items()}
+
+# (tag, schema) -> function taking that schema's dict and returning schema + 1's.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    # Schema 1 of run.queued predates slots and chip-on-board: such runs used the defaults.
+    ("run.queued", 1): lambda d: {"slot": "1x1", "cob": False} | d,
+}
+
+
+class UnknownEventType(Exception):
+    """A stored row names a tag or schema this code does not know."""
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    conv.register_unstructure_hook(datetime, _iso)
+    conv.register_structure_hook(datetime, lambda v, _: _parse_time(v))
+    return conv
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(v: str) -> datetime:
+    return datetime.fromisoformat(v)
+
+
+converter = _make_converter()
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+
+def encode(event: Event) -> tuple[str, int, str]:
+    """The tag, schema number and JSON text of `event`."""
+    tag = TAGS[type(event)]
+    return tag, SCHEMAS[tag], _dumps(converter.unstructure(event))
+
+
+def decode(tag: str, schema: int, data: str) -> Event:
+    """Rebuild an event from its stored tag, schema number and JSON text."""
+    cls = CLASSES.get(tag)
+    if cls is None:
+        raise UnknownEventType(f"unknown event type {tag!r}")
+    raw = _loads(data)
+    current = SCHEMAS[tag]
+    while schema < current:
+        step = UPCASTERS.get((tag, schema))
+        if step is None:
+            raise UnknownEventType(f"no upcaster for {tag!r} schema {schema}")
+        raw = step(raw)
+        schema += 1
+    if schema > current:
+        raise UnknownEventType(f"{tag!r} schema {schema} is newer than this code ({current})")
+    event: Event = converter.structure(raw, cls)
+    return event
+
+
+def encode_metadata(meta: Metadata) -> str:
+    """JSON text of an event's metadata."""
+    return _dumps(converter.unstructure(meta))
+
+
+def decode_metadata(data: str) -> Metadata:
+    """Rebuild metadata from its JSON text."""
+    return converter.structure(_loads(data), Metadata)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types for any event, record or metadata (for API and audit output)."""
+    return converter.unstructure(value)
+
+
+def iso(t: datetime) -> str:
+    """A UTC time as the API writes it: `2026-01-02T03:04:05.678901Z`."""
+    return _iso(t)

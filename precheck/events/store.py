@@ -1,0 +1,418 @@
+"""The append-only event log in SQLite.
+
+One writer task owns all appends: concurrent `append` calls queue up and are written by one
+transaction (group commit), so a durable write costs one fsync per batch, not per event. The
+writer keeps the head position, the last chain hash and every stream's version in memory; the
+`UNIQUE(stream, version)` constraint and the integer primary key stay as the database's own
+guard against another writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import sqlite3
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+
+import aiosqlite
+import attrs
+
+from precheck.events.codec import decode, decode_metadata, encode, encode_metadata, iso
+from precheck.events.types import Event, Metadata, stream_of
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY,
+    stream   TEXT    NOT NULL,
+    version  INTEGER NOT NULL,
+    type     TEXT    NOT NULL,
+    schema   INTEGER NOT NULL,
+    data     TEXT    NOT NULL,
+    metadata TEXT    NOT NULL,
+    recorded TEXT    NOT NULL,
+    hash     TEXT    NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE TRIGGER IF NOT EXISTS events_are_never_updated BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS events_are_never_deleted BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE refused'); END;
+"""
+
+GENESIS = "0" * 64
+_COLUMNS = "position, stream, version, type, schema, data, metadata, recorded, hash"
+
+
+class StoreError(Exception):
+    """Root of the event store's errors."""
+
+
+class ConcurrencyError(StoreError):
+    """A stream did not have the version the append expected; nothing was written."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed before the append could be written."""
+
+
+@attrs.frozen
+class RecordedEvent:
+    """An event as stored: its global position, stream, version within the stream and time."""
+
+    position: int
+    stream: str
+    version: int
+    event: Event
+    metadata: Metadata
+    recorded: datetime
+    type: str
+    hash: str
+
+
+@attrs.frozen
+class ChainReport:
+    """Result of checking the hash chain: `first_bad` is None when every row checks out."""
+
+    checked: int
+    first_bad: int | None
+    reason: str = ""
+
+
+def chain_hash(
+    prev: str,
+    position: int,
+    stream: str,
+    version: int,
+    type_: str,
+    schema: int,
+    data: str,
+    metadata: str,
+    recorded: str,
+) -> str:
+    """The hash of one row, chained to the hash of the row before it."""
+    text = f"{prev}\n{position}\n{stream}\n{version}\n{type_}\n{schema}\n{data}\n{metadata}\n{recorded}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@attrs.define
+class _Append:
+    events: Sequence[Event]
+    metadata: Metadata
+    expect: Mapping[str, int]
+    done: asyncio.Future[list[RecordedEvent]]
+
+
+Listener = Callable[[RecordedEvent], None]
+
+
+class EventStore:
+    """Append-only, hash-chained event log with group commit and catch-up subscriptions."""
+
+    RECENT = 8192  # events kept in memory so live subscribers rarely read the file
+    MAX_BATCH = 2000
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._writer_db = writer
+        self._reader_db = reader
+        self._pending: asyncio.Queue[_Append | None] = asyncio.Queue()
+        self._head = 0
+        self._last_hash = GENESIS
+        self._versions: dict[str, int] = {}
+        self._recent: deque[RecordedEvent] = deque(maxlen=self.RECENT)
+        self._advanced = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._closed = False
+        self._writer_task: asyncio.Task[None] | None = None
+
+    # Opening and closing ----------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> EventStore:
+        """Open (creating if needed) the log at `path` and start its writer."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await writer.executescript(SCHEMA)
+            await writer.commit()
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        store = cls(path, writer, reader)
+        await store._load_state()
+        store._writer_task = asyncio.create_task(store._write_loop(), name="event-store-writer")
+        return store
+
+    async def close(self) -> None:
+        """Write what is queued, stop the writer and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._pending.put(None)
+        if self._writer_task is not None:
+            await self._writer_task
+        self._advanced.set()
+        await self._writer_db.close()
+        await self._reader_db.close()
+
+    async def _load_state(self) -> None:
+        async with self._writer_db.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ) as cur:
+            row = await cur.fetchone()
+        self._head, self._last_hash = (row[0], row[1]) if row else (0, GENESIS)
+        async with self._writer_db.execute(
+            "SELECT stream, MAX(version) FROM events GROUP BY stream"
+        ) as cur:
+            self._versions = {s: v for s, v in await cur.fetchall()}
+
+    # Writing ----------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        """Position of the last committed event (0 for an empty log)."""
+        return self._head
+
+    def version_of(self, stream: str) -> int:
+        """Current version of `stream` (0 if it has no events)."""
+        return self._versions.get(stream, 0)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener` with every committed event, in position order, before appends return."""
+        self._listeners.append(listener)
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        metadata: Metadata,
+        expect: Mapping[str, int] | None = None,
+    ) -> list[RecordedEvent]:
+        """Durably append `events` as one atomic unit and return them as recorded.
+
+        `expect` maps a stream to the version it must have now (0: no events yet), whether or
+        not this append writes to it; on a mismatch `ConcurrencyError` is raised and nothing
+        is written.
+        """
+        if self._closed:
+            raise StoreClosed("the event store is closed")
+        if not events:
+            return []
+        done: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        await self._pending.put(_Append(events, metadata, dict(expect or {}), done))
+        return await done
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._pending.get()
+            batch = [] if first is None else [first]
+            stop = first is None
+            while not self._pending.empty() and len(batch) < self.MAX_BATCH:
+                item = self._pending.get_nowait()
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                try:
+                    await self._write_batch(batch)
+                except Exception as e:  # a failed commit fails its appends, not the writer
+                    log.exception("event store: batch of %d appends failed", len(batch))
+                    for a in batch:
+                        if not a.done.done():
+                            a.done.set_exception(StoreError(f"append failed: {e}"))
+            if stop:
+                for a in _drain(self._pending):
+                    a.done.set_exception(StoreClosed("the event store is closed"))
+                return
+
+    async def _write_batch(self, batch: list[_Append]) -> None:
+        for attempt in (1, 2):
+            accepted, rows, recorded, versions = self._prepare(batch)
+            if not rows:
+                return
+            try:
+                await self._writer_db.executemany(
+                    f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
+                )
+                await self._writer_db.commit()
+                break
+            except sqlite3.IntegrityError:
+                # Another process appended to the file: learn its state and decide again.
+                await self._writer_db.rollback()
+                if attempt == 2:
+                    raise
+                await self._load_state()
+        self._publish(accepted, recorded, versions)
+
+    def _prepare(self, batch: list[_Append]) -> tuple[
+        list[tuple[_Append, int]], list[tuple[object, ...]], list[RecordedEvent], dict[str, int]
+    ]:
+        """Check expectations, number the rows and chain their hashes, without touching state."""
+        versions: dict[str, int] = {}
+        position, prev = self._head, self._last_hash
+        now = datetime.now(UTC)
+        now_text = iso(now)
+        accepted: list[tuple[_Append, int]] = []
+        rows: list[tuple[object, ...]] = []
+        recorded: list[RecordedEvent] = []
+        for a in batch:
+            if a.done.done():  # the caller went away; nothing to write for it
+                continue
+            wrong = [
+                (s, v, versions.get(s, self._versions.get(s, 0)))
+                for s, v in a.expect.items()
+                if versions.get(s, self._versions.get(s, 0)) != v
+            ]
+            if wrong:
+                s, want, have = wrong[0]
+                a.done.set_exception(
+                    ConcurrencyError(f"stream {s} is at version {have}, expected {want}")
+                )
+                continue
+            meta = encode_metadata(a.metadata)
+            start = len(recorded)
+            for event in a.events:
+                stream = stream_of(event)
+                version = versions.get(stream, self._versions.get(stream, 0)) + 1
+                versions[stream] = version
+                position += 1
+                tag, schema, data = encode(event)
+                prev = chain_hash(prev, position, stream, version, tag, schema, data, meta, now_text)
+                rows.append((position, stream, version, tag, schema, data, meta, now_text, prev))
+                recorded.append(
+                    RecordedEvent(position, stream, version, event, a.metadata, now, tag, prev)
+                )
+            accepted.append((a, start))
+        return accepted, rows, recorded, versions
+
+    def _publish(
+        self,
+        accepted: list[tuple[_Append, int]],
+        recorded: list[RecordedEvent],
+        versions: dict[str, int],
+    ) -> None:
+        self._versions.update(versions)
+        self._head = recorded[-1].position
+        self._last_hash = recorded[-1].hash
+        for r in recorded:
+            self._recent.append(r)
+            for listener in self._listeners:
+                try:
+                    listener(r)
+                except Exception:
+                    log.exception("event store: listener failed on position %d", r.position)
+        for a, start in accepted:
+            if not a.done.done():
+                a.done.set_result(recorded[start : start + len(a.events)])
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
+
+    # Reading ----------------------------------------------------------------------------------
+
+    async def read(
+        self, after: int = 0, limit: int = 1000, stream: str | None = None
+    ) -> list[RecordedEvent]:
+        """Up to `limit` events after position `after`, in position order."""
+        if stream is None:
+            sql = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+            args: tuple[object, ...] = (after, limit)
+        else:
+            sql = (
+                f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND position > ? "
+                "ORDER BY position LIMIT ?"
+            )
+            args = (stream, after, limit)
+        async with self._reader_db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    async def read_all(self, after: int = 0, page: int = 5000) -> AsyncIterator[RecordedEvent]:
+        """Every event after `after` that is committed now, read in pages."""
+        end = self._head
+        while after < end:
+            batch = await self.read(after, min(page, end - after))
+            if not batch:
+                return
+            for r in batch:
+                yield r
+            after = batch[-1].position
+
+    async def subscribe(self, after: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Every event after `after`: history first, then live ones, with no gap or duplicate.
+
+        Ends when the store closes. A slow consumer is never buffered for: it reads what it
+        missed from memory or from the file.
+        """
+        position = after
+        while True:
+            if position < self._head:
+                batch = self._from_recent(position) or await self.read(position, 1000)
+                for r in batch:
+                    yield r
+                    position = r.position
+                continue
+            if self._closed:
+                return
+            await self._advanced.wait()
+
+    def _from_recent(self, after: int) -> list[RecordedEvent]:
+        if not self._recent or self._recent[0].position > after + 1:
+            return []
+        start = after + 1 - self._recent[0].position
+        return list(islice(self._recent, start, start + 1000))
+
+    async def verify_chain(self) -> ChainReport:
+        """Recompute the hash chain over every row; name the first row that does not fit."""
+        prev, expected_position, checked = GENESIS, 1, 0
+        async with self._reader_db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY position") as cur:
+            async for row in cur:
+                position, stream, version, tag, schema, data, meta, recorded, stored = row
+                if position != expected_position:
+                    return ChainReport(
+                        checked, expected_position, f"position {expected_position} is missing"
+                    )
+                want = chain_hash(prev, position, stream, version, tag, schema, data, meta, recorded)
+                if want != stored:
+                    return ChainReport(checked, position, f"hash of position {position} does not match")
+                prev, expected_position, checked = stored, position + 1, checked + 1
+        return ChainReport(checked, None)
+
+
+def _row_to_event(row: Iterable[object]) -> RecordedEvent:
+    position, stream, version, tag, schema, data, meta, recorded, hash_ = row
+    return RecordedEvent(
+        position,  # type: ignore[arg-type]
+        stream,  # type: ignore[arg-type]
+        version,  # type: ignore[arg-type]
+        decode(tag, schema, data),  # type: ignore[arg-type]
+        decode_metadata(meta),  # type: ignore[arg-type]
+        datetime.fromisoformat(recorded),  # type: ignore[arg-type]
+        tag,  # type: ignore[arg-type]
+        hash_,  # type: ignore[arg-type]
+    )
+
+
+def _drain(q: asyncio.Queue[_Append | None]) -> list[_Append]:
+    items = []
+    while not q.empty():
+        item = q.get_nowait()
+        if item is not None:
+            items.append(item)
+    return items
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, timeout=30)
+    # WAL lets readers run beside the writer; FULL makes an acknowledged commit survive power loss.
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=FULL")
+    await db.execute("PRAGMA busy_timeout=30000")
+    return db

@@ -1,0 +1,219 @@
+"""Every fact the service records, as frozen past-tense classes.
+
+Each class is stored under the stable tag in `TAGS` (never its Python name), with a schema
+number in `SCHEMAS`; an older row is upcast on read (see `codec.py`). Times are UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+
+@attrs.frozen
+class Metadata:
+    """Who caused an event: API key name (or `anonymous`, `supervisor`, `cli`), address, request."""
+
+    actor: str
+    client: str = ""
+    request_id: str = ""
+
+
+# Uploads -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class UploadReceived:
+    """A layout file arrived whole and was stored under `uploads/<upload_id>/<filename>`."""
+
+    upload_id: str
+    name: str  # the client's file name, a label only
+    filename: str  # the stored file's name, made by the server
+    format: str  # gds, gds.gz, oas
+    size: int
+    sha256: str
+    at: datetime
+    expires_at: datetime
+
+
+@attrs.frozen
+class UploadDeleted:
+    """A client deleted an upload; its files go after this event."""
+
+    upload_id: str
+    at: datetime
+
+
+@attrs.frozen
+class UploadExpired:
+    """An upload's expiry passed. Without runs it is retired and its files go."""
+
+    upload_id: str
+    at: datetime
+
+
+# Runs ----------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RunQueued:
+    """A precheck run was asked for and joined the end of the queue."""
+
+    run_id: str
+    upload_id: str
+    top_cell: str
+    die_id: str
+    slot: str
+    cob: bool
+    input_name: str
+    input_filename: str
+    input_format: str
+    input_size: int
+    input_sha256: str
+    at: datetime
+
+
+@attrs.frozen
+class RunCancelRequested:
+    """A client asked to stop a running run; the supervisor kills its container."""
+
+    run_id: str
+    at: datetime
+
+
+@attrs.frozen
+class RunCancelled:
+    """A run ended because it was cancelled (while queued, or killed while running)."""
+
+    run_id: str
+    at: datetime
+    exit_code: int | None = None
+
+
+@attrs.frozen
+class RunStarted:
+    """The run's container was created, given its input and started."""
+
+    run_id: str
+    container_id: str
+    image: str
+    image_digest: str
+    at: datetime
+
+
+@attrs.frozen
+class RunProgressed:
+    """The precheck began step `step` of `total` (`name` like `KLayout.CheckSize`)."""
+
+    run_id: str
+    step: int
+    total: int
+    name: str
+    at: datetime
+
+
+@attrs.frozen
+class OutputFile:
+    """One file copied out of a finished run's container into `runs/<id>/`."""
+
+    path: str  # relative to runs/<id>/
+    size: int
+    sha256: str
+
+
+@attrs.frozen
+class RunFinished:
+    """The run's container ended and its verdict and outputs were stored.
+
+    `status` is `completed` or `failed`; `classification` is `design` or `system` on failure;
+    `deferred_errors` maps a check name (e.g. `KLayout DRC`) to its error count.
+    """
+
+    run_id: str
+    status: str
+    exit_code: int
+    error: str
+    failed_step: str | None
+    classification: str | None
+    deferred_errors: dict[str, int]
+    output: OutputFile | None
+    files: tuple[OutputFile, ...]
+    metrics: dict[str, float | int | str | None]
+    oom_killed: bool
+    at: datetime
+
+
+@attrs.frozen
+class RunFailedToStart:
+    """The run could not be started (image missing, Docker error); it ends as a system failure."""
+
+    run_id: str
+    error: str
+    at: datetime
+
+
+# Server --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ReactionFailed:
+    """A background reaction raised; recorded so the failure is visible and auditable."""
+
+    component: str
+    error: str
+    at: datetime
+    run_id: str | None = None
+
+
+@attrs.frozen
+class StrayContainerRemoved:
+    """A container labelled as ours with no live run was found and removed."""
+
+    container_id: str
+    name: str
+    at: datetime
+
+
+Event = (
+    UploadReceived
+    | UploadDeleted
+    | UploadExpired
+    | RunQueued
+    | RunCancelRequested
+    | RunCancelled
+    | RunStarted
+    | RunProgressed
+    | RunFinished
+    | RunFailedToStart
+    | ReactionFailed
+    | StrayContainerRemoved
+)
+
+TAGS: dict[type, str] = {
+    UploadReceived: "upload.received",
+    UploadDeleted: "upload.deleted",
+    UploadExpired: "upload.expired",
+    RunQueued: "run.queued",
+    RunCancelRequested: "run.cancel-requested",
+    RunCancelled: "run.cancelled",
+    RunStarted: "run.started",
+    RunProgressed: "run.progressed",
+    RunFinished: "run.finished",
+    RunFailedToStart: "run.failed-to-start",
+    ReactionFailed: "server.reaction-failed",
+    StrayContainerRemoved: "server.stray-container-removed",
+}
+
+# Current schema number of each tag; older rows are upcast step by step on read.
+SCHEMAS: dict[str, int] = {tag: 1 for tag in TAGS.values()} | {"run.queued": 2}
+
+
+def stream_of(event: Event) -> str:
+    """The stream an event belongs to: `upload-<id>`, `run-<id>` or `server`."""
+    if isinstance(event, UploadReceived | UploadDeleted | UploadExpired):
+        return f"upload-{event.upload_id}"
+    run_id = getattr(event, "run_id", None)
+    if run_id is not None and not isinstance(event, ReactionFailed):
+        return f"run-{run_id}"
+    return "server"

@@ -1,0 +1,52 @@
+"""Read models rebuilt from the event log: uploads, runs and the queue."""
+
+from __future__ import annotations
+
+import logging
+
+from precheck.events.store import EventStore, RecordedEvent
+from precheck.projections.queue import Queue
+from precheck.projections.runs import Runs
+from precheck.projections.uploads import Uploads
+
+log = logging.getLogger(__name__)
+
+
+class Projections:
+    """All read models, fed one event at a time in position order by the store."""
+
+    def __init__(self) -> None:
+        self.uploads = Uploads()
+        self.runs = Runs()
+        self.queue = Queue()
+        self.position = 0
+
+    def apply(self, r: RecordedEvent) -> None:
+        """Apply one event; events at or before the current position are ignored."""
+        if r.position <= self.position:
+            return
+        if r.position != self.position + 1:
+            log.error("projections: event %d follows %d: a gap", r.position, self.position)
+        self.uploads.apply(r)
+        self.runs.apply(r)
+        self.queue.apply(r)
+        self.position = r.position
+
+    async def catch_up(self, store: EventStore) -> int:
+        """Apply every committed event not applied yet; return how many were applied."""
+        count = 0
+        async for r in store.read_all(after=self.position):
+            self.apply(r)
+            count += 1
+        return count
+
+    @classmethod
+    async def replay(cls, store: EventStore) -> Projections:
+        """Fresh read models built from the whole log."""
+        projections = cls()
+        await projections.catch_up(store)
+        return projections
+
+    def attach(self, store: EventStore) -> None:
+        """Keep these read models current: every later commit is applied before it returns."""
+        store.add_listener(self.apply)

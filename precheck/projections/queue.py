@@ -1,0 +1,63 @@
+"""Read model of the queue: FIFO order of queued runs and how many run."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from precheck.events.store import RecordedEvent
+from precheck.events.types import (
+    RunCancelled,
+    RunFailedToStart,
+    RunFinished,
+    RunQueued,
+    RunStarted,
+)
+
+
+class Queue:
+    """Queued runs in arrival order (ticket = the queuing event's position) and running ones."""
+
+    def __init__(self) -> None:
+        self._ticket: dict[str, int] = {}
+        self._tickets: list[int] = []  # sorted, since positions only grow
+        self._run_of_ticket: dict[int, str] = {}
+        self.running: set[str] = set()
+
+    @property
+    def length(self) -> int:
+        """How many runs wait."""
+        return len(self._tickets)
+
+    def position(self, run_id: str) -> int | None:
+        """1-based place of a queued run, None when it is not queued."""
+        ticket = self._ticket.get(run_id)
+        return None if ticket is None else bisect_left(self._tickets, ticket) + 1
+
+    def queued(self) -> list[str]:
+        """Queued run ids, first to run first."""
+        return [self._run_of_ticket[t] for t in self._tickets]
+
+    def head(self) -> str | None:
+        """The run that starts next, if any."""
+        return self._run_of_ticket[self._tickets[0]] if self._tickets else None
+
+    def apply(self, r: RecordedEvent) -> None:
+        """Evolve the state by one event."""
+        e = r.event
+        if isinstance(e, RunQueued):
+            self._ticket[e.run_id] = r.position
+            self._tickets.append(r.position)
+            self._run_of_ticket[r.position] = e.run_id
+        elif isinstance(e, RunStarted):
+            self._dequeue(e.run_id)
+            self.running.add(e.run_id)
+        elif isinstance(e, RunCancelled | RunFinished | RunFailedToStart):
+            self._dequeue(e.run_id)
+            self.running.discard(e.run_id)
+
+    def _dequeue(self, run_id: str) -> None:
+        ticket = self._ticket.pop(run_id, None)
+        if ticket is None:
+            return
+        del self._tickets[bisect_left(self._tickets, ticket)]
+        del self._run_of_ticket[ticket]

@@ -1,0 +1,147 @@
+"""Read model of precheck runs, built only from events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+from precheck.events.store import RecordedEvent
+from precheck.events.types import (
+    OutputFile,
+    RunCancelled,
+    RunCancelRequested,
+    RunFailedToStart,
+    RunFinished,
+    RunProgressed,
+    RunQueued,
+    RunStarted,
+)
+
+ACTIVE = frozenset({"queued", "running"})
+FINAL = frozenset({"completed", "failed", "cancelled"})
+STATUSES = ACTIVE | FINAL
+
+
+@attrs.frozen
+class Progress:
+    """The precheck step a run is on: `step` of `total`, `name` like `KLayout.CheckSize`."""
+
+    step: int
+    total: int
+    name: str
+
+
+@attrs.frozen
+class InputFile:
+    """The layout a run checks, as it was uploaded."""
+
+    name: str
+    filename: str
+    format: str
+    size: int
+    sha256: str
+
+
+@attrs.frozen
+class Verdict:
+    """How a finished run ended, beyond its status and exit code."""
+
+    passed: bool
+    failed_step: str | None = None
+    classification: str | None = None
+    deferred_errors: dict[str, int] = attrs.field(factory=dict)
+    metrics: dict[str, float | int | str | None] = attrs.field(factory=dict)
+    oom_killed: bool = False
+
+
+@attrs.frozen
+class RunRecord:
+    """One run. `position` is the global position of the last event that changed it."""
+
+    id: str
+    upload_id: str
+    top_cell: str
+    die_id: str
+    slot: str
+    cob: bool
+    input: InputFile
+    created: datetime
+    status: str = "queued"
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    error: str = ""
+    container_id: str = ""
+    image: str = ""
+    image_digest: str = ""
+    progress: Progress | None = None
+    cancel_requested: bool = False
+    verdict: Verdict | None = None
+    output: OutputFile | None = None
+    files: tuple[OutputFile, ...] = ()
+    version: int = 0
+    position: int = 0
+
+    @property
+    def active(self) -> bool:
+        """Queued or running."""
+        return self.status in ACTIVE
+
+
+class Runs:
+    """Every run, by id, in creation order."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, RunRecord] = {}
+
+    def get(self, run_id: str) -> RunRecord | None:
+        """The run with this id, or None."""
+        return self.by_id.get(run_id)
+
+    def apply(self, r: RecordedEvent) -> None:
+        """Evolve the state by one event."""
+        e = r.event
+        if isinstance(e, RunQueued):
+            self.by_id[e.run_id] = RunRecord(
+                e.run_id, e.upload_id, e.top_cell, e.die_id, e.slot, e.cob,
+                InputFile(e.input_name, e.input_filename, e.input_format, e.input_size,
+                          e.input_sha256),
+                e.at, version=r.version, position=r.position,
+            )  # fmt: skip
+            return
+        run = self.by_id.get(getattr(e, "run_id", ""))
+        if run is None:
+            return
+        if isinstance(e, RunStarted):
+            run = attrs.evolve(
+                run, status="running", started_at=e.at, container_id=e.container_id,
+                image=e.image, image_digest=e.image_digest,
+            )  # fmt: skip
+        elif isinstance(e, RunProgressed):
+            run = attrs.evolve(run, progress=Progress(e.step, e.total, e.name))
+        elif isinstance(e, RunCancelRequested):
+            run = attrs.evolve(run, cancel_requested=True)
+        elif isinstance(e, RunCancelled):
+            run = attrs.evolve(
+                run, status="cancelled", finished_at=e.at, error="cancelled",
+                exit_code=e.exit_code,
+            )  # fmt: skip
+        elif isinstance(e, RunFailedToStart):
+            run = attrs.evolve(
+                run, status="failed", finished_at=e.at, error=e.error,
+                verdict=Verdict(passed=False, classification="system"),
+            )  # fmt: skip
+        elif isinstance(e, RunFinished):
+            run = attrs.evolve(
+                run, status=e.status, finished_at=e.at, exit_code=e.exit_code, error=e.error,
+                output=e.output, files=e.files,
+                verdict=Verdict(
+                    passed=e.status == "completed", failed_step=e.failed_step,
+                    classification=e.classification, deferred_errors=e.deferred_errors,
+                    metrics=e.metrics, oom_killed=e.oom_killed,
+                ),
+            )  # fmt: skip
+        else:
+            return
+        self.by_id[run.id] = attrs.evolve(run, version=r.version, position=r.position)

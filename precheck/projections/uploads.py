@@ -1,0 +1,61 @@
+"""Read model of uploads, built only from events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+from precheck.events.store import RecordedEvent
+from precheck.events.types import RunQueued, UploadDeleted, UploadExpired, UploadReceived
+
+
+@attrs.frozen
+class UploadRecord:
+    """One stored upload. `status` is `available` or `expired`; `run_ids` in queue order."""
+
+    id: str
+    name: str
+    filename: str
+    format: str
+    size: int
+    sha256: str
+    created: datetime
+    expires_at: datetime
+    status: str = "available"
+    run_ids: tuple[str, ...] = ()
+    version: int = 0
+
+
+class Uploads:
+    """Every upload that is not retired, by id."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, UploadRecord] = {}
+
+    def get(self, upload_id: str) -> UploadRecord | None:
+        """The upload with this id, or None."""
+        return self.by_id.get(upload_id)
+
+    def apply(self, r: RecordedEvent) -> None:
+        """Evolve the state by one event."""
+        e = r.event
+        if isinstance(e, UploadReceived):
+            self.by_id[e.upload_id] = UploadRecord(
+                e.upload_id, e.name, e.filename, e.format, e.size, e.sha256, e.at,
+                e.expires_at, version=r.version,
+            )  # fmt: skip
+        elif isinstance(e, UploadDeleted):
+            self.by_id.pop(e.upload_id, None)
+        elif isinstance(e, UploadExpired):
+            u = self.by_id.get(e.upload_id)
+            if u is None:
+                return
+            if u.run_ids:  # runs still refer to it: keep it, marked expired
+                self.by_id[u.id] = attrs.evolve(u, status="expired", version=r.version)
+            else:
+                del self.by_id[u.id]
+        elif isinstance(e, RunQueued):
+            u = self.by_id.get(e.upload_id)
+            if u is not None:
+                self.by_id[u.id] = attrs.evolve(u, run_ids=(*u.run_ids, e.run_id))

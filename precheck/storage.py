@@ -1,0 +1,179 @@
+"""Files under `storage_path`: the database, uploads, run outputs, and partial writes.
+
+Layout: `precheck.db`, `uploads/<id>/<file>`, `runs/<id>/...`, `tmp/` (partial files, removed
+at start). A file is written to `tmp/` and renamed into place only when complete, so a reader
+never sees half a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import attrs
+
+from precheck.errors import NotALayout, TooLarge
+
+log = logging.getLogger(__name__)
+
+GDS_MAGIC = b"\x00\x06\x00\x02"  # a HEADER record: length 6, type 0x00, data type 0x02
+GZIP_MAGIC = b"\x1f\x8b"
+OASIS_MAGIC = b"%SEMI-OASIS\r\n"
+SUFFIX = {"gds": ".gds", "gds.gz": ".gds.gz", "oas": ".oas"}
+_BLOCK = 1 << 20
+_HEAD = 512  # enough to see a gzip stream's first decompressed bytes
+
+
+@attrs.frozen
+class ReceivedFile:
+    """A complete file in `tmp/`, not yet moved into place."""
+
+    path: Path
+    size: int
+    sha256: str
+    format: str
+
+
+def sniff(head: bytes) -> str | None:
+    """The layout format of a file starting with `head`, or None if it is none of ours."""
+    if head.startswith(GDS_MAGIC):
+        return "gds"
+    if head.startswith(OASIS_MAGIC):
+        return "oas"
+    if head.startswith(GZIP_MAGIC):
+        try:
+            inner = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 64)
+        except zlib.error:
+            return None
+        return "gds.gz" if inner.startswith(GDS_MAGIC) else None
+    return None
+
+
+class Storage:
+    """Paths and file operations under the storage root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.db_path = root / "precheck.db"
+        self.uploads = root / "uploads"
+        self.runs = root / "runs"
+        self.tmp = root / "tmp"
+
+    def prepare(self) -> None:
+        """Create the folders and drop partial files a crash left in `tmp/`."""
+        for d in (self.uploads, self.runs, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            _remove(leftover)
+
+    def upload_file(self, upload_id: str, filename: str) -> Path:
+        """Where an upload's layout is kept."""
+        return self.uploads / upload_id / filename
+
+    def run_dir(self, run_id: str) -> Path:
+        """Where a run's outputs are kept."""
+        return self.runs / run_id
+
+    def temp_path(self, suffix: str = ".part") -> Path:
+        """A fresh name in `tmp/`."""
+        return self.tmp / f"{uuid.uuid4().hex}{suffix}"
+
+    async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int) -> ReceivedFile:
+        """Write a layout stream to `tmp/` with its sha256; nothing is left behind on error.
+
+        Raises `TooLarge` past `max_bytes` and `NotALayout` when the first bytes are not a
+        layout. Disk writes and hashing run in a thread so the event loop keeps serving.
+        """
+        path = self.temp_path()
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        size, fmt = 0, None
+        head = bytearray()
+        pending: asyncio.Future[None] | None = None
+        buf = bytearray()
+        f = await loop.run_in_executor(None, path.open, "wb")
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TooLarge(f"upload exceeds the limit of {max_bytes // (1 << 20)} MB")
+                if fmt is None:
+                    head += chunk[: _HEAD - len(head)]
+                    if len(head) >= _HEAD:
+                        fmt = sniff(bytes(head)) or _not_a_layout()
+                buf += chunk
+                if len(buf) >= _BLOCK:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(None, _write_block, f, digest, bytes(buf))
+                    buf.clear()
+            if pending is not None:
+                await pending
+            if fmt is None:
+                fmt = sniff(bytes(head)) or _not_a_layout()
+            await loop.run_in_executor(None, _finish, f, digest, bytes(buf))
+        except BaseException:
+            if pending is not None and not pending.done():
+                await asyncio.shield(pending)
+            await loop.run_in_executor(None, f.close)
+            path.unlink(missing_ok=True)
+            raise
+        return ReceivedFile(path, size, digest.hexdigest(), fmt)
+
+    def place_upload(self, received: ReceivedFile, upload_id: str, filename: str) -> Path:
+        """Move a received file to its upload folder (same filesystem: an atomic rename)."""
+        target = self.upload_file(upload_id, filename)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(received.path, target)
+        return target
+
+    def remove_upload(self, upload_id: str) -> None:
+        """Delete an upload's folder (after the event that retired it)."""
+        _remove(self.uploads / upload_id)
+
+    def remove_run(self, run_id: str) -> None:
+        """Delete a run's folder (after the event that retired it)."""
+        _remove(self.runs / run_id)
+
+    def sweep_uploads(self, keep: Iterable[str]) -> list[str]:
+        """Remove upload folders no upload in the log owns (a crash between event and delete)."""
+        keep = set(keep)
+        removed = []
+        for d in self.uploads.iterdir():
+            if d.name not in keep:
+                _remove(d)
+                removed.append(d.name)
+        return removed
+
+
+def _not_a_layout() -> str:
+    raise NotALayout("the file is not a layout: expected GDSII, gzip-compressed GDSII or OASIS")
+
+
+def _write_block(f: object, digest: hashlib._Hash, data: bytes) -> None:
+    f.write(data)  # type: ignore[attr-defined]
+    digest.update(data)
+
+
+def _finish(f: object, digest: hashlib._Hash, data: bytes) -> None:
+    _write_block(f, digest, data)
+    f.flush()  # type: ignore[attr-defined]
+    os.fsync(f.fileno())  # type: ignore[attr-defined]
+    f.close()  # type: ignore[attr-defined]
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass

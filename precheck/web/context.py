@@ -1,0 +1,15 @@
+"""What a handler needs from a request: its metadata and the app's parts."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from precheck import keys
+from precheck.events.types import Metadata
+
+
+def metadata(request: web.Request) -> Metadata:
+    """Who caused the events this request appends."""
+    return Metadata(
+        actor=request[keys.ACTOR], client=request[keys.CLIENT], request_id=request[keys.REQUEST_ID]
+    )

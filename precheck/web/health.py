@@ -1,0 +1,34 @@
+"""`/health` and `/api/v1/queue`."""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+
+from precheck import __version__, keys
+from precheck.web.render import queue_document
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness plus the state of storage (and, with a supervisor, of Docker)."""
+    app = request.app
+    storage, store = app[keys.STORAGE], app[keys.STORE]
+    writable = os.access(storage.root, os.W_OK)
+    body = {
+        "status": "healthy" if writable else "degraded",
+        "version": __version__,
+        "storage": {"writable": writable, "events": store.head},
+    }
+    return web.json_response(body, status=200 if writable else 503)
+
+
+async def queue(request: web.Request) -> web.Response:
+    """How many runs wait and run, and the order they wait in."""
+    return web.json_response(queue_document(request.app[keys.PROJECTIONS], request.app[keys.CONFIG]))
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the health and queue routes."""
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/v1/queue", queue)

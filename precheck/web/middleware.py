@@ -1,0 +1,84 @@
+"""Every request passes here: a request id, the client address, auth, and errors as JSON."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from precheck import keys
+from precheck.errors import Conflict, Invalid, NotFound, PrecheckError, TooLarge
+from precheck.events.store import ConcurrencyError, StoreClosed
+from precheck.web.auth import AuthError, presented_key
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EXEMPT = frozenset({"/health"})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+STATUS: list[tuple[type[Exception], int]] = [
+    (NotFound, 404),
+    (TooLarge, 413),
+    (Invalid, 400),
+    (Conflict, 409),
+    (ConcurrencyError, 409),
+    (StoreClosed, 503),
+    (PrecheckError, 400),
+]
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The plan's error shape: `{"message": ...}` with an HTTP status."""
+    return web.json_response({"message": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its id, client address and actor, or refuse it."""
+    rid = request.headers.get("X-Request-Id", "")
+    rid = rid if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
+    request[keys.REQUEST_ID] = rid
+    auth = request.app[keys.AUTH]
+    peer = _peer(request)
+    client = auth.client_address(peer, request.headers.get("X-Forwarded-For"))
+    request[keys.CLIENT] = client
+    request[keys.ACTOR] = "anonymous"
+    try:
+        if request.path not in EXEMPT:
+            auth.check_address(client)
+            request[keys.ACTOR] = auth.identify(
+                presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
+            )
+        response = await handler(request)
+    except AuthError as e:
+        extra = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        response = error(e.status, e.message, extra)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        response = error(e.status, e.text if e.text and not e.text.startswith(str(e.status)) else e.reason)
+    except PrecheckError as e:
+        response = error(_status_of(e), str(e))
+    except (ConcurrencyError, StoreClosed) as e:
+        response = error(_status_of(e), str(e))
+    except Exception:
+        log.exception("request %s %s failed (request id %s)", request.method, request.path, rid)
+        response = error(500, f"internal error (request id {rid})")
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
+    return response
+
+
+def _status_of(e: Exception) -> int:
+    return next(status for cls, status in STATUS if isinstance(e, cls))
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "unix" if peer is not None or request.transport is not None else "unknown"

@@ -1,0 +1,79 @@
+"""`/api/v1/prechecks`: create, list, inspect and cancel runs."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from precheck import keys
+from precheck.commands import CancelRun, QueueRun
+from precheck.errors import Invalid, NotFound
+from precheck.projections.runs import STATUSES, RunRecord
+from precheck.web.context import metadata
+from precheck.web.render import run_document
+from precheck.web.requests import CreateRun, json_body
+
+
+def find_run(request: web.Request) -> RunRecord:
+    """The run named in the path, or 404."""
+    run_id = request.match_info["run_id"]
+    run = request.app[keys.PROJECTIONS].runs.get(run_id)
+    if run is None:
+        raise NotFound(f"No such precheck: {run_id}")
+    return run
+
+
+def _document(request: web.Request, run: RunRecord) -> web.Response:
+    app = request.app
+    return web.json_response(run_document(run, app[keys.PROJECTIONS], app[keys.CONFIG]))
+
+
+async def create_precheck(request: web.Request) -> web.Response:
+    """Queue a run of an upload."""
+    app = request.app
+    body = await json_body(request, CreateRun)
+    run_id = uuid.uuid4().hex
+    await app[keys.HANDLER].handle(
+        QueueRun(
+            run_id, body.upload_id, body.top_cell, body.die_id,
+            body.slot or app[keys.CONFIG].defaults.slot, body.cob, app[keys.CLOCK](),
+        ),
+        metadata(request),
+    )  # fmt: skip
+    return _document(request, app[keys.PROJECTIONS].runs.by_id[run_id])
+
+
+async def list_prechecks(request: web.Request) -> web.Response:
+    """Runs, newest first, optionally only those with the given `status` values."""
+    wanted = set(request.query.getall("status", []))
+    unknown = wanted - STATUSES
+    if unknown:
+        raise Invalid(f"unknown status {sorted(unknown)[0]!r}; use one of {', '.join(sorted(STATUSES))}")
+    state, config = request.app[keys.PROJECTIONS], request.app[keys.CONFIG]
+    runs = [r for r in reversed(state.runs.by_id.values()) if not wanted or r.status in wanted]
+    return web.json_response([run_document(r, state, config) for r in runs])
+
+
+async def get_precheck(request: web.Request) -> web.Response:
+    """One run."""
+    return _document(request, find_run(request))
+
+
+async def cancel_precheck(request: web.Request) -> web.Response:
+    """Cancel a queued run at once; ask the supervisor to stop a running one."""
+    run = find_run(request)
+    await request.app[keys.HANDLER].handle(
+        CancelRun(run.id, request.app[keys.CLOCK]()), metadata(request)
+    )
+    run = find_run(request)
+    message = "Precheck cancelled" if run.status == "cancelled" else "Precheck cancel requested"
+    return web.json_response({"message": message, "Id": run.id, "Status": run.status})
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the run routes."""
+    app.router.add_post("/api/v1/prechecks", create_precheck)
+    app.router.add_get("/api/v1/prechecks", list_prechecks)
+    app.router.add_get("/api/v1/prechecks/{run_id}", get_precheck)
+    app.router.add_delete("/api/v1/prechecks/{run_id}", cancel_precheck)

@@ -1,0 +1,110 @@
+"""Docker-shaped JSON documents, rendered from read-model records at the edge."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from precheck.command_line import output_name, precheck_command
+from precheck.config import Config
+from precheck.events.codec import iso
+from precheck.projections import Projections
+from precheck.projections.runs import RunRecord
+from precheck.projections.uploads import UploadRecord
+
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never"
+
+
+def _time(t: datetime | None) -> str:
+    return ZERO_TIME if t is None else iso(t)
+
+
+def upload_document(u: UploadRecord, now: datetime) -> dict[str, Any]:
+    """`GET /api/v1/uploads/{id}`."""
+    expired = u.status == "expired" or u.expires_at <= now
+    return {
+        "Id": u.id,
+        "Name": u.name,
+        "Created": iso(u.created),
+        "Size": u.size,
+        "Format": u.format,
+        "Checksums": {"sha256": u.sha256},
+        "ExpiresAt": iso(u.expires_at),
+        "State": {"Status": "expired" if expired else "available", "Expired": expired},
+        "Runs": list(u.run_ids),
+    }
+
+
+def run_document(run: RunRecord, state: Projections, config: Config) -> dict[str, Any]:
+    """`GET /api/v1/prechecks/{id}`: the run as Docker would show a container, plus our parts."""
+    v = run.verdict
+    doc: dict[str, Any] = {
+        "Id": run.id,
+        "Name": f"{config.docker.container_prefix}{run.id}",
+        "Created": iso(run.created),
+        "State": {
+            "Status": run.status,
+            "Running": run.status == "running",
+            "Paused": False,
+            "OOMKilled": bool(v and v.oom_killed),
+            "StartedAt": _time(run.started_at),
+            "FinishedAt": _time(run.finished_at),
+            "ExitCode": run.exit_code or 0,
+            "Error": run.error,
+            "CancelRequested": run.cancel_requested,
+        },
+        "Config": {
+            "Image": run.image or config.docker.image,
+            "Cmd": precheck_command(run),
+            "Labels": {
+                "upload_id": run.upload_id,
+                "top_cell": run.top_cell,
+                "die_id": run.die_id,
+                "slot": run.slot,
+                "cob": "true" if run.cob else "false",
+            },
+        },
+        "HostConfig": {"Binds": [], "NetworkMode": "none"},
+        "Queue": {"Position": state.queue.position(run.id), "Length": state.queue.length},
+        "ContainerId": run.container_id or None,
+        "Image": run.image_digest or None,
+        "Input": {
+            "Filename": run.input.name,
+            "Size": run.input.size,
+            "Format": run.input.format,
+            "Checksums": {"sha256": run.input.sha256},
+        },
+        "Output": {
+            "Available": run.output is not None,
+            "Filename": output_name(run) if run.output else None,
+            "Size": run.output.size if run.output else None,
+            "Checksums": {"sha256": run.output.sha256} if run.output else None,
+        },
+        "Progress": (
+            {"Step": run.progress.step, "Total": run.progress.total, "Name": run.progress.name}
+            if run.progress
+            else None
+        ),
+        "Result": (
+            {
+                "Passed": v.passed,
+                "FailedStep": v.failed_step,
+                "Classification": v.classification,
+                "DeferredErrors": v.deferred_errors,
+                "Metrics": v.metrics,
+            }
+            if v
+            else None
+        ),
+    }
+    return doc
+
+
+def queue_document(state: Projections, config: Config) -> dict[str, Any]:
+    """`GET /api/v1/queue`."""
+    return {
+        "queued": state.queue.length,
+        "running": len(state.queue.running),
+        "max_concurrent": config.server.max_concurrent,
+        "order": state.queue.queued(),
+    }

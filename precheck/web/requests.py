@@ -1,0 +1,107 @@
+"""Request bodies and query values, checked strictly with one cattrs converter."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from aiohttp import web
+from cattrs.gen import make_dict_structure_fn
+
+from precheck.errors import Invalid
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class CreateRun:
+    """Body of `POST /api/v1/prechecks`."""
+
+    upload_id: str
+    top_cell: str
+    die_id: str = "FFFFFFFF"
+    slot: str | None = None
+    cob: bool = False
+
+
+def _strict(kind: type, name: str) -> Any:
+    def check(v: Any, _: Any) -> Any:
+        if type(v) is not kind:
+            raise TypeError(f"expected {name}")
+        return v
+
+    return check
+
+
+_conv = cattrs.Converter(forbid_extra_keys=True)
+_conv.register_structure_hook(str, _strict(str, "a string"))
+_conv.register_structure_hook(bool, _strict(bool, "true or false"))
+_conv.register_structure_hook(int, _strict(int, "an integer"))
+_conv.register_structure_hook(
+    CreateRun, make_dict_structure_fn(CreateRun, _conv, _cattrs_forbid_extra_keys=True)
+)
+
+
+def structure(raw: Any, cls: type[T]) -> T:
+    """`raw` as a `cls`, or `Invalid` naming the first bad field."""
+    if not isinstance(raw, dict):
+        raise Invalid("request body must be a JSON object")
+    try:
+        return _conv.structure(raw, cls)
+    except cattrs.BaseValidationError as e:
+        reason, _, where = cattrs.transform_error(e, path="$")[0].rpartition(" @ ")
+        field = where.removeprefix("$").lstrip(".")
+        if reason.startswith("extra fields found"):
+            raise Invalid(f"unknown field {reason.split('(', 1)[-1].rstrip(')')}") from None
+        if reason == "required field missing":
+            raise Invalid(f"{field} is required") from None
+        raise Invalid(f"{field}: {reason}") from None
+
+
+async def json_body(request: web.Request, cls: type[T]) -> T:
+    """The request's JSON body as a `cls`."""
+    try:
+        raw = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("request body is not valid JSON") from None
+    return structure(raw, cls)
+
+
+def query_float(request: web.Request, name: str, default: float, low: float = 0) -> float:
+    """A numeric query value, at least `low`."""
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise Invalid(f"{name} must be a number") from None
+    if not value >= low or value == float("inf"):
+        raise Invalid(f"{name} must be a number of at least {low:g}")
+    return value
+
+
+def query_int(request: web.Request, name: str, default: int | None, low: int = 0) -> int | None:
+    """A whole-number query value, at least `low`."""
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise Invalid(f"{name} must be a whole number") from None
+    if value < low:
+        raise Invalid(f"{name} must be at least {low}")
+    return value
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    """A flag: `1`, `true`, `yes` are true; absent, `0`, `false`, `no` are false."""
+    text = request.query.get(name, "").lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise Invalid(f"{name} must be true or false")

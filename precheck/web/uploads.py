@@ -1,0 +1,104 @@
+"""`/api/v1/uploads`: layout files, streamed to disk and announced by an event once whole."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+from aiohttp import BodyPartReader, web
+
+from precheck import keys
+from precheck.commands import DeleteUpload, ReceiveUpload, upload_expiry
+from precheck.errors import Invalid, NotFound
+from precheck.storage import SUFFIX
+from precheck.web.context import metadata
+from precheck.web.render import upload_document
+
+CHUNK = 1 << 20
+
+
+async def create_upload(request: web.Request) -> web.Response:
+    """Store a layout sent as multipart field `file` (or as the raw body) and record it."""
+    app = request.app
+    config, storage = app[keys.CONFIG], app[keys.STORAGE]
+    name, chunks = await _layout_stream(request)
+    received = await storage.receive(chunks, config.server.max_upload_mb << 20)
+    upload_id = uuid.uuid4().hex
+    filename = f"input{SUFFIX[received.format]}"
+    try:
+        storage.place_upload(received, upload_id, filename)
+        now = app[keys.CLOCK]()
+        await app[keys.HANDLER].handle(
+            ReceiveUpload(
+                upload_id, name, filename, received.format, received.size, received.sha256, now,
+                upload_expiry(now, config.server.upload_expiry_minutes),
+            ),
+            metadata(request),
+        )  # fmt: skip
+    except BaseException:
+        received.path.unlink(missing_ok=True)
+        storage.remove_upload(upload_id)
+        raise
+    upload = app[keys.PROJECTIONS].uploads.by_id[upload_id]
+    return web.json_response(upload_document(upload, app[keys.CLOCK]()))
+
+
+async def _layout_stream(request: web.Request) -> tuple[str, AsyncIterator[bytes]]:
+    """The client's file name (a label only) and the file's bytes."""
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        async for part in reader:
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                return _label(part.filename), _part_chunks(part)
+            if part is not None:
+                await part.release()
+        raise Invalid("multipart body has no 'file' field")
+    if request.content_type in ("application/octet-stream", ""):
+        return _label(request.query.get("name")), request.content.iter_chunked(CHUNK)
+    raise Invalid("send the layout as multipart field 'file' or as application/octet-stream")
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK):
+        yield chunk
+
+
+def _label(name: str | None) -> str:
+    # Kept for display only; never used as a path.
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in name if c.isprintable())[:255] or "layout"
+
+
+async def list_uploads(request: web.Request) -> web.Response:
+    """All uploads, newest first."""
+    now = request.app[keys.CLOCK]()
+    uploads = sorted(
+        request.app[keys.PROJECTIONS].uploads.by_id.values(), key=lambda u: u.created, reverse=True
+    )
+    return web.json_response([upload_document(u, now) for u in uploads])
+
+
+async def get_upload(request: web.Request) -> web.Response:
+    """One upload."""
+    upload_id = request.match_info["upload_id"]
+    upload = request.app[keys.PROJECTIONS].uploads.get(upload_id)
+    if upload is None:
+        raise NotFound(f"No such upload: {upload_id}")
+    return web.json_response(upload_document(upload, request.app[keys.CLOCK]()))
+
+
+async def delete_upload(request: web.Request) -> web.Response:
+    """Delete an upload no queued or running run uses."""
+    upload_id = request.match_info["upload_id"]
+    await request.app[keys.HANDLER].handle(
+        DeleteUpload(upload_id, request.app[keys.CLOCK]()), metadata(request)
+    )
+    return web.json_response({"message": "Upload deleted", "Id": upload_id})
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the upload routes."""
+    app.router.add_post("/api/v1/uploads", create_upload)
+    app.router.add_get("/api/v1/uploads", list_uploads)
+    app.router.add_get("/api/v1/uploads/{upload_id}", get_upload)
+    app.router.add_delete("/api/v1/uploads/{upload_id}", delete_upload)
