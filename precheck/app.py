@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -12,20 +13,30 @@ from aiohttp import web
 from precheck import keys
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
+from precheck.engine import Engine
 from precheck.events.store import EventStore
-from precheck.expiry import UploadExpiry
+from precheck.events.types import InstanceCreated
+from precheck.expiry import SERVER, UploadExpiry
+from precheck.logstore import LogStore
 from precheck.handler import CommandHandler
 from precheck.projections import Projections
 from precheck.storage import Storage
-from precheck.web import health, prechecks, uploads
+from precheck.supervisor import Supervisor
+from precheck.web import health, logs, prechecks, results, uploads
 from precheck.web.auth import Authenticator
 from precheck.web.middleware import context
 
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Config, clock: Clock = utcnow) -> web.Application:
-    """The web application for `config`; its parts start and stop with it."""
+def create_app(
+    config: Config, clock: Clock = utcnow, *, run_containers: bool = True
+) -> web.Application:
+    """The web application for `config`; its parts start and stop with it.
+
+    With `run_containers=False` no supervisor runs: runs wait in the queue (for tests of the
+    API alone, and for a read-only look at a storage folder).
+    """
     app = web.Application(middlewares=[context], client_max_size=1 << 20)
     app[keys.CONFIG] = config
     app[keys.CLOCK] = clock
@@ -33,7 +44,9 @@ def create_app(config: Config, clock: Clock = utcnow) -> web.Application:
     app[keys.AUTH] = Authenticator(config.auth, config.server.trusted_proxies)
     app.cleanup_ctx.append(_event_log)
     app.cleanup_ctx.append(_upload_expiry)
-    for resource in (health, uploads, prechecks):
+    if run_containers:
+        app.cleanup_ctx.append(_supervisor)
+    for resource in (health, uploads, prechecks, logs, results):
         resource.setup_routes(app)
     return app
 
@@ -42,16 +55,21 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     storage = app[keys.STORAGE]
     storage.prepare()
     store = await EventStore.open(storage.db_path)
+    log_store = await LogStore.open(storage.db_path)
     try:
         projections = await Projections.replay(store)
         projections.attach(store)
+        if projections.instance_id is None:
+            await store.append([InstanceCreated(uuid.uuid4().hex, app[keys.CLOCK]())], SERVER)
         storage.sweep_uploads(projections.uploads.by_id)
         log.info("replayed %d events from %s", projections.position, storage.db_path)
         app[keys.STORE] = store
         app[keys.PROJECTIONS] = projections
         app[keys.HANDLER] = CommandHandler(store, projections, storage)
+        app[keys.LOGS] = log_store
         yield
     finally:
+        await log_store.close()
         await store.close()
 
 
@@ -64,3 +82,21 @@ async def _upload_expiry(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _supervisor(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    engine = Engine(config.docker.url)
+    supervisor = Supervisor(
+        config, engine, app[keys.STORE], app[keys.PROJECTIONS], app[keys.STORAGE], app[keys.LOGS],
+        app[keys.CLOCK],
+    )  # fmt: skip
+    app[keys.STORE].add_listener(supervisor.on_event)
+    app[keys.SUPERVISOR] = supervisor
+    task = asyncio.create_task(supervisor.run(), name="supervisor")
+    yield
+    # Containers keep running: a restarted server adopts them.
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await engine.close()

@@ -82,6 +82,17 @@ class Config:
     defaults: DefaultsConfig = DefaultsConfig()
 
 
+_MEMORY = re.compile(r"(?i)(\d+)\s*([kmgt]?)b?")
+
+
+def parse_memory(text: str) -> int:
+    """Bytes in a Docker-style size such as `24g`, `512m` or `1073741824`."""
+    m = _MEMORY.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a size like 512m or 24g")
+    return int(m[1]) * 1024 ** "_kmgt".index((m[2] or "_").lower())
+
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -91,6 +102,14 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(str, lambda v, _: _str(v))
     conv.register_structure_hook(int, lambda v, _: _int(v))
     conv.register_structure_hook(bool, lambda v, _: _bool(v))
+    # cattrs would take any iterable as a tuple: a string as its characters, a table as its keys.
+    conv.register_structure_hook_func(
+        lambda t: t == tuple[str, ...], lambda v, _: tuple(_str(x) for x in _array(v))
+    )
+    conv.register_structure_hook_func(
+        lambda t: t == tuple[ApiKey, ...],
+        lambda v, _: tuple(conv.structure(_array(v), list[ApiKey])),
+    )
     for cls in (ServerConfig, DockerConfig, ApiKey, AuthConfig, DefaultsConfig, Config):
         conv.register_structure_hook(
             cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
@@ -107,6 +126,12 @@ def _str(v: Any) -> str:
 def _int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+def _array(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected an array, got {type(v).__name__}")
     return v
 
 
@@ -189,6 +214,13 @@ def _validate(config: Config, source: str) -> None:
         _network(net, bad, f"server.trusted_proxies[{j}]")
     if not d.image:
         raise bad("docker.image", "must not be empty")
+    try:
+        if parse_memory(d.memory_limit) < 6 << 20:
+            raise bad("docker.memory_limit", "must be at least 6m (Docker's minimum)")
+    except ValueError as e:
+        raise bad("docker.memory_limit", str(e)) from None
+    if d.pids_limit < 16:
+        raise bad("docker.pids_limit", "must be at least 16")
     if d.timeout_minutes < 1:
         raise bad("docker.timeout_minutes", "must be at least 1")
     if d.pull not in PULL_POLICIES:

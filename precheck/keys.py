@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     from precheck.events.store import EventStore
     from precheck.expiry import UploadExpiry
     from precheck.handler import CommandHandler
+    from precheck.logstore import LogStore
     from precheck.projections import Projections
     from precheck.storage import Storage
+    from precheck.supervisor import Supervisor
     from precheck.web.auth import Authenticator
 
 CONFIG = web.AppKey["Config"]("config")
@@ -24,6 +26,8 @@ HANDLER = web.AppKey["CommandHandler"]("handler")
 AUTH = web.AppKey["Authenticator"]("auth")
 CLOCK = web.AppKey["Clock"]("clock")
 EXPIRY = web.AppKey["UploadExpiry"]("expiry")
+LOGS = web.AppKey["LogStore"]("logs")
+SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
 
 # Per-request values set by the middleware.
 ACTOR = "precheck.actor"

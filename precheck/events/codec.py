@@ -25,10 +25,15 @@ class UnknownEventType(Exception):
     """A stored row names a tag or schema this code does not know."""
 
 
+# A run's metrics are JSON scalars; cattrs has no structure hook for a union of them.
+Scalar = float | int | str | None
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter()
     conv.register_unstructure_hook(datetime, _iso)
     conv.register_structure_hook(datetime, lambda v, _: _parse_time(v))
+    conv.register_structure_hook(Scalar, lambda v, _: _scalar(v))
     return conv
 
 
@@ -38,6 +43,12 @@ def _iso(t: datetime) -> str:
 
 def _parse_time(v: str) -> datetime:
     return datetime.fromisoformat(v)
+
+
+def _scalar(v: Any) -> float | int | str | None:
+    if v is None or isinstance(v, float | int | str):
+        return v
+    raise TypeError(f"expected a JSON scalar, got {type(v).__name__}")
 
 
 converter = _make_converter()

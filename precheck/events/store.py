@@ -361,6 +361,11 @@ class EventStore:
                 continue
             if self._closed:
                 return
+            await self.wait_beyond(position)
+
+    async def wait_beyond(self, position: int) -> None:
+        """Return once the head is past `position` (or the store closes)."""
+        while self._head <= position and not self._closed:
             await self._advanced.wait()
 
     def _from_recent(self, after: int) -> list[RecordedEvent]:

@@ -153,7 +153,24 @@ class RunFailedToStart:
     at: datetime
 
 
+@attrs.frozen
+class RunTimedOut:
+    """The run passed `docker.timeout_minutes`; its container is killed and the run fails."""
+
+    run_id: str
+    minutes: int
+    at: datetime
+
+
 # Server --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class InstanceCreated:
+    """The storage folder got its server identity; containers are labelled with it."""
+
+    instance_id: str
+    at: datetime
 
 
 @attrs.frozen
@@ -186,6 +203,8 @@ Event = (
     | RunProgressed
     | RunFinished
     | RunFailedToStart
+    | RunTimedOut
+    | InstanceCreated
     | ReactionFailed
     | StrayContainerRemoved
 )
@@ -201,6 +220,8 @@ TAGS: dict[type, str] = {
     RunProgressed: "run.progressed",
     RunFinished: "run.finished",
     RunFailedToStart: "run.failed-to-start",
+    RunTimedOut: "run.timed-out",
+    InstanceCreated: "server.instance-created",
     ReactionFailed: "server.reaction-failed",
     StrayContainerRemoved: "server.stray-container-removed",
 }

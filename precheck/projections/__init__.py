@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from precheck.events.store import EventStore, RecordedEvent
+from precheck.events.types import InstanceCreated
 from precheck.projections.queue import Queue
 from precheck.projections.runs import Runs
 from precheck.projections.uploads import Uploads
@@ -20,6 +21,7 @@ class Projections:
         self.runs = Runs()
         self.queue = Queue()
         self.position = 0
+        self.instance_id: str | None = None  # labels this server's containers
 
     def apply(self, r: RecordedEvent) -> None:
         """Apply one event; events at or before the current position are ignored."""
@@ -30,6 +32,8 @@ class Projections:
         self.uploads.apply(r)
         self.runs.apply(r)
         self.queue.apply(r)
+        if isinstance(r.event, InstanceCreated) and self.instance_id is None:
+            self.instance_id = r.event.instance_id
         self.position = r.position
 
     async def catch_up(self, store: EventStore) -> int:

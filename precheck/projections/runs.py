@@ -16,6 +16,7 @@ from precheck.events.types import (
     RunProgressed,
     RunQueued,
     RunStarted,
+    RunTimedOut,
 )
 
 ACTIVE = frozenset({"queued", "running"})
@@ -77,6 +78,7 @@ class RunRecord:
     image_digest: str = ""
     progress: Progress | None = None
     cancel_requested: bool = False
+    timed_out: bool = False
     verdict: Verdict | None = None
     output: OutputFile | None = None
     files: tuple[OutputFile, ...] = ()
@@ -122,6 +124,8 @@ class Runs:
             run = attrs.evolve(run, progress=Progress(e.step, e.total, e.name))
         elif isinstance(e, RunCancelRequested):
             run = attrs.evolve(run, cancel_requested=True)
+        elif isinstance(e, RunTimedOut):
+            run = attrs.evolve(run, timed_out=True)
         elif isinstance(e, RunCancelled):
             run = attrs.evolve(
                 run, status="cancelled", finished_at=e.at, error="cancelled",

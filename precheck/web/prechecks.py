@@ -15,6 +15,9 @@ from precheck.web.render import run_document
 from precheck.web.requests import CreateRun, json_body
 
 
+CANCEL_WAIT = 30.0
+
+
 def find_run(request: web.Request) -> RunRecord:
     """The run named in the path, or 404."""
     run_id = request.match_info["run_id"]
@@ -61,14 +64,22 @@ async def get_precheck(request: web.Request) -> web.Response:
 
 
 async def cancel_precheck(request: web.Request) -> web.Response:
-    """Cancel a queued run at once; ask the supervisor to stop a running one."""
+    """Cancel a queued run at once; a running one is killed, answered once it is recorded.
+
+    If the kill takes longer than `CANCEL_WAIT` seconds the answer is 202: it goes on.
+    """
+    from precheck.web.results import wait_for_end
+
     run = find_run(request)
     await request.app[keys.HANDLER].handle(
         CancelRun(run.id, request.app[keys.CLOCK]()), metadata(request)
     )
+    ended = await wait_for_end(request, run.id, CANCEL_WAIT)
     run = find_run(request)
-    message = "Precheck cancelled" if run.status == "cancelled" else "Precheck cancel requested"
-    return web.json_response({"message": message, "Id": run.id, "Status": run.status})
+    if ended is None:
+        body = {"message": "Precheck cancel requested", "Id": run.id, "Status": run.status}
+        return web.json_response(body, status=202)
+    return web.json_response({"message": "Precheck cancelled", "Id": run.id, "Status": run.status})
 
 
 def setup_routes(app: web.Application) -> None:

@@ -1,0 +1,111 @@
+"""Following one container's output into the log store, line by line, as it arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from precheck.engine import Engine, LogLine
+from precheck.logstore import LogStore, StoredLine
+from precheck.verdict import LogFacts, Step
+
+log = logging.getLogger(__name__)
+
+StepSeen = Callable[[Step], Awaitable[None]]
+
+
+def _nanos(stamp: str) -> int:
+    """Docker's RFC 3339 text (trailing zeros trimmed) as an integer, for exact ordering."""
+    from datetime import datetime
+
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(head + "+00:00").timestamp())
+    return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
+
+
+class LogCapture:
+    """Stores a run's lines durably, in batches while the next lines are read.
+
+    On a restart it resumes after the last stored line: Docker is asked for lines since that
+    line's time, and lines at that very instant that are already stored are dropped.
+    """
+
+    def __init__(
+        self, engine: Engine, logs: LogStore, run_id: str, container_id: str, on_step: StepSeen
+    ) -> None:
+        self.engine = engine
+        self.logs = logs
+        self.run_id = run_id
+        self.container_id = container_id
+        self.on_step = on_step
+        self.facts = LogFacts()
+        self._pending: list[StoredLine] = []
+        self._steps: list[Step] = []
+        self._has_work = asyncio.Event()
+        self._reading_done = False
+
+    async def run(self) -> LogFacts:
+        """Capture until the container's output ends; return what the whole log said."""
+        tail = await self.logs.tail(self.run_id)
+        if tail.line:
+            await self._replay_stored()
+        flusher = asyncio.create_task(self._flush_loop(), name=f"log-flush-{self.run_id}")
+        try:
+            await self._read(tail.line, tail.time, tail.same_time)
+        finally:
+            self._reading_done = True
+            self._has_work.set()
+            await flusher
+        return self.facts
+
+    async def _replay_stored(self) -> None:
+        # The verdict needs the whole log's facts, including lines stored before a restart.
+        after = 0
+        while True:
+            lines, more = await self.logs.read(self.run_id, after_line=after, limit=5000)
+            for s in lines:
+                self.facts.feed(s.text)
+            if not lines or not more:
+                return
+            after = lines[-1].line
+
+    async def _read(self, line_no: int, since: str, skip_same: int) -> None:
+        since_n = _nanos(since) if since else None
+        stream = self.engine.logs(self.container_id, follow=True, since=since or None)
+        async for item in stream:
+            if since_n is not None:
+                n = _nanos(item.time_text)
+                if n < since_n:
+                    continue
+                if n == since_n and skip_same > 0:
+                    skip_same -= 1
+                    continue
+                since_n = None
+            line_no += 1
+            self._take(line_no, item)
+
+    def _take(self, line_no: int, item: LogLine) -> None:
+        self._pending.append(
+            StoredLine(line_no, item.time_text, item.time.timestamp(), item.stream, item.text)
+        )
+        step = self.facts.feed(item.text)
+        if step is not None:
+            self._steps.append(step)
+        self._has_work.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            batch, self._pending = self._pending, []
+            steps, self._steps = self._steps, []
+            if batch:
+                await self.logs.append(self.run_id, batch)
+            for step in steps:  # after its line is stored
+                try:
+                    await self.on_step(step)
+                except Exception:
+                    log.exception("recording step %s of run %s failed", step.name, self.run_id)
+            if self._reading_done and not self._pending:
+                return

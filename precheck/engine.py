@@ -1,0 +1,333 @@
+"""The Docker boundary: every call this service makes to the Engine API, in one place.
+
+Returns plain values (ids, dicts of what we asked for, byte streams); Docker's failures become
+`EngineError`. Streams (archives, logs, events) are read as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiodocker
+import aiohttp
+import attrs
+from aiodocker.exceptions import DockerError
+
+LONG = aiohttp.ClientTimeout(total=None, sock_read=None)
+
+
+class EngineError(Exception):
+    """Docker refused or could not be reached; `status` is Docker's HTTP status (900: no answer)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@attrs.frozen
+class LogLine:
+    """One line of a container's output: Docker's timestamp, `stdout`/`stderr`, the text."""
+
+    time: datetime
+    time_text: str  # Docker's own RFC 3339 text, with nanoseconds, to resume from exactly
+    stream: str
+    text: str
+
+
+@attrs.frozen
+class ContainerState:
+    """What inspecting a container tells us."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    status: str  # created, running, exited, dead, ...
+    running: bool
+    exit_code: int
+    oom_killed: bool
+    error: str
+    started_at: str
+    finished_at: str
+
+
+def _wrap(e: Exception) -> EngineError:
+    if isinstance(e, DockerError):
+        return EngineError(e.status, str(e.message))
+    return EngineError(900, f"Docker is unreachable: {e}")
+
+
+class Engine:
+    """A connection to one Docker engine (local socket or `docker.url`)."""
+
+    def __init__(self, url: str = "") -> None:
+        self.url = url
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self.url or None)
+        return self._docker
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def ping(self) -> bool:
+        """Does the engine answer?"""
+        try:
+            async with self.docker._query("_ping", versioned_api=False) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    # Images -----------------------------------------------------------------------------------
+
+    async def image_id(self, image: str) -> str | None:
+        """The local image's id (`sha256:...`), None when the engine does not have it."""
+        try:
+            info = await self.docker.images.inspect(image)
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise _wrap(e) from e
+        except aiohttp.ClientError as e:
+            raise _wrap(e) from e
+        digests = info.get("RepoDigests") or []
+        return str(digests[0] if digests else info["Id"])
+
+    async def pull(self, image: str) -> None:
+        """Pull `image`; raise `EngineError` with Docker's message when it fails."""
+        try:
+            result = await self.docker.images.pull(image)
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+        for item in result if isinstance(result, list) else [result]:
+            if isinstance(item, dict) and item.get("error"):
+                raise EngineError(500, str(item["error"]))
+
+    # Containers -------------------------------------------------------------------------------
+
+    async def create(self, name: str, spec: Mapping[str, Any]) -> str:
+        """Create a container from an Engine API create body; return its id."""
+        try:
+            c = await self.docker.containers.create(dict(spec), name=name)
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+        return c.id
+
+    async def put_archive(self, container_id: str, path: str, tar: AsyncIterator[bytes]) -> None:
+        """Extract a tar stream into the container at `path`, sent in chunks."""
+        try:
+            async with self.docker._query(
+                f"containers/{container_id}/archive",
+                method="PUT",
+                params={"path": path},
+                data=tar,
+                headers={"Content-Type": "application/x-tar"},
+                timeout=LONG,
+                chunked=True,
+            ):
+                pass
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+
+    async def get_archive(self, container_id: str, path: str) -> AsyncIterator[bytes] | None:
+        """A tar stream of `path` in the container, None when the path does not exist."""
+        try:
+            cm = self.docker._query(
+                f"containers/{container_id}/archive", params={"path": path}, timeout=LONG
+            )
+            response = await cm.__aenter__()
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise _wrap(e) from e
+        except aiohttp.ClientError as e:
+            raise _wrap(e) from e
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.content.iter_chunked(1 << 20):
+                    yield chunk
+            except aiohttp.ClientError as e:
+                raise _wrap(e) from e
+            finally:
+                await cm.__aexit__(None, None, None)
+
+        return chunks()
+
+    async def path_exists(self, container_id: str, path: str) -> bool:
+        """Does `path` exist in the (possibly stopped) container?"""
+        try:
+            async with self.docker._query(
+                f"containers/{container_id}/archive", method="HEAD", params={"path": path}
+            ):
+                return True
+        except DockerError as e:
+            if e.status == 404:
+                return False
+            raise _wrap(e) from e
+        except aiohttp.ClientError as e:
+            raise _wrap(e) from e
+
+    async def start(self, container_id: str) -> None:
+        """Start a created container."""
+        await self._post(f"containers/{container_id}/start")
+
+    async def kill(self, container_id: str) -> None:
+        """SIGKILL the container; a container that is not running is left as it is."""
+        try:
+            await self._post(f"containers/{container_id}/kill")
+        except EngineError as e:
+            if e.status not in (404, 409):
+                raise
+
+    async def remove(self, container_id: str) -> None:
+        """Remove the container (killing it if needed); an absent one is fine."""
+        try:
+            async with self.docker._query(
+                f"containers/{container_id}", method="DELETE", params={"force": "true", "v": "true"}
+            ):
+                pass
+        except DockerError as e:
+            if e.status != 404:
+                raise _wrap(e) from e
+        except aiohttp.ClientError as e:
+            raise _wrap(e) from e
+
+    async def inspect(self, container_id: str) -> ContainerState | None:
+        """The container's state, None when it no longer exists."""
+        try:
+            info = await self.docker._query_json(f"containers/{container_id}/json")
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise _wrap(e) from e
+        except aiohttp.ClientError as e:
+            raise _wrap(e) from e
+        s = info["State"]
+        return ContainerState(
+            id=info["Id"],
+            name=info["Name"].lstrip("/"),
+            labels=info["Config"].get("Labels") or {},
+            status=s["Status"],
+            running=bool(s["Running"]),
+            exit_code=int(s["ExitCode"]),
+            oom_killed=bool(s.get("OOMKilled")),
+            error=s.get("Error") or "",
+            started_at=s.get("StartedAt") or "",
+            finished_at=s.get("FinishedAt") or "",
+        )
+
+    async def list_labelled(self, label: str) -> list[str]:
+        """Ids of all containers (running or not) carrying `label` (`key=value`)."""
+        try:
+            items = await self.docker._query_json(
+                "containers/json",
+                params={"all": "true", "filters": json.dumps({"label": [label]})},
+            )
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+        return [str(c["Id"]) for c in items]
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """One sample of the container's resource use, as Docker reports it."""
+        try:
+            data: dict[str, Any] = await self.docker._query_json(
+                f"containers/{container_id}/stats", params={"stream": "false"}
+            )
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+        return data
+
+    async def logs(
+        self, container_id: str, *, follow: bool, since: str | None = None
+    ) -> AsyncIterator[LogLine]:
+        """The container's output lines with timestamps; with `follow`, until it stops.
+
+        `since` is Docker's timestamp text of the last line already kept; lines at that same
+        instant come again and the caller drops the ones it has.
+        """
+        params = {"stdout": "true", "stderr": "true", "timestamps": "true"}
+        if follow:
+            params["follow"] = "true"
+        if since:
+            params["since"] = _docker_since(since)
+        try:
+            async with self.docker._query(
+                f"containers/{container_id}/logs", params=params, timeout=LONG
+            ) as response:
+                async for line in _demux_lines(response.content):
+                    yield line
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+
+    async def events(self, label: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Docker's event stream for containers carrying `label`, from `since` (unix.nanos)."""
+        filters = {"type": ["container"], "label": [label]}
+        params = {"filters": json.dumps(filters)}
+        if since:
+            params["since"] = since
+        try:
+            async with self.docker._query("events", params=params, timeout=LONG) as response:
+                async for raw in response.content:
+                    if raw.strip():
+                        yield json.loads(raw)
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+
+    async def _post(self, path: str) -> None:
+        try:
+            async with self.docker._query(path, method="POST"):
+                pass
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+
+
+async def _demux_lines(content: aiohttp.StreamReader) -> AsyncIterator[LogLine]:
+    """Split Docker's multiplexed log stream (8-byte frame headers) into timestamped lines."""
+    partial = {1: b"", 2: b""}
+    names = {1: "stdout", 2: "stderr"}
+    while True:
+        try:
+            header = await content.readexactly(8)
+        except EOFError:
+            break
+        kind, size = struct.unpack(">BxxxL", header)
+        data = partial.get(kind, b"") + await content.readexactly(size)
+        *lines, partial[kind] = data.split(b"\n")
+        for raw in lines:
+            yield _parse_line(raw, names.get(kind, "stdout"))
+    for kind, rest in partial.items():
+        if rest:
+            yield _parse_line(rest, names[kind])
+
+
+def _parse_line(raw: bytes, stream: str) -> LogLine:
+    text = raw.decode("utf-8", "replace").rstrip("\r")
+    stamp, _, rest = text.partition(" ")
+    return LogLine(parse_docker_time(stamp), stamp, stream, rest)
+
+
+def parse_docker_time(text: str) -> datetime:
+    """Docker's RFC 3339 time with nanoseconds, to microseconds."""
+    if not text or text.startswith("0001-"):
+        return datetime(1, 1, 1, tzinfo=UTC)
+    head, _, frac = text.rstrip("Z").partition(".")
+    frac = (frac + "000000")[:6]
+    return datetime.fromisoformat(f"{head}.{frac}+00:00")
+
+
+def _docker_since(stamp: str) -> str:
+    """A log line's timestamp text as the `since` parameter (unix seconds.nanoseconds)."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(head + "+00:00").timestamp())
+    return f"{seconds}.{(frac + '000000000')[:9]}"

@@ -1,0 +1,88 @@
+"""Copying a finished run's outputs out of its container into `runs/<id>/`, streamed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path, PurePosixPath
+
+import attrs
+
+from precheck.command_line import OUTPUT_DIR, WORKDIR, output_name
+from precheck.engine import Engine
+from precheck.events.types import OutputFile
+from precheck.projections.runs import RunRecord
+from precheck.storage import Storage
+from precheck.tarstream import extract_tar
+
+log = logging.getLogger(__name__)
+
+MAX_KEPT_FILE = 256 << 20  # intermediate layouts in step folders are not worth keeping
+RUN_FOLDER = "run"  # runs/<id>/run/ holds the precheck's own run folder (reports/, final/, ...)
+OUTPUT_FOLDER = "output"
+
+
+@attrs.frozen
+class Collected:
+    """What came out: the output layout (if any), kept files, completed steps and metrics."""
+
+    output: OutputFile | None
+    files: tuple[OutputFile, ...]
+    completed_folders: set[str]
+    metrics: dict[str, float | int | str | None]
+
+
+def _safe_relative(name: str) -> PurePosixPath | None:
+    parts = PurePosixPath(name).parts
+    if not parts or any(p in ("..", "") or p.startswith("/") for p in parts):
+        return None
+    return PurePosixPath(*parts)
+
+
+async def collect(engine: Engine, storage: Storage, run: RunRecord, container_id: str) -> Collected:
+    """Copy the output layout and the run folder (minus bulky intermediates) out."""
+    run_dir = storage.run_dir(run.id)
+    files: list[OutputFile] = []
+    completed: set[str] = set()
+
+    def keep_run_file(name: str, size: int) -> Path | None:
+        rel = _safe_relative(name)
+        if rel is None or len(rel.parts) < 2:
+            return None
+        inner = PurePosixPath(*rel.parts[1:])  # drop the <tag>/ the archive starts with
+        if inner.name == "state_out.json" and len(inner.parts) == 2:
+            completed.add(f"runs/{run.id}/{inner.parts[0]}")
+        if inner.parts[:2] == ("final", "gds") or size > MAX_KEPT_FILE:
+            return None  # the final layout is the output, copied on its own
+        return run_dir / RUN_FOLDER / inner
+
+    tar = await engine.get_archive(container_id, f"{WORKDIR}/runs/{run.id}")
+    if tar is not None:
+        for x in await extract_tar(tar, keep_run_file):
+            if x.path is not None and x.sha256 is not None:
+                rel = x.path.relative_to(run_dir).as_posix()
+                files.append(OutputFile(rel, x.size, x.sha256))
+
+    output = None
+    name = output_name(run)
+    tar = await engine.get_archive(container_id, f"{OUTPUT_DIR}/{name}")
+    if tar is not None:
+        target = run_dir / OUTPUT_FOLDER / name
+        for x in await extract_tar(tar, lambda n, _: target if n == name else None):
+            if x.path is not None and x.sha256 is not None:
+                output = OutputFile(f"{OUTPUT_FOLDER}/{name}", x.size, x.sha256)
+
+    metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
+    return Collected(output, tuple(files), completed, metrics)
+
+
+def _metrics(path: Path) -> dict[str, float | int | str | None]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(k): v for k, v in raw.items() if v is None or isinstance(v, int | float | str)
+    }

@@ -1,0 +1,486 @@
+"""Runs prechecks in containers: reacts to the event log and to Docker's event stream.
+
+It never polls. It wakes when the store commits (a run queued, cancelled, ended) and when
+Docker reports a container of ours died, went OOM or was destroyed. On start and after every
+reconnect to Docker it reconciles once: every labelled container is matched to its run and
+adopted, finished or removed. Everything it learns is appended as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from precheck.capture import LogCapture
+from precheck.clock import Clock
+from precheck.command_line import INPUT_DIR, OUTPUT_DIR, precheck_command, step_total
+from precheck.config import Config, parse_memory
+from precheck.engine import Engine, EngineError
+from precheck.events.store import ConcurrencyError, EventStore, RecordedEvent
+from precheck.events.types import (
+    Event,
+    Metadata,
+    ReactionFailed,
+    RunCancelled,
+    RunFailedToStart,
+    RunFinished,
+    RunProgressed,
+    RunStarted,
+    RunTimedOut,
+    StrayContainerRemoved,
+)
+from precheck.logstore import LogStore
+from precheck.projections import Projections
+from precheck.projections.runs import RunRecord
+from precheck.results import collect
+from precheck.storage import Storage
+from precheck.tarstream import Entry, write_tar
+from precheck.verdict import Ending, LogFacts, Step, decide_verdict, failed_step
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR = Metadata(actor="supervisor")
+LABEL_INSTANCE = "precheck.instance"
+LABEL_RUN = "precheck.run"
+CAPTURE_GRACE = 30.0  # seconds to wait for the last log lines after a container died
+
+
+class Supervisor:
+    """Keeps at most `max_concurrent` precheck containers running, first queued first."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        store: EventStore,
+        projections: Projections,
+        storage: Storage,
+        logs: LogStore,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.store = store
+        self.state = projections
+        self.storage = storage
+        self.logs = logs
+        self.clock = clock
+        self.docker_reachable = False
+        self.docker_error = "not connected yet"
+        self._wake = asyncio.Event()
+        self._starting: set[str] = set()
+        self._exited: set[str] = set()  # runs whose container died, not yet recorded
+        self._killed: set[str] = set()
+        self._captures: dict[str, asyncio.Task[LogFacts]] = {}
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._finishing: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._since: str | None = None  # Docker time of the last event seen, to resume from
+        self._connected = asyncio.Event()
+
+    @property
+    def label(self) -> str:
+        """The label filter that selects this server's containers."""
+        return f"{LABEL_INSTANCE}={self.state.instance_id}"
+
+    # Lifecycle ---------------------------------------------------------------------------------
+
+    def on_event(self, _: RecordedEvent) -> None:
+        """Store listener: something changed; look at the queue again."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The supervisor's life: follow Docker and react to the log until cancelled."""
+        docker = asyncio.create_task(self._follow_docker(), name="supervisor-docker-events")
+        try:
+            await self._react_forever()
+        finally:
+            docker.cancel()
+            tasks = [docker, *self._tasks]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _react_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._react()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                await self._failed("react", e)
+            await self._wake.wait()
+
+    async def _failed(self, component: str, e: BaseException, run_id: str | None = None) -> None:
+        """Log a failed reaction with its traceback and record it; the loop goes on."""
+        log.error("supervisor %s failed:\n%s", component, "".join(traceback.format_exception(e)))
+        with contextlib.suppress(Exception):
+            await self.store.append(
+                [ReactionFailed(component, f"{type(e).__name__}: {e}", self.clock(), run_id)],
+                SUPERVISOR,
+            )
+
+    async def _append(self, run: RunRecord, events: list[Event]) -> bool:
+        """Append events about `run` if it has not changed since it was read."""
+        try:
+            await self.store.append(events, SUPERVISOR, {f"run-{run.id}": run.version})
+        except ConcurrencyError:
+            return False
+        return True
+
+    # Reacting to the log -----------------------------------------------------------------------
+
+    async def _react(self) -> None:
+        if not self.docker_reachable:
+            return
+        for run_id in list(self.state.queue.running):
+            run = self.state.runs.get(run_id)
+            if run and run.cancel_requested and run_id not in self._killed:
+                self._killed.add(run_id)
+                await self.engine.kill(run.container_id)
+        live = len(self.state.queue.running - self._exited) + len(self._starting)
+        free = self.config.server.max_concurrent - live
+        for run_id in self.state.queue.queued():
+            if free <= 0:
+                break
+            if run_id in self._starting:
+                continue
+            run = self.state.runs.get(run_id)
+            if run is None:
+                continue
+            self._starting.add(run_id)
+            self._spawn(self._start(run), f"start-{run_id}")
+            free -= 1
+
+    async def _image(self) -> str:
+        """The configured image's digest, pulled first when the pull policy says so."""
+        image, policy = self.config.docker.image, self.config.docker.pull
+        if policy == "always":
+            await self.engine.pull(image)
+        digest = await self.engine.image_id(image)
+        if digest is None and policy == "missing":
+            await self.engine.pull(image)
+            digest = await self.engine.image_id(image)
+        if digest is None:
+            raise EngineError(404, f"image {image} is not available (pull policy: {policy})")
+        return digest
+
+    def container_spec(self, run: RunRecord) -> dict[str, Any]:
+        """The Engine API create body: production's command, no network, bounded resources."""
+        d = self.config.docker
+        memory = parse_memory(d.memory_limit)
+        return {
+            "Image": d.image,
+            "Cmd": precheck_command(run),
+            "Env": ["COLUMNS=200"],
+            "Labels": {
+                LABEL_INSTANCE: self.state.instance_id,
+                LABEL_RUN: run.id,
+                "precheck.top_cell": run.top_cell,
+            },
+            "NetworkDisabled": True,
+            "HostConfig": {
+                "NetworkMode": "none",
+                "Memory": memory,
+                "MemorySwap": memory,  # no swap: an OOM should fail fast, not crawl
+                "PidsLimit": d.pids_limit,
+                "SecurityOpt": ["no-new-privileges"],
+                "AutoRemove": False,
+            },
+        }
+
+    async def _start(self, run: RunRecord) -> None:
+        container_id = ""
+        try:
+            digest = await self._image()
+            name = f"{self.config.docker.container_prefix}{run.id}"
+            container_id = await self.engine.create(name, self.container_spec(run))
+            source = self.storage.upload_file(run.upload_id, run.input.filename)
+            tar = write_tar(
+                [
+                    Entry(INPUT_DIR.lstrip("/")),
+                    Entry(OUTPUT_DIR.lstrip("/")),
+                    Entry(f"{INPUT_DIR.lstrip('/')}/{run.input.filename}", source),
+                ]
+            )
+            await self.engine.put_archive(container_id, "/", tar)
+            await self.engine.start(container_id)
+            started = RunStarted(run.id, container_id, self.config.docker.image, digest, self.clock())
+            if not await self._append(run, [started]):
+                # Cancelled while starting: the container must not outlive that decision.
+                await self.engine.remove(container_id)
+                return
+            self._watch(run.id, container_id)
+        except EngineError as e:
+            if container_id:
+                with contextlib.suppress(EngineError):
+                    await self.engine.remove(container_id)
+            if e.status == 900:  # Docker went away: the run stays queued for the reconnect
+                self._lost_docker(e.message)
+                return
+            await self._append(run, [RunFailedToStart(run.id, f"Docker: {e.message}", self.clock())])
+        except FileNotFoundError as e:
+            await self._append(run, [RunFailedToStart(run.id, f"input missing: {e}", self.clock())])
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            await self._failed("start", e, run.id)
+            if container_id:
+                with contextlib.suppress(Exception):
+                    await self.engine.remove(container_id)
+            await self._append(run, [RunFailedToStart(run.id, f"{type(e).__name__}: {e}", self.clock())])
+        finally:
+            self._starting.discard(run.id)
+            self._wake.set()
+
+    # Watching a running container --------------------------------------------------------------
+
+    def _watch(self, run_id: str, container_id: str) -> None:
+        """Capture the run's log and arm its timeout (once per run, also for adopted runs)."""
+        capture = self._captures.get(run_id)
+        if capture is None or capture.done():
+            self._captures[run_id] = self._spawn(
+                self._capture(run_id, container_id), f"capture-{run_id}"
+            )
+        if run_id not in self._timers:
+            self._timers[run_id] = self._spawn(self._timeout(run_id, container_id), f"timeout-{run_id}")
+
+    async def _capture(self, run_id: str, container_id: str) -> LogFacts:
+        async def on_step(step: Step) -> None:
+            run = self.state.runs.get(run_id)
+            if run is None or run.status != "running":
+                return
+            if run.progress is not None and run.progress.step >= step.number:
+                return  # already recorded (a resumed capture sees old lines again)
+            total = step_total(run)
+            await self._append(
+                run, [RunProgressed(run_id, step.number, total, step.name, self.clock())]
+            )
+
+        capture = LogCapture(self.engine, self.logs, run_id, container_id, on_step)
+        return await capture.run()
+
+    async def _timeout(self, run_id: str, container_id: str) -> None:
+        run = self.state.runs.get(run_id)
+        if run is None or run.started_at is None:
+            return
+        minutes = self.config.docker.timeout_minutes
+        deadline = run.started_at + timedelta(minutes=minutes)
+        await asyncio.sleep(max(0.0, (deadline - self.clock()).total_seconds()))
+        run = self.state.runs.get(run_id)
+        if run is None or run.status != "running":
+            return
+        if not run.timed_out:
+            await self._append(run, [RunTimedOut(run_id, minutes, self.clock())])
+        await self.engine.kill(container_id)
+
+    # Finishing ---------------------------------------------------------------------------------
+
+    def _finish_soon(self, run_id: str) -> None:
+        if run_id not in self._finishing:
+            self._exited.add(run_id)
+            self._finishing[run_id] = self._spawn(self._finish(run_id), f"finish-{run_id}")
+            self._wake.set()  # a slot may be free for the next queued run
+
+    async def _finish(self, run_id: str) -> None:
+        try:
+            await self._record_end(run_id)
+        except asyncio.CancelledError:
+            raise
+        except EngineError as e:
+            if e.status == 900:
+                self._lost_docker(e.message)  # reconciled again on reconnect
+            else:
+                await self._failed("finish", e, run_id)
+        except Exception as e:
+            await self._failed("finish", e, run_id)
+        finally:
+            self._finishing.pop(run_id, None)
+            self._exited.discard(run_id)
+            self._wake.set()
+
+    async def _record_end(self, run_id: str) -> None:
+        run = self.state.runs.get(run_id)
+        if run is None or run.status != "running":
+            return
+        container = await self.engine.inspect(run.container_id)
+        if container is not None and container.running:
+            return  # a stale event; the container lives on
+        facts = await self._facts(run)
+        run = self.state.runs.get(run_id) or run
+        if container is None:
+            ending = Ending(exit_code=-1, docker_error="the container disappeared before it was recorded")
+            events = self._verdict_events(run, ending, facts, None)
+        elif run.cancel_requested:
+            events = [RunCancelled(run.id, self.clock(), container.exit_code)]
+        else:
+            ending = Ending(
+                exit_code=container.exit_code,
+                oom_killed=container.oom_killed,
+                timed_out=run.timed_out,
+                timeout_minutes=self.config.docker.timeout_minutes,
+            )
+            collected = await collect(self.engine, self.storage, run, run.container_id)
+            events = self._verdict_events(run, ending, facts, collected)
+        for _ in range(3):
+            if await self._append(run, events):
+                break
+            run = self.state.runs.get(run_id) or run  # a progress or cancel event came first
+        self.logs.wake_all(run_id)
+        self._captures.pop(run_id, None)
+        timer = self._timers.pop(run_id, None)
+        if timer is not None:
+            timer.cancel()
+        if container is not None:
+            await self.engine.remove(container.id)
+
+    async def _facts(self, run: RunRecord) -> LogFacts:
+        """The whole log's facts: from the live capture, or a capture run to its end now."""
+        capture = self._captures.get(run.id)
+        if capture is None:
+            capture = self._captures[run.id] = self._spawn(
+                self._capture(run.id, run.container_id), f"capture-{run.id}"
+            )
+        try:
+            return await asyncio.wait_for(asyncio.shield(capture), CAPTURE_GRACE)
+        except TimeoutError:
+            capture.cancel()
+            raise
+
+    def _verdict_events(self, run: RunRecord, ending: Ending, facts: LogFacts, collected: Any) -> list[Event]:
+        verdict = decide_verdict(ending, facts)
+        completed = collected.completed_folders if collected is not None else set()
+        step = failed_step(facts.steps, completed) if verdict.status == "failed" else None
+        return [
+            RunFinished(
+                run.id,
+                verdict.status,
+                ending.exit_code,
+                verdict.error,
+                step,
+                verdict.classification,
+                dict(facts.deferred),
+                collected.output if collected is not None else None,
+                collected.files if collected is not None else (),
+                collected.metrics if collected is not None else {},
+                ending.oom_killed,
+                self.clock(),
+            )
+        ]
+
+    # Following Docker --------------------------------------------------------------------------
+
+    def _lost_docker(self, why: str) -> None:
+        if self.docker_reachable:
+            log.warning("lost Docker: %s", why)
+        self.docker_reachable = False
+        self.docker_error = why
+        self._connected.clear()
+
+    async def _follow_docker(self) -> None:
+        """Subscribe to Docker's events, reconcile, react; reconnect from the last event seen."""
+        delay = 0.2
+        while True:
+            try:
+                since = self._since or await self._docker_time()
+                self.docker_reachable, self.docker_error = True, ""
+                self._connected.set()
+                await self._reconcile()
+                self._wake.set()
+                delay = 0.2
+                async for event in self.engine.events(self.label, since):
+                    self._since = _event_time(event) or self._since
+                    self._on_docker_event(event)
+                self._lost_docker("Docker closed the event stream")
+            except asyncio.CancelledError:
+                raise
+            except EngineError as e:
+                self._lost_docker(e.message)
+            except Exception as e:
+                self._lost_docker(f"{type(e).__name__}: {e}")
+                await self._failed("docker-events", e)
+            # Waiting to reconnect to an engine that is down is not polling the queue.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _docker_time(self) -> str:
+        """Docker's own clock now, as the `since` of a first subscription."""
+        info = await self.engine.docker._query_json("info")
+        from precheck.engine import parse_docker_time
+
+        t = parse_docker_time(info.get("SystemTime", ""))
+        return f"{t.timestamp() - 1:.9f}"
+
+    def _on_docker_event(self, event: dict[str, Any]) -> None:
+        action = str(event.get("Action") or event.get("status") or "")
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        run_id = attributes.get(LABEL_RUN)
+        if not run_id:
+            return
+        run = self.state.runs.get(run_id)
+        if run is None or run.status != "running":
+            return
+        if action in ("die", "destroy") or action.startswith("oom"):
+            if action == "die" or action == "destroy":
+                self._finish_soon(run_id)
+
+    async def _reconcile(self) -> None:
+        """Match every labelled container to its run: adopt, finish or remove it."""
+        seen: set[str] = set()
+        for container_id in await self.engine.list_labelled(self.label):
+            c = await self.engine.inspect(container_id)
+            if c is None:
+                continue
+            run_id = c.labels.get(LABEL_RUN, "")
+            if run_id in self._starting:
+                continue  # being started right now
+            run = self.state.runs.get(run_id)
+            if run is not None and run.status == "running" and run.container_id == c.id:
+                seen.add(run_id)
+                if c.running:
+                    self._watch(run_id, c.id)
+                else:
+                    self._finish_soon(run_id)
+                continue
+            await self.engine.remove(c.id)
+            await self.store.append(
+                [StrayContainerRemoved(c.id, c.name, self.clock())], SUPERVISOR
+            )
+        for run_id in list(self.state.queue.running):
+            if run_id not in seen and run_id not in self._finishing:
+                self._finish_soon(run_id)  # its container is gone: recorded as a system failure
+
+    # Reading for the API -----------------------------------------------------------------------
+
+    async def stats(self, run: RunRecord) -> dict[str, Any]:
+        """Live resource use of a running run's container."""
+        return await self.engine.stats(run.container_id)
+
+
+def _event_time(event: dict[str, Any]) -> str | None:
+    nanos = event.get("timeNano")
+    if isinstance(nanos, int):
+        return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
+    t = event.get("time")
+    return str(t) if t is not None else None
+
+
+def now_plus(clock: Clock, seconds: float) -> datetime:
+    """A time `seconds` from now on `clock`."""
+    return clock() + timedelta(seconds=seconds)
+
+
+SupervisorFactory = Callable[..., Supervisor]

@@ -1,0 +1,202 @@
+"""Tar archives written and read as streams, never whole in memory.
+
+Docker's archive API speaks tar both ways; layouts can be GBs, so files go through in blocks and
+disk reads and writes run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tarfile
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import attrs
+
+BLOCK = 512
+CHUNK = 1 << 20
+
+
+@attrs.frozen
+class Entry:
+    """One member to write: a file from disk, or a directory when `source` is None."""
+
+    name: str
+    source: Path | None = None
+    mode: int = 0o644
+
+
+def _header(name: str, size: int, kind: bytes, mode: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.mode, info.mtime = size, kind, mode, int(time.time())
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+async def write_tar(entries: list[Entry]) -> AsyncIterator[bytes]:
+    """The tar stream of `entries`, read from disk block by block."""
+    loop = asyncio.get_running_loop()
+    for e in entries:
+        if e.source is None:
+            yield _header(e.name.rstrip("/") + "/", 0, tarfile.DIRTYPE, 0o755)
+            continue
+        f = await loop.run_in_executor(None, e.source.open, "rb")
+        try:
+            size = os.fstat(f.fileno()).st_size
+            yield _header(e.name, size, tarfile.REGTYPE, e.mode)
+            sent = 0
+            while sent < size:
+                chunk = await loop.run_in_executor(None, f.read, min(CHUNK, size - sent))
+                if not chunk:
+                    raise OSError(f"{e.source} shrank while being archived")
+                sent += len(chunk)
+                yield chunk
+        finally:
+            f.close()
+        if size % BLOCK:
+            yield b"\0" * (BLOCK - size % BLOCK)
+    yield b"\0" * (BLOCK * 2)
+
+
+async def gzip_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`chunks` gzip-compressed, as a stream."""
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    async for chunk in chunks:
+        out = z.compress(chunk)
+        if out:
+            yield out
+    yield z.flush()
+
+
+def tree_entries(root: Path, prefix: str) -> list[Entry]:
+    """Every folder and file under `root`, named under `prefix/`, in a stable order."""
+    entries = [Entry(prefix)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root)
+        base = f"{prefix}/{rel}" if str(rel) != "." else prefix
+        entries += [Entry(f"{base}/{d}") for d in dirnames]
+        entries += [Entry(f"{base}/{n}", Path(dirpath) / n) for n in sorted(filenames)]
+    return entries
+
+
+@attrs.frozen
+class Extracted:
+    """A regular file found in a tar stream: its member name and, if kept, where and its hash."""
+
+    name: str
+    size: int
+    path: Path | None
+    sha256: str | None
+
+
+class _Reader:
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = bytearray()
+        self._eof = False
+
+    async def _fill(self, n: int) -> None:
+        while len(self._buf) < n and not self._eof:
+            try:
+                self._buf += await anext(self._chunks)
+            except StopAsyncIteration:
+                self._eof = True
+
+    async def exactly(self, n: int) -> bytes:
+        await self._fill(n)
+        if len(self._buf) < n:
+            raise tarfile.ReadError("tar stream ended early")
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    async def pieces(self, n: int) -> AsyncIterator[bytes]:
+        while n > 0:
+            if not self._buf:
+                await self._fill(1)
+                if not self._buf:
+                    raise tarfile.ReadError("tar stream ended early")
+            take = min(n, len(self._buf), CHUNK)
+            piece = bytes(self._buf[:take])
+            del self._buf[:take]
+            n -= take
+            yield piece
+
+
+async def extract_tar(
+    chunks: AsyncIterator[bytes], keep: Callable[[str, int], Path | None]
+) -> list[Extracted]:
+    """Read a tar stream; write each regular file that `keep(name, size)` gives a path for.
+
+    Every regular file is listed, kept or not; kept files are hashed as they are written and
+    appear at their path only once complete. Links and devices are ignored: a member can never
+    write outside the paths `keep` returns.
+    """
+    loop = asyncio.get_running_loop()
+    reader = _Reader(chunks)
+    found: list[Extracted] = []
+    long_name: str | None = None
+    while True:
+        block = await reader.exactly(BLOCK)
+        if block == b"\0" * BLOCK:
+            break
+        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        padded = -(-info.size // BLOCK) * BLOCK
+        if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
+            data = await reader.exactly(padded)
+            long_name = _long_name(info.type, data[: info.size]) or long_name
+            continue
+        name, long_name = (long_name or info.name), None
+        if not info.isreg():
+            await _skip(reader, padded)
+            continue
+        target = keep(name, info.size)
+        if target is None:
+            await _skip(reader, padded)
+            found.append(Extracted(name, info.size, None, None))
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        f = await loop.run_in_executor(None, part.open, "wb")
+        try:
+            async for piece in reader.pieces(info.size):
+                await loop.run_in_executor(None, _write, f, digest, piece)
+        except BaseException:
+            f.close()
+            part.unlink(missing_ok=True)
+            raise
+        f.close()
+        os.replace(part, target)
+        await _skip(reader, padded - info.size)
+        found.append(Extracted(name, info.size, target, digest.hexdigest()))
+    return found
+
+
+def _write(f: object, digest: hashlib._Hash, data: bytes) -> None:
+    f.write(data)  # type: ignore[attr-defined]
+    digest.update(data)
+
+
+async def _skip(reader: _Reader, n: int) -> None:
+    async for _ in reader.pieces(n):
+        pass
+
+
+def _long_name(kind: bytes, data: bytes) -> str | None:
+    if kind == tarfile.GNUTYPE_LONGNAME:
+        return data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+    # A pax header: records "<len> key=value\n".
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+        pos += length
+    return None

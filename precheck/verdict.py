@@ -1,0 +1,128 @@
+"""Reading the precheck's log and deciding how a run ended. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import attrs
+
+SUCCESS_LINE = "Precheck successfully completed."
+FAILURE_LINE = "Error: The precheck failed with the following exception:"
+DEFERRED_LINE = "One or more deferred errors were encountered:"
+_STEP = re.compile(r"Running '(?P<name>[A-Za-z0-9_.]+)' at '(?P<folder>[^']*?(?P<num>\d+)-[^'/]+)'")
+_DEFERRED_COUNT = re.compile(r"^\s*(?P<count>\d+) (?P<what>.+?) errors? found\.?\s*$")
+
+
+@attrs.frozen
+class Step:
+    """A step the log announced: its number, id (`KLayout.CheckSize`) and folder."""
+
+    number: int
+    name: str
+    folder: str  # relative to the working dir: runs/<tag>/03-klayout-checksize
+
+
+def parse_step(text: str) -> Step | None:
+    """The step a `Running '...' at '...'` line announces, if it is one."""
+    m = _STEP.search(text)
+    if m is None:
+        return None
+    return Step(int(m["num"]), m["name"], m["folder"])
+
+
+@attrs.define
+class LogFacts:
+    """What the log said, gathered line by line."""
+
+    steps: list[Step] = attrs.Factory(list)
+    success: bool = False
+    failure: bool = False
+    deferred: dict[str, int] = attrs.Factory(dict)
+    reason: str = ""  # the line after the failure line: what went wrong
+    _in_deferred: bool = False
+    _after_failure: bool = False
+
+    def feed(self, text: str) -> Step | None:
+        """Take one line; return the step it starts, if any."""
+        step = parse_step(text)
+        if step is not None:
+            if not any(s.folder == step.folder for s in self.steps):
+                self.steps.append(step)
+            return step
+        stripped = text.strip()
+        if self._after_failure and stripped:
+            self.reason, self._after_failure = stripped[:500], False
+            return None
+        if stripped == SUCCESS_LINE:
+            self.success = True
+        elif stripped.startswith(FAILURE_LINE):
+            self.failure = True
+            self._after_failure = True
+        elif stripped.startswith(DEFERRED_LINE):
+            self._in_deferred = True
+        elif self._in_deferred:
+            m = _DEFERRED_COUNT.match(stripped)
+            if m:
+                self.deferred[m["what"]] = int(m["count"])
+        return None
+
+    def feed_all(self, lines: Iterable[str]) -> LogFacts:
+        """Take many lines."""
+        for text in lines:
+            self.feed(text)
+        return self
+
+
+@attrs.frozen
+class Ending:
+    """How the container ended, as Docker and the supervisor saw it."""
+
+    exit_code: int
+    oom_killed: bool = False
+    timed_out: bool = False
+    timeout_minutes: int = 0
+    docker_error: str = ""
+
+
+@attrs.frozen
+class Verdict:
+    """`completed` or `failed`, and for failures why: `design` or `system` and a message."""
+
+    status: str
+    classification: str | None
+    error: str
+
+
+def decide_verdict(ending: Ending, facts: LogFacts) -> Verdict:
+    """Passed only on exit 0 with the success line; anything else is a design or system failure.
+
+    System failures are those a retry might cure: OOM, timeout, Docker errors, an exit the
+    precheck does not make on a design error.
+    """
+    if ending.timed_out:
+        return Verdict("failed", "system", f"timeout: killed after {ending.timeout_minutes} minutes")
+    if ending.docker_error:
+        return Verdict("failed", "system", ending.docker_error)
+    if ending.oom_killed:
+        return Verdict("failed", "system", "out of memory: the container hit its memory limit")
+    if ending.exit_code == 0 and facts.success:
+        return Verdict("completed", None, "")
+    if ending.exit_code == 0:
+        return Verdict("failed", "system", "exit code 0 without the success line")
+    if ending.exit_code == 137:
+        return Verdict("failed", "system", "killed (exit code 137)")
+    if ending.exit_code == 1 and (facts.failure or facts.deferred):
+        if facts.deferred:
+            found = ", ".join(f"{n} {what}" for what, n in facts.deferred.items())
+            return Verdict("failed", "design", f"deferred errors: {found}")
+        return Verdict("failed", "design", f"the precheck failed: {facts.reason or 'no reason given'}")
+    return Verdict("failed", "system", f"exit code {ending.exit_code}")
+
+
+def failed_step(steps: Iterable[Step], completed_folders: set[str]) -> str | None:
+    """The first announced step whose folder has no `state_out.json`."""
+    for s in sorted(steps, key=lambda s: s.number):
+        if s.folder not in completed_folders:
+            return s.name
+    return None

@@ -1,0 +1,189 @@
+"""What a run produced and how to follow it: output, render, reports, debug tarball, wait, stats."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+
+from precheck import keys
+from precheck.engine import EngineError
+from precheck.errors import Conflict, NotFound
+from precheck.projections.runs import FINAL, RunRecord
+from precheck.results import RUN_FOLDER
+from precheck.tarstream import gzip_stream, tree_entries, write_tar
+from precheck.web.middleware import error
+from precheck.web.prechecks import find_run
+from precheck.web.requests import query_float
+
+
+class _ChecksumFileResponse(web.FileResponse):
+    """A file response whose ETag is the file's sha256 rather than its mtime and size."""
+
+    def __init__(self, path: Path, sha256: str, **kwargs: object) -> None:
+        super().__init__(path, **kwargs)  # type: ignore[arg-type]
+        self._sha256 = sha256
+
+    @property  # type: ignore[override]
+    def etag(self) -> object:
+        return web.StreamResponse.etag.fget(self)  # type: ignore[attr-defined]
+
+    @etag.setter
+    def etag(self, _: object) -> None:
+        web.StreamResponse.etag.fset(self, self._sha256)  # type: ignore[attr-defined]
+
+    async def prepare(self, request: web.BaseRequest) -> object:
+        # Conditions on the tag were answered by `_serve`; the base class would compare them
+        # with its own mtime-based tag, so it sees the request without them.
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _TAG_CONDITIONS}
+        return await super().prepare(request.clone(headers=headers))
+
+
+_TAG_CONDITIONS = ("if-none-match", "if-match")
+
+
+def _serve(request: web.Request, path: Path, sha256: str, filename: str) -> web.StreamResponse:
+    """A download with Range support and the sha256 as its ETag."""
+    quoted = f'"{sha256}"'
+    if_none = request.headers.get("If-None-Match")
+    if if_none and (if_none.strip() == "*" or quoted in [t.strip() for t in if_none.split(",")]):
+        return web.Response(status=304, headers={"ETag": quoted})
+    if_match = request.headers.get("If-Match")
+    if if_match and if_match.strip() != "*" and quoted not in [t.strip() for t in if_match.split(",")]:
+        return error(412, "the file's checksum does not match If-Match")
+    return _ChecksumFileResponse(
+        path,
+        sha256,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _run_dir(request: web.Request, run: RunRecord) -> Path:
+    return request.app[keys.STORAGE].run_dir(run.id)
+
+
+async def get_output(request: web.Request) -> web.StreamResponse:
+    """The final layout (also from a failed run with deferred errors: see `Result.Passed`)."""
+    run = find_run(request)
+    if run.output is None:
+        if run.status not in FINAL:
+            raise Conflict(f"precheck {run.id} is {run.status}; its output is not there yet")
+        raise NotFound(f"precheck {run.id} has no output layout ({run.status})")
+    path = _run_dir(request, run) / run.output.path
+    response = _serve(request, path, run.output.sha256, Path(run.output.path).name)
+    response.headers["X-Precheck-Passed"] = "true" if run.status == "completed" else "false"
+    return response
+
+
+async def get_render(request: web.Request) -> web.StreamResponse:
+    """The PNG render of the layout."""
+    run = find_run(request)
+    png = next((f for f in run.files if f.path.startswith(f"{RUN_FOLDER}/final/render/")), None)
+    if png is None:
+        if run.status not in FINAL:
+            raise Conflict(f"precheck {run.id} is {run.status}; its render is not there yet")
+        raise NotFound(f"precheck {run.id} has no render")
+    return _serve(request, _run_dir(request, run) / png.path, png.sha256, Path(png.path).name)
+
+
+def _reports(run: RunRecord) -> dict[str, tuple[str, int, str]]:
+    prefix = f"{RUN_FOLDER}/reports/"
+    return {
+        f.path[len(prefix) :]: (f.path, f.size, f.sha256) for f in run.files if f.path.startswith(prefix)
+    }
+
+
+async def list_reports(request: web.Request) -> web.Response:
+    """The check reports (DRC, antenna, density...) copied out of the run."""
+    run = find_run(request)
+    return web.json_response(
+        [
+            {"Name": name, "Size": size, "Checksums": {"sha256": sha}}
+            for name, (_, size, sha) in sorted(_reports(run).items())
+        ]
+    )
+
+
+async def get_report(request: web.Request) -> web.StreamResponse:
+    """One report by the name `list_reports` gives."""
+    run = find_run(request)
+    name = request.match_info["name"]
+    found = _reports(run).get(name)
+    if found is None:
+        raise NotFound(f"precheck {run.id} has no report named {name!r}")
+    path, _, sha = found
+    return _serve(request, _run_dir(request, run) / path, sha, Path(path).name)
+
+
+async def get_debug(request: web.Request) -> web.StreamResponse:
+    """The whole run folder as a tar.gz, streamed as it is read."""
+    run = find_run(request)
+    root = _run_dir(request, run)
+    entries = tree_entries(root, f"precheck-{run.id}") if root.is_dir() else []
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/gzip",
+            "Content-Disposition": f'attachment; filename="precheck-{run.id}.tar.gz"',
+        }
+    )
+    await response.prepare(request)
+    async for chunk in gzip_stream(write_tar(entries)):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def wait_for_end(request: web.Request, run_id: str, timeout: float) -> RunRecord | None:
+    """The run once it has ended, or None after `timeout` seconds. Wakes on commits, no sleeps."""
+    store, state = request.app[keys.STORE], request.app[keys.PROJECTIONS]
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                run = state.runs.get(run_id)
+                if run is None or run.status in FINAL:
+                    return run
+                await store.wait_beyond(state.position)
+    except TimeoutError:
+        return None
+
+
+async def post_wait(request: web.Request) -> web.Response:
+    """Docker's wait: answers when the run ends, with its exit code; 408 after `timeout` s."""
+    run = find_run(request)
+    timeout = query_float(request, "timeout", 300.0)
+    ended = await wait_for_end(request, run.id, timeout)
+    if ended is None:
+        raise web.HTTPRequestTimeout(text=f"precheck {run.id} did not end within {timeout:g} s")
+    return web.json_response(
+        {
+            "StatusCode": ended.exit_code if ended.exit_code is not None else -1,
+            "Status": ended.status,
+            "Error": {"Message": ended.error} if ended.error else None,
+        }
+    )
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    """Live resource use from Docker; 409 unless the run is running."""
+    run = find_run(request)
+    if run.status != "running":
+        raise Conflict(f"precheck {run.id} is not running ({run.status})")
+    supervisor = request.app.get(keys.SUPERVISOR)
+    if supervisor is None:
+        raise Conflict("this server does not run containers")
+    try:
+        return web.json_response(await supervisor.stats(run))
+    except EngineError as e:
+        raise Conflict(f"stats unavailable: {e.message}") from None
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the result routes."""
+    app.router.add_get("/api/v1/prechecks/{run_id}/output", get_output)
+    app.router.add_get("/api/v1/prechecks/{run_id}/render", get_render)
+    app.router.add_get("/api/v1/prechecks/{run_id}/reports", list_reports)
+    app.router.add_get("/api/v1/prechecks/{run_id}/reports/{name:.+}", get_report)
+    app.router.add_post("/api/v1/prechecks/{run_id}/wait", post_wait)
+    app.router.add_get("/api/v1/prechecks/{run_id}/stats", get_stats)
+    app.router.add_get("/api/v1/debug/prechecks/{run_id}", get_debug)

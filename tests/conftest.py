@@ -1,0 +1,30 @@
+"""Shared fixtures: configs on a fresh storage folder and real apps on real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from precheck.config import Config, parse_config
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """Build a `Config` on `tmp_path/data`; keyword tables override the TOML defaults."""
+
+    def make(**tables: dict[str, Any]) -> Config:
+        raw: dict[str, Any] = {"server": {"storage_path": str(tmp_path / "data")}}
+        for table, values in tables.items():
+            raw[table] = raw.get(table, {}) | values
+        return parse_config(raw, "test-config")
+
+    return make
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Config]) -> Config:
+    """The default config on a fresh storage folder."""
+    return make_config()

@@ -1,0 +1,351 @@
+"""Tests for the precheck simulator image, run on a real Docker engine."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+try:
+    from layouts import gds, gds_gz, oasis
+except ImportError:  # tests/ imported as a package
+    from .layouts import gds, gds_gz, oasis
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "simulator" / "build.sh"
+
+STEPS = [
+    ("KLayout.ReadLayout", "Read Layout"),
+    ("KLayout.CheckTopLevel", "Check Top Level"),
+    ("KLayout.CheckSize", "Check Slot Size"),
+    ("KLayout.GenerateID", "Generate ID"),
+    ("KLayout.Render", "Render"),
+    ("KLayout.Density", "Density"),
+    ("Checker.KLayoutDensity", "Density Checker"),
+    ("KLayout.ZeroArea", "Zero Area Polygons"),
+    ("Checker.ZeroArea", "Zero Area Checker"),
+    ("KLayout.Antenna", "Antenna"),
+    ("Checker.KLayoutAntenna", "Antenna Checker"),
+    ("Magic.DRC", "Magic DRC"),
+    ("Checker.MagicDRC", "Magic DRC Checker"),
+    ("KLayout.DRC", "KLayout DRC"),
+    ("Checker.KLayoutDRC", "KLayout DRC Checker"),
+    ("KLayout.WriteLayout", "Write Layout"),
+]
+COB_STEPS = [*STEPS[:3], ("KLayout.CheckPadMask", "Check Pad Mask"), *STEPS[3:]]
+
+STEP_FILES = ["COMMANDS", "config.json", "state_in.json", "runtime.txt"]
+RUN_FILES = ["flow.log", "warning.log", "error.log", "resolved.json"]
+REPORTS = [
+    "density.klayout.json",
+    "density.klayout.lyrdb",
+    "antenna.klayout.json",
+    "antenna.klayout.lyrdb",
+    "drc.klayout.json",
+    "drc.klayout.lyrdb",
+    "drc.magic.rpt",
+    "drc.magic.lyrdb",
+]
+METRICS = [
+    "klayout__drc_error__count",
+    "magic__drc_error__count",
+    "antenna__violating__nets",
+    "density__error__count",
+]
+SUCCESS = "Precheck successfully completed."
+FAILED = "Error: The precheck failed with the following exception:"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def slug(step_id: str) -> str:
+    return step_id.lower().replace(".", "-")
+
+
+def folders(steps) -> list[str]:
+    return [f"{n:02d}-{slug(step_id)}" for n, (step_id, _) in enumerate(steps, 1)]
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=check
+    )
+
+
+def docker_problem() -> str | None:
+    try:
+        result = docker("info", timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"docker CLI not usable: {exc}"
+    if result.returncode != 0:
+        return f"`docker info` failed: {result.stderr.strip() or result.stdout.strip()}"
+    return None
+
+
+class NoDocker(str):
+    """Stands in for the image tag when CI has no Docker engine, so tests fail, not error."""
+
+
+@pytest.fixture(scope="session")
+def image():
+    problem = docker_problem()
+    if problem:
+        if os.environ.get("CI"):
+            yield NoDocker(f"Docker engine required in CI: {problem}")
+            return
+        pytest.skip(f"needs a running Docker engine: {problem}")
+    tag = f"precheck-simulator-test:{uuid.uuid4().hex[:12]}"
+    build = subprocess.run(["bash", str(BUILD), tag], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, f"build.sh failed:\n{build.stderr}"
+    assert build.stdout.strip().startswith("sha256:"), build.stdout
+    yield tag
+    docker("rmi", "-f", tag, check=False)
+
+
+@dataclass
+class Run:
+    exit_code: int
+    stdout: str
+    stderr: str
+    oom_killed: bool
+    run_tag: str
+    run_dir: Path  # copied-out /workspace/runs/<tag>; may not exist
+    output_dir: Path  # copied-out /output
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+
+def run_precheck(
+    image: str,
+    tmp_path: Path,
+    layout: bytes,
+    filename: str = "design.gds",
+    *,
+    top: str | None = "chip_top",
+    extra: tuple[str, ...] = (),
+    args: list[str] | None = None,
+    memory: str | None = None,
+    timeout: float = 120,
+) -> Run:
+    """Runs the image the way the server does: create, cp in, start, wait, cp out."""
+    if isinstance(image, NoDocker):
+        pytest.fail(image)
+    run_tag = f"RUN_TEST_{uuid.uuid4().hex[:8]}"
+    if args is None:
+        args = ["--input", f"/input/{filename}", "--output", f"/output/{top}.gds"]
+        if top is not None:
+            args += ["--top", top]
+        args += ["--run-tag", run_tag, *extra]
+    create = ["create", "--network", "none", "-e", "COLUMNS=200"]
+    if memory:
+        create += ["-m", memory]
+    cid = docker(*create, image, "python3", "precheck.py", *args).stdout.strip()
+    try:
+        local_in = tmp_path / "in" / filename
+        local_in.parent.mkdir(parents=True, exist_ok=True)
+        local_in.write_bytes(layout)
+        docker("cp", str(local_in), f"{cid}:/input/")
+        started = docker("start", "-a", cid, timeout=timeout, check=False)
+        exit_code = int(docker("wait", cid).stdout.strip())
+        state = json.loads(docker("inspect", "-f", "{{json .State}}", cid).stdout)
+        assert state["ExitCode"] == exit_code
+        run_dir = tmp_path / "run"
+        docker("cp", f"{cid}:/workspace/runs/{run_tag}", str(run_dir), check=False)
+        output_dir = tmp_path / "output"
+        docker("cp", f"{cid}:/output", str(output_dir))
+        return Run(
+            exit_code=exit_code,
+            stdout=started.stdout,
+            stderr=started.stderr,
+            oom_killed=bool(state["OOMKilled"]),
+            run_tag=run_tag,
+            run_dir=run_dir,
+            output_dir=output_dir,
+        )
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def assert_passed(run: Run, steps, top: str = "chip_top") -> None:
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.lines[-2:] == ["Flow complete.", SUCCESS]
+    header = run.lines[:8]
+    assert header[0].startswith("PDK_ROOT = ")
+    assert header[1].startswith("PDK = ")
+    assert header[2:] == [
+        f"top_cell: {top}",
+        "die_id: FFFFFFFF",
+        f"cob: {'True' if len(steps) == 17 else 'False'}",
+        "slot: 1x1",
+        "threads: max",
+        "workers: 1",
+    ]
+    running = [line for line in run.lines if line.startswith("Running '")]
+    expected = folders(steps)
+    assert len(running) == len(steps)
+    for line, folder, (step_id, name) in zip(running, expected, steps, strict=True):
+        assert line == f"Running '{step_id}' at 'runs/{run.run_tag}/{folder}'\u2026"
+        rule_index = run.lines.index(line) - 1
+        assert name in run.lines[rule_index], (name, run.lines[rule_index])
+    found = sorted(p.name for p in run.run_dir.iterdir() if re.match(r"\d\d-", p.name))
+    assert found == expected
+    for folder in expected:
+        step_dir = run.run_dir / folder
+        for name in [*STEP_FILES, "state_out.json", f"{folder[3:]}.log"]:
+            assert (step_dir / name).is_file(), step_dir / name
+    for name in RUN_FILES:
+        assert (run.run_dir / name).is_file(), name
+    assert SUCCESS in (run.run_dir / "flow.log").read_text()
+    for name in REPORTS:
+        assert (run.run_dir / "reports" / name).is_file(), name
+    final = run.run_dir / "final"
+    assert (final / "render" / f"{top}.png").read_bytes().startswith(PNG_MAGIC)
+    metrics = json.loads((final / "metrics.json").read_text())
+    for key in METRICS:
+        assert isinstance(metrics[key], (int, float)), key
+    assert metrics["klayout__drc_error__count"] == 0
+    assert (final / "metrics.csv").read_text().startswith("Metric,Value\n")
+    final_gds = (final / "gds" / f"{top}.gds").read_bytes()
+    assert (run.output_dir / f"{top}.gds").read_bytes() == final_gds
+
+
+def assert_failed_at(run: Run, folder: str) -> None:
+    assert run.exit_code == 1, run.stdout + run.stderr
+    assert FAILED in run.stdout
+    assert SUCCESS not in run.stdout
+    assert run.lines[-2].startswith(FAILED)
+    step_dirs = sorted(p.name for p in run.run_dir.iterdir() if re.match(r"\d\d-", p.name))
+    assert step_dirs[-1] == folder
+    for name in step_dirs[:-1]:
+        assert (run.run_dir / name / "state_out.json").is_file(), name
+    assert not (run.run_dir / folder / "state_out.json").exists()
+    assert (run.run_dir / folder / "runtime.txt").is_file()
+    assert not (run.run_dir / "final").exists()
+    assert list(run.output_dir.iterdir()) == []
+
+
+def test_pass(image, tmp_path):
+    """A layout without directives passes all 16 steps and writes final/ and the output."""
+    layout = gds("chip_top")
+    run = run_precheck(image, tmp_path, layout)
+    assert_passed(run, STEPS)
+    assert (run.output_dir / "chip_top.gds").read_bytes() == layout
+    assert (run.run_dir / "final" / "gds" / "chip_top.gds").read_bytes() == layout
+
+
+def test_pass_cob(image, tmp_path):
+    """With --cob the flow has 17 steps, CheckPadMask being step 04."""
+    run = run_precheck(image, tmp_path, gds("chip_top"), extra=("--cob",))
+    assert_passed(run, COB_STEPS)
+    assert (run.run_dir / "04-klayout-checkpadmask" / "state_out.json").is_file()
+
+
+def test_gds_gz_input(image, tmp_path):
+    """A .gds.gz input passes and final/ and the output hold the decompressed GDS."""
+    layout = gds_gz("chip_top")
+    run = run_precheck(image, tmp_path, layout, "design.gds.gz")
+    assert_passed(run, STEPS)
+    assert (run.output_dir / "chip_top.gds").read_bytes() == gzip.decompress(layout)
+
+
+def test_oasis_input(image, tmp_path):
+    """An OASIS input passes like a GDS one."""
+    layout = oasis("chip_top")
+    run = run_precheck(image, tmp_path, layout, "design.oas")
+    assert_passed(run, STEPS)
+    assert (run.output_dir / "chip_top.gds").read_bytes() == layout
+
+
+def test_immediate_failure(image, tmp_path):
+    """fail=KLayout.CheckSize stops the flow at step 03 with exit 1 and no final/ or output."""
+    run = run_precheck(image, tmp_path, gds("chip_top", "fail=KLayout.CheckSize"))
+    assert_failed_at(run, "03-klayout-checksize")
+    assert not any(line.startswith("Running 'KLayout.GenerateID'") for line in run.lines)
+
+
+def test_top_cell_missing(image, tmp_path):
+    """A layout without the --top cell fails at CheckTopLevel."""
+    run = run_precheck(image, tmp_path, gds("other_cell"), top="chip_top")
+    assert_failed_at(run, "02-klayout-checktoplevel")
+    assert "chip_top" in run.lines[-1]
+
+
+def test_deferred_failure(image, tmp_path):
+    """deferred=3 runs to the end, writes final/ and the output, then fails with 3 DRC errors."""
+    layout = gds("chip_top", "deferred=3")
+    run = run_precheck(image, tmp_path, layout)
+    assert run.exit_code == 1
+    assert SUCCESS not in run.stdout
+    assert "Flow complete." not in run.stdout
+    assert run.lines[-3:] == [
+        FAILED + " ",
+        "One or more deferred errors were encountered:",
+        "3 KLayout DRC errors found.",
+    ]
+    metrics = json.loads((run.run_dir / "final" / "metrics.json").read_text())
+    assert metrics["klayout__drc_error__count"] == 3
+    assert (run.run_dir / "final" / "gds" / "chip_top.gds").read_bytes() == layout
+    assert (run.output_dir / "chip_top.gds").read_bytes() == layout
+    assert (run.run_dir / "16-klayout-writelayout" / "state_out.json").is_file()
+    assert json.loads((run.run_dir / "reports" / "drc.klayout.json").read_text())["total"] == 3
+
+
+def test_noise_lines(image, tmp_path):
+    """lines=5000 prints all 5000 noise lines, in order, inside Magic DRC."""
+    run = run_precheck(image, tmp_path, gds("chip_top", "lines=5000"))
+    assert_passed(run, STEPS)
+    noise = [line for line in run.lines if line.startswith("noise ")]
+    assert noise == [f"noise {i}" for i in range(1, 5001)]
+    first = run.lines.index("noise 1")
+    assert run.lines[first - 2].startswith("Running 'Magic.DRC'")
+    step_log = (run.run_dir / "12-magic-drc" / "magic-drc.log").read_text()
+    assert "noise 5000\n" in step_log
+
+
+def test_oom_killed(image, tmp_path):
+    """oom=256 under a 64 MB limit gets the container OOM-killed: exit 137, OOMKilled true."""
+    run = run_precheck(image, tmp_path, gds("chip_top", "oom=256"), memory="64m")
+    assert run.exit_code == 137
+    assert run.oom_killed is True
+    assert SUCCESS not in run.stdout
+    assert run.lines[-1].startswith("Running KLayout DRC")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--input", "/input/design.gds", "--id", "SHORT"],
+        ["--input", "/input/design.gds", "--id", "123456789"],
+        ["--top", "chip_top"],
+        ["--input", "/input/design.gds", "--bogus"],
+        ["--input", "/input/design.gds", "--slot", "2x2"],
+    ],
+    ids=["short-id", "long-id", "no-input", "unknown-flag", "bad-slot"],
+)
+def test_bad_usage(image, tmp_path, args):
+    """Bad command lines (e.g. an --id that is not 8 characters) exit 2 with a usage error."""
+    run = run_precheck(image, tmp_path, gds("chip_top"), args=args)
+    assert run.exit_code == 2
+    assert run.stderr.startswith("usage: precheck.py")
+    assert "precheck.py: error: " in run.stderr
+    assert run.stdout == ""
+
+
+def test_missing_input(image, tmp_path):
+    """An --input path that does not exist fails with exit 1."""
+    run = run_precheck(
+        image, tmp_path, gds("chip_top"), args=["--input", "/input/nope.gds", "--top", "chip_top"]
+    )
+    assert run.exit_code == 1
+    assert "/input/nope.gds" in run.stdout + run.stderr
+    assert SUCCESS not in run.stdout
