@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.set_defaults(run=_serve)
+
+    cleanup = commands.add_parser(
+        "cleanup", help="list and remove containers labelled as this server's that no live run owns"
+    )
+    _config_option(cleanup)
+    cleanup.add_argument("--dry-run", action="store_true", help="only list them")
+    cleanup.set_defaults(run=_cleanup)
     return parser
 
 
@@ -59,6 +66,33 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port if args.port is not None else config.server.port,
         access_log_format='%a "%r" %s %b %Tfs',
     )
+    return EXIT_OK
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from precheck.strays import StrayError, find_strays, remove_strays
+
+    config = _load(args)
+    try:
+        strays = asyncio.run(find_strays(config))
+    except StrayError as e:
+        raise CommandFailed(str(e)) from None
+    if not strays:
+        print("No stray containers found")
+        return EXIT_OK
+    print(f"Found {len(strays)} stray container(s):")
+    for c in strays:
+        print(f"  {c.name:<48} {c.id[:12]}  {c.status:<8}  run {c.labels.get('precheck.run', '?')}")
+    if args.dry_run:
+        print("Dry run: nothing removed")
+        return EXIT_OK
+    try:
+        removed = asyncio.run(remove_strays(config, strays))
+    except StrayError as e:
+        raise CommandFailed(str(e)) from None
+    print(f"Removed {removed} container(s)")
     return EXIT_OK
 
 

@@ -42,7 +42,7 @@ class DockerConfig:
     container_prefix: str = "precheck-"
     url: str = ""
     memory_limit: str = "24g"
-    timeout_minutes: int = 180
+    timeout_minutes: float = 180
     pull: str = "missing"
     pids_limit: int = 4096
 
@@ -102,6 +102,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(str, lambda v, _: _str(v))
     conv.register_structure_hook(int, lambda v, _: _int(v))
     conv.register_structure_hook(bool, lambda v, _: _bool(v))
+    conv.register_structure_hook(float, lambda v, _: _number(v))
     # cattrs would take any iterable as a tuple: a string as its characters, a table as its keys.
     conv.register_structure_hook_func(
         lambda t: t == tuple[str, ...], lambda v, _: tuple(_str(x) for x in _array(v))
@@ -127,6 +128,12 @@ def _int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"expected an integer, got {type(v).__name__}")
     return v
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"expected a number, got {type(v).__name__}")
+    return float(v)
 
 
 def _array(v: Any) -> list[Any]:
@@ -221,8 +228,8 @@ def _validate(config: Config, source: str) -> None:
         raise bad("docker.memory_limit", str(e)) from None
     if d.pids_limit < 16:
         raise bad("docker.pids_limit", "must be at least 16")
-    if d.timeout_minutes < 1:
-        raise bad("docker.timeout_minutes", "must be at least 1")
+    if not 0 < d.timeout_minutes < float("inf"):
+        raise bad("docker.timeout_minutes", "must be a positive number")
     if d.pull not in PULL_POLICIES:
         raise bad("docker.pull", f"must be one of {', '.join(PULL_POLICIES)}")
     if config.defaults.slot not in SLOTS:

@@ -88,6 +88,15 @@ class Engine:
         except Exception:
             return False
 
+    async def system_time(self) -> str:
+        """The engine's clock now, as unix `seconds.nanoseconds` (a `since` for events)."""
+        try:
+            info = await self.docker._query_json("info")
+        except (DockerError, aiohttp.ClientError) as e:
+            raise _wrap(e) from e
+        t = parse_docker_time(str(info.get("SystemTime", "")))
+        return f"{t.timestamp():.6f}"
+
     # Images -----------------------------------------------------------------------------------
 
     async def image_id(self, image: str) -> str | None:
@@ -108,10 +117,12 @@ class Engine:
         try:
             result = await self.docker.images.pull(image)
         except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
+            err = _wrap(e)
+            # Docker's own message often names only the registry: say which image it was.
+            raise EngineError(err.status, f"pulling image {image} failed: {err.message}") from e
         for item in result if isinstance(result, list) else [result]:
             if isinstance(item, dict) and item.get("error"):
-                raise EngineError(500, str(item["error"]))
+                raise EngineError(500, f"pulling image {image} failed: {item['error']}")
 
     # Containers -------------------------------------------------------------------------------
 

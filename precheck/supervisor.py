@@ -74,7 +74,6 @@ class Supervisor:
         self.docker_error = "not connected yet"
         self._wake = asyncio.Event()
         self._starting: set[str] = set()
-        self._exited: set[str] = set()  # runs whose container died, not yet recorded
         self._killed: set[str] = set()
         self._captures: dict[str, asyncio.Task[LogFacts]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
@@ -151,19 +150,16 @@ class Supervisor:
             if run and run.cancel_requested and run_id not in self._killed:
                 self._killed.add(run_id)
                 await self.engine.kill(run.container_id)
-        live = len(self.state.queue.running - self._exited) + len(self._starting)
-        free = self.config.server.max_concurrent - live
-        for run_id in self.state.queue.queued():
-            if free <= 0:
-                break
-            if run_id in self._starting:
-                continue
-            run = self.state.runs.get(run_id)
-            if run is None:
-                continue
-            self._starting.add(run_id)
-            self._spawn(self._start(run), f"start-{run_id}")
-            free -= 1
+        # A run holds its slot until its end is recorded, so the log never shows more than
+        # `max_concurrent` runs running at once.
+        live = len(self.state.queue.running) + len(self._starting)
+        if self._starting or live >= self.config.server.max_concurrent:
+            return  # one start at a time, so runs are recorded as started in queue order
+        head = self.state.queue.head()
+        run = self.state.runs.get(head) if head is not None else None
+        if run is not None:
+            self._starting.add(run.id)
+            self._spawn(self._start(run), f"start-{run.id}")  # its end wakes us for the next
 
     async def _image(self) -> str:
         """The configured image's digest, pulled first when the pull policy says so."""
@@ -291,9 +287,7 @@ class Supervisor:
 
     def _finish_soon(self, run_id: str) -> None:
         if run_id not in self._finishing:
-            self._exited.add(run_id)
             self._finishing[run_id] = self._spawn(self._finish(run_id), f"finish-{run_id}")
-            self._wake.set()  # a slot may be free for the next queued run
 
     async def _finish(self, run_id: str) -> None:
         try:
@@ -309,7 +303,6 @@ class Supervisor:
             await self._failed("finish", e, run_id)
         finally:
             self._finishing.pop(run_id, None)
-            self._exited.discard(run_id)
             self._wake.set()
 
     async def _record_end(self, run_id: str) -> None:
@@ -350,7 +343,9 @@ class Supervisor:
     async def _facts(self, run: RunRecord) -> LogFacts:
         """The whole log's facts: from the live capture, or a capture run to its end now."""
         capture = self._captures.get(run.id)
-        if capture is None:
+        if capture is None or (capture.done() and (capture.cancelled() or capture.exception())):
+            # None yet (adopted after a restart) or cut short (Docker went away): start again;
+            # it resumes after the last stored line.
             capture = self._captures[run.id] = self._spawn(
                 self._capture(run.id, run.container_id), f"capture-{run.id}"
             )
@@ -395,7 +390,7 @@ class Supervisor:
         delay = 0.2
         while True:
             try:
-                since = self._since or await self._docker_time()
+                since = self._since = self._since or await self.engine.system_time()
                 self.docker_reachable, self.docker_error = True, ""
                 self._connected.set()
                 await self._reconcile()
@@ -415,14 +410,6 @@ class Supervisor:
             # Waiting to reconnect to an engine that is down is not polling the queue.
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-    async def _docker_time(self) -> str:
-        """Docker's own clock now, as the `since` of a first subscription."""
-        info = await self.engine.docker._query_json("info")
-        from precheck.engine import parse_docker_time
-
-        t = parse_docker_time(info.get("SystemTime", ""))
-        return f"{t.timestamp() - 1:.9f}"
 
     def _on_docker_event(self, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "")

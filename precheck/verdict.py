@@ -52,8 +52,8 @@ class LogFacts:
             return step
         stripped = text.strip()
         if self._after_failure and stripped:
+            # The reason may itself be the deferred-errors heading: read on.
             self.reason, self._after_failure = stripped[:500], False
-            return None
         if stripped == SUCCESS_LINE:
             self.success = True
         elif stripped.startswith(FAILURE_LINE):
@@ -81,7 +81,7 @@ class Ending:
     exit_code: int
     oom_killed: bool = False
     timed_out: bool = False
-    timeout_minutes: int = 0
+    timeout_minutes: float = 0
     docker_error: str = ""
 
 
@@ -101,7 +101,7 @@ def decide_verdict(ending: Ending, facts: LogFacts) -> Verdict:
     precheck does not make on a design error.
     """
     if ending.timed_out:
-        return Verdict("failed", "system", f"timeout: killed after {ending.timeout_minutes} minutes")
+        return Verdict("failed", "system", f"timeout: killed after {ending.timeout_minutes:g} minutes")
     if ending.docker_error:
         return Verdict("failed", "system", ending.docker_error)
     if ending.oom_killed:

@@ -158,7 +158,7 @@ class RunTimedOut:
     """The run passed `docker.timeout_minutes`; its container is killed and the run fails."""
 
     run_id: str
-    minutes: int
+    minutes: float
     at: datetime
 
 

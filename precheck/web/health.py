@@ -15,11 +15,20 @@ async def health(request: web.Request) -> web.Response:
     app = request.app
     storage, store = app[keys.STORAGE], app[keys.STORE]
     writable = os.access(storage.root, os.W_OK)
-    body = {
-        "status": "healthy" if writable else "degraded",
+    supervisor = app.get(keys.SUPERVISOR)
+    docker_ok = supervisor is None or supervisor.docker_reachable
+    body: dict[str, object] = {
+        "status": "healthy" if writable and docker_ok else "degraded",
         "version": __version__,
         "storage": {"writable": writable, "events": store.head},
     }
+    if supervisor is not None:
+        body["docker"] = {
+            "reachable": supervisor.docker_reachable,
+            "error": supervisor.docker_error or None,
+            "image": app[keys.CONFIG].docker.image,
+        }
+    # Degraded still answers 200: the API serves reads and queues runs while Docker is away.
     return web.json_response(body, status=200 if writable else 503)
 
 
