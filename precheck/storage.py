@@ -97,7 +97,10 @@ class Storage:
         size, fmt = 0, None
         head = bytearray()
         pending: asyncio.Future[None] | None = None
-        buf = bytearray()
+        # Chunks are gathered by reference and handed to the writer thread as a list: copying
+        # them into one buffer cost the event loop more than the hashing and writing did.
+        parts: list[bytes] = []
+        held = 0
         f = await loop.run_in_executor(None, path.open, "wb")
         try:
             async for chunk in chunks:
@@ -108,17 +111,18 @@ class Storage:
                     head += chunk[: _HEAD - len(head)]
                     if len(head) >= _HEAD:
                         fmt = sniff(bytes(head)) or _not_a_layout()
-                buf += chunk
-                if len(buf) >= _BLOCK:
+                parts.append(chunk)
+                held += len(chunk)
+                if held >= _BLOCK:
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(None, _write_block, f, digest, bytes(buf))
-                    buf.clear()
+                    pending = loop.run_in_executor(None, _write_parts, f, digest, parts)
+                    parts, held = [], 0
             if pending is not None:
                 await pending
             if fmt is None:
                 fmt = sniff(bytes(head)) or _not_a_layout()
-            await loop.run_in_executor(None, _finish, f, digest, bytes(buf))
+            await loop.run_in_executor(None, _finish, f, digest, parts)
         except BaseException:
             if pending is not None and not pending.done():
                 await asyncio.shield(pending)
@@ -157,13 +161,14 @@ def _not_a_layout() -> str:
     raise NotALayout("the file is not a layout: expected GDSII, gzip-compressed GDSII or OASIS")
 
 
-def _write_block(f: object, digest: hashlib._Hash, data: bytes) -> None:
-    f.write(data)  # type: ignore[attr-defined]
-    digest.update(data)
+def _write_parts(f: object, digest: hashlib._Hash, parts: list[bytes]) -> None:
+    for data in parts:
+        digest.update(data)
+    f.writelines(parts)  # type: ignore[attr-defined]
 
 
-def _finish(f: object, digest: hashlib._Hash, data: bytes) -> None:
-    _write_block(f, digest, data)
+def _finish(f: object, digest: hashlib._Hash, parts: list[bytes]) -> None:
+    _write_parts(f, digest, parts)
     f.flush()  # type: ignore[attr-defined]
     os.fsync(f.fileno())  # type: ignore[attr-defined]
     f.close()  # type: ignore[attr-defined]

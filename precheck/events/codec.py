@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import cattrs
@@ -38,7 +39,8 @@ def _make_converter() -> cattrs.Converter:
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    # Fixed width: microseconds always written, so times sort and parse alike.
+    return t.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _parse_time(v: str) -> datetime:
@@ -88,6 +90,13 @@ def encode_metadata(meta: Metadata) -> str:
 
 def decode_metadata(data: str) -> Metadata:
     """Rebuild metadata from its JSON text."""
+    return _decode_metadata(data)
+
+
+# Metadata is frozen and repeats (every event of one request or of the supervisor shares it),
+# so a replay rebuilds each distinct text once.
+@lru_cache(maxsize=4096)
+def _decode_metadata(data: str) -> Metadata:
     return converter.structure(_loads(data), Metadata)
 
 

@@ -65,6 +65,10 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error(_status_of(e), str(e))
     except (ConcurrencyError, StoreClosed) as e:
         response = error(_status_of(e), str(e))
+    except ConnectionResetError:
+        # The client went away mid-request (an aborted upload): nothing to answer, no fault here.
+        log.info("client %s went away during %s %s", client, request.method, request.path)
+        raise
     except Exception:
         log.exception("request %s %s failed (request id %s)", request.method, request.path, rid)
         response = error(500, f"internal error (request id {rid})")

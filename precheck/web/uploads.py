@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import unquote
 from collections.abc import AsyncIterator
 
 from aiohttp import BodyPartReader, web
@@ -64,8 +65,8 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 
 
 def _label(name: str | None) -> str:
-    # Kept for display only; never used as a path.
-    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    # Kept for display only; never used as a path. Some clients percent-encode it.
+    name = unquote(name or "").replace("\\", "/").rsplit("/", 1)[-1]
     return "".join(c for c in name if c.isprintable())[:255] or "layout"
 
 

@@ -1,0 +1,227 @@
+"""API keys, the IP allowlist, trusted proxies and who-did-it metadata, over a real socket."""
+
+from __future__ import annotations
+
+import hashlib
+
+import aiohttp
+import pytest
+from layouts import gds
+
+from precheck import keys
+from precheck.app import create_app
+
+
+def api_app(config, **kw):
+    """The app without a supervisor: these tests are about the API, so runs stay queued."""
+    return create_app(config, run_containers=False, **kw)
+
+
+KEY = "ws_key_ci_secret"
+KEYS = [{"name": "ci", "key": KEY}]
+
+
+def auth_app(make_config, server: dict | None = None, **auth):
+    return api_app(
+        make_config(server=server or {}, auth={"required": True, "api_keys": KEYS, **auth})
+    )
+
+
+def bearer(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def received(client) -> list:
+    """The upload events in the log (the server also records its own start)."""
+    return [r for r in await client.app[keys.STORE].read() if r.type == "upload.received"]
+
+
+def layout_form() -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("file", gds(), filename="chip.gds")
+    return form
+
+
+@pytest.fixture
+async def client(aiohttp_client, make_config):
+    return await aiohttp_client(auth_app(make_config))
+
+
+async def test_health_is_open(client):
+    """`/health` answers without a key."""
+    r = await client.get("/health")
+    assert r.status == 200
+    assert (await r.json())["status"] == "healthy"
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/queue", "/api/v1/uploads", "/api/v1/prechecks", "/api/v1/prechecks/x"]
+)
+async def test_missing_key_is_401(client, path):
+    """Without a key every API route answers 401 with a JSON message and a Bearer challenge."""
+    r = await client.get(path)
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"] == "Bearer"
+    assert "API key required" in (await r.json())["message"]
+
+
+async def test_missing_key_refuses_writes_without_events(client):
+    """An upload without a key is refused before anything is stored."""
+    head = client.app[keys.STORE].head
+    r = await client.post("/api/v1/uploads", data=layout_form())
+    assert r.status == 401
+    assert client.app[keys.STORE].head == head
+    root = client.app[keys.CONFIG].server.storage_path
+    assert list((root / "uploads").iterdir()) == []
+    assert list((root / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer wrong"},
+        {"X-API-Key": "wrong"},
+        {"Authorization": f"Bearer {KEY}x"},
+        {"Authorization": f"Basic {KEY}"},  # not a bearer token: no key at all
+    ],
+)
+async def test_wrong_key_is_401(client, headers):
+    """A wrong key (or one in the wrong scheme) answers 401 with a JSON message."""
+    r = await client.get("/api/v1/queue", headers=headers)
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"] == "Bearer"
+    assert (await r.json())["message"].startswith("Unauthorized")
+
+
+@pytest.mark.parametrize(
+    "headers", [bearer(), {"Authorization": f"bearer {KEY}"}, {"X-API-Key": KEY}]
+)
+async def test_right_key_is_200(client, headers):
+    """The right key opens the API, as a bearer token or in X-API-Key."""
+    r = await client.get("/api/v1/queue", headers=headers)
+    assert r.status == 200
+    assert (await r.json())["queued"] == 0
+
+
+async def test_key_given_as_sha256(aiohttp_client, make_config):
+    """A key configured only by its sha256 digest is accepted; others are not."""
+    digest = hashlib.sha256(b"hashed-secret").hexdigest()
+    app = api_app(
+        make_config(auth={"required": True, "api_keys": [{"name": "ops", "key_sha256": digest}]})
+    )
+    client = await aiohttp_client(app)
+    assert (await client.get("/api/v1/queue", headers=bearer("hashed-secret"))).status == 200
+    assert (await client.get("/api/v1/queue", headers=bearer(digest))).status == 401
+
+
+async def test_actor_client_and_request_id_land_in_event_metadata(client):
+    """An upload's event names the key, the client address and the request id, which is echoed."""
+    r = await client.post(
+        "/api/v1/uploads", data=layout_form(), headers={**bearer(), "X-Request-Id": "test-123"}
+    )
+    assert r.status == 200, await r.text()
+    assert r.headers["X-Request-Id"] == "test-123"
+    upload_id = (await r.json())["Id"]
+    [recorded] = await received(client)
+    assert recorded.event.upload_id == upload_id
+    assert recorded.metadata.actor == "ci"
+    assert recorded.metadata.client == "127.0.0.1"
+    assert recorded.metadata.request_id == "test-123"
+
+
+async def test_request_id_is_made_when_missing_or_unusable(client):
+    """Without a usable X-Request-Id the server makes one and still echoes it, even on errors."""
+    r = await client.get("/api/v1/queue", headers=bearer())
+    made = r.headers["X-Request-Id"]
+    assert made
+    r = await client.get(
+        "/api/v1/queue", headers={**bearer(), "X-Request-Id": "bad id\twith spaces"}
+    )
+    assert r.headers["X-Request-Id"] not in ("", "bad id\twith spaces")
+    r = await client.get("/api/v1/queue", headers={"X-Request-Id": "denied-1"})
+    assert r.status == 401
+    assert r.headers["X-Request-Id"] == "denied-1"
+
+
+async def test_allowlist_excluding_the_client_is_403(aiohttp_client, make_config):
+    """An allowlist without 127.0.0.1 refuses even the right key with 403 and a message."""
+    client = await aiohttp_client(auth_app(make_config, allowed_ips=["10.0.0.0/8", "192.0.2.7"]))
+    r = await client.get("/api/v1/queue", headers=bearer())
+    assert r.status == 403
+    assert "127.0.0.1" in (await r.json())["message"]
+    head = client.app[keys.STORE].head
+    r = await client.post("/api/v1/uploads", data=layout_form(), headers=bearer())
+    assert r.status == 403
+    assert client.app[keys.STORE].head == head
+
+
+@pytest.mark.parametrize(
+    "allowed", [["127.0.0.0/8"], ["10.0.0.0/8", "127.0.0.1"], ["127.0.0.1/32"]]
+)
+async def test_allowlist_including_the_client_is_200(aiohttp_client, make_config, allowed):
+    """A CIDR or address that covers 127.0.0.1 lets the keyed request through."""
+    client = await aiohttp_client(auth_app(make_config, allowed_ips=allowed))
+    assert (await client.get("/api/v1/queue", headers=bearer())).status == 200
+
+
+async def test_forwarded_for_ignored_from_untrusted_peer(aiohttp_client, make_config):
+    """Without trusted proxies, X-Forwarded-For neither passes an allowlist nor names the client."""
+    client = await aiohttp_client(auth_app(make_config, allowed_ips=["203.0.113.0/24"]))
+    r = await client.get("/api/v1/queue", headers={**bearer(), "X-Forwarded-For": "203.0.113.9"})
+    assert r.status == 403
+    assert "127.0.0.1" in (await r.json())["message"]
+
+    open_client = await aiohttp_client(auth_app(make_config))
+    r = await open_client.post(
+        "/api/v1/uploads",
+        data=layout_form(),
+        headers={**bearer(), "X-Forwarded-For": "203.0.113.9"},
+    )
+    assert r.status == 200
+    [recorded] = await received(open_client)
+    assert recorded.metadata.client == "127.0.0.1"
+
+
+async def test_forwarded_for_honoured_from_trusted_proxy(aiohttp_client, make_config):
+    """Behind a trusted proxy the forwarded address is the client: it decides the allowlist."""
+    app = auth_app(
+        make_config, server={"trusted_proxies": ["127.0.0.1/32"]}, allowed_ips=["203.0.113.0/24"]
+    )
+    client = await aiohttp_client(app)
+    # The proxy itself is not in the allowlist, so only the forwarded address can let this in.
+    r = await client.post(
+        "/api/v1/uploads",
+        data=layout_form(),
+        headers={**bearer(), "X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
+    )
+    assert r.status == 200, await r.text()
+    [recorded] = await received(client)
+    assert recorded.metadata.client == "203.0.113.9"
+
+    r = await client.get("/api/v1/queue", headers={**bearer(), "X-Forwarded-For": "198.51.100.1"})
+    assert r.status == 403
+    assert "198.51.100.1" in (await r.json())["message"]
+    # Without the header the peer itself is the client, and it is not allowed.
+    assert (await client.get("/api/v1/queue", headers=bearer())).status == 403
+
+
+async def test_key_from_environment(aiohttp_client, make_config, monkeypatch):
+    """A `${ENV}` key is replaced by the variable's value when the config is read."""
+    monkeypatch.setenv("PRECHECK_TEST_API_KEY", "from-the-environment")
+    config = make_config(
+        auth={"required": True, "api_keys": [{"name": "env", "key": "${PRECHECK_TEST_API_KEY}"}]}
+    )
+    client = await aiohttp_client(api_app(config))
+    assert (await client.get("/api/v1/queue", headers=bearer("from-the-environment"))).status == 200
+    assert (
+        await client.get("/api/v1/queue", headers=bearer("${PRECHECK_TEST_API_KEY}"))
+    ).status == 401
+
+
+async def test_open_server_records_anonymous(aiohttp_client, config):
+    """With auth not required, requests without a key pass and are recorded as anonymous."""
+    client = await aiohttp_client(api_app(config))
+    r = await client.post("/api/v1/uploads", data=layout_form())
+    assert r.status == 200
+    [recorded] = await received(client)
+    assert recorded.metadata.actor == "anonymous"

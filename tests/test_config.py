@@ -1,0 +1,226 @@
+"""`load_config` on real TOML files, and the server refusing to start on a bad one."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from precheck.config import ConfigError, load_config
+
+FULL = """
+[server]
+host = "0.0.0.0"
+port = 9123
+storage_path = "/srv/precheck"
+max_concurrent = 3
+upload_expiry_minutes = 30
+max_upload_mb = 512
+trusted_proxies = ["10.0.0.1", "fd00::/8"]
+
+[docker]
+image = "example.org/precheck:1.2"
+container_prefix = "pc-"
+url = "tcp://docker.internal:2375"
+memory_limit = "8g"
+timeout_minutes = 60
+pull = "never"
+pids_limit = 1024
+
+[auth]
+required = true
+allowed_ips = ["192.168.1.0/24", "10.0.0.5"]
+
+[[auth.api_keys]]
+name = "ci-server"
+key = "ws_key_abc123"
+
+[[auth.api_keys]]
+name = "developer"
+key_sha256 = "{digest}"
+
+[defaults]
+slot = "0p5x1"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def refused(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    """An empty file gives every default of the plan."""
+    c = load_config(write(tmp_path, ""))
+    assert (c.server.host, c.server.port) == ("127.0.0.1", 8000)
+    assert c.server.storage_path == Path("./data")
+    assert c.server.max_concurrent == 1
+    assert c.server.upload_expiry_minutes == 15
+    assert c.server.max_upload_mb == 2048
+    assert c.server.trusted_proxies == ()
+    assert c.docker.image == "ghcr.io/wafer-space/gf180mcu-precheck:latest"
+    assert c.docker.container_prefix == "precheck-"
+    assert c.docker.pull == "missing"
+    assert c.auth.required is False
+    assert c.auth.allowed_ips == ()
+    assert c.auth.api_keys == ()
+    assert c.defaults.slot == "1x1"
+
+
+def test_plan_minimal_file(tmp_path):
+    """The plan's minimal example loads with defaults for the rest."""
+    c = load_config(
+        write(
+            tmp_path,
+            '[server]\nhost = "127.0.0.1"\nport = 8080\n\n'
+            '[docker]\nimage = "ghcr.io/wafer-space/gf180mcu-precheck:latest"\n',
+        )
+    )
+    assert c.server.port == 8080
+    assert c.server.upload_expiry_minutes == 15
+    assert c.docker.container_prefix == "precheck-"
+
+
+def test_every_key(tmp_path):
+    """Every key of every table is read into the config."""
+    digest = hashlib.sha256(b"dev-secret").hexdigest()
+    c = load_config(write(tmp_path, FULL.replace("{digest}", digest)))
+    s, d, a = c.server, c.docker, c.auth
+    assert (s.host, s.port, s.storage_path) == ("0.0.0.0", 9123, Path("/srv/precheck"))
+    assert (s.max_concurrent, s.upload_expiry_minutes, s.max_upload_mb) == (3, 30, 512)
+    assert s.trusted_proxies == ("10.0.0.1", "fd00::/8")
+    assert (d.image, d.container_prefix, d.url) == (
+        "example.org/precheck:1.2", "pc-", "tcp://docker.internal:2375",
+    )  # fmt: skip
+    assert (d.memory_limit, d.timeout_minutes, d.pull, d.pids_limit) == ("8g", 60, "never", 1024)
+    assert a.required is True
+    assert a.allowed_ips == ("192.168.1.0/24", "10.0.0.5")
+    assert [(k.name, k.key, k.key_sha256) for k in a.api_keys] == [
+        ("ci-server", "ws_key_abc123", ""),
+        ("developer", "", digest),
+    ]
+    assert c.defaults.slot == "0p5x1"
+
+
+def test_env_expansion_in_key(tmp_path, monkeypatch):
+    """`${VAR}` in a key is replaced by the environment variable's value."""
+    monkeypatch.setenv("PRECHECK_CFG_TEST_KEY", "ws_key_from_env")
+    c = load_config(
+        write(tmp_path, '[[auth.api_keys]]\nname = "env"\nkey = "pre-${PRECHECK_CFG_TEST_KEY}"\n')
+    )
+    assert c.auth.api_keys[0].key == "pre-ws_key_from_env"
+
+
+def test_env_variable_not_set(tmp_path, monkeypatch):
+    """A key naming an unset variable is an error, not a literal `${...}` key."""
+    monkeypatch.delenv("PRECHECK_CFG_UNSET", raising=False)
+    path = write(tmp_path, '[[auth.api_keys]]\nname = "env"\nkey = "${PRECHECK_CFG_UNSET}"\n')
+    message = refused(path)
+    assert str(path) in message
+    assert "auth.api_keys[0].key" in message
+    assert "PRECHECK_CFG_UNSET" in message
+
+
+def test_missing_file(tmp_path):
+    """A missing file is a ConfigError naming it."""
+    path = tmp_path / "nowhere" / "config.toml"
+    message = refused(path)
+    assert str(path) in message
+    assert "not found" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("colour = 1\n", "colour"),
+        ("[server]\nprot = 8000\n", "server.prot"),
+        ("[srever]\nport = 8000\n", "srever"),
+        ('[[auth.api_keys]]\nname = "a"\nkey = "b"\nscope = "all"\n', "auth.api_keys[0].scope"),
+        ('[server]\nport = "8000"\n', "server.port"),
+        ("[server]\nmax_concurrent = 1.5\n", "server.max_concurrent"),
+        ("[server]\nstorage_path = 5\n", "server.storage_path"),
+        ('[auth]\nrequired = "yes"\n', "auth.required"),
+        ("[server]\nport = true\n", "server.port"),
+        ('[auth]\nallowed_ips = "10.0.0.0/8"\n', "auth.allowed_ips"),
+        ('[auth]\nallowed_ips = ""\n', "auth.allowed_ips"),
+        ('[server]\ntrusted_proxies = "127.0.0.1"\n', "server.trusted_proxies"),
+        ('[auth]\napi_keys = "ws_key"\n', "auth.api_keys"),
+        ('[defaults]\nslot = "2x2"\n', "defaults.slot"),
+        ("[auth]\nrequired = true\n", "auth.required"),
+        (
+            '[[auth.api_keys]]\nname = "a"\nkey = "b"\nkey_sha256 = "' + "0" * 64 + '"\n',
+            "auth.api_keys[0]",
+        ),
+        ('[[auth.api_keys]]\nname = "a"\n', "auth.api_keys[0]"),
+        ('[[auth.api_keys]]\nname = "a"\nkey_sha256 = "XYZ"\n', "auth.api_keys[0].key_sha256"),
+        ('[[auth.api_keys]]\nkey = "b"\n', "auth.api_keys[0].name"),
+        (
+            '[[auth.api_keys]]\nname = "a"\nkey = "b"\n[[auth.api_keys]]\nname = "a"\nkey = "c"\n',
+            "auth.api_keys[1].name",
+        ),
+        ('[auth]\nallowed_ips = ["10.0.0.0/33"]\n', "auth.allowed_ips[0]"),
+        ('[server]\ntrusted_proxies = ["proxy.local"]\n', "server.trusted_proxies[0]"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[server]\nmax_concurrent = 0\n", "server.max_concurrent"),
+        ("[server]\nmax_upload_mb = 0\n", "server.max_upload_mb"),
+        ('[docker]\npull = "sometimes"\n', "docker.pull"),
+        ('[docker]\nimage = ""\n', "docker.image"),
+    ],
+)
+def test_bad_file_names_file_and_key(tmp_path, text, key):
+    """Every unusable value is a ConfigError whose message names the file and the key."""
+    path = write(tmp_path, text)
+    message = refused(path)
+    assert message.startswith(f"{path}: "), message
+    assert key in message, message
+
+
+def test_invalid_toml(tmp_path):
+    """A file that is not TOML is a ConfigError naming the file."""
+    path = write(tmp_path, "[server\nport = 1\n")
+    message = refused(path)
+    assert str(path) in message
+    assert "TOML" in message
+
+
+def test_serve_with_missing_config_exits_with_one_line(tmp_path):
+    """`serve --config missing.toml` exits non-zero with one stderr line naming the file."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "precheck", "serve", "--config", "missing.toml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "missing.toml" in lines[0]
+    assert proc.stdout == ""
+    assert not (tmp_path / "data").exists()
+
+
+def test_serve_with_bad_config_exits_with_one_line(tmp_path):
+    """`serve` on a file with an unknown key exits non-zero with one line naming file and key."""
+    write(tmp_path, "[server]\nprot = 1\n", "bad.toml")
+    proc = subprocess.run(
+        [sys.executable, "-m", "precheck", "serve", "--config", "bad.toml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "bad.toml" in lines[0] and "server.prot" in lines[0]
