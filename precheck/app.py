@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -22,9 +23,10 @@ from precheck.handler import CommandHandler
 from precheck.projections import Projections
 from precheck.storage import Storage
 from precheck.supervisor import Supervisor
-from precheck.web import health, logs, prechecks, results, uploads
+from precheck.web import audit, health, logs, prechecks, results, uploads
 from precheck.web.auth import Authenticator
 from precheck.web.middleware import context
+from precheck.web.sse import stop_streams
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ def create_app(
     app.cleanup_ctx.append(_upload_expiry)
     if run_containers:
         app.cleanup_ctx.append(_supervisor)
-    for resource in (health, uploads, prechecks, logs, results):
+    app[keys.STREAMS] = weakref.WeakSet()
+    app.on_shutdown.append(stop_streams)
+    for resource in (health, uploads, prechecks, logs, results, audit):
         resource.setup_routes(app)
     return app
 

@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from precheck.app import create_app
+    from precheck.web.access_log import AccessLogger
 
     config = _load(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         create_app(config),
         host=args.host or config.server.host,
         port=args.port if args.port is not None else config.server.port,
-        access_log_format='%a "%r" %s %b %Tfs',
+        access_log_class=AccessLogger,
     )
     return EXIT_OK
 

@@ -32,6 +32,7 @@ class ServerConfig:
     upload_expiry_minutes: int = 15
     max_upload_mb: int = 2048
     trusted_proxies: tuple[str, ...] = ()
+    sse_heartbeat_seconds: float = 15
 
 
 @attrs.frozen
@@ -215,6 +216,8 @@ def _validate(config: Config, source: str) -> None:
         raise bad("server.max_concurrent", "must be at least 1")
     if s.upload_expiry_minutes < 1:
         raise bad("server.upload_expiry_minutes", "must be at least 1")
+    if not 0 < s.sse_heartbeat_seconds <= 3600:
+        raise bad("server.sse_heartbeat_seconds", "must be a number of seconds, 0 to 3600")
     if s.max_upload_mb < 1:
         raise bad("server.max_upload_mb", "must be at least 1")
     for j, net in enumerate(s.trusted_proxies):

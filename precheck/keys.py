@@ -28,6 +28,7 @@ CLOCK = web.AppKey["Clock"]("clock")
 EXPIRY = web.AppKey["UploadExpiry"]("expiry")
 LOGS = web.AppKey["LogStore"]("logs")
 SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
+STREAMS = web.AppKey["weakref.WeakSet[Any]"]("streams")
 
 # Per-request values set by the middleware.
 ACTOR = "precheck.actor"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 
 import aiosqlite
@@ -60,7 +62,11 @@ class _Write:
 class LogStore:
     """Durable per-run log lines with group commit and a wake-up per run."""
 
+    RECENT = 20000  # lines per run kept in memory, so many followers share one copy
+    WINDOWS = 32  # runs whose recent lines are kept
+
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._recent: dict[str, deque[StoredLine]] = {}
         self._writer_db = writer
         self._reader_db = reader
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
@@ -146,12 +152,31 @@ class LogStore:
                             w.done.set_exception(e)
                 else:
                     for w in batch:
+                        self._remember(w.run_id, w.lines)
                         self._last[w.run_id] = max(self._last.get(w.run_id, 0), w.lines[-1].line)
                         self._wake(w.run_id)
                         if not w.done.done():
                             w.done.set_result(None)
             if stop:
                 return
+
+    def _remember(self, run_id: str, lines: Sequence[StoredLine]) -> None:
+        recent = self._recent.pop(run_id, None) or deque(maxlen=self.RECENT)
+        if recent and lines[0].line != recent[-1].line + 1:
+            recent.clear()  # not contiguous (a resumed capture): start the window again
+        recent.extend(lines)
+        self._recent[run_id] = recent  # most recently written last
+        while len(self._recent) > self.WINDOWS:
+            del self._recent[next(iter(self._recent))]
+
+    async def read_from(self, run_id: str, after_line: int, limit: int = 1000) -> list[StoredLine]:
+        """Lines after `after_line`, from memory when the window holds them, else from the file."""
+        recent = self._recent.get(run_id)
+        if recent and recent[0].line <= after_line + 1 <= recent[-1].line:
+            start = after_line + 1 - recent[0].line
+            return list(islice(recent, start, start + limit))
+        lines, _ = await self.read(run_id, after_line=after_line, limit=limit)
+        return lines
 
     def _wake(self, run_id: str) -> None:
         ev = self._grew.pop(run_id, None)

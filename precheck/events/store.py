@@ -321,6 +321,9 @@ class EventStore:
         self, after: int = 0, limit: int = 1000, stream: str | None = None
     ) -> list[RecordedEvent]:
         """Up to `limit` events after position `after`, in position order."""
+        return [_row_to_event(r) for r in await self._rows(after, limit, stream)]
+
+    async def _rows(self, after: int, limit: int, stream: str | None = None) -> list[sqlite3.Row]:
         if stream is None:
             sql = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
             args: tuple[object, ...] = (after, limit)
@@ -331,19 +334,21 @@ class EventStore:
             )
             args = (stream, after, limit)
         async with self._reader_db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-        return [_row_to_event(r) for r in rows]
+            return list(await cur.fetchall())
 
     async def read_all(self, after: int = 0, page: int = 5000) -> AsyncIterator[RecordedEvent]:
         """Every event after `after` that is committed now, read in pages."""
         end = self._head
         while after < end:
-            batch = await self.read(after, min(page, end - after))
-            if not batch:
+            rows = await self._rows(after, min(page, end - after))
+            if not rows:
                 return
-            for r in batch:
-                yield r
-            after = batch[-1].position
+            # Each row is decoded as it is consumed, not the page at once: a replay's events
+            # then die young, instead of piling into the oldest GC generation and making the
+            # collector rescan the whole read models again and again.
+            for row in rows:
+                yield _row_to_event(row)
+            after = rows[-1][0]
 
     async def subscribe(self, after: int = 0) -> AsyncIterator[RecordedEvent]:
         """Every event after `after`: history first, then live ones, with no gap or duplicate.
@@ -352,16 +357,21 @@ class EventStore:
         missed from memory or from the file.
         """
         position = after
-        while True:
+        # Checked before reading history too: a closed store's file can no longer be read.
+        while not self._closed:
             if position < self._head:
                 batch = self._from_recent(position) or await self.read(position, 1000)
                 for r in batch:
                     yield r
                     position = r.position
                 continue
-            if self._closed:
-                return
             await self.wait_beyond(position)
+
+    async def read_from(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
+        """Committed events after `after` without waiting: from memory when recent enough."""
+        if after >= self._head:
+            return []
+        return self._from_recent(after)[:limit] or await self.read(after, limit)
 
     async def wait_beyond(self, position: int) -> None:
         """Return once the head is past `position` (or the store closes)."""

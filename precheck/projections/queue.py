@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable
 
 from precheck.events.store import RecordedEvent
+from precheck.projections.runs import RunRecord
 from precheck.events.types import (
     RunCancelled,
     RunFailedToStart,
@@ -61,3 +63,16 @@ class Queue:
             return
         del self._tickets[bisect_left(self._tickets, ticket)]
         del self._run_of_ticket[ticket]
+
+
+def queue_at(runs: Iterable[RunRecord], run: RunRecord, position: int) -> tuple[int | None, int]:
+    """The run's place in the queue and the queue's length just after event `position`.
+
+    Derived from when each run joined and left the queue, so a stream can show a past state
+    exactly without replaying the log. O(runs): used for queued runs only.
+    """
+    waiting = [r.queued_position for r in runs if r.queued_at(position)]
+    place = None
+    if run.queued_at(position):
+        place = 1 + sum(1 for q in waiting if q < run.queued_position)
+    return place, len(waiting)

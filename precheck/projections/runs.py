@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -84,11 +85,19 @@ class RunRecord:
     files: tuple[OutputFile, ...] = ()
     version: int = 0
     position: int = 0
+    queued_position: int = 0  # where it joined the queue: its place in FIFO order
+    dequeued_position: int | None = None  # where it left the queue (started or ended)
 
     @property
     def active(self) -> bool:
         """Queued or running."""
         return self.status in ACTIVE
+
+    def queued_at(self, position: int) -> bool:
+        """Was the run waiting in the queue just after event `position`?"""
+        return self.queued_position <= position and (
+            self.dequeued_position is None or self.dequeued_position > position
+        )
 
 
 class Runs:
@@ -109,36 +118,36 @@ class Runs:
                 e.run_id, e.upload_id, e.top_cell, e.die_id, e.slot, e.cob,
                 InputFile(e.input_name, e.input_filename, e.input_format, e.input_size,
                           e.input_sha256),
-                e.at, version=r.version, position=r.position,
+                e.at, version=r.version, position=r.position, queued_position=r.position,
             )  # fmt: skip
             return
         run = self.by_id.get(getattr(e, "run_id", ""))
         if run is None:
             return
+        changes: dict[str, Any]
         if isinstance(e, RunStarted):
-            run = attrs.evolve(
-                run, status="running", started_at=e.at, container_id=e.container_id,
-                image=e.image, image_digest=e.image_digest,
+            changes = dict(
+                status="running", started_at=e.at, container_id=e.container_id, image=e.image,
+                image_digest=e.image_digest,
             )  # fmt: skip
         elif isinstance(e, RunProgressed):
-            run = attrs.evolve(run, progress=Progress(e.step, e.total, e.name))
+            changes = dict(progress=Progress(e.step, e.total, e.name))
         elif isinstance(e, RunCancelRequested):
-            run = attrs.evolve(run, cancel_requested=True)
+            changes = dict(cancel_requested=True)
         elif isinstance(e, RunTimedOut):
-            run = attrs.evolve(run, timed_out=True)
+            changes = dict(timed_out=True)
         elif isinstance(e, RunCancelled):
-            run = attrs.evolve(
-                run, status="cancelled", finished_at=e.at, error="cancelled",
-                exit_code=e.exit_code,
-            )  # fmt: skip
+            changes = dict(
+                status="cancelled", finished_at=e.at, error="cancelled", exit_code=e.exit_code
+            )
         elif isinstance(e, RunFailedToStart):
-            run = attrs.evolve(
-                run, status="failed", finished_at=e.at, error=e.error,
+            changes = dict(
+                status="failed", finished_at=e.at, error=e.error,
                 verdict=Verdict(passed=False, classification="system"),
             )  # fmt: skip
         elif isinstance(e, RunFinished):
-            run = attrs.evolve(
-                run, status=e.status, finished_at=e.at, exit_code=e.exit_code, error=e.error,
+            changes = dict(
+                status=e.status, finished_at=e.at, exit_code=e.exit_code, error=e.error,
                 output=e.output, files=e.files,
                 verdict=Verdict(
                     passed=e.status == "completed", failed_step=e.failed_step,
@@ -148,4 +157,7 @@ class Runs:
             )  # fmt: skip
         else:
             return
-        self.by_id[run.id] = attrs.evolve(run, version=r.version, position=r.position)
+        if run.status == "queued" and changes.get("status", "queued") != "queued":
+            changes["dequeued_position"] = r.position
+        # One copy per event: copying the record is most of what a replay costs.
+        self.by_id[run.id] = attrs.evolve(run, **changes, version=r.version, position=r.position)

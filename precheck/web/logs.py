@@ -1,12 +1,16 @@
-"""`/api/v1/prechecks/{id}/logs`: the captured output, during and after the run."""
+"""`/logs` and `/events` of a run: its captured output and its changes, as JSON or live."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from precheck import keys
+from precheck.projections.runs import RunRecord
+from precheck.web.follow import follow
 from precheck.web.prechecks import find_run
+from precheck.web.render import event_document
 from precheck.web.requests import query_bool, query_float, query_int
+from precheck.web.sse import wants_stream
 
 MAX_LINES = 10000
 
@@ -18,6 +22,8 @@ async def get_logs(request: web.Request) -> web.Response:
     `last_line` likewise for `after_line`, which never skips lines that share a timestamp.
     """
     run = find_run(request)
+    if wants_stream(request):
+        return await _follow_logs(request, run)
     since = query_float(request, "since", 0.0)
     tail = query_int(request, "tail", None, low=0)
     after_line = query_int(request, "after_line", 0, low=0) or 0
@@ -38,6 +44,36 @@ async def get_logs(request: web.Request) -> web.Response:
     )
 
 
+async def _follow_logs(request: web.Request, run: RunRecord) -> web.StreamResponse:
+    """Every line as an SSE message (id = line number), live, then `end` with the exit code."""
+    log_store = request.app[keys.LOGS]
+    since = query_float(request, "since", 0.0)
+    tail = query_int(request, "tail", None, low=0)
+    first = 0
+    if tail is not None:
+        last = max(log_store.last_line(run.id), (await log_store.tail(run.id)).line)
+        first = max(0, last - tail)
+    elif since:
+        lines, _ = await log_store.read(run.id, since=since, limit=1)
+        first = lines[0].line - 1 if lines else max(
+            log_store.last_line(run.id), (await log_store.tail(run.id)).line
+        )
+    return await follow(
+        request, run, events=False, logs=True, first_line=first,
+        timestamps=query_bool(request, "timestamps"),
+    )  # fmt: skip
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    """The run's changes: live as SSE (`logs=1` adds its log lines), else its events as JSON."""
+    run = find_run(request)
+    if wants_stream(request):
+        return await follow(request, run, events=True, logs=query_bool(request, "logs"))
+    recorded = await request.app[keys.STORE].read(0, 100000, stream=f"run-{run.id}")
+    return web.json_response([event_document(r) for r in recorded])
+
+
 def setup_routes(app: web.Application) -> None:
     """Register the log route."""
     app.router.add_get("/api/v1/prechecks/{run_id}/logs", get_logs)
+    app.router.add_get("/api/v1/prechecks/{run_id}/events", run_events)

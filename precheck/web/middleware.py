@@ -13,6 +13,7 @@ from precheck import keys
 from precheck.errors import Conflict, Invalid, NotFound, PrecheckError, TooLarge
 from precheck.events.store import ConcurrencyError, StoreClosed
 from precheck.web.auth import AuthError, presented_key
+from precheck.web.sse import wants_stream
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if request.path not in EXEMPT:
             auth.check_address(client)
-            request[keys.ACTOR] = auth.identify(
-                presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
-            )
+            key = presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
+            if key is None and request.method == "GET" and wants_stream(request):
+                # EventSource cannot set headers: streams also take the key as a query value.
+                key = request.query.get("access_token") or None
+            request[keys.ACTOR] = auth.identify(key)
         response = await handler(request)
     except AuthError as e:
         extra = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None

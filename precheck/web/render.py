@@ -7,7 +7,8 @@ from typing import Any
 
 from precheck.command_line import output_name, precheck_command
 from precheck.config import Config
-from precheck.events.codec import iso
+from precheck.events.codec import iso, to_jsonable
+from precheck.events.store import RecordedEvent
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
@@ -35,8 +36,17 @@ def upload_document(u: UploadRecord, now: datetime) -> dict[str, Any]:
     }
 
 
-def run_document(run: RunRecord, state: Projections, config: Config) -> dict[str, Any]:
-    """`GET /api/v1/prechecks/{id}`: the run as Docker would show a container, plus our parts."""
+def run_document(
+    run: RunRecord,
+    state: Projections,
+    config: Config,
+    queue: tuple[int | None, int] | None = None,
+) -> dict[str, Any]:
+    """`GET /api/v1/prechecks/{id}`: the run as Docker would show a container, plus our parts.
+
+    `queue` (place, length) shows a past state; by default the queue as it is now.
+    """
+    place, length = queue or (state.queue.position(run.id), state.queue.length)
     v = run.verdict
     doc: dict[str, Any] = {
         "Id": run.id,
@@ -65,7 +75,7 @@ def run_document(run: RunRecord, state: Projections, config: Config) -> dict[str
             },
         },
         "HostConfig": {"Binds": [], "NetworkMode": "none"},
-        "Queue": {"Position": state.queue.position(run.id), "Length": state.queue.length},
+        "Queue": {"Position": place, "Length": length},
         "ContainerId": run.container_id or None,
         "Image": run.image_digest or None,
         "Input": {
@@ -79,6 +89,8 @@ def run_document(run: RunRecord, state: Projections, config: Config) -> dict[str
             "Filename": output_name(run) if run.output else None,
             "Size": run.output.size if run.output else None,
             "Checksums": {"sha256": run.output.sha256} if run.output else None,
+            # An output of a failed run (deferred errors) is kept, never shown as a pass.
+            "Passed": (run.status == "completed") if run.output else None,
         },
         "Progress": (
             {"Step": run.progress.step, "Total": run.progress.total, "Name": run.progress.name}
@@ -107,4 +119,17 @@ def queue_document(state: Projections, config: Config) -> dict[str, Any]:
         "running": len(state.queue.running),
         "max_concurrent": config.server.max_concurrent,
         "order": state.queue.queued(),
+    }
+
+
+def event_document(r: RecordedEvent) -> dict[str, Any]:
+    """One event of the log, as the audit feed shows it."""
+    return {
+        "position": r.position,
+        "stream": r.stream,
+        "version": r.version,
+        "type": r.type,
+        "time": iso(r.recorded),
+        "data": to_jsonable(r.event),
+        "metadata": to_jsonable(r.metadata),
     }

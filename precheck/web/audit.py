@@ -1,0 +1,104 @@
+"""`/api/v1/events`: the audit feed, every event of the log, as pages or as a live stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from precheck import keys
+from precheck.errors import Invalid
+from precheck.events.store import RecordedEvent
+from precheck.events.types import TAGS
+from precheck.web.render import event_document
+from precheck.web.requests import query_int
+from precheck.web.sse import Stream, last_event_id, message, wants_stream
+
+MAX_PAGE = 1000
+KNOWN_TYPES = frozenset(TAGS.values())
+
+
+def _filter(request: web.Request) -> Callable[[RecordedEvent], bool]:
+    """Events matching `stream=`, `type=` (repeatable; `run.` matches every run event), `run=`."""
+    stream = request.query.get("stream")
+    run = request.query.get("run")
+    types = request.query.getall("type", [])
+    for t in types:
+        if t not in KNOWN_TYPES and not any(k.startswith(t) for k in KNOWN_TYPES if t.endswith(".")):
+            raise Invalid(f"unknown event type {t!r}")
+    exact = {t for t in types if not t.endswith(".")}
+    prefixes = tuple(t for t in types if t.endswith("."))
+
+    def keep(r: RecordedEvent) -> bool:
+        if stream is not None and r.stream != stream:
+            return False
+        if run is not None and r.stream != f"run-{run}":
+            return False
+        return not types or r.type in exact or r.type.startswith(prefixes or ("\0",))
+
+    return keep
+
+
+def _start(request: web.Request) -> int:
+    resume = last_event_id(request)
+    if resume is not None:
+        try:
+            return max(0, int(resume))
+        except ValueError:
+            raise Invalid(f"Last-Event-ID {resume!r} is not a position") from None
+    return query_int(request, "after", 0) or 0
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """A page of events after `after` (JSON), or every event from there on, live (SSE)."""
+    keep = _filter(request)
+    after = _start(request)
+    store = request.app[keys.STORE]
+    if not wants_stream(request):
+        limit = min(query_int(request, "limit", 100, low=1) or 100, MAX_PAGE)
+        found: list[RecordedEvent] = []
+        position = after
+        # Scan in pages until the page is full or the log ends; `next` is where to go on.
+        while len(found) < limit and position < store.head:
+            batch = await store.read(position, MAX_PAGE)
+            for r in batch:
+                position = r.position
+                if keep(r):
+                    found.append(r)
+                    if len(found) == limit:
+                        break
+        return web.json_response(
+            {
+                "events": [event_document(r) for r in found],
+                "next": position,
+                "head": store.head,
+                "has_more": position < store.head,
+            }
+        )
+    stream = Stream(request)
+    await stream.open()
+    position = after
+    try:
+        while True:
+            batch = await store.read_from(position, 500)
+            if not batch:
+                await store.wait_beyond(position)
+                if position >= store.head:
+                    break  # the store closed
+                continue
+            text = "".join(
+                message(event_document(r), id=r.position, event=r.type) for r in batch if keep(r)
+            )
+            position = batch[-1].position
+            if text:
+                await stream.write(text)
+    except ConnectionResetError:
+        pass
+    finally:
+        await stream.close()
+    return stream.response
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the audit feed."""
+    app.router.add_get("/api/v1/events", events)

@@ -1,0 +1,93 @@
+"""Server-Sent Events plumbing shared by every stream: when to stream, resume ids, writing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from typing import Any
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from precheck import keys
+
+RETRY_MS = 3000
+SEND_TIMEOUT = 30.0  # a client that takes no data for this long is cut; it resumes by id
+
+
+def wants_stream(request: web.Request) -> bool:
+    """A request is a stream when it says `follow=1` or accepts `text/event-stream`."""
+    follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
+    return follow or "text/event-stream" in request.headers.get("Accept", "")
+
+
+def last_event_id(request: web.Request) -> str | None:
+    """Where a client resumes: the `Last-Event-ID` header, or `?lastEventId=` for a first connect."""
+    value = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
+    return value.strip() if value and value.strip() else None
+
+
+def message(data: Any, *, id: str | int | None = None, event: str | None = None) -> str:
+    """One SSE message; `data` that is not a string is sent as JSON."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    out = []
+    if event:
+        out.append(f"event: {event}\n")
+    if id is not None:
+        out.append(f"id: {id}\n")
+    # CR and LF end an SSE line: a text with them is split over several data lines.
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        out.append(f"data: {line}\n")
+    out.append("\n")
+    return "".join(out)
+
+
+class Stream:
+    """An open SSE response: writes pre-formatted messages, bounded in time, closed on shutdown."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        heartbeat = request.app[keys.CONFIG].server.sse_heartbeat_seconds
+        self.response = EventSourceResponse(ping_interval=heartbeat, send_timeout=SEND_TIMEOUT)
+        self.response.headers["X-Request-Id"] = request[keys.REQUEST_ID]
+
+    async def open(self) -> None:
+        """Send the headers and the reconnection delay."""
+        await self.response.prepare(self.request)
+        request_streams(self.request.app).add(self.response)
+        await self.write(f"retry: {RETRY_MS}\n\n")
+
+    async def write(self, text: str) -> None:
+        """Send messages; a client that does not take them in `SEND_TIMEOUT` s is cut off."""
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self.response.write(text.encode("utf-8"))
+        except TimeoutError:
+            self.response.stop_streaming()
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            raise ConnectionResetError("SSE client too slow") from None
+
+    async def close(self) -> None:
+        """End the stream cleanly."""
+        request_streams(self.request.app).discard(self.response)
+        self.response.stop_streaming()
+        try:
+            await self.response.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass
+
+
+def request_streams(app: web.Application) -> weakref.WeakSet[EventSourceResponse]:
+    """The open streams of the app, stopped on shutdown so it does not wait for them."""
+    return app[keys.STREAMS]
+
+
+async def stop_streams(app: web.Application) -> None:
+    """On shutdown: stop every open stream (clients reconnect to the next server by id)."""
+    for response in list(app[keys.STREAMS]):
+        response.stop_streaming()
+        req = response._req
+        if req is not None and req.transport is not None:
+            req.transport.close()
