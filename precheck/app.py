@@ -23,7 +23,7 @@ from precheck.handler import CommandHandler
 from precheck.projections import Projections
 from precheck.storage import Storage
 from precheck.supervisor import Supervisor
-from precheck.web import audit, health, logs, prechecks, results, uploads
+from precheck.web import audit, health, logs, page, prechecks, results, uploads
 from precheck.web.auth import Authenticator
 from precheck.web.middleware import context
 from precheck.web.sse import stop_streams
@@ -50,7 +50,7 @@ def create_app(
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
     app.on_shutdown.append(stop_streams)
-    for resource in (health, uploads, prechecks, logs, results, audit):
+    for resource in (health, uploads, prechecks, logs, results, audit, page):
         resource.setup_routes(app)
     return app
 

@@ -18,7 +18,8 @@ from precheck.web.sse import wants_stream
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-EXEMPT = frozenset({"/health"})
+EXEMPT = frozenset({"/health", "/"})
+EXEMPT_PREFIXES = ("/static/",)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 STATUS: list[tuple[type[Exception], int]] = [
@@ -49,7 +50,7 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[keys.CLIENT] = client
     request[keys.ACTOR] = "anonymous"
     try:
-        if request.path not in EXEMPT:
+        if request.path not in EXEMPT and not request.path.startswith(EXEMPT_PREFIXES):
             auth.check_address(client)
             key = presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
             if key is None and request.method == "GET" and wants_stream(request):
