@@ -32,18 +32,23 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    config: Config, clock: Clock = utcnow, *, run_containers: bool = True
+    config: Config,
+    clock: Clock = utcnow,
+    *,
+    run_containers: bool = True,
+    admin_token: str | None = None,
 ) -> web.Application:
     """The web application for `config`; its parts start and stop with it.
 
     With `run_containers=False` no supervisor runs: runs wait in the queue (for tests of the
-    API alone, and for a read-only look at a storage folder).
+    API alone, and for a read-only look at a storage folder). `admin_token` is what the CLI
+    on this machine presents (see `presence.py`).
     """
     app = web.Application(middlewares=[context], client_max_size=1 << 20)
     app[keys.CONFIG] = config
     app[keys.CLOCK] = clock
     app[keys.STORAGE] = Storage(config.server.storage_path)
-    app[keys.AUTH] = Authenticator(config.auth, config.server.trusted_proxies)
+    app[keys.AUTH] = Authenticator(config.auth, config.server.trusted_proxies, admin_token)
     app.cleanup_ctx.append(_event_log)
     app.cleanup_ctx.append(_upload_expiry)
     if run_containers:
@@ -69,7 +74,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
         log.info("replayed %d events from %s", projections.position, storage.db_path)
         app[keys.STORE] = store
         app[keys.PROJECTIONS] = projections
-        app[keys.HANDLER] = CommandHandler(store, projections, storage)
+        app[keys.HANDLER] = CommandHandler(store, projections, storage, log_store)
         app[keys.LOGS] = log_store
         yield
     finally:

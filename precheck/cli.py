@@ -1,49 +1,121 @@
-"""`precheck-server`: serve the API and manage the service from the command line."""
+"""`precheck-server`: serve the API, and operate and audit a storage folder.
+
+Exit codes: 0 done, 1 failed (one line on stderr says why), 2 usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
+import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from precheck import __version__
 from precheck.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+Runner = Callable[[argparse.Namespace], int]
 
 
 class CommandFailed(Exception):
     """A command could not do its work; the message is printed as one line."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="precheck-server", description="Precheck service for gf180mcu layouts."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# Parsing -------------------------------------------------------------------------------------
 
-    serve = commands.add_parser("serve", help="run the HTTP API server")
-    _config_option(serve)
-    serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    serve.set_defaults(run=_serve)
 
-    cleanup = commands.add_parser(
-        "cleanup", help="list and remove containers labelled as this server's that no live run owns"
-    )
-    _config_option(cleanup)
-    cleanup.add_argument("--dry-run", action="store_true", help="only list them")
-    cleanup.set_defaults(run=_cleanup)
-    return parser
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # usage errors: one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", type=Path, default=Path("config.toml"), help="config file (default: %(default)s)"
     )
+
+
+def _json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _command(
+    group: Any, name: str, run: Runner, help: str, *, json_out: bool = False
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = group.add_parser(name, help=help, description=help)
+    _config_option(p)
+    if json_out:
+        _json_option(p)
+    p.set_defaults(handler=run)
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="precheck-server",
+        description="Precheck: the service in front of the gf180mcu precheck image.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    serve = _command(commands, "serve", _serve, "run the HTTP API server")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON")
+
+    _command(commands, "status", _status, "show the server, queue and Docker state", json_out=True)
+
+    cleanup = _command(
+        commands, "cleanup", _cleanup, "list and remove labelled containers no live run owns"
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only list them")
+
+    runs = commands.add_parser("runs", help="list, inspect, delete and prune runs").add_subparsers(
+        dest="runs_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    lst = _command(runs, "list", _runs_list, "list runs, newest first", json_out=True)
+    lst.add_argument("--status", action="append", help="only runs with this status (repeatable)")
+    _command(runs, "inspect", _runs_inspect, "show one run's document").add_argument("id")
+    delete = _command(runs, "delete", _runs_delete, "delete an ended run with its files and log")
+    delete.add_argument("id")
+    delete.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    delete.add_argument("--reason", default="deleted by an operator", help="recorded with the event")
+    prune = _command(runs, "prune", _runs_prune, "delete ended runs in bulk", json_out=True)
+    prune.add_argument("--status", action="append", help="completed, failed or cancelled (repeatable; default all three)")
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="only runs that ended more than DAYS ago")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would go")
+    prune.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    prune.add_argument("--reason", default="pruned by an operator", help="recorded with the events")
+
+    uploads = commands.add_parser("uploads", help="list uploads").add_subparsers(
+        dest="uploads_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    _command(uploads, "list", _uploads_list, "list uploads, newest first", json_out=True)
+
+    apikey = commands.add_parser("apikey", help="make API keys").add_subparsers(
+        dest="apikey_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    gen = apikey.add_parser("generate", help="print a new key once, with its config lines")
+    gen.add_argument("--name", default="", help="the key's name, recorded as the actor of its requests")
+    gen.set_defaults(handler=_apikey_generate)
+
+    events = _command(commands, "events", _events, "print the event log (audit)", json_out=True)
+    events.add_argument("--after", type=int, default=0, metavar="N", help="start after position N")
+    events.add_argument("--stream", help="only this stream (upload-<id>, run-<id>, server)")
+    events.add_argument("--type", action="append", help="only this type, or a prefix ending in '.' (repeatable)")
+    events.add_argument("--run", help="only this run's events")
+    events.add_argument("--follow", action="store_true", help="keep printing new events (needs a running server)")
+
+    _command(commands, "verify", _verify, "check the hash chain and that a replay gives the live state", json_out=True)
+
+    replay = _command(commands, "replay", _replay, "show every upload and run as they were at a position", json_out=True)
+    replay.add_argument("--until", type=int, required=True, metavar="POSITION", help="last event to apply")
+    return parser
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -53,26 +125,219 @@ def _load(args: argparse.Namespace) -> Config:
         raise CommandFailed(str(e)) from None
 
 
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _confirm(question: str, force: bool) -> None:
+    if force:
+        return
+    if not sys.stdin.isatty():
+        raise CommandFailed(f"{question} Refusing without a terminal to ask on; pass --force")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise CommandFailed("cancelled")
+
+
+# Serving -------------------------------------------------------------------------------------
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from precheck.app import create_app
+    from precheck.logging_setup import setup_logging
+    from precheck.presence import Lock, StorageBusy
     from precheck.web.access_log import AccessLogger
 
     config = _load(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    web.run_app(
-        create_app(config),
-        host=args.host or config.server.host,
-        port=args.port if args.port is not None else config.server.port,
-        access_log_class=AccessLogger,
-    )
+    setup_logging(args.log_format)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    try:
+        lock = Lock(config.server.storage_path, wait=10)
+    except StorageBusy as e:
+        raise CommandFailed(f"{e}: is another server running on it?") from None
+    try:
+        local = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+        info = lock.announce(f"http://{local}:{port}")
+        web.run_app(
+            create_app(config, admin_token=info.token),
+            host=host,
+            port=port,
+            access_log_class=AccessLogger,
+            print=None,
+            shutdown_timeout=15,
+        )
+    finally:
+        lock.close()
+    return EXIT_OK
+
+
+# Reading -------------------------------------------------------------------------------------
+
+
+def _state(config: Config, until: int | None = None) -> Any:
+    from precheck.admin import AdminError, read_state
+
+    try:
+        return asyncio.run(read_state(config, until))
+    except AdminError as e:
+        raise CommandFailed(str(e)) from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from precheck.presence import StorageBusy, running_server
+    from precheck.projections.runs import STATUSES
+    from precheck.strays import StrayError, docker_summary
+
+    config = _load(args)
+    try:
+        server = running_server(config.server.storage_path)
+    except StorageBusy as e:
+        raise CommandFailed(str(e)) from None
+    state, head = _state(config)
+    counts = {s: 0 for s in sorted(STATUSES)}
+    for r in state.runs.by_id.values():
+        counts[r.status] += 1
+    try:
+        docker = asyncio.run(docker_summary(config, state.instance_id))
+    except StrayError as e:
+        docker = {"reachable": False, "error": str(e)}
+    report = {
+        "server": {"running": server is not None, "url": server.url if server else None, "pid": server.pid if server else None},
+        "storage_path": str(config.server.storage_path),
+        "events": head,
+        "uploads": len(state.uploads.by_id),
+        "runs": counts,
+        "queue": {"queued": state.queue.length, "running": len(state.queue.running), "max_concurrent": config.server.max_concurrent},
+        "docker": docker,
+    }
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    print(f"Server:         {'running at ' + server.url + f' (pid {server.pid})' if server else 'not running'}")
+    print(f"Storage:        {report['storage_path']} ({head} events, {report['uploads']} uploads)")
+    print(f"Queue:          {state.queue.length} queued, {len(state.queue.running)} running of {config.server.max_concurrent}")
+    print("Runs:           " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if docker.get("reachable"):
+        print(f"Docker:         reachable, image {config.docker.image}; {docker['containers']} container(s) of this server")
+    else:
+        print(f"Docker:         unreachable: {docker.get('error')}")
+    return EXIT_OK
+
+
+def _run_rows(runs: list[Any], state: Any) -> list[list[str]]:
+    from precheck.events.codec import iso
+
+    rows = []
+    for r in runs:
+        pos = state.queue.position(r.id)
+        progress = f"{r.progress.step}/{r.progress.total}" if r.progress else ""
+        rows.append([r.id, r.status, str(pos or ""), progress, r.top_cell, iso(r.created)[:19] + "Z"])
+    return rows
+
+
+def _documents(runs: list[Any], state: Any, config: Config) -> list[dict[str, Any]]:
+    from precheck.web.render import run_document
+
+    return [run_document(r, state, config) for r in runs]
+
+
+def _runs_list(args: argparse.Namespace) -> int:
+    from precheck.projections.runs import STATUSES
+
+    config = _load(args)
+    wanted = set(args.status or [])
+    if wanted - STATUSES:
+        raise CommandFailed(f"unknown status {sorted(wanted - STATUSES)[0]!r}; use {', '.join(sorted(STATUSES))}")
+    state, _ = _state(config)
+    runs = [r for r in reversed(state.runs.by_id.values()) if not wanted or r.status in wanted]
+    if args.json:
+        _print_json(_documents(runs, state, config))
+    else:
+        _table(_run_rows(runs, state), ["id", "status", "queue", "step", "top cell", "created"])
+    return EXIT_OK
+
+
+def _runs_inspect(args: argparse.Namespace) -> int:
+    config = _load(args)
+    state, _ = _state(config)
+    run = state.runs.get(args.id)
+    if run is None:
+        raise CommandFailed(f"No such precheck: {args.id}")
+    _print_json(_documents([run], state, config)[0])
+    return EXIT_OK
+
+
+def _uploads_list(args: argparse.Namespace) -> int:
+    from precheck.clock import utcnow
+    from precheck.events.codec import iso
+    from precheck.web.render import upload_document
+
+    config = _load(args)
+    state, _ = _state(config)
+    uploads = sorted(state.uploads.by_id.values(), key=lambda u: u.created, reverse=True)
+    now = utcnow()
+    if args.json:
+        _print_json([upload_document(u, now) for u in uploads])
+        return EXIT_OK
+    rows = [
+        [u.id, u.name, str(u.size), u.format, "expired" if u.status == "expired" or u.expires_at <= now else "available",
+         str(len(u.run_ids)), iso(u.expires_at)[:19] + "Z"]
+        for u in uploads
+    ]  # fmt: skip
+    _table(rows, ["id", "name", "size", "format", "state", "runs", "expires"])
+    return EXIT_OK
+
+
+# Changing ------------------------------------------------------------------------------------
+
+
+def _runs_delete(args: argparse.Namespace) -> int:
+    from precheck.admin import AdminError, delete_run
+
+    config = _load(args)
+    _confirm(f"Delete run {args.id} with its files and log?", args.force)
+    try:
+        delete_run(config, args.id, args.reason)
+    except AdminError as e:
+        raise CommandFailed(str(e)) from None
+    print(f"Deleted run {args.id}")
+    return EXIT_OK
+
+
+def _runs_prune(args: argparse.Namespace) -> int:
+    from precheck.admin import AdminError, prune_runs
+
+    config = _load(args)
+    statuses = args.status or ["completed", "failed", "cancelled"]
+    try:
+        chosen = prune_runs(config, statuses, args.older_than, True, args.reason)
+        if not chosen:
+            _print_json([]) if args.json else print("No runs to prune")
+            return EXIT_OK
+        if args.dry_run:
+            _print_json(chosen) if args.json else print("\n".join(["Would delete:", *chosen]))
+            return EXIT_OK
+        _confirm(f"Delete {len(chosen)} run(s) with their files and logs?", args.force)
+        deleted = prune_runs(config, statuses, args.older_than, False, args.reason)
+    except AdminError as e:
+        raise CommandFailed(str(e)) from None
+    if args.json:
+        _print_json(deleted)
+    else:
+        print(f"Deleted {len(deleted)} run(s)")
     return EXIT_OK
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    import asyncio
-
     from precheck.strays import StrayError, find_strays, remove_strays
 
     config = _load(args)
@@ -97,16 +362,98 @@ def _cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _apikey_generate(args: argparse.Namespace) -> int:
+    from precheck.web.auth import key_digest
+
+    key = f"ws_key_{secrets.token_urlsafe(32)}"
+    name = args.name or "unnamed"
+    print(f"API key for {name!r} (shown once; store it now):\n\n  {key}\n")
+    print("Add to config.toml, either with the digest (the file then holds no secret):\n")
+    print(f'  [[auth.api_keys]]\n  name = "{name}"\n  key_sha256 = "{key_digest(key)}"\n')
+    print("or from the environment:\n")
+    print(f'  [[auth.api_keys]]\n  name = "{name}"\n  key = "${{PRECHECK_API_KEY}}"')
+    return EXIT_OK
+
+
+# Auditing ------------------------------------------------------------------------------------
+
+
+def _events(args: argparse.Namespace) -> int:
+    from precheck.admin import AdminError
+    from precheck.auditing import print_events
+
+    config = _load(args)
+    try:
+        return asyncio.run(
+            print_events(config, args.after, args.stream, args.type or [], args.run, args.follow, args.json)
+        )
+    except AdminError as e:
+        raise CommandFailed(str(e)) from None
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from precheck.admin import AdminError
+    from precheck.auditing import verify
+
+    config = _load(args)
+    try:
+        report = asyncio.run(verify(config))
+    except AdminError as e:
+        raise CommandFailed(str(e)) from None
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        for line in report.lines:
+            print(line)
+    if not report.ok:
+        print(f"precheck-server: verify failed: {report.problem}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from precheck.clock import utcnow
+    from precheck.web.render import upload_document
+
+    config = _load(args)
+    if args.until < 0:
+        raise CommandFailed("--until must be a position of at least 0")
+    state, head = _state(config, args.until)
+    if args.until > head:
+        raise CommandFailed(f"--until {args.until} is past the end of the log ({head})")
+    runs = list(state.runs.by_id.values())
+    at = max((r.position for r in runs), default=0)
+    if args.json:
+        now = utcnow()
+        _print_json(
+            {
+                "position": min(args.until, head),
+                "uploads": [upload_document(u, now) for u in state.uploads.by_id.values()],
+                "runs": _documents(runs, state, config),
+            }
+        )
+        return EXIT_OK
+    print(f"State after event {min(args.until, head)} of {head} (last run change at {at}):\n")
+    print(f"Uploads ({len(state.uploads.by_id)}):")
+    _table([[u.id, u.name, str(u.size), u.status, str(len(u.run_ids))] for u in state.uploads.by_id.values()],
+           ["id", "name", "size", "state", "runs"])  # fmt: skip
+    print(f"\nRuns ({len(runs)}):")
+    _table(_run_rows(runs, state), ["id", "status", "queue", "step", "top cell", "created"])
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `precheck-server` and `python -m precheck`."""
     args = _parser().parse_args(argv)
     try:
-        code: int = args.run(args)
+        code: int = args.handler(args)
     except CommandFailed as e:
         print(f"precheck-server: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except BrokenPipeError:  # `... | head`
+        return EXIT_OK
     return code
 
 

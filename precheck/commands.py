@@ -18,12 +18,14 @@ from precheck.events.types import (
     Event,
     RunCancelled,
     RunCancelRequested,
+    RunDeleted,
     RunQueued,
     UploadDeleted,
     UploadExpired,
     UploadReceived,
 )
 from precheck.projections import Projections
+from precheck.projections.runs import FINAL
 
 DIE_ID = re.compile(r"[A-Za-z0-9]{8}")
 # A plain cell name: it becomes a file name in the container, so no dots, slashes or spaces.
@@ -80,7 +82,28 @@ class CancelRun:
     now: datetime
 
 
-Command = ReceiveUpload | DeleteUpload | ExpireUploads | QueueRun | CancelRun
+@attrs.frozen
+class DeleteRun:
+    """Remove a finished run with its files and log."""
+
+    run_id: str
+    reason: str
+    now: datetime
+
+
+@attrs.frozen
+class PruneRuns:
+    """Remove every finished run with one of `statuses` that ended before `ended_before`."""
+
+    statuses: frozenset[str]
+    ended_before: datetime | None
+    reason: str
+    now: datetime
+
+
+Command = (
+    ReceiveUpload | DeleteUpload | ExpireUploads | QueueRun | CancelRun | DeleteRun | PruneRuns
+)
 
 
 @attrs.frozen
@@ -167,6 +190,32 @@ def _cancel(c: CancelRun, state: Projections) -> Decision:
             return Decision((), expect)
         return Decision((RunCancelRequested(run.id, c.now),), expect)
     raise Conflict(f"precheck {c.run_id} has already ended ({run.status}); it cannot be cancelled")
+
+
+@decide.register
+def _delete_run(c: DeleteRun, state: Projections) -> Decision:
+    run = state.runs.get(c.run_id)
+    if run is None:
+        raise NotFound(f"No such precheck: {c.run_id}")
+    if run.active:
+        raise Conflict(f"precheck {c.run_id} is {run.status}; cancel it before deleting it")
+    return Decision((RunDeleted(run.id, c.reason, c.now),), {f"run-{run.id}": run.version})
+
+
+@decide.register
+def _prune(c: PruneRuns, state: Projections) -> Decision:
+    unknown = c.statuses - FINAL
+    if unknown:
+        raise Invalid(f"only ended runs can be pruned, not {sorted(unknown)[0]!r}")
+    due = [
+        r
+        for r in state.runs.by_id.values()
+        if r.status in c.statuses
+        and (c.ended_before is None or (r.finished_at or r.created) < c.ended_before)
+    ]
+    return Decision(
+        tuple(RunDeleted(r.id, c.reason, c.now) for r in due), {f"run-{r.id}": r.version for r in due}
+    )
 
 
 def _is_active(state: Projections, run_id: str) -> bool:

@@ -6,7 +6,8 @@ import asyncio
 
 from precheck.commands import Command, decide
 from precheck.events.store import ConcurrencyError, EventStore, RecordedEvent
-from precheck.events.types import Metadata, UploadDeleted, UploadExpired
+from precheck.events.types import Metadata, RunDeleted, UploadDeleted, UploadExpired
+from precheck.logstore import LogStore
 from precheck.projections import Projections
 from precheck.storage import Storage
 
@@ -20,8 +21,15 @@ class CommandHandler:
     expected stream versions guard against any writer this lock does not cover.
     """
 
-    def __init__(self, store: EventStore, projections: Projections, storage: Storage) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        projections: Projections,
+        storage: Storage,
+        logs: LogStore | None = None,
+    ) -> None:
         self.store = store
+        self.logs = logs
         self.projections = projections
         self.storage = storage
         self._lock = asyncio.Lock()
@@ -39,13 +47,17 @@ class CommandHandler:
                 except ConcurrencyError:
                     if attempt == 2:
                         raise
-        self._retire_files(recorded)
+        await self._retire_files(recorded)
         return recorded
 
-    def _retire_files(self, recorded: list[RecordedEvent]) -> None:
+    async def _retire_files(self, recorded: list[RecordedEvent]) -> None:
         for r in recorded:
             e = r.event
-            if isinstance(e, UploadDeleted):
+            if isinstance(e, RunDeleted):
+                self.storage.remove_run(e.run_id)
+                if self.logs is not None:
+                    await self.logs.delete_run(e.run_id)
+            elif isinstance(e, UploadDeleted):
                 self.storage.remove_upload(e.upload_id)
             elif isinstance(e, UploadExpired) and self.projections.uploads.get(e.upload_id) is None:
                 self.storage.remove_upload(e.upload_id)

@@ -67,3 +67,17 @@ async def remove_strays(config: Config, strays: list[ContainerState]) -> int:
 
 
 
+
+
+async def docker_summary(config: Config, instance: str | None) -> dict[str, object]:
+    """Is Docker reachable, and how many containers carry this storage's label."""
+    engine = Engine(config.docker.url)
+    try:
+        if not await engine.ping():
+            return {"reachable": False, "error": "Docker does not answer", "containers": 0}
+        count = len(await engine.list_labelled(f"{LABEL_INSTANCE}={instance}")) if instance else 0
+        return {"reachable": True, "error": None, "containers": count}
+    except EngineError as e:
+        raise StrayError(f"Docker: {e.message}") from None
+    finally:
+        await engine.close()

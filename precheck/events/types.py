@@ -162,6 +162,15 @@ class RunTimedOut:
     at: datetime
 
 
+@attrs.frozen
+class RunDeleted:
+    """An operator removed a finished run: its record, files and log lines go after this."""
+
+    run_id: str
+    reason: str
+    at: datetime
+
+
 # Server --------------------------------------------------------------------------------------
 
 
@@ -204,6 +213,7 @@ Event = (
     | RunFinished
     | RunFailedToStart
     | RunTimedOut
+    | RunDeleted
     | InstanceCreated
     | ReactionFailed
     | StrayContainerRemoved
@@ -221,6 +231,7 @@ TAGS: dict[type, str] = {
     RunFinished: "run.finished",
     RunFailedToStart: "run.failed-to-start",
     RunTimedOut: "run.timed-out",
+    RunDeleted: "run.deleted",
     InstanceCreated: "server.instance-created",
     ReactionFailed: "server.reaction-failed",
     StrayContainerRemoved: "server.stray-container-removed",

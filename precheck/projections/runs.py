@@ -12,6 +12,7 @@ from precheck.events.types import (
     OutputFile,
     RunCancelled,
     RunCancelRequested,
+    RunDeleted,
     RunFailedToStart,
     RunFinished,
     RunProgressed,
@@ -123,6 +124,9 @@ class Runs:
             return
         run = self.by_id.get(getattr(e, "run_id", ""))
         if run is None:
+            return
+        if isinstance(e, RunDeleted):
+            del self.by_id[run.id]
             return
         changes: dict[str, Any]
         if isinstance(e, RunStarted):

@@ -9,34 +9,19 @@ from aiohttp import web
 from precheck import keys
 from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
-from precheck.events.types import TAGS
+from precheck.events.filters import event_filter
 from precheck.web.render import event_document
 from precheck.web.requests import query_int
 from precheck.web.sse import Stream, last_event_id, message, wants_stream
 
 MAX_PAGE = 1000
-KNOWN_TYPES = frozenset(TAGS.values())
 
 
 def _filter(request: web.Request) -> Callable[[RecordedEvent], bool]:
     """Events matching `stream=`, `type=` (repeatable; `run.` matches every run event), `run=`."""
-    stream = request.query.get("stream")
-    run = request.query.get("run")
-    types = request.query.getall("type", [])
-    for t in types:
-        if t not in KNOWN_TYPES and not any(k.startswith(t) for k in KNOWN_TYPES if t.endswith(".")):
-            raise Invalid(f"unknown event type {t!r}")
-    exact = {t for t in types if not t.endswith(".")}
-    prefixes = tuple(t for t in types if t.endswith("."))
-
-    def keep(r: RecordedEvent) -> bool:
-        if stream is not None and r.stream != stream:
-            return False
-        if run is not None and r.stream != f"run-{run}":
-            return False
-        return not types or r.type in exact or r.type.startswith(prefixes or ("\0",))
-
-    return keep
+    return event_filter(
+        request.query.get("stream"), request.query.getall("type", []), request.query.get("run")
+    )
 
 
 def _start(request: web.Request) -> int:
@@ -82,7 +67,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         while True:
             batch = await store.read_from(position, 500)
             if not batch:
-                await store.wait_beyond(position)
+                await stream.wait_for(store.wait_beyond(position))
                 if position >= store.head:
                     break  # the store closed
                 continue

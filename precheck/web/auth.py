@@ -38,8 +38,11 @@ def key_digest(key: str) -> str:
 class Authenticator:
     """Checks a request's address and key against the `[auth]` config."""
 
-    def __init__(self, config: AuthConfig, trusted_proxies: Sequence[str] = ()) -> None:
+    def __init__(
+        self, config: AuthConfig, trusted_proxies: Sequence[str] = (), admin_token: str | None = None
+    ) -> None:
         self.required = config.required
+        self._admin = hashlib.sha256(admin_token.encode()).digest() if admin_token else None
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in config.allowed_ips]
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
         self._keys = [
@@ -75,6 +78,12 @@ class Authenticator:
         if name is None:
             raise AuthError(401, "Unauthorized: Invalid API key")
         return name
+
+    def is_admin(self, token: str | None) -> bool:
+        """Is this the token the server left for the CLI in its storage folder?"""
+        if not token or self._admin is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin)
 
     def _match(self, presented: str) -> str | None:
         digest = hashlib.sha256(presented.encode()).digest()

@@ -9,8 +9,6 @@ resumed stream sends what the client would have seen live.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 from aiohttp import web
@@ -168,20 +166,13 @@ class RunFollower:
             if run.status in FINAL and (not self.logs or self.line >= await self._last_line()):
                 await stream.write(self._end_message())
                 return
-            await self._wait()
+            await self._wait(stream)
 
-    async def _wait(self) -> None:
-        waits = [asyncio.ensure_future(self.store.wait_beyond(self.position))]
+    async def _wait(self, stream: Stream) -> None:
+        news = [self.store.wait_beyond(self.position)]
         if self.logs:
-            waits.append(asyncio.ensure_future(self.log_store.wait_for_line(self.run_id, self.line)))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-            for w in waits:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await w
+            news.append(self.log_store.wait_for_line(self.run_id, self.line))
+        await stream.wait_for(*news)
 
 
 async def follow(

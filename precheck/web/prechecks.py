@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from aiohttp import web
 
 from precheck import keys
-from precheck.commands import CancelRun, QueueRun
+from precheck.commands import CancelRun, DeleteRun, PruneRuns, QueueRun, decide
 from precheck.errors import Invalid, NotFound
+from precheck.events.types import RunDeleted
 from precheck.projections.runs import STATUSES, RunRecord
 from precheck.web.context import metadata
 from precheck.web.render import run_document
-from precheck.web.requests import CreateRun, json_body
-
+from precheck.web.requests import CreateRun, PruneRequest, json_body, query_bool
 
 CANCEL_WAIT = 30.0
 
@@ -67,10 +68,17 @@ async def cancel_precheck(request: web.Request) -> web.Response:
     """Cancel a queued run at once; a running one is killed, answered once it is recorded.
 
     If the kill takes longer than `CANCEL_WAIT` seconds the answer is 202: it goes on.
+    With `remove=1` an ended run is deleted instead, with its files and log (`reason=` says why).
     """
     from precheck.web.results import wait_for_end
 
     run = find_run(request)
+    if query_bool(request, "remove"):
+        reason = request.query.get("reason", "") or "removed through the API"
+        await request.app[keys.HANDLER].handle(
+            DeleteRun(run.id, reason[:500], request.app[keys.CLOCK]()), metadata(request)
+        )
+        return web.json_response({"message": "Precheck deleted", "Id": run.id})
     await request.app[keys.HANDLER].handle(
         CancelRun(run.id, request.app[keys.CLOCK]()), metadata(request)
     )
@@ -82,9 +90,25 @@ async def cancel_precheck(request: web.Request) -> web.Response:
     return web.json_response({"message": "Precheck cancelled", "Id": run.id, "Status": run.status})
 
 
+async def prune_prechecks(request: web.Request) -> web.Response:
+    """Delete ended runs: body `{"status": [...], "older_than_days": N, "dry_run": bool}`."""
+    body = await json_body(request, PruneRequest)
+    statuses = frozenset(body.status or ("completed", "failed", "cancelled"))
+    now = request.app[keys.CLOCK]()
+    before = now - timedelta(days=body.older_than_days) if body.older_than_days is not None else None
+    command = PruneRuns(statuses, before, body.reason or "pruned through the API", now)
+    if body.dry_run:
+        events = list(decide(command, request.app[keys.PROJECTIONS]).events)
+    else:
+        events = [r.event for r in await request.app[keys.HANDLER].handle(command, metadata(request))]
+    chosen = [e.run_id for e in events if isinstance(e, RunDeleted)]
+    return web.json_response({"RunsDeleted": chosen, "DryRun": body.dry_run})
+
+
 def setup_routes(app: web.Application) -> None:
     """Register the run routes."""
     app.router.add_post("/api/v1/prechecks", create_precheck)
+    app.router.add_post("/api/v1/prechecks/prune", prune_prechecks)
     app.router.add_get("/api/v1/prechecks", list_prechecks)
     app.router.add_get("/api/v1/prechecks/{run_id}", get_precheck)
     app.router.add_delete("/api/v1/prechecks/{run_id}", cancel_precheck)

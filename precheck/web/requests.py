@@ -26,6 +26,16 @@ class CreateRun:
     cob: bool = False
 
 
+@attrs.frozen
+class PruneRequest:
+    """Body of `POST /api/v1/prechecks/prune`."""
+
+    status: list[str] | None = None
+    older_than_days: float | None = None
+    dry_run: bool = False
+    reason: str = ""
+
+
 def _strict(kind: type, name: str) -> Any:
     def check(v: Any, _: Any) -> Any:
         if type(v) is not kind:
@@ -39,9 +49,17 @@ _conv = cattrs.Converter(forbid_extra_keys=True)
 _conv.register_structure_hook(str, _strict(str, "a string"))
 _conv.register_structure_hook(bool, _strict(bool, "true or false"))
 _conv.register_structure_hook(int, _strict(int, "an integer"))
-_conv.register_structure_hook(
-    CreateRun, make_dict_structure_fn(CreateRun, _conv, _cattrs_forbid_extra_keys=True)
-)
+_conv.register_structure_hook(float, lambda v, _: _number(v))
+for _cls in (CreateRun, PruneRequest):
+    _conv.register_structure_hook(
+        _cls, make_dict_structure_fn(_cls, _conv, _cattrs_forbid_extra_keys=True)
+    )
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < float("inf"):
+        raise TypeError("expected a number of at least 0")
+    return float(v)
 
 
 def structure(raw: Any, cls: type[T]) -> T:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -68,6 +69,26 @@ class Stream:
             if self.request.transport is not None:
                 self.request.transport.abort()
             raise ConnectionResetError("SSE client too slow") from None
+
+    async def until_gone(self) -> None:
+        """Return when the client has gone (a heartbeat failed) or the server stops the stream.
+
+        A handler waiting for news would otherwise not notice a client that left quietly.
+        """
+        await self.response.wait()
+
+    async def wait_for(self, *news: Coroutine[Any, Any, Any]) -> None:
+        """Wait until one of `news` happens; raise `ConnectionResetError` if the client left."""
+        tasks = [asyncio.ensure_future(n) for n in news]
+        gone = asyncio.ensure_future(self.until_gone())
+        try:
+            await asyncio.wait([*tasks, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in [*tasks, gone]:
+                t.cancel()
+            await asyncio.gather(*tasks, gone, return_exceptions=True)
+        if gone.done() and not gone.cancelled():
+            raise ConnectionResetError("the client left or the server is stopping")
 
     async def close(self) -> None:
         """End the stream cleanly."""
