@@ -19,11 +19,13 @@ from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
 from precheck.expiry import SERVER, UploadExpiry
 from precheck.logstore import LogStore
+from precheck.metrics import Metrics
 from precheck.handler import CommandHandler
 from precheck.projections import Projections
 from precheck.storage import Storage
 from precheck.supervisor import Supervisor
-from precheck.web import audit, health, logs, page, prechecks, results, uploads
+from precheck.web import audit, health, logs, openapi, page, prechecks, results, uploads
+from precheck.web import metrics as metrics_routes
 from precheck.web.auth import Authenticator
 from precheck.web.middleware import context
 from precheck.web.sse import stop_streams
@@ -55,7 +57,7 @@ def create_app(
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
     app.on_shutdown.append(stop_streams)
-    for resource in (health, uploads, prechecks, logs, results, audit, page):
+    for resource in (health, uploads, prechecks, logs, results, audit, metrics_routes, openapi, page):
         resource.setup_routes(app)
     return app
 
@@ -76,6 +78,13 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
         app[keys.PROJECTIONS] = projections
         app[keys.HANDLER] = CommandHandler(store, projections, storage, log_store)
         app[keys.LOGS] = log_store
+        metrics = app[keys.METRICS] = Metrics(
+            lambda: projections,
+            lambda: store.head,
+            lambda: len(app[keys.STREAMS]),
+            lambda: app[keys.SUPERVISOR].docker_reachable if keys.SUPERVISOR in app else None,
+        )
+        store.append_observer = metrics.append_seconds.observe
         yield
     finally:
         await log_store.close()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from precheck.expiry import UploadExpiry
     from precheck.handler import CommandHandler
     from precheck.logstore import LogStore
+    from precheck.metrics import Metrics
     from precheck.projections import Projections
     from precheck.storage import Storage
     from precheck.supervisor import Supervisor
@@ -28,6 +29,7 @@ CLOCK = web.AppKey["Clock"]("clock")
 EXPIRY = web.AppKey["UploadExpiry"]("expiry")
 LOGS = web.AppKey["LogStore"]("logs")
 SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
+METRICS = web.AppKey["Metrics"]("metrics")
 STREAMS = web.AppKey["weakref.WeakSet[Any]"]("streams")
 
 # Per-request values set by the middleware.

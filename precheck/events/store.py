@@ -131,6 +131,7 @@ class EventStore:
         self._listeners: list[Listener] = []
         self._closed = False
         self._writer_task: asyncio.Task[None] | None = None
+        self.append_observer: Callable[[float], None] | None = None  # seconds per append
 
     # Opening and closing ----------------------------------------------------------------------
 
@@ -205,9 +206,14 @@ class EventStore:
             raise StoreClosed("the event store is closed")
         if not events:
             return []
-        done: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        done: asyncio.Future[list[RecordedEvent]] = loop.create_future()
         await self._pending.put(_Append(events, metadata, dict(expect or {}), done))
-        return await done
+        recorded = await done
+        if self.append_observer is not None:
+            self.append_observer(loop.time() - started)
+        return recorded
 
     async def _write_loop(self) -> None:
         while True:
@@ -250,6 +256,9 @@ class EventStore:
                 if attempt == 2:
                     raise
                 await self._load_state()
+            except BaseException:
+                await self._writer_db.rollback()  # leave no transaction open behind a failure
+                raise
         self._publish(accepted, recorded, versions)
 
     def _prepare(self, batch: list[_Append]) -> tuple[

@@ -18,7 +18,7 @@ from precheck.web.sse import wants_stream
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-EXEMPT = frozenset({"/health", "/"})
+EXEMPT = frozenset({"/health", "/", "/openapi.json", "/docs"})
 EXEMPT_PREFIXES = ("/static/",)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

@@ -52,6 +52,7 @@ class Stream:
         heartbeat = request.app[keys.CONFIG].server.sse_heartbeat_seconds
         self.response = EventSourceResponse(ping_interval=heartbeat, send_timeout=SEND_TIMEOUT)
         self.response.headers["X-Request-Id"] = request[keys.REQUEST_ID]
+        self._gone: asyncio.Future[None] | None = None
 
     async def open(self) -> None:
         """Send the headers and the reconnection delay."""
@@ -75,25 +76,35 @@ class Stream:
 
         A handler waiting for news would otherwise not notice a client that left quietly.
         """
-        await self.response.wait()
+        await asyncio.shield(self._gone_task())
+
+    def _gone_task(self) -> asyncio.Future[None]:
+        # One watcher for the stream's life: cancelling a task that awaits the heartbeat task
+        # would cancel the heartbeat itself, and the next wait would then report a live client
+        # as gone. So the watcher is never cancelled by a wait, only by `close`.
+        if self._gone is None:
+            self._gone = asyncio.ensure_future(self.response.wait())
+        return self._gone
 
     async def wait_for(self, *news: Coroutine[Any, Any, Any]) -> None:
         """Wait until one of `news` happens; raise `ConnectionResetError` if the client left."""
         tasks = [asyncio.ensure_future(n) for n in news]
-        gone = asyncio.ensure_future(self.until_gone())
+        gone = self._gone_task()
         try:
             await asyncio.wait([*tasks, gone], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in [*tasks, gone]:
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, gone, return_exceptions=True)
-        if gone.done() and not gone.cancelled():
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if gone.done():
             raise ConnectionResetError("the client left or the server is stopping")
 
     async def close(self) -> None:
         """End the stream cleanly."""
         request_streams(self.request.app).discard(self.response)
         self.response.stop_streaming()
+        if self._gone is not None:
+            self._gone.cancel()
         try:
             await self.response.write_eof()
         except (ConnectionResetError, RuntimeError):

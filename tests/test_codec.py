@@ -1,0 +1,166 @@
+"""The event codec: every event type survives JSON, and old rows are upcast on read."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from precheck.events.codec import (
+    UnknownEventType,
+    decode,
+    decode_metadata,
+    encode,
+    encode_metadata,
+)
+from precheck.events.store import GENESIS, EventStore, chain_hash
+from precheck.events.types import (
+    SCHEMAS,
+    TAGS,
+    InstanceCreated,
+    Metadata,
+    OutputFile,
+    ReactionFailed,
+    RunCancelled,
+    RunCancelRequested,
+    RunFailedToStart,
+    RunFinished,
+    RunProgressed,
+    RunQueued,
+    RunStarted,
+    RunTimedOut,
+    StrayContainerRemoved,
+    UploadDeleted,
+    UploadExpired,
+    UploadReceived,
+)
+from precheck.projections import Projections
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+LAYOUT = OutputFile("output/chip.gds.gz", 123456, "ab" * 32)
+
+# One instance of every event type, with values that exercise the converter: optional fields
+# set and unset, nested records, tuples, dicts of mixed scalars, non-ASCII text.
+SAMPLES: list[object] = [
+    UploadReceived("u1", "chïp top.gds", "layout.gds", "gds", 4096, "cd" * 32, T0,
+                   T0 + timedelta(hours=1)),
+    UploadDeleted("u1", T0),
+    UploadExpired("u1", T0),
+    RunQueued("r1", "u1", "TOP_cell$1", "ABCD1234", "0p5x1", True, "chip.gds", "layout.gds",
+              "gds", 4096, "cd" * 32, T0),
+    RunCancelRequested("r1", T0),
+    RunCancelled("r1", T0),
+    RunCancelled("r1", T0, exit_code=137),
+    RunStarted("r1", "c0ffee" * 10, "precheck:latest", "sha256:" + "ef" * 32, T0),
+    RunProgressed("r1", 3, 16, "KLayout.CheckSize", T0),
+    RunFinished("r1", "failed", 1, "KLayout DRC found errors", "Checker.KLayoutDRC", "design",
+                {"KLayout DRC": 3, "Magic DRC": 0}, LAYOUT,
+                (LAYOUT, OutputFile("reports/drc.lyrdb", 10, "00" * 32)),
+                {"density": 0.42, "cells": 17, "tool": "klayout", "area": None}, False, T0),
+    RunFinished("r2", "completed", 0, "", None, None, {}, None, (), {}, True, T0),
+    RunFailedToStart("r1", "image precheck:latest not found", T0),
+    RunTimedOut("r1", 90, T0),
+    InstanceCreated("0123456789abcdef", T0),
+    ReactionFailed("supervisor", "RuntimeError: boom", T0),
+    ReactionFailed("supervisor", "RuntimeError: boom", T0, run_id="r1"),
+    StrayContainerRemoved("c0ffee" * 10, "precheck-r9", T0),
+]  # fmt: skip
+
+
+def test_samples_cover_every_event_type() -> None:
+    """Every tagged event type has a sample here, so a new type cannot skip the round trip."""
+    assert {type(e) for e in SAMPLES} == set(TAGS)
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_every_event_round_trips(event: object) -> None:
+    """Encoding then decoding gives back an equal event, under its tag and current schema."""
+    tag, schema, data = encode(event)  # type: ignore[arg-type]
+    assert (tag, schema) == (TAGS[type(event)], SCHEMAS[tag])
+    assert isinstance(json.loads(data), dict)
+    assert decode(tag, schema, data) == event
+
+
+def test_times_are_stored_as_utc() -> None:
+    """A time with another offset is stored as UTC with a `Z` and reads back as the same instant."""
+    at = datetime(2026, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    _, _, data = encode(UploadDeleted("u1", at))
+    stored = json.loads(data)["at"]
+    assert stored.startswith("2026-01-02T03:04:05") and stored.endswith("Z")
+    back = decode("upload.deleted", 1, data)
+    assert back.at == at
+    assert back.at.utcoffset() == timedelta(0)  # type: ignore[union-attr]
+
+
+def test_metadata_round_trips() -> None:
+    """Metadata survives its JSON form."""
+    meta = Metadata("ci-key", "2001:db8::1", "req-ü")
+    assert decode_metadata(encode_metadata(meta)) == meta
+    assert decode_metadata(encode_metadata(Metadata("cli"))) == Metadata("cli", "", "")
+
+
+def test_unknown_tag_is_refused() -> None:
+    """A row with a tag this code does not know raises `UnknownEventType`."""
+    with pytest.raises(UnknownEventType, match="teleported"):
+        decode("run.teleported", 1, '{"run_id":"r1"}')
+
+
+def test_newer_schema_is_refused() -> None:
+    """A row written by newer code (a schema above the current one) raises `UnknownEventType`."""
+    _, schema, data = encode(UploadDeleted("u1", T0))
+    with pytest.raises(UnknownEventType, match="newer"):
+        decode("upload.deleted", schema + 1, data)
+
+
+async def test_schema_1_run_queued_row_is_upcast(tmp_path: Path) -> None:
+    """A `run.queued` row of schema 1 (before slots and chip-on-board) stored in a real log
+    reads back with slot `1x1` and cob False, and replays into a queued run."""
+    path = tmp_path / "events.db"
+    await (await EventStore.open(path)).close()  # creates the schema
+    old = {
+        "run_id": "r1", "upload_id": "u1", "top_cell": "TOP", "die_id": "ABCD1234",
+        "input_name": "chip.gds", "input_filename": "layout.gds", "input_format": "gds",
+        "input_size": 4096, "input_sha256": "cd" * 32, "at": "2025-06-01T12:00:00Z",
+    }  # fmt: skip
+    row = (1, "run-r1", 1, "run.queued", 1, json.dumps(old), '{"actor":"cli"}',
+           "2025-06-01T12:00:00.000001Z")  # fmt: skip
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (*row, chain_hash(GENESIS, *row))
+        )
+
+    store = await EventStore.open(path)
+    try:
+        [r] = await store.read()
+        assert r.event == RunQueued(
+            "r1", "u1", "TOP", "ABCD1234", "1x1", False, "chip.gds", "layout.gds", "gds", 4096,
+            "cd" * 32, datetime(2025, 6, 1, 12, tzinfo=UTC),
+        )  # fmt: skip
+        assert (await store.verify_chain()).first_bad is None
+        run = (await Projections.replay(store)).runs.get("r1")
+        assert run is not None
+        assert (run.status, run.slot, run.cob) == ("queued", "1x1", False)
+    finally:
+        await store.close()
+
+
+async def test_unknown_row_in_a_log_is_refused_on_read(tmp_path: Path) -> None:
+    """Reading a log that holds a row of an unknown type raises `UnknownEventType`."""
+    path = tmp_path / "events.db"
+    await (await EventStore.open(path)).close()
+    row = (1, "server", 1, "server.from-the-future", 1, "{}", '{"actor":"cli"}',
+           "2030-01-01T00:00:00Z")  # fmt: skip
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (*row, chain_hash(GENESIS, *row))
+        )
+    store = await EventStore.open(path)
+    try:
+        with pytest.raises(UnknownEventType):
+            await store.read()
+    finally:
+        await store.close()

@@ -1,0 +1,294 @@
+"""`decide` as pure functions: given events, when a command, then events or a domain error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import attrs
+import pytest
+
+from precheck.commands import (
+    CancelRun,
+    DeleteUpload,
+    ExpireUploads,
+    QueueRun,
+    ReceiveUpload,
+    decide,
+)
+from precheck.errors import Conflict, Expired, Invalid, NotFound
+from precheck.events.store import RecordedEvent
+from precheck.events.types import (
+    TAGS,
+    Event,
+    Metadata,
+    OutputFile,
+    RunCancelled,
+    RunCancelRequested,
+    RunFailedToStart,
+    RunFinished,
+    RunQueued,
+    RunStarted,
+    UploadDeleted,
+    UploadExpired,
+    UploadReceived,
+    stream_of,
+)
+from precheck.projections import Projections
+
+T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+LATER = T0 + timedelta(minutes=5)
+EXPIRY = timedelta(hours=1)
+
+
+def given(*events: Event) -> Projections:
+    """Read models built from `events`, numbered as the store would number them."""
+    state = Projections()
+    versions: dict[str, int] = {}
+    for position, e in enumerate(events, start=1):
+        stream = stream_of(e)
+        versions[stream] = versions.get(stream, 0) + 1
+        state.apply(
+            RecordedEvent(position, stream, versions[stream], e, Metadata("test"), T0,
+                          TAGS[type(e)], "")
+        )  # fmt: skip
+    return state
+
+
+def received(upload_id: str = "u1", at: datetime = T0) -> UploadReceived:
+    """Upload `upload_id` arrived at `at` and expires an hour later."""
+    return UploadReceived(upload_id, "chip.gds", "layout.gds", "gds", 4096, "cd" * 32, at,
+                          at + EXPIRY)  # fmt: skip
+
+
+def queued(run_id: str, upload_id: str = "u1") -> RunQueued:
+    """Run `run_id` of `upload_id` joined the queue."""
+    return RunQueued(run_id, upload_id, "TOP", "ABCD1234", "1x1", False, "chip.gds",
+                     "layout.gds", "gds", 4096, "cd" * 32, T0)  # fmt: skip
+
+
+def started(run_id: str) -> RunStarted:
+    """Run `run_id` got its container."""
+    return RunStarted(run_id, f"container-{run_id}", "precheck:latest", "sha256:00", T0)
+
+
+def finished(run_id: str, status: str = "completed") -> RunFinished:
+    """Run `run_id` ended with `status`."""
+    code = 0 if status == "completed" else 1
+    output = OutputFile("output/chip.gds", 10, "00" * 32)
+    return RunFinished(run_id, status, code, "", None, None, {}, output, (output,), {}, False, T0)
+
+
+def queue_run(**changes: object) -> QueueRun:
+    """A good request to queue run `r1` of upload `u1`, with `changes` applied."""
+    return attrs.evolve(QueueRun("r1", "u1", "TOP", "ABCD1234", "1x1", False, LATER), **changes)
+
+
+# Receiving and deleting uploads -----------------------------------------------------------------
+
+
+def test_receive_upload_records_it() -> None:
+    """A new upload becomes `UploadReceived` on a stream that must not exist yet."""
+    cmd = ReceiveUpload("u1", "chip.gds", "layout.gds", "gds", 4096, "cd" * 32, T0, T0 + EXPIRY)
+    decision = decide(cmd, given())
+    assert decision.events == (received("u1"),)
+    assert decision.expect == {"upload-u1": 0}
+
+
+def test_receive_upload_twice_conflicts() -> None:
+    """An upload id already in use is refused."""
+    cmd = ReceiveUpload("u1", "chip.gds", "layout.gds", "gds", 4096, "cd" * 32, T0, T0 + EXPIRY)
+    with pytest.raises(Conflict):
+        decide(cmd, given(received("u1")))
+
+
+def test_delete_upload_of_queued_run_conflicts() -> None:
+    """An upload an active run still needs cannot be deleted."""
+    with pytest.raises(Conflict, match="r2"):
+        decide(DeleteUpload("u1", LATER), given(received(), queued("r1"), finished("r1"),
+                                               queued("r2")))  # fmt: skip
+    with pytest.raises(Conflict):
+        decide(DeleteUpload("u1", LATER), given(received(), queued("r1"), started("r1")))
+
+
+def test_delete_upload_of_finished_runs_deletes_it() -> None:
+    """An upload whose runs have all ended is deleted, decided on its current version."""
+    state = given(
+        received(), queued("r1"), finished("r1", "failed"), queued("r2"), RunCancelled("r2", T0),
+        queued("r3"), RunFailedToStart("r3", "no image", T0),
+    )  # fmt: skip
+    decision = decide(DeleteUpload("u1", LATER), state)
+    assert decision.events == (UploadDeleted("u1", LATER),)
+    assert decision.expect == {"upload-u1": 1}
+
+
+def test_delete_unknown_upload_is_not_found() -> None:
+    """Deleting an upload that does not exist (or no longer does) is `NotFound`."""
+    with pytest.raises(NotFound):
+        decide(DeleteUpload("u1", LATER), given())
+    with pytest.raises(NotFound):
+        decide(DeleteUpload("u1", LATER), given(received(), UploadDeleted("u1", T0)))
+
+
+# Queueing runs ----------------------------------------------------------------------------------
+
+
+def test_queue_run_copies_the_upload_into_the_event() -> None:
+    """A good request becomes `RunQueued` naming the upload's file, decided on both streams."""
+    cmd = queue_run(top_cell="Chip_Top$2-a", die_id="0123abCD", slot="0p5x0p5", cob=True)
+    decision = decide(cmd, given(received()))
+    assert decision.events == (
+        RunQueued("r1", "u1", "Chip_Top$2-a", "0123abCD", "0p5x0p5", True, "chip.gds",
+                  "layout.gds", "gds", 4096, "cd" * 32, LATER),
+    )  # fmt: skip
+    assert decision.expect == {"upload-u1": 1, "run-r1": 0}
+
+
+def test_queue_run_on_unknown_upload_is_not_found() -> None:
+    """Queueing a run of an upload that does not exist is `NotFound`."""
+    with pytest.raises(NotFound):
+        decide(queue_run(upload_id="nope"), given(received()))
+
+
+@pytest.mark.parametrize(
+    "history, now",
+    [
+        pytest.param((received(),), T0 + EXPIRY, id="expiry-reached"),
+        pytest.param((received(),), T0 + 2 * EXPIRY, id="expiry-passed"),
+        pytest.param((received(), queued("r0"), UploadExpired("u1", T0)), LATER,
+                     id="expired-event"),
+    ],
+)  # fmt: skip
+def test_queue_run_on_expired_upload_is_refused(history: tuple[Event, ...], now: datetime) -> None:
+    """An upload past its expiry, or retired as expired, starts no more runs."""
+    with pytest.raises(Expired):
+        decide(queue_run(now=now), given(*history))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("die_id", "ABC1234"),
+        ("die_id", "ABCDE1234"),
+        ("die_id", "ABCD-123"),
+        ("die_id", "ABCD 123"),
+        ("die_id", "ÄBCD1234"),
+        ("die_id", ""),
+        ("slot", "2x2"),
+        ("slot", "1X1"),
+        ("slot", ""),
+        ("top_cell", "top.gds"),
+        ("top_cell", "lib/top"),
+        ("top_cell", "../top"),
+        ("top_cell", "my top"),
+        ("top_cell", ""),
+        ("top_cell", "1top"),
+        ("top_cell", "t" * 129),
+    ],
+)
+def test_queue_run_with_bad_values_is_invalid(field: str, value: str) -> None:
+    """A malformed die id, slot or top cell is `Invalid`, and nothing is queued."""
+    state = given(received())
+    with pytest.raises(Invalid) as raised:
+        decide(queue_run(**{field: value}), state)
+    assert not isinstance(raised.value, Expired)
+    assert field in str(raised.value)
+    assert state.runs.by_id == {}
+
+
+# Cancelling runs --------------------------------------------------------------------------------
+
+
+def test_cancel_queued_run_cancels_it() -> None:
+    """A queued run is cancelled at once."""
+    decision = decide(CancelRun("r1", LATER), given(received(), queued("r1")))
+    assert decision.events == (RunCancelled("r1", LATER),)
+    assert decision.expect == {"run-r1": 1}
+
+
+def test_cancel_running_run_asks_the_supervisor_once() -> None:
+    """A running run gets `RunCancelRequested`; asking again adds nothing."""
+    history = (received(), queued("r1"), started("r1"))
+    first = decide(CancelRun("r1", LATER), given(*history))
+    assert first.events == (RunCancelRequested("r1", LATER),)
+    assert first.expect == {"run-r1": 2}
+    again = decide(CancelRun("r1", LATER), given(*history, *first.events))
+    assert again.events == ()
+
+
+@pytest.mark.parametrize(
+    "end",
+    [finished("r1"), finished("r1", "failed"), RunCancelled("r1", T0),
+     RunFailedToStart("r1", "no image", T0)],
+    ids=["completed", "failed", "cancelled", "failed-to-start"],
+)  # fmt: skip
+def test_cancel_ended_run_conflicts(end: Event) -> None:
+    """A run that has ended cannot be cancelled."""
+    with pytest.raises(Conflict):
+        decide(CancelRun("r1", LATER), given(received(), queued("r1"), started("r1"), end))
+
+
+def test_cancel_unknown_run_is_not_found() -> None:
+    """Cancelling a run that does not exist is `NotFound`."""
+    with pytest.raises(NotFound):
+        decide(CancelRun("r1", LATER), given(received()))
+
+
+# Expiring uploads -------------------------------------------------------------------------------
+
+
+def test_expire_retires_only_due_available_uploads() -> None:
+    """Only uploads whose expiry has come and that are not yet expired are expired."""
+    state = given(
+        received("due", at=T0),
+        received("exact", at=T0 + timedelta(minutes=30)),
+        received("fresh", at=T0 + timedelta(minutes=31)),
+        received("old", at=T0), queued("r1", "old"), UploadExpired("old", T0 + EXPIRY),
+        received("gone", at=T0), UploadDeleted("gone", T0),
+    )  # fmt: skip
+    now = T0 + timedelta(minutes=90)
+    decision = decide(ExpireUploads(now), state)
+    assert set(decision.events) == {UploadExpired("due", now), UploadExpired("exact", now)}
+    assert decision.expect == {"upload-due": 1, "upload-exact": 1}
+
+
+def test_expire_with_nothing_due_decides_nothing() -> None:
+    """Before any expiry, expiring decides no events."""
+    assert decide(ExpireUploads(LATER), given(received("u1"), received("u2"))).events == ()
+
+
+def test_expired_upload_keeps_its_runs_and_loses_the_rest() -> None:
+    """After expiry an upload with runs stays, marked expired; one without runs is gone."""
+    now = T0 + 2 * EXPIRY
+    state = given(received("used"), queued("r1", "used"), received("unused"))
+    state = given(received("used"), queued("r1", "used"), received("unused"),
+                  *decide(ExpireUploads(now), state).events)  # fmt: skip
+    used = state.uploads.get("used")
+    assert used is not None and used.status == "expired" and used.run_ids == ("r1",)
+    assert state.uploads.get("unused") is None
+    assert decide(ExpireUploads(now), state).events == ()
+
+
+# The queue --------------------------------------------------------------------------------------
+
+
+def test_queue_keeps_fifo_order_through_cancels_and_starts() -> None:
+    """Queued runs keep their arrival order and 1-based places as others leave the queue."""
+    runs = [f"r{i}" for i in range(1, 7)]
+    state = given(received(), *(queued(r) for r in runs))
+    assert state.queue.queued() == runs
+    assert [state.queue.position(r) for r in runs] == [1, 2, 3, 4, 5, 6]
+
+    state = given(received(), *(queued(r) for r in runs), RunCancelled("r2", T0),
+                  started("r1"), RunCancelled("r5", T0))  # fmt: skip
+    assert state.queue.queued() == ["r3", "r4", "r6"]
+    assert [state.queue.position(r) for r in runs] == [None, None, 1, 2, None, 3]
+    assert (state.queue.length, state.queue.head(), state.queue.running) == (3, "r3", {"r1"})
+
+    state = given(received(), *(queued(r) for r in runs), RunCancelled("r2", T0),
+                  started("r1"), RunCancelled("r5", T0), started("r3"), finished("r1"),
+                  RunFailedToStart("r4", "no image", T0), queued("r7"))  # fmt: skip
+    assert state.queue.queued() == ["r6", "r7"]
+    assert [state.queue.position(r) for r in ("r6", "r7")] == [1, 2]
+    assert state.queue.running == {"r3"}
+    assert state.runs.by_id["r1"].status == "completed"
+    assert state.runs.by_id["r4"].status == "failed"
