@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import aiosqlite
 import attrs
@@ -62,9 +63,12 @@ class StoreClosed(StoreError):
     """The store was closed before the append could be written."""
 
 
-@attrs.frozen
-class RecordedEvent:
-    """An event as stored: its global position, stream, version within the stream and time."""
+class RecordedEvent(NamedTuple):
+    """An event as stored: its global position, stream, version within the stream and time.
+
+    A named tuple rather than an attrs class: a replay makes one per event, and a tuple is
+    built several times faster.
+    """
 
     position: int
     stream: str

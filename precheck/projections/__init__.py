@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from precheck.events.store import EventStore, RecordedEvent
@@ -46,9 +47,21 @@ class Projections:
 
     @classmethod
     async def replay(cls, store: EventStore) -> Projections:
-        """Fresh read models built from the whole log."""
+        """Fresh read models built from the whole log.
+
+        The collector is paused meanwhile: a replay only adds live objects, and collections
+        would rescan the growing read models over and over for no garbage. What remains is
+        then frozen out of later collections.
+        """
         projections = cls()
-        await projections.catch_up(store)
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            await projections.catch_up(store)
+        finally:
+            if was_enabled:
+                gc.enable()
+        gc.freeze()
         return projections
 
     def attach(self, store: EventStore) -> None:

@@ -16,6 +16,9 @@ from precheck.events.types import (
 )
 
 
+_QUEUE_EVENTS = frozenset({RunQueued, RunStarted, RunCancelled, RunFinished, RunFailedToStart})
+
+
 class Queue:
     """Queued runs in arrival order (ticket = the queuing event's position) and running ones."""
 
@@ -46,14 +49,17 @@ class Queue:
     def apply(self, r: RecordedEvent) -> None:
         """Evolve the state by one event."""
         e = r.event
-        if isinstance(e, RunQueued):
+        kind = type(e)
+        if kind not in _QUEUE_EVENTS:
+            return
+        if kind is RunQueued:
             self._ticket[e.run_id] = r.position
             self._tickets.append(r.position)
             self._run_of_ticket[r.position] = e.run_id
-        elif isinstance(e, RunStarted):
+        elif kind is RunStarted:
             self._dequeue(e.run_id)
             self.running.add(e.run_id)
-        elif isinstance(e, RunCancelled | RunFinished | RunFailedToStart):
+        else:
             self._dequeue(e.run_id)
             self.running.discard(e.run_id)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import attrs
 
 from precheck.events.store import RecordedEvent
+from precheck.projections._records import replacer
 from precheck.events.types import (
     OutputFile,
     RunCancelled,
@@ -101,6 +103,9 @@ class RunRecord:
         )
 
 
+_replace = replacer(RunRecord)
+
+
 class Runs:
     """Every run, by id, in creation order."""
 
@@ -114,7 +119,8 @@ class Runs:
     def apply(self, r: RecordedEvent) -> None:
         """Evolve the state by one event."""
         e = r.event
-        if isinstance(e, RunQueued):
+        kind = type(e)
+        if kind is RunQueued:
             self.by_id[e.run_id] = RunRecord(
                 e.run_id, e.upload_id, e.top_cell, e.die_id, e.slot, e.cob,
                 InputFile(e.input_name, e.input_filename, e.input_format, e.input_size,
@@ -122,46 +128,51 @@ class Runs:
                 e.at, version=r.version, position=r.position, queued_position=r.position,
             )  # fmt: skip
             return
-        run = self.by_id.get(getattr(e, "run_id", ""))
+        change = _CHANGES.get(kind)
+        if change is None:
+            return
+        run = self.by_id.get(e.run_id)
         if run is None:
             return
-        if isinstance(e, RunDeleted):
+        if kind is RunDeleted:
             del self.by_id[run.id]
             return
-        changes: dict[str, Any]
-        if isinstance(e, RunStarted):
-            changes = dict(
-                status="running", started_at=e.at, container_id=e.container_id, image=e.image,
-                image_digest=e.image_digest,
-            )  # fmt: skip
-        elif isinstance(e, RunProgressed):
-            changes = dict(progress=Progress(e.step, e.total, e.name))
-        elif isinstance(e, RunCancelRequested):
-            changes = dict(cancel_requested=True)
-        elif isinstance(e, RunTimedOut):
-            changes = dict(timed_out=True)
-        elif isinstance(e, RunCancelled):
-            changes = dict(
-                status="cancelled", finished_at=e.at, error="cancelled", exit_code=e.exit_code
-            )
-        elif isinstance(e, RunFailedToStart):
-            changes = dict(
-                status="failed", finished_at=e.at, error=e.error,
-                verdict=Verdict(passed=False, classification="system"),
-            )  # fmt: skip
-        elif isinstance(e, RunFinished):
-            changes = dict(
-                status=e.status, finished_at=e.at, exit_code=e.exit_code, error=e.error,
-                output=e.output, files=e.files,
-                verdict=Verdict(
-                    passed=e.status == "completed", failed_step=e.failed_step,
-                    classification=e.classification, deferred_errors=e.deferred_errors,
-                    metrics=e.metrics, oom_killed=e.oom_killed,
-                ),
-            )  # fmt: skip
-        else:
-            return
+        changes = change(e)
         if run.status == "queued" and changes.get("status", "queued") != "queued":
             changes["dequeued_position"] = r.position
         # One copy per event: copying the record is most of what a replay costs.
-        self.by_id[run.id] = attrs.evolve(run, **changes, version=r.version, position=r.position)
+        self.by_id[run.id] = _replace(run, **changes, version=r.version, position=r.position)
+
+
+def _finished(e: RunFinished) -> dict[str, Any]:
+    verdict = Verdict(
+        passed=e.status == "completed", failed_step=e.failed_step,
+        classification=e.classification, deferred_errors=e.deferred_errors,
+        metrics=e.metrics, oom_killed=e.oom_killed,
+    )  # fmt: skip
+    return dict(
+        status=e.status, finished_at=e.at, exit_code=e.exit_code, error=e.error,
+        output=e.output, files=e.files, verdict=verdict,
+    )  # fmt: skip
+
+
+# What each event changes in its run's record; dispatched on the event's type, not a chain of
+# isinstance checks, since a replay runs this for every event.
+_CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
+    RunStarted: lambda e: dict(
+        status="running", started_at=e.at, container_id=e.container_id, image=e.image,
+        image_digest=e.image_digest,
+    ),  # fmt: skip
+    RunProgressed: lambda e: dict(progress=Progress(e.step, e.total, e.name)),
+    RunCancelRequested: lambda e: dict(cancel_requested=True),
+    RunTimedOut: lambda e: dict(timed_out=True),
+    RunCancelled: lambda e: dict(
+        status="cancelled", finished_at=e.at, error="cancelled", exit_code=e.exit_code
+    ),
+    RunFailedToStart: lambda e: dict(
+        status="failed", finished_at=e.at, error=e.error,
+        verdict=Verdict(passed=False, classification="system"),
+    ),  # fmt: skip
+    RunFinished: _finished,
+    RunDeleted: lambda e: {},
+}

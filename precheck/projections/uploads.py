@@ -7,6 +7,7 @@ from datetime import datetime
 import attrs
 
 from precheck.events.store import RecordedEvent
+from precheck.projections._records import replacer
 from precheck.events.types import RunQueued, UploadDeleted, UploadExpired, UploadReceived
 
 
@@ -27,6 +28,12 @@ class UploadRecord:
     version: int = 0
 
 
+_replace = replacer(UploadRecord)
+
+
+_UPLOAD_EVENTS = frozenset({UploadReceived, UploadDeleted, UploadExpired, RunQueued})
+
+
 class Uploads:
     """Every upload that is not retired, by id."""
 
@@ -40,6 +47,8 @@ class Uploads:
     def apply(self, r: RecordedEvent) -> None:
         """Evolve the state by one event."""
         e = r.event
+        if type(e) not in _UPLOAD_EVENTS:
+            return
         if isinstance(e, UploadReceived):
             self.by_id[e.upload_id] = UploadRecord(
                 e.upload_id, e.name, e.filename, e.format, e.size, e.sha256, e.at,
@@ -52,10 +61,10 @@ class Uploads:
             if u is None:
                 return
             if u.run_ids:  # runs still refer to it: keep it, marked expired
-                self.by_id[u.id] = attrs.evolve(u, status="expired", version=r.version)
+                self.by_id[u.id] = _replace(u, status="expired", version=r.version)
             else:
                 del self.by_id[u.id]
         elif isinstance(e, RunQueued):
             u = self.by_id.get(e.upload_id)
             if u is not None:
-                self.by_id[u.id] = attrs.evolve(u, run_ids=(*u.run_ids, e.run_id))
+                self.by_id[u.id] = _replace(u, run_ids=(*u.run_ids, e.run_id))

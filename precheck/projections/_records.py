@@ -1,0 +1,25 @@
+"""Fast copies of frozen records with some fields changed.
+
+`attrs.evolve` inspects the class on every call; a replay copies a record per event, so each
+record class gets a generated function that only reads and passes its fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+
+T = TypeVar("T")
+
+
+def replacer(cls: type[T]) -> Callable[..., T]:
+    """`replace(record, **changes)` for the attrs class `cls`, equal to `attrs.evolve`."""
+    fields = attrs.fields(cls)
+    args = ", ".join(f"c[{f.name!r}] if {f.name!r} in c else o.{f.name}" for f in fields)
+    code = f"def replace(o, **c):\n    return cls({args})\n"
+    scope: dict[str, Any] = {"cls": cls}
+    exec(compile(code, f"<replace {cls.__name__}>", "exec"), scope)
+    fn: Callable[..., T] = scope["replace"]
+    return fn
