@@ -91,7 +91,9 @@ def parse_memory(text: str) -> int:
     m = _MEMORY.fullmatch(text.strip())
     if m is None:
         raise ValueError(f"{text!r} is not a size like 512m or 24g")
-    return int(m[1]) * 1024 ** "_kmgt".index((m[2] or "_").lower())
+    power: int = "_kmgt".index((m[2] or "_").lower())
+    number = int(m[1])
+    return number << (10 * power)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

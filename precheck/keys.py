@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    import weakref
+    from typing import Any
+
     from precheck.clock import Clock
     from precheck.config import Config
     from precheck.events.store import EventStore

@@ -224,7 +224,7 @@ class LogStore:
             sql = f"SELECT line, time, ts, stream, text FROM log_lines WHERE {where} ORDER BY line LIMIT ?"
             args.append(limit + 1)
         async with self._reader_db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         if tail is None:
             more = len(rows) > limit
             rows = rows[:limit]

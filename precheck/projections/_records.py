@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 def replacer(cls: type[T]) -> Callable[..., T]:
     """`replace(record, **changes)` for the attrs class `cls`, equal to `attrs.evolve`."""
-    fields = attrs.fields(cls)
+    fields = attrs.fields(cls)  # type: ignore[arg-type]
     args = ", ".join(f"c[{f.name!r}] if {f.name!r} in c else o.{f.name}" for f in fields)
     code = f"def replace(o, **c):\n    return cls({args})\n"
     scope: dict[str, Any] = {"cls": cls}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bisect import bisect_left
 from collections.abc import Iterable
 
@@ -48,7 +50,7 @@ class Queue:
 
     def apply(self, r: RecordedEvent) -> None:
         """Evolve the state by one event."""
-        e = r.event
+        e: Any = r.event  # dispatched on its type below
         kind = type(e)
         if kind not in _QUEUE_EVENTS:
             return

@@ -118,7 +118,7 @@ class Runs:
 
     def apply(self, r: RecordedEvent) -> None:
         """Evolve the state by one event."""
-        e = r.event
+        e: Any = r.event  # dispatched on its type below
         kind = type(e)
         if kind is RunQueued:
             self.by_id[e.run_id] = RunRecord(

@@ -15,7 +15,7 @@ from precheck.web.sse import wants_stream
 MAX_LINES = 10000
 
 
-async def get_logs(request: web.Request) -> web.Response:
+async def get_logs(request: web.Request) -> web.StreamResponse:
     """Lines after unix time `since` (or after line `after_line`), or the last `tail` lines.
 
     `last_timestamp` is the time of the last line returned, to pass as the next `since`;

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from precheck import keys
 from precheck.engine import EngineError
@@ -33,7 +34,7 @@ class _ChecksumFileResponse(web.FileResponse):
     def etag(self, _: object) -> None:
         web.StreamResponse.etag.fset(self, self._sha256)  # type: ignore[attr-defined]
 
-    async def prepare(self, request: web.BaseRequest) -> object:
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # Conditions on the tag were answered by `_serve`; the base class would compare them
         # with its own mtime-based tag, so it sees the request without them.
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _TAG_CONDITIONS}

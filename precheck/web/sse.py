@@ -118,7 +118,7 @@ def request_streams(app: web.Application) -> weakref.WeakSet[EventSourceResponse
 
 async def stop_streams(app: web.Application) -> None:
     """On shutdown: stop every open stream (clients reconnect to the next server by id)."""
-    for response in list(app[keys.STREAMS]):
+    for response in list(request_streams(app)):
         response.stop_streaming()
         req = response._req
         if req is not None and req.transport is not None:
