@@ -28,3 +28,6 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
 def config(make_config: Callable[..., Config]) -> Config:
     """The default config on a fresh storage folder."""
     return make_config()
+
+
+pytest_plugins = ["docker_fixtures"]

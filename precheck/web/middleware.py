@@ -55,7 +55,7 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
         elif request.path not in EXEMPT and not request.path.startswith(EXEMPT_PREFIXES):
             auth.check_address(client)
             key = presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
-            if key is None and request.method == "GET" and wants_stream(request):
+            if key is None and _is_stream_request(request):
                 # EventSource cannot set headers: streams also take the key as a query value.
                 key = request.query.get("access_token") or None
             request[keys.ACTOR] = auth.identify(key)
@@ -81,6 +81,16 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     return response
+
+
+# The stream endpoints: the only ones that take the key as a query value.
+_STREAMS = re.compile(r"/api/v1/(events|prechecks/[^/]+/(events|logs))")
+
+
+def _is_stream_request(request: web.Request) -> bool:
+    return (
+        request.method == "GET" and wants_stream(request) and bool(_STREAMS.fullmatch(request.path))
+    )
 
 
 def _status_of(e: Exception) -> int:
