@@ -136,9 +136,14 @@ def prune_runs(
         if isinstance(w, ServerClient):
             return list(w.request("POST", "/api/v1/prechecks/prune", body)["RunsDeleted"])
         now = utcnow()
-        from datetime import timedelta
+        from datetime import datetime, timedelta
 
-        before = now - timedelta(days=older_than_days) if older_than_days is not None else None
+        before = None
+        if older_than_days is not None:
+            try:
+                before = now - timedelta(days=older_than_days)
+            except OverflowError:  # before any date there can be: no run ended that long ago
+                before = datetime.min.replace(tzinfo=now.tzinfo)
         command = PruneRuns(frozenset(statuses), before, reason, now)
         if dry_run:
             state, _ = asyncio.run(read_state(config))

@@ -19,6 +19,9 @@ from precheck import __version__
 from precheck.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# As in precheck.projections.runs (not imported here: `--help` stays quick).
+RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+ENDED = ("completed", "failed", "cancelled")
 Runner = Callable[[argparse.Namespace], int]
 
 
@@ -42,6 +45,17 @@ def _config_option(p: argparse.ArgumentParser) -> None:
 
 def _json_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _days(text: str) -> float:
+    """An `--older-than` value: a finite number of days, at least 0."""
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not 0 <= days < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of days, at least 0: {text!r}")
+    return days
 
 
 def _command(
@@ -79,15 +93,17 @@ def _parser() -> argparse.ArgumentParser:
         dest="runs_command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     lst = _command(runs, "list", _runs_list, "list runs, newest first", json_out=True)
-    lst.add_argument("--status", action="append", help="only runs with this status (repeatable)")
+    lst.add_argument(
+        "--status", action="append", choices=RUN_STATUSES, help="only runs with this status (repeatable)"
+    )
     _command(runs, "inspect", _runs_inspect, "show one run's document").add_argument("id")
     delete = _command(runs, "delete", _runs_delete, "delete an ended run with its files and log")
     delete.add_argument("id")
     delete.add_argument("--force", action="store_true", help="do not ask for confirmation")
     delete.add_argument("--reason", default="deleted by an operator", help="recorded with the event")
     prune = _command(runs, "prune", _runs_prune, "delete ended runs in bulk", json_out=True)
-    prune.add_argument("--status", action="append", help="completed, failed or cancelled (repeatable; default all three)")
-    prune.add_argument("--older-than", type=float, metavar="DAYS", help="only runs that ended more than DAYS ago")
+    prune.add_argument("--status", action="append", choices=ENDED, help="completed, failed or cancelled (repeatable; default all three)")
+    prune.add_argument("--older-than", type=_days, metavar="DAYS", help="only runs that ended more than DAYS ago")
     prune.add_argument("--dry-run", action="store_true", help="only list what would go")
     prune.add_argument("--force", action="store_true", help="do not ask for confirmation")
     prune.add_argument("--reason", default="pruned by an operator", help="recorded with the events")

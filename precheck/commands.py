@@ -197,8 +197,10 @@ def _delete_run(c: DeleteRun, state: Projections) -> Decision:
     run = state.runs.get(c.run_id)
     if run is None:
         raise NotFound(f"No such precheck: {c.run_id}")
-    if run.active:
-        raise Conflict(f"precheck {c.run_id} is {run.status}; cancel it before deleting it")
+    if not run.settled:
+        raise Conflict(
+            f"precheck {c.run_id} is {run.status} and not settled; cancel it or let it end first"
+        )
     return Decision((RunDeleted(run.id, c.reason, c.now),), {f"run-{run.id}": run.version})
 
 
@@ -211,6 +213,7 @@ def _prune(c: PruneRuns, state: Projections) -> Decision:
         r
         for r in state.runs.by_id.values()
         if r.status in c.statuses
+        and r.settled
         and (c.ended_before is None or (r.finished_at or r.created) < c.ended_before)
     ]
     return Decision(

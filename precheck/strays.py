@@ -30,7 +30,7 @@ async def _live_containers(config: Config) -> tuple[str | None, set[str]]:
         state = await Projections.replay(store)
     finally:
         await store.close()
-    live = {r.container_id for r in state.runs.by_id.values() if r.status == "running"}
+    live = {r.container_id for r in state.runs.by_id.values() if r.container_id and not r.settled}
     return state.instance_id, live
 
 

@@ -20,7 +20,7 @@ from precheck.capture import LogCapture
 from precheck.clock import Clock
 from precheck.command_line import INPUT_DIR, OUTPUT_DIR, precheck_command, step_total
 from precheck.config import Config, parse_memory
-from precheck.engine import Engine, EngineError
+from precheck.engine import ContainerState, Engine, EngineError, parse_docker_time
 from precheck.events.store import ConcurrencyError, EventStore, RecordedEvent
 from precheck.events.types import (
     Event,
@@ -28,7 +28,8 @@ from precheck.events.types import (
     ReactionFailed,
     RunCancelled,
     RunFailedToStart,
-    RunFinished,
+    RunExited,
+    RunOutputsStored,
     RunProgressed,
     RunStarted,
     RunTimedOut,
@@ -37,7 +38,7 @@ from precheck.events.types import (
 from precheck.logstore import LogStore
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
-from precheck.results import collect
+from precheck.results import Collected, collect
 from precheck.storage import Storage
 from precheck.tarstream import Entry, write_tar
 from precheck.verdict import Ending, LogFacts, Step, decide_verdict, failed_step
@@ -306,32 +307,33 @@ class Supervisor:
             self._wake.set()
 
     async def _record_end(self, run_id: str) -> None:
+        """Record a stopped container's end in two steps, then remove the container.
+
+        First the verdict (`RunExited`), as soon as Docker and the log tell it: the run's slot
+        is free for the next one from then on. Then the outputs, copied out of the container,
+        which can take long for a big layout (`RunOutputsStored`).
+        """
         run = self.state.runs.get(run_id)
-        if run is None or run.status != "running":
+        if run is None or run.settled:
             return
-        container = await self.engine.inspect(run.container_id)
-        if container is not None and container.running:
-            return  # a stale event; the container lives on
-        facts = await self._facts(run)
-        run = self.state.runs.get(run_id) or run
-        if container is None:
-            ending = Ending(exit_code=-1, docker_error="the container disappeared before it was recorded")
-            events = self._verdict_events(run, ending, facts, None)
-        elif run.cancel_requested:
-            events = [RunCancelled(run.id, self.clock(), container.exit_code)]
+        container = await self.engine.inspect(run.container_id) if run.container_id else None
+        if run.status == "running":
+            if container is not None and container.running:
+                return  # a stale event; the container lives on
+            facts = await self._facts(run) if container is not None else await self._stored_facts(run)
+            exited = await self._append_for(run_id, lambda r: self._exit_events(r, container, facts))
+            if exited is None or exited.settled:
+                await self._done_with(run_id, container)
+                return
         else:
-            ending = Ending(
-                exit_code=container.exit_code,
-                oom_killed=container.oom_killed,
-                timed_out=run.timed_out,
-                timeout_minutes=self.config.docker.timeout_minutes,
-            )
-            collected = await collect(self.engine, self.storage, run, run.container_id)
-            events = self._verdict_events(run, ending, facts, collected)
-        for _ in range(3):
-            if await self._append(run, events):
-                break
-            run = self.state.runs.get(run_id) or run  # a progress or cancel event came first
+            facts = await self._stored_facts(run)  # exited before a restart: finish the copy
+        collected = None
+        if container is not None:
+            collected = await collect(self.engine, self.storage, run, container.id)
+        await self._append_for(run_id, lambda r: self._stored_events(r, facts, collected))
+        await self._done_with(run_id, container)
+
+    async def _done_with(self, run_id: str, container: ContainerState | None) -> None:
         self.logs.wake_all(run_id)
         self._captures.pop(run_id, None)
         timer = self._timers.pop(run_id, None)
@@ -339,6 +341,70 @@ class Supervisor:
             timer.cancel()
         if container is not None:
             await self.engine.remove(container.id)
+
+    async def _append_for(
+        self, run_id: str, build: Callable[[RunRecord], list[Event]]
+    ) -> RunRecord | None:
+        """Append what `build` makes of the run's latest record, rebuilt if the run changed."""
+        for _ in range(5):
+            run = self.state.runs.get(run_id)
+            if run is None:
+                return None
+            events = build(run)
+            if not events or await self._append(run, events):
+                return self.state.runs.get(run_id)
+        raise RuntimeError(f"run {run_id} kept changing while its end was recorded")
+
+    def _exit_events(
+        self, run: RunRecord, container: ContainerState | None, facts: LogFacts
+    ) -> list[Event]:
+        if run.status != "running":
+            return []  # recorded meanwhile
+        now = self.clock()
+        if container is None:
+            ending = Ending(exit_code=-1, docker_error="the container disappeared before it was recorded")
+        elif run.cancel_requested:
+            return [RunCancelled(run.id, now, container.exit_code)]
+        else:
+            ending = Ending(
+                exit_code=container.exit_code,
+                oom_killed=container.oom_killed,
+                timed_out=run.timed_out,
+                timeout_minutes=self.config.docker.timeout_minutes,
+            )
+        verdict = decide_verdict(ending, facts)
+        stopped = parse_docker_time(container.finished_at) if container is not None else now
+        return [
+            RunExited(
+                run.id, verdict.status, ending.exit_code, verdict.error, verdict.classification,
+                dict(facts.deferred), ending.oom_killed, stopped if stopped.year > 1 else now, now,
+            )
+        ]  # fmt: skip
+
+    def _stored_events(
+        self, run: RunRecord, facts: LogFacts, collected: Collected | None
+    ) -> list[Event]:
+        if run.settled:
+            return []
+        completed = collected.completed_folders if collected is not None else set()
+        step = failed_step(facts.steps, completed) if run.status == "failed" else None
+        if collected is None:
+            return [RunOutputsStored(run.id, None, (), {}, step, self.clock())]
+        return [
+            RunOutputsStored(
+                run.id, collected.output, collected.files, collected.metrics, step, self.clock()
+            )
+        ]
+
+    async def _stored_facts(self, run: RunRecord) -> LogFacts:
+        """What the stored log says, for a run whose container can no longer be read."""
+        facts, after = LogFacts(), 0
+        while True:
+            lines, more = await self.logs.read(run.id, after_line=after, limit=5000)
+            facts.feed_all(s.text for s in lines)
+            if not lines or not more:
+                return facts
+            after = lines[-1].line
 
     async def _facts(self, run: RunRecord) -> LogFacts:
         """The whole log's facts: from the live capture, or a capture run to its end now."""
@@ -354,27 +420,6 @@ class Supervisor:
         except TimeoutError:
             capture.cancel()
             raise
-
-    def _verdict_events(self, run: RunRecord, ending: Ending, facts: LogFacts, collected: Any) -> list[Event]:
-        verdict = decide_verdict(ending, facts)
-        completed = collected.completed_folders if collected is not None else set()
-        step = failed_step(facts.steps, completed) if verdict.status == "failed" else None
-        return [
-            RunFinished(
-                run.id,
-                verdict.status,
-                ending.exit_code,
-                verdict.error,
-                step,
-                verdict.classification,
-                dict(facts.deferred),
-                collected.output if collected is not None else None,
-                collected.files if collected is not None else (),
-                collected.metrics if collected is not None else {},
-                ending.oom_killed,
-                self.clock(),
-            )
-        ]
 
     # Following Docker --------------------------------------------------------------------------
 
@@ -418,11 +463,10 @@ class Supervisor:
         if not run_id:
             return
         run = self.state.runs.get(run_id)
-        if run is None or run.status != "running":
-            return
-        if action in ("die", "destroy") or action.startswith("oom"):
-            if action == "die" or action == "destroy":
-                self._finish_soon(run_id)
+        # `die` ends a run; `destroy` of a container someone else removed too. OOM needs no
+        # reaction of its own: the `die` that follows carries it in the container's state.
+        if run is not None and run.status == "running" and action in ("die", "destroy"):
+            self._finish_soon(run_id)
 
     async def _reconcile(self) -> None:
         """Match every labelled container to its run: adopt, finish or remove it."""
@@ -435,20 +479,25 @@ class Supervisor:
             if run_id in self._starting:
                 continue  # being started right now
             run = self.state.runs.get(run_id)
-            if run is not None and run.status == "running" and run.container_id == c.id:
+            if run is not None and not run.settled and run.container_id == c.id:
                 seen.add(run_id)
-                if c.running:
+                if c.running and run.status == "running":
                     self._watch(run_id, c.id)
                 else:
-                    self._finish_soon(run_id)
+                    self._finish_soon(run_id)  # ended, or exited with outputs still inside
                 continue
+            if run_id in self._finishing:
+                continue  # being recorded and removed right now
             await self.engine.remove(c.id)
             await self.store.append(
                 [StrayContainerRemoved(c.id, c.name, self.clock())], SUPERVISOR
             )
-        for run_id in list(self.state.queue.running):
-            if run_id not in seen and run_id not in self._finishing:
-                self._finish_soon(run_id)  # its container is gone: recorded as a system failure
+        for run in list(self.state.runs.by_id.values()):
+            started = run.container_id and not run.settled and run.status != "queued"
+            if started and run.id not in seen and run.id not in self._finishing:
+                # Its container is gone: a running run fails as a system failure, an exited
+                # one is settled without outputs.
+                self._finish_soon(run.id)
 
     # Reading for the API -----------------------------------------------------------------------
 

@@ -57,7 +57,8 @@ REPORTS = [
     "drc.magic.rpt",
 ]
 DOCKER_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ")
-ENDED = ("run.finished", "run.cancelled", "run.failed-to-start")
+# Events after which a run no longer holds a slot (its container has stopped).
+ENDED = ("run.exited", "run.finished", "run.cancelled", "run.failed-to-start")
 
 
 def sha256(data: bytes) -> str:
@@ -499,7 +500,7 @@ async def test_wait_answers_when_the_run_ends_or_times_out(start_app, sim_config
     ended = await api.wait(run_id, timeout=30)
     answered = datetime.now(UTC)
     assert ended == {"StatusCode": 0, "Status": "completed", "Error": None}
-    (finished,) = await api.events("run.finished", run_id)
+    (finished,) = await api.events("run.outputs-stored", run_id)
     assert 0 <= (answered - finished.recorded).total_seconds() < 2.0
 
     hanging = await api.run(gds("chip_top", "hang"))

@@ -245,8 +245,9 @@ class EventStore:
 
     async def _write_batch(self, batch: list[_Append]) -> None:
         for attempt in (1, 2):
-            accepted, rows, recorded, versions = self._prepare(batch)
+            accepted, rows, recorded, versions, rejected = self._prepare(batch)
             if not rows:
+                _reject(rejected)
                 return
             try:
                 await self._writer_db.executemany(
@@ -264,9 +265,16 @@ class EventStore:
                 await self._writer_db.rollback()  # leave no transaction open behind a failure
                 raise
         self._publish(accepted, recorded, versions)
+        # Refused only now, once the events that won are applied: a caller that decides again
+        # then sees them instead of the same stale state.
+        _reject(rejected)
 
     def _prepare(self, batch: list[_Append]) -> tuple[
-        list[tuple[_Append, int]], list[tuple[object, ...]], list[RecordedEvent], dict[str, int]
+        list[tuple[_Append, int]],
+        list[tuple[object, ...]],
+        list[RecordedEvent],
+        dict[str, int],
+        list[tuple[_Append, ConcurrencyError]],
     ]:
         """Check expectations, number the rows and chain their hashes, without touching state."""
         versions: dict[str, int] = {}
@@ -276,6 +284,7 @@ class EventStore:
         accepted: list[tuple[_Append, int]] = []
         rows: list[tuple[object, ...]] = []
         recorded: list[RecordedEvent] = []
+        rejected: list[tuple[_Append, ConcurrencyError]] = []
         for a in batch:
             if a.done.done():  # the caller went away; nothing to write for it
                 continue
@@ -286,8 +295,8 @@ class EventStore:
             ]
             if wrong:
                 s, want, have = wrong[0]
-                a.done.set_exception(
-                    ConcurrencyError(f"stream {s} is at version {have}, expected {want}")
+                rejected.append(
+                    (a, ConcurrencyError(f"stream {s} is at version {have}, expected {want}"))
                 )
                 continue
             meta = encode_metadata(a.metadata)
@@ -304,7 +313,7 @@ class EventStore:
                     RecordedEvent(position, stream, version, event, a.metadata, now, tag, prev)
                 )
             accepted.append((a, start))
-        return accepted, rows, recorded, versions
+        return accepted, rows, recorded, versions, rejected
 
     def _publish(
         self,
@@ -426,6 +435,12 @@ def _row_to_event(row: Iterable[object]) -> RecordedEvent:
         tag,  # type: ignore[arg-type]
         hash_,  # type: ignore[arg-type]
     )
+
+
+def _reject(rejected: list[tuple[_Append, ConcurrencyError]]) -> None:
+    for a, error in rejected:
+        if not a.done.done():
+            a.done.set_exception(error)
 
 
 def _drain(q: asyncio.Queue[_Append | None]) -> list[_Append]:

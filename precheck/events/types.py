@@ -124,7 +124,9 @@ class OutputFile:
 
 @attrs.frozen
 class RunFinished:
-    """The run's container ended and its verdict and outputs were stored.
+    """The run's container ended and its verdict and outputs were stored (in one event).
+
+    Written by earlier versions; runs now end with `RunExited` then `RunOutputsStored`.
 
     `status` is `completed` or `failed`; `classification` is `design` or `system` on failure;
     `deferred_errors` maps a check name (e.g. `KLayout DRC`) to its error count.
@@ -141,6 +143,37 @@ class RunFinished:
     files: tuple[OutputFile, ...]
     metrics: dict[str, float | int | str | None]
     oom_killed: bool
+    at: datetime
+
+
+@attrs.frozen
+class RunExited:
+    """The run's container stopped and its verdict is known; its outputs are copied out next.
+
+    `status` is `completed` or `failed`; `classification` is `design` or `system` on failure;
+    `finished_at` is when Docker saw the container stop.
+    """
+
+    run_id: str
+    status: str
+    exit_code: int
+    error: str
+    classification: str | None
+    deferred_errors: dict[str, int]
+    oom_killed: bool
+    finished_at: datetime
+    at: datetime
+
+
+@attrs.frozen
+class RunOutputsStored:
+    """An exited run's outputs are in `runs/<id>/`: nothing more will be recorded about it."""
+
+    run_id: str
+    output: OutputFile | None
+    files: tuple[OutputFile, ...]
+    metrics: dict[str, float | int | str | None]
+    failed_step: str | None
     at: datetime
 
 
@@ -211,6 +244,8 @@ Event = (
     | RunStarted
     | RunProgressed
     | RunFinished
+    | RunExited
+    | RunOutputsStored
     | RunFailedToStart
     | RunTimedOut
     | RunDeleted
@@ -229,6 +264,8 @@ TAGS: dict[type, str] = {
     RunStarted: "run.started",
     RunProgressed: "run.progressed",
     RunFinished: "run.finished",
+    RunExited: "run.exited",
+    RunOutputsStored: "run.outputs-stored",
     RunFailedToStart: "run.failed-to-start",
     RunTimedOut: "run.timed-out",
     RunDeleted: "run.deleted",

@@ -11,6 +11,7 @@ from precheck.events.store import RecordedEvent
 from precheck.projections.runs import RunRecord
 from precheck.events.types import (
     RunCancelled,
+    RunExited,
     RunFailedToStart,
     RunFinished,
     RunQueued,
@@ -18,7 +19,11 @@ from precheck.events.types import (
 )
 
 
-_QUEUE_EVENTS = frozenset({RunQueued, RunStarted, RunCancelled, RunFinished, RunFailedToStart})
+# A run leaves `running` when its container has exited (its slot is free), before its
+# outputs are copied out.
+_QUEUE_EVENTS = frozenset(
+    {RunQueued, RunStarted, RunCancelled, RunFinished, RunExited, RunFailedToStart}
+)
 
 
 class Queue:

@@ -15,8 +15,10 @@ from precheck.events.types import (
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
+    RunExited,
     RunFailedToStart,
     RunFinished,
+    RunOutputsStored,
     RunProgressed,
     RunQueued,
     RunStarted,
@@ -88,6 +90,7 @@ class RunRecord:
     files: tuple[OutputFile, ...] = ()
     version: int = 0
     position: int = 0
+    settled: bool = False  # ended, and nothing more will be recorded (outputs stored)
     queued_position: int = 0  # where it joined the queue: its place in FIFO order
     dequeued_position: int | None = None  # where it left the queue (started or ended)
 
@@ -104,6 +107,7 @@ class RunRecord:
 
 
 _replace = replacer(RunRecord)
+_replace_verdict = replacer(Verdict)
 
 
 class Runs:
@@ -137,7 +141,7 @@ class Runs:
         if kind is RunDeleted:
             del self.by_id[run.id]
             return
-        changes = change(e)
+        changes = _stored(run, e) if kind is RunOutputsStored else change(e)
         if run.status == "queued" and changes.get("status", "queued") != "queued":
             changes["dequeued_position"] = r.position
         # One copy per event: copying the record is most of what a replay costs.
@@ -152,7 +156,26 @@ def _finished(e: RunFinished) -> dict[str, Any]:
     )  # fmt: skip
     return dict(
         status=e.status, finished_at=e.at, exit_code=e.exit_code, error=e.error,
-        output=e.output, files=e.files, verdict=verdict,
+        output=e.output, files=e.files, verdict=verdict, settled=True,
+    )  # fmt: skip
+
+
+def _exited(e: RunExited) -> dict[str, Any]:
+    verdict = Verdict(
+        passed=e.status == "completed", classification=e.classification,
+        deferred_errors=e.deferred_errors, oom_killed=e.oom_killed,
+    )  # fmt: skip
+    return dict(
+        status=e.status, finished_at=e.finished_at, exit_code=e.exit_code, error=e.error,
+        verdict=verdict,
+    )  # fmt: skip
+
+
+def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
+    verdict = run.verdict or Verdict(passed=False)
+    return dict(
+        output=e.output, files=e.files, settled=True,
+        verdict=_replace_verdict(verdict, failed_step=e.failed_step, metrics=e.metrics),
     )  # fmt: skip
 
 
@@ -167,12 +190,15 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunCancelRequested: lambda e: dict(cancel_requested=True),
     RunTimedOut: lambda e: dict(timed_out=True),
     RunCancelled: lambda e: dict(
-        status="cancelled", finished_at=e.at, error="cancelled", exit_code=e.exit_code
-    ),
+        status="cancelled", finished_at=e.at, error="cancelled", exit_code=e.exit_code,
+        settled=True,
+    ),  # fmt: skip
     RunFailedToStart: lambda e: dict(
-        status="failed", finished_at=e.at, error=e.error,
+        status="failed", finished_at=e.at, error=e.error, settled=True,
         verdict=Verdict(passed=False, classification="system"),
     ),  # fmt: skip
     RunFinished: _finished,
+    RunExited: _exited,
+    RunOutputsStored: lambda e: {},  # needs the record: see `Runs.apply`
     RunDeleted: lambda e: {},
 }

@@ -18,7 +18,7 @@ from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
 from precheck.events.types import RunCancelled, RunFailedToStart, RunProgressed, RunQueued, RunStarted
 from precheck.projections.queue import queue_at
-from precheck.projections.runs import FINAL, RunRecord, Runs
+from precheck.projections.runs import RunRecord, Runs
 from precheck.web.render import run_document
 from precheck.web.sse import Stream, last_event_id, message
 
@@ -77,9 +77,9 @@ class RunFollower:
                 self.past.apply(r)
         if position is None and line is None:
             return True
-        seen_end = not self.events or self._run().status in FINAL
+        seen_end = not self.events or self._run().settled
         if self.logs:
-            seen_end = seen_end and live.status in FINAL and self.line >= await self._last_line()
+            seen_end = seen_end and live.settled and self.line >= await self._last_line()
         return not seen_end
 
     def _run(self) -> RunRecord:
@@ -163,7 +163,7 @@ class RunFollower:
             if self.position < self.store.head or (text and self.logs):
                 continue  # more may be waiting already
             run = self._run()
-            if run.status in FINAL and (not self.logs or self.line >= await self._last_line()):
+            if run.settled and (not self.logs or self.line >= await self._last_line()):
                 await stream.write(self._end_message())
                 return
             await self._wait(stream)

@@ -20,7 +20,9 @@ def _nullable(schema: Schema) -> Schema:
 
 
 def _obj(required: list[str] | None = None, **props: Schema) -> Schema:
-    return {"type": "object", "properties": props, "required": required or list(props)}
+    # `required=[]`: nothing is required; None: every property is.
+    required = list(props) if required is None else required
+    return {"type": "object", "properties": props, "required": required}
 
 
 STR: Schema = {"type": "string"}
@@ -109,8 +111,8 @@ SCHEMAS: dict[str, Schema] = {
     "Prune": {
         **_obj(
             [],
-            status={"type": "array", "items": {"enum": ["completed", "failed", "cancelled"]}},
-            older_than_days={"type": "number", "minimum": 0},
+            status=_nullable({"type": "array", "items": {"enum": ["completed", "failed", "cancelled"]}}),
+            older_than_days=_nullable({"type": "number", "minimum": 0}),
             dry_run=BOOL,
             reason=STR,
         ),
@@ -140,7 +142,8 @@ def _file(media: str, description: str) -> Schema:
     }
 
 
-SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# In OpenAPI 3.1 the schema of an event stream describes each event (3.2 calls it itemSchema).
+SSE = {"text/event-stream": {"schema": _obj([], event=STR, id=STR, data=STR, retry=INT)}}
 AUTH_ERRORS = {"401": _error("API key missing or wrong"), "403": _error("address not allowed")}
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": STR}
 UPLOAD_ID = {"name": "upload_id", "in": "path", "required": True, "schema": STR}
@@ -150,8 +153,16 @@ def _q(name: str, schema: Schema, description: str) -> Schema:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-FOLLOW = _q("follow", {"enum": ["0", "1", "true", "false"]}, "stream as Server-Sent Events")
-LAST_ID = _q("lastEventId", STR, "resume after this id (as the Last-Event-ID header)")
+FLAG: Schema = {"enum": ["0", "1", "true", "false", "yes", "no"]}
+FOLLOW = _q("follow", FLAG, "stream as Server-Sent Events")
+EVENT_TYPES = sorted(TAGS.values())
+EVENT_PREFIXES = sorted({t[: i + 1] for t in EVENT_TYPES for i, c in enumerate(t) if c == "."})
+EVENT_TYPE: Schema = {"enum": EVENT_TYPES + EVENT_PREFIXES}  # a type, or a prefix ending in '.'
+LAST_ID = _q("lastEventId", {"type": "string", "pattern": "^[0-9]+$"}, "resume after this id (as the Last-Event-ID header)")
+RUN_LAST_ID = _q(
+    "lastEventId", {"type": "string", "pattern": "^[0-9]+(:[0-9]+)?$"},
+    "resume after this id (as the Last-Event-ID header): a position, or position:line with logs=1",
+)  # fmt: skip
 
 
 def _op(summary: str, responses: dict[str, Schema], *, params: list[Schema] | None = None,
@@ -221,14 +232,14 @@ def _paths() -> dict[str, Schema]:
             "delete": _op(
                 "Cancel a run (queued at once, running killed); with remove=1 delete an ended run",
                 {"200": _json("Message"), "202": _json("Message", "cancel requested, still stopping"), "400": _error("invalid request"), **run_404, "409": _error("already ended, or active when removing")},
-                params=[RUN_ID, _q("remove", {"enum": ["0", "1", "true", "false"]}, "delete an ended run"), _q("reason", STR, "recorded with the deletion")],
+                params=[RUN_ID, _q("remove", FLAG, "delete an ended run"), _q("reason", STR, "recorded with the deletion")],
             ),
         },
         "/api/v1/prechecks/{run_id}/events": {
             "get": _op(
                 "The run's changes: its events as JSON, or live as SSE (status, progress, log with logs=1, end)",
                 {"200": {**stream_ok, "content": {"application/json": {"schema": {"type": "array", "items": _ref("Event")}}, **SSE}}, "204": {"description": "the stream already ended"}, "400": _error("bad id or value"), **run_404},
-                params=[RUN_ID, FOLLOW, LAST_ID, _q("logs", {"enum": ["0", "1", "true", "false"]}, "include log lines"), _q("access_token", STR, "API key, for EventSource (streams only)")],
+                params=[RUN_ID, FOLLOW, RUN_LAST_ID, _q("logs", FLAG, "include log lines"), _q("access_token", STR, "API key, for EventSource (streams only)")],
             )
         },
         "/api/v1/prechecks/{run_id}/logs": {
@@ -237,7 +248,7 @@ def _paths() -> dict[str, Schema]:
                 {"200": {**stream_ok, "content": {"application/json": {"schema": _ref("Logs")}, **SSE}}, "204": {"description": "the stream already ended"}, "400": _error("bad value"), **run_404},
                 params=[RUN_ID, FOLLOW, LAST_ID, _q("since", {"type": "number", "minimum": 0}, "unix time: lines after it"),
                         _q("tail", {"type": "integer", "minimum": 0}, "only the last N lines"), _q("after_line", {"type": "integer", "minimum": 0}, "lines after this number"),
-                        _q("limit", {"type": "integer", "minimum": 1}, "at most this many lines (10000)"), _q("timestamps", {"enum": ["0", "1", "true", "false"]}, "prefix Docker's timestamp"),
+                        _q("limit", {"type": "integer", "minimum": 1}, "at most this many lines (10000)"), _q("timestamps", FLAG, "prefix Docker's timestamp"),
                         _q("access_token", STR, "API key, for EventSource (streams only)")],  # fmt: skip
             )
         },
@@ -270,7 +281,7 @@ def _paths() -> dict[str, Schema]:
                 {"200": {**stream_ok, "content": {"application/json": {"schema": _ref("EventPage")}, **SSE}}, "400": _error("bad filter or value")},
                 params=[FOLLOW, LAST_ID, _q("after", {"type": "integer", "minimum": 0}, "start after this position"),
                         _q("limit", {"type": "integer", "minimum": 1}, "page size (1000 at most)"), _q("stream", STR, "only this stream"),
-                        {**_q("type", {"type": "array", "items": STR}, "event type, or prefix ending in '.'"), "style": "form", "explode": True},
+                        {**_q("type", {"type": "array", "items": EVENT_TYPE}, "event type, or prefix ending in '.'"), "style": "form", "explode": True},
                         _q("run", STR, "only this run's events"), _q("access_token", STR, "API key, for EventSource (streams only)")],  # fmt: skip
                 tag="audit",
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from aiohttp import web
 
@@ -95,7 +95,12 @@ async def prune_prechecks(request: web.Request) -> web.Response:
     body = await json_body(request, PruneRequest)
     statuses = frozenset(body.status or ("completed", "failed", "cancelled"))
     now = request.app[keys.CLOCK]()
-    before = now - timedelta(days=body.older_than_days) if body.older_than_days is not None else None
+    before = None
+    if body.older_than_days is not None:
+        try:
+            before = now - timedelta(days=body.older_than_days)
+        except OverflowError:  # before any date there can be: no run ended that long ago
+            before = datetime.min.replace(tzinfo=now.tzinfo)
     command = PruneRuns(statuses, before, body.reason or "pruned through the API", now)
     if body.dry_run:
         events = list(decide(command, request.app[keys.PROJECTIONS]).events)

@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractStreamWriter
 from precheck import keys
 from precheck.engine import EngineError
 from precheck.errors import Conflict, NotFound
-from precheck.projections.runs import FINAL, RunRecord
+from precheck.projections.runs import RunRecord
 from precheck.results import RUN_FOLDER
 from precheck.tarstream import gzip_stream, tree_entries, write_tar
 from precheck.web.middleware import error
@@ -68,7 +68,7 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     """The final layout (also from a failed run with deferred errors: see `Result.Passed`)."""
     run = find_run(request)
     if run.output is None:
-        if run.status not in FINAL:
+        if not run.settled:
             raise Conflict(f"precheck {run.id} is {run.status}; its output is not there yet")
         raise NotFound(f"precheck {run.id} has no output layout ({run.status})")
     path = _run_dir(request, run) / run.output.path
@@ -82,7 +82,7 @@ async def get_render(request: web.Request) -> web.StreamResponse:
     run = find_run(request)
     png = next((f for f in run.files if f.path.startswith(f"{RUN_FOLDER}/final/render/")), None)
     if png is None:
-        if run.status not in FINAL:
+        if not run.settled:
             raise Conflict(f"precheck {run.id} is {run.status}; its render is not there yet")
         raise NotFound(f"precheck {run.id} has no render")
     return _serve(request, _run_dir(request, run) / png.path, png.sha256, Path(png.path).name)
@@ -136,13 +136,16 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
 
 
 async def wait_for_end(request: web.Request, run_id: str, timeout: float) -> RunRecord | None:
-    """The run once it has ended, or None after `timeout` seconds. Wakes on commits, no sleeps."""
+    """The run once it has ended and its outputs are stored, or None after `timeout` seconds.
+
+    Woken by commits, never by a sleep.
+    """
     store, state = request.app[keys.STORE], request.app[keys.PROJECTIONS]
     try:
         async with asyncio.timeout(timeout):
             while True:
                 run = state.runs.get(run_id)
-                if run is None or run.status in FINAL:
+                if run is None or run.settled:
                     return run
                 await store.wait_beyond(state.position)
     except TimeoutError:

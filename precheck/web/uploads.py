@@ -7,6 +7,7 @@ from urllib.parse import unquote
 from collections.abc import AsyncIterator
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from precheck import keys
 from precheck.commands import DeleteUpload, ReceiveUpload, upload_expiry
@@ -47,12 +48,15 @@ async def create_upload(request: web.Request) -> web.Response:
 async def _layout_stream(request: web.Request) -> tuple[str, AsyncIterator[bytes]]:
     """The client's file name (a label only) and the file's bytes."""
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, BodyPartReader) and part.name == "file":
-                return _label(part.filename), _part_chunks(part)
-            if part is not None:
-                await part.release()
+        try:  # a malformed body (no boundary, bad part headers) is the client's error
+            reader = await request.multipart()
+            async for part in reader:
+                if isinstance(part, BodyPartReader) and part.name == "file":
+                    return _label(part.filename), _part_chunks(part)
+                if part is not None:
+                    await part.release()
+        except (ValueError, HttpProcessingError) as e:
+            raise Invalid(f"bad multipart body: {e}") from None
         raise Invalid("multipart body has no 'file' field")
     if request.content_type in ("application/octet-stream", ""):
         return _label(request.query.get("name")), request.content.iter_chunked(CHUNK)
@@ -60,8 +64,11 @@ async def _layout_stream(request: web.Request) -> tuple[str, AsyncIterator[bytes
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(CHUNK):
-        yield chunk
+    try:
+        while chunk := await part.read_chunk(CHUNK):
+            yield chunk
+    except (ValueError, HttpProcessingError) as e:
+        raise Invalid(f"bad multipart body: {e}") from None
 
 
 def _label(name: str | None) -> str:
