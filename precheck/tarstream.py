@@ -136,6 +136,19 @@ async def extract_tar(
     appear at their path only once complete. Links and devices are ignored: a member can never
     write outside the paths `keep` returns.
     """
+    try:
+        return await _extract(chunks, keep)
+    finally:
+        # The archive ends at its zero blocks, before the stream does: close the stream now so
+        # its connection goes back at once, not when the generator is collected.
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _extract(
+    chunks: AsyncIterator[bytes], keep: Callable[[str, int], Path | None]
+) -> list[Extracted]:
     loop = asyncio.get_running_loop()
     reader = _Reader(chunks)
     found: list[Extracted] = []
