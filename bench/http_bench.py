@@ -199,10 +199,18 @@ async def build_log(storage: Path, runs: int) -> tuple[str, int]:
         upload_id = uuid.uuid4().hex
         files.place_upload(received, upload_id, "input.gds")
         await handler.handle(
-            ReceiveUpload(upload_id, "bench.gds", "input.gds", received.format, received.size,
-                          received.sha256, now, upload_expiry(now, 10080)),
+            ReceiveUpload(
+                upload_id,
+                "bench.gds",
+                "input.gds",
+                received.format,
+                received.size,
+                received.sha256,
+                now,
+                upload_expiry(now, 10080),
+            ),
             meta,
-        )  # fmt: skip
+        )
 
         # The events come from `decide`, as through the API, but are committed in large
         # batches: one durable commit per request would only make the setup slow.
@@ -238,8 +246,10 @@ def load(url: str, seconds: float) -> tuple[float, int]:
     if shutil.which("wrk"):
         out = subprocess.run(
             ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", url],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
         bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
         errors = re.search(r"Socket errors:.*", out)
@@ -248,8 +258,10 @@ def load(url: str, seconds: float) -> tuple[float, int]:
         return rps, int(bad.group(1)) if bad else 0
     out = subprocess.run(
         [sys.executable, __file__, "--load", url, str(CONNECTIONS), str(seconds)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result = json.loads(out)
     return result["rps"], result["bad"]
 
@@ -368,17 +380,35 @@ def post_file(url: str, path: Path) -> tuple[int, bytes]:
     """POST `path` as a raw body, streamed from disk by a separate client process."""
     if shutil.which("curl"):
         out = subprocess.run(
-            ["curl", "-sS", "-X", "POST", "-T", str(path), "-H", "Expect:",
-             "-H", "Content-Type: application/octet-stream", "-w", "\n%{http_code}", url],
-            capture_output=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                "curl",
+                "-sS",
+                "-X",
+                "POST",
+                "-T",
+                str(path),
+                "-H",
+                "Expect:",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "-w",
+                "\n%{http_code}",
+                url,
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
         body, _, code = out.rpartition(b"\n")
         return int(code), body
     req = urllib.request.Request(
-        url, data=path.open("rb"), method="POST",
-        headers={"Content-Type": "application/octet-stream",
-                 "Content-Length": str(path.stat().st_size)},
-    )  # fmt: skip
+        url,
+        data=path.open("rb"),
+        method="POST",
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(path.stat().st_size),
+        },
+    )
     with urllib.request.urlopen(req) as r:
         return r.status, r.read()
 

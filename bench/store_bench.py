@@ -87,10 +87,14 @@ async def bench_appends(folder: Path) -> None:
     # Every row of one commit carries that commit's time, so distinct times count the commits.
     commits = len(set(recorded_times))
     print(f"(a) durable appends, {WRITERS} concurrent writers, synchronous=FULL, WAL")
-    print(f"    {events:,} events in {took.wall:.2f} s: {events / took.wall:,.0f} events/s"
-          f" (target >= 10,000); cpu {took.cpu:.2f} s")  # fmt: skip
-    print(f"    {commits:,} commits: mean batch {events / commits:.1f} events,"
-          f" {commits / took.wall:,.0f} commits/s")  # fmt: skip
+    print(
+        f"    {events:,} events in {took.wall:.2f} s: {events / took.wall:,.0f} events/s"
+        f" (target >= 10,000); cpu {took.cpu:.2f} s"
+    )
+    print(
+        f"    {commits:,} commits: mean batch {events / commits:.1f} events,"
+        f" {commits / took.wall:,.0f} commits/s"
+    )
 
 
 # (b) Replay -----------------------------------------------------------------------------------
@@ -110,19 +114,65 @@ def history(n: int) -> Iterator[tuple[list[Event], Metadata]]:
         ok = job % 4 != 0
         client = [Metadata("bench", "127.0.0.1", f"req-{job:07d}-{k}") for k in (1, 2)]
         appends: list[tuple[list[Event], Metadata]] = [
-            ([UploadReceived(u, "chip.gds", "layout.gds", "gds", 7654321, digest, at,
-                             at + timedelta(days=7))], client[0]),
-            ([RunQueued(r, u, "TOP", "ABCD1234", "1x1", False, "chip.gds", "layout.gds", "gds",
-                        7654321, digest, at)], client[1]),
+            (
+                [
+                    UploadReceived(
+                        u,
+                        "chip.gds",
+                        "layout.gds",
+                        "gds",
+                        7654321,
+                        digest,
+                        at,
+                        at + timedelta(days=7),
+                    )
+                ],
+                client[0],
+            ),
+            (
+                [
+                    RunQueued(
+                        r,
+                        u,
+                        "TOP",
+                        "ABCD1234",
+                        "1x1",
+                        False,
+                        "chip.gds",
+                        "layout.gds",
+                        "gds",
+                        7654321,
+                        digest,
+                        at,
+                    )
+                ],
+                client[1],
+            ),
             ([RunStarted(r, digest, "precheck:latest", "sha256:" + "e" * 64, at)], SUPERVISOR),
-            *(([RunProgressed(r, s, 16, f"KLayout.Step{s}", at)], SUPERVISOR)
-              for s in range(1, 17)),
-            ([RunFinished(r, "completed" if ok else "failed", 0 if ok else 1,
-                          "" if ok else "KLayout DRC found errors",
-                          None if ok else "Checker.KLayoutDRC", None if ok else "design",
-                          {} if ok else {"KLayout DRC": 2}, out, (out,),
-                          {"density": 0.4, "cells": 12}, False, at)], SUPERVISOR),
-        ]  # fmt: skip
+            *(
+                ([RunProgressed(r, s, 16, f"KLayout.Step{s}", at)], SUPERVISOR)
+                for s in range(1, 17)
+            ),
+            (
+                [
+                    RunFinished(
+                        r,
+                        "completed" if ok else "failed",
+                        0 if ok else 1,
+                        "" if ok else "KLayout DRC found errors",
+                        None if ok else "Checker.KLayoutDRC",
+                        None if ok else "design",
+                        {} if ok else {"KLayout DRC": 2},
+                        out,
+                        (out,),
+                        {"density": 0.4, "cells": 12},
+                        False,
+                        at,
+                    )
+                ],
+                SUPERVISOR,
+            ),
+        ]
         yield from appends[: n - count]
         count += len(appends)
         job += 1
@@ -167,8 +217,10 @@ async def bench_replay(folder: Path, n: int, profile: bool) -> None:
     build = await build_log(path, n)
     size = path.stat().st_size / 2**20
     print(f"(b) replay of {n:,} events into Projections")
-    print(f"    built the log in {build:.1f} s ({n / build:,.0f} events/s,"
-          f" rows computed and inserted directly; {size:,.0f} MiB)")  # fmt: skip
+    print(
+        f"    built the log in {build:.1f} s ({n / build:,.0f} events/s,"
+        f" rows computed and inserted directly; {size:,.0f} MiB)"
+    )
 
     store = await EventStore.open(path)
     try:
@@ -187,15 +239,21 @@ async def bench_replay(folder: Path, n: int, profile: bool) -> None:
         await store.close()
     assert count == n and projections.position == n
     apply_wall, apply_cpu = max(total.wall - read.wall, 1e-9), max(total.cpu - read.cpu, 1e-9)
-    print(f"    replay: {total.wall:.2f} s, {n / total.wall:,.0f} events/s (target >= 100,000);"
-          f" cpu {total.cpu:.2f} s")  # fmt: skip
+    print(
+        f"    replay: {total.wall:.2f} s, {n / total.wall:,.0f} events/s (target >= 100,000);"
+        f" cpu {total.cpu:.2f} s"
+    )
     print(
         f"      read+decode {read.wall:.2f} s ({n / read.wall:,.0f} events/s; cpu {read.cpu:.2f} s)"
     )
-    print(f"      apply       {apply_wall:.2f} s ({n / apply_wall:,.0f} events/s;"
-          f" cpu {apply_cpu:.2f} s)")  # fmt: skip
-    print(f"      state: {len(projections.uploads.by_id):,} uploads,"
-          f" {len(projections.runs.by_id):,} runs")  # fmt: skip
+    print(
+        f"      apply       {apply_wall:.2f} s ({n / apply_wall:,.0f} events/s;"
+        f" cpu {apply_cpu:.2f} s)"
+    )
+    print(
+        f"      state: {len(projections.uploads.by_id):,} uploads,"
+        f" {len(projections.runs.by_id):,} runs"
+    )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 

@@ -360,9 +360,11 @@ class LocalServer:
 
     async def upload(self, data: bytes, name: str = "chip_top.gds") -> str:
         doc = await self.call(
-            "POST", f"/api/v1/uploads?name={name}", data=data,
+            "POST",
+            f"/api/v1/uploads?name={name}",
+            data=data,
             headers={"Content-Type": "application/octet-stream"},
-        )  # fmt: skip
+        )
         return str(doc["Id"])
 
     async def queue(self, upload_id: str, top: str = "chip_top") -> str:
@@ -458,11 +460,15 @@ async def bench_exit(tmp: Path, image: str, results: dict[str, list[str]]) -> No
         splits = [exit_split(r, watch, probe, applied) for r in runs]
         lat = [s["total"] for s in splits]
         p50, p99 = statistics.median(lat), pct(lat, 99)
-        print(f"1. container exit -> run document final: {len(lat)} sequential quick passing runs,"
-              f" max_concurrent 1 ({EXIT_WARMUP} warm-up run not counted)")  # fmt: skip
+        print(
+            f"1. container exit -> run document final: {len(lat)} sequential quick passing runs,"
+            f" max_concurrent 1 ({EXIT_WARMUP} warm-up run not counted)"
+        )
         exact = sum(r in probe.finished_at for r in runs)
-        print(f"   latency = projection applied run.exited - State.FinishedAt"
-              f" ({exact} of {len(runs)} from inspect, the rest from the die event)")  # fmt: skip
+        print(
+            f"   latency = projection applied run.exited - State.FinishedAt"
+            f" ({exact} of {len(runs)} from inspect, the rest from the die event)"
+        )
         print(f"   p50 {ms(p50)}   (target < 50 ms)   {verdict(p50 < 0.050)}")
         print(
             f"   p99 {ms(p99)}   (target < 200 ms)  {verdict(p99 < 0.200)}"
@@ -554,10 +560,14 @@ async def bench_handoff(tmp: Path, image: str, results: dict[str, list[str]]) ->
 
         p50, bare50 = statistics.median(gaps), statistics.median(bare)
         diff = p50 - bare50
-        print(f"2. hand-off: {HANDOFF_RUNS} runs queued back to back, max_concurrent 1;"
-              f" next State.StartedAt - previous State.FinishedAt, {len(gaps)} pairs")  # fmt: skip
-        print(f"   ours p50 {ms(p50)}   (target < 500 ms)  {verdict(p50 < 0.5)}"
-              f"   [min {ms(min(gaps)).strip()}, p99 {ms(pct(gaps, 99)).strip()}]")  # fmt: skip
+        print(
+            f"2. hand-off: {HANDOFF_RUNS} runs queued back to back, max_concurrent 1;"
+            f" next State.StartedAt - previous State.FinishedAt, {len(gaps)} pairs"
+        )
+        print(
+            f"   ours p50 {ms(p50)}   (target < 500 ms)  {verdict(p50 < 0.5)}"
+            f"   [min {ms(min(gaps)).strip()}, p99 {ms(pct(gaps, 99)).strip()}]"
+        )
         print(
             f"   bare aiodocker create+start p50 {ms(bare50)}   (StartedAt - before create,"
             f" {len(bare)} tries; create alone p50 {ms(statistics.median(bare_create)).strip()})"
@@ -565,9 +575,11 @@ async def bench_handoff(tmp: Path, image: str, results: dict[str, list[str]]) ->
         print(f"   ours - bare = {ms(diff).strip()}   (target <= 150 ms)  {verdict(diff <= 0.150)}")
         if splits:
             print_split("split of ours", splits)
-        print(f"   (exit -> final state of these back-to-back runs: p50 "
-              f"{ms(statistics.median(exit_busy)).strip()}, p99 {ms(pct(exit_busy, 99)).strip()};"
-              f" no target: the next start competes with it)")  # fmt: skip
+        print(
+            f"   (exit -> final state of these back-to-back runs: p50 "
+            f"{ms(statistics.median(exit_busy)).strip()}, p99 {ms(pct(exit_busy, 99)).strip()};"
+            f" no target: the next start competes with it)"
+        )
         results["handoff"] = [
             f"hand-off       p50 {ms(p50).strip()} (< 500 ms) {verdict(p50 < 0.5)},"
             f" minus bare {ms(bare50).strip()} = {ms(diff).strip()} (<= 150 ms)"
@@ -618,14 +630,18 @@ async def bench_logs(tmp: Path, image: str, results: dict[str, list[str]]) -> No
         stored = [s[2] - s[1] for s in served]
         http = [s[3] - s[2] for s in served]
         p50, p99 = statistics.median(lat), pct(lat, 99)
-        print(f"3. log latency: one run with step_sleep=0.2, {len(lat)} lines; follower awaits"
-              f" LogStore.wait_for_line then GETs ?after_line=N over HTTP")  # fmt: skip
+        print(
+            f"3. log latency: one run with step_sleep=0.2, {len(lat)} lines; follower awaits"
+            f" LogStore.wait_for_line then GETs ?after_line=N over HTTP"
+        )
         print(f"   p50 {ms(p50)}   (target < 100 ms)  {verdict(p50 < 0.100)}")
         print(f"   p99 {ms(p99)}   max {ms(max(lat)).strip()}")
-        print(f"   split (median / p99): Docker timestamp -> stored and reader woken"
-              f" {ms(statistics.median(stored)).strip()} / {ms(pct(stored, 99)).strip()};"
-              f" woken -> HTTP response in hand {ms(statistics.median(http)).strip()} / "
-              f"{ms(pct(http, 99)).strip()}")  # fmt: skip
+        print(
+            f"   split (median / p99): Docker timestamp -> stored and reader woken"
+            f" {ms(statistics.median(stored)).strip()} / {ms(pct(stored, 99)).strip()};"
+            f" woken -> HTTP response in hand {ms(statistics.median(http)).strip()} / "
+            f"{ms(pct(http, 99)).strip()}"
+        )
         results["logs"] = [
             f"log latency    p50 {ms(p50).strip()} (< 100 ms) {verdict(p50 < 0.100)},"
             f" p99 {ms(p99).strip()}"
@@ -685,9 +701,16 @@ async def bench_big(tmp: Path, image: str, results: dict[str, list[str]]) -> Non
     log_path = tmp / "big-server.log"
     out = log_path.open("wb")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "precheck", "serve", "--config", str(config),
-        stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "precheck",
+        "serve",
+        "--config",
+        str(config),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     base = f"http://127.0.0.1:{port}"
     watch = DockerWatch(f"precheck.top_cell={top}")
     await watch.start()
@@ -707,11 +730,21 @@ async def bench_big(tmp: Path, image: str, results: dict[str, list[str]]) -> Non
 
             t = time.monotonic()
             curl = await asyncio.create_subprocess_exec(
-                "curl", "-sS", "-X", "POST", "-T", str(layout), "-H", "Expect:",
-                "-H", "Content-Type: application/octet-stream", "-w", "\n%{http_code}",
+                "curl",
+                "-sS",
+                "-X",
+                "POST",
+                "-T",
+                str(layout),
+                "-H",
+                "Expect:",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "-w",
+                "\n%{http_code}",
                 base + "/api/v1/uploads?name=big.gds",
                 stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+            )
             raw, _ = await curl.communicate()
             t_upload = time.monotonic() - t
             body, _, code = raw.rpartition(b"\n")
@@ -796,8 +829,10 @@ def build_image(tag: str, log: Path) -> None:
     with log.open("wb") as err:
         r = subprocess.run(
             ["bash", str(ROOT / "simulator" / "build.sh"), tag],
-            stdout=subprocess.PIPE, stderr=err, timeout=300,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=err,
+            timeout=300,
+        )
     if r.returncode != 0:
         raise RuntimeError(f"simulator build failed:\n{log.read_text(errors='replace')[-2000:]}")
 

@@ -131,7 +131,12 @@ def prune_runs(
     config: Config, statuses: list[str], older_than_days: float | None, dry_run: bool, reason: str
 ) -> list[str]:
     """Delete ended runs matching; return their ids (only list them with `dry_run`)."""
-    body = {"status": statuses, "older_than_days": older_than_days, "dry_run": dry_run, "reason": reason}
+    body = {
+        "status": statuses,
+        "older_than_days": older_than_days,
+        "dry_run": dry_run,
+        "reason": reason,
+    }
     with writer(config) as w:
         if isinstance(w, ServerClient):
             return list(w.request("POST", "/api/v1/prechecks/prune", body)["RunsDeleted"])

@@ -18,9 +18,9 @@ from precheck.engine import Engine
 from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
 from precheck.expiry import SERVER, UploadExpiry
+from precheck.handler import CommandHandler
 from precheck.logstore import LogStore
 from precheck.metrics import Metrics
-from precheck.handler import CommandHandler
 from precheck.projections import Projections
 from precheck.storage import Storage
 from precheck.supervisor import Supervisor
@@ -57,7 +57,17 @@ def create_app(
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
     app.on_shutdown.append(stop_streams)
-    for resource in (health, uploads, prechecks, logs, results, audit, metrics_routes, openapi, page):
+    for resource in (
+        health,
+        uploads,
+        prechecks,
+        logs,
+        results,
+        audit,
+        metrics_routes,
+        openapi,
+        page,
+    ):
         resource.setup_routes(app)
     return app
 
@@ -106,9 +116,14 @@ async def _supervisor(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     engine = Engine(config.docker.url)
     supervisor = Supervisor(
-        config, engine, app[keys.STORE], app[keys.PROJECTIONS], app[keys.STORAGE], app[keys.LOGS],
+        config,
+        engine,
+        app[keys.STORE],
+        app[keys.PROJECTIONS],
+        app[keys.STORAGE],
+        app[keys.LOGS],
         app[keys.CLOCK],
-    )  # fmt: skip
+    )
     app[keys.STORE].add_listener(supervisor.on_event)
     app[keys.SUPERVISOR] = supervisor
     task = asyncio.create_task(supervisor.run(), name="supervisor")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import secrets
 import sys
 from collections.abc import Callable, Sequence
@@ -39,7 +38,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", type=Path, default=Path("config.toml"), help="config file (default: %(default)s)"
+        "--config",
+        type=Path,
+        default=Path("config.toml"),
+        help="config file (default: %(default)s)",
     )
 
 
@@ -75,12 +77,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Precheck: the service in front of the gf180mcu precheck image.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     serve = _command(commands, "serve", _serve, "run the HTTP API server")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    serve.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON"
+    )
 
     _command(commands, "status", _status, "show the server, queue and Docker state", json_out=True)
 
@@ -94,16 +100,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     lst = _command(runs, "list", _runs_list, "list runs, newest first", json_out=True)
     lst.add_argument(
-        "--status", action="append", choices=RUN_STATUSES, help="only runs with this status (repeatable)"
+        "--status",
+        action="append",
+        choices=RUN_STATUSES,
+        help="only runs with this status (repeatable)",
     )
     _command(runs, "inspect", _runs_inspect, "show one run's document").add_argument("id")
     delete = _command(runs, "delete", _runs_delete, "delete an ended run with its files and log")
     delete.add_argument("id")
     delete.add_argument("--force", action="store_true", help="do not ask for confirmation")
-    delete.add_argument("--reason", default="deleted by an operator", help="recorded with the event")
+    delete.add_argument(
+        "--reason", default="deleted by an operator", help="recorded with the event"
+    )
     prune = _command(runs, "prune", _runs_prune, "delete ended runs in bulk", json_out=True)
-    prune.add_argument("--status", action="append", choices=ENDED, help="completed, failed or cancelled (repeatable; default all three)")
-    prune.add_argument("--older-than", type=_days, metavar="DAYS", help="only runs that ended more than DAYS ago")
+    prune.add_argument(
+        "--status",
+        action="append",
+        choices=ENDED,
+        help="completed, failed or cancelled (repeatable; default all three)",
+    )
+    prune.add_argument(
+        "--older-than", type=_days, metavar="DAYS", help="only runs that ended more than DAYS ago"
+    )
     prune.add_argument("--dry-run", action="store_true", help="only list what would go")
     prune.add_argument("--force", action="store_true", help="do not ask for confirmation")
     prune.add_argument("--reason", default="pruned by an operator", help="recorded with the events")
@@ -117,20 +135,40 @@ def _parser() -> argparse.ArgumentParser:
         dest="apikey_command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     gen = apikey.add_parser("generate", help="print a new key once, with its config lines")
-    gen.add_argument("--name", default="", help="the key's name, recorded as the actor of its requests")
+    gen.add_argument(
+        "--name", default="", help="the key's name, recorded as the actor of its requests"
+    )
     gen.set_defaults(handler=_apikey_generate)
 
     events = _command(commands, "events", _events, "print the event log (audit)", json_out=True)
     events.add_argument("--after", type=int, default=0, metavar="N", help="start after position N")
     events.add_argument("--stream", help="only this stream (upload-<id>, run-<id>, server)")
-    events.add_argument("--type", action="append", help="only this type, or a prefix ending in '.' (repeatable)")
+    events.add_argument(
+        "--type", action="append", help="only this type, or a prefix ending in '.' (repeatable)"
+    )
     events.add_argument("--run", help="only this run's events")
-    events.add_argument("--follow", action="store_true", help="keep printing new events (needs a running server)")
+    events.add_argument(
+        "--follow", action="store_true", help="keep printing new events (needs a running server)"
+    )
 
-    _command(commands, "verify", _verify, "check the hash chain and that a replay gives the live state", json_out=True)
+    _command(
+        commands,
+        "verify",
+        _verify,
+        "check the hash chain and that a replay gives the live state",
+        json_out=True,
+    )
 
-    replay = _command(commands, "replay", _replay, "show every upload and run as they were at a position", json_out=True)
-    replay.add_argument("--until", type=int, required=True, metavar="POSITION", help="last event to apply")
+    replay = _command(
+        commands,
+        "replay",
+        _replay,
+        "show every upload and run as they were at a position",
+        json_out=True,
+    )
+    replay.add_argument(
+        "--until", type=int, required=True, metavar="POSITION", help="last event to apply"
+    )
     return parser
 
 
@@ -142,7 +180,9 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -227,23 +267,37 @@ def _status(args: argparse.Namespace) -> int:
     except StrayError as e:
         docker = {"reachable": False, "error": str(e)}
     report = {
-        "server": {"running": server is not None, "url": server.url if server else None, "pid": server.pid if server else None},
+        "server": {
+            "running": server is not None,
+            "url": server.url if server else None,
+            "pid": server.pid if server else None,
+        },
         "storage_path": str(config.server.storage_path),
         "events": head,
         "uploads": len(state.uploads.by_id),
         "runs": counts,
-        "queue": {"queued": state.queue.length, "running": len(state.queue.running), "max_concurrent": config.server.max_concurrent},
+        "queue": {
+            "queued": state.queue.length,
+            "running": len(state.queue.running),
+            "max_concurrent": config.server.max_concurrent,
+        },
         "docker": docker,
     }
     if args.json:
         _print_json(report)
         return EXIT_OK
-    print(f"Server:         {'running at ' + server.url + f' (pid {server.pid})' if server else 'not running'}")
+    print(
+        f"Server:         {'running at ' + server.url + f' (pid {server.pid})' if server else 'not running'}"
+    )
     print(f"Storage:        {report['storage_path']} ({head} events, {report['uploads']} uploads)")
-    print(f"Queue:          {state.queue.length} queued, {len(state.queue.running)} running of {config.server.max_concurrent}")
+    print(
+        f"Queue:          {state.queue.length} queued, {len(state.queue.running)} running of {config.server.max_concurrent}"
+    )
     print("Runs:           " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if docker.get("reachable"):
-        print(f"Docker:         reachable, image {config.docker.image}; {docker['containers']} container(s) of this server")
+        print(
+            f"Docker:         reachable, image {config.docker.image}; {docker['containers']} container(s) of this server"
+        )
     else:
         print(f"Docker:         unreachable: {docker.get('error')}")
     return EXIT_OK
@@ -256,7 +310,9 @@ def _run_rows(runs: list[Any], state: Any) -> list[list[str]]:
     for r in runs:
         pos = state.queue.position(r.id)
         progress = f"{r.progress.step}/{r.progress.total}" if r.progress else ""
-        rows.append([r.id, r.status, str(pos or ""), progress, r.top_cell, iso(r.created)[:19] + "Z"])
+        rows.append(
+            [r.id, r.status, str(pos or ""), progress, r.top_cell, iso(r.created)[:19] + "Z"]
+        )
     return rows
 
 
@@ -272,7 +328,9 @@ def _runs_list(args: argparse.Namespace) -> int:
     config = _load(args)
     wanted = set(args.status or [])
     if wanted - STATUSES:
-        raise CommandFailed(f"unknown status {sorted(wanted - STATUSES)[0]!r}; use {', '.join(sorted(STATUSES))}")
+        raise CommandFailed(
+            f"unknown status {sorted(wanted - STATUSES)[0]!r}; use {', '.join(sorted(STATUSES))}"
+        )
     state, _ = _state(config)
     runs = [r for r in reversed(state.runs.by_id.values()) if not wanted or r.status in wanted]
     if args.json:
@@ -305,10 +363,17 @@ def _uploads_list(args: argparse.Namespace) -> int:
         _print_json([upload_document(u, now) for u in uploads])
         return EXIT_OK
     rows = [
-        [u.id, u.name, str(u.size), u.format, "expired" if u.status == "expired" or u.expires_at <= now else "available",
-         str(len(u.run_ids)), iso(u.expires_at)[:19] + "Z"]
+        [
+            u.id,
+            u.name,
+            str(u.size),
+            u.format,
+            "expired" if u.status == "expired" or u.expires_at <= now else "available",
+            str(len(u.run_ids)),
+            iso(u.expires_at)[:19] + "Z",
+        ]
         for u in uploads
-    ]  # fmt: skip
+    ]
     _table(rows, ["id", "name", "size", "format", "state", "runs", "expires"])
     return EXIT_OK
 
@@ -401,7 +466,9 @@ def _events(args: argparse.Namespace) -> int:
     config = _load(args)
     try:
         return asyncio.run(
-            print_events(config, args.after, args.stream, args.type or [], args.run, args.follow, args.json)
+            print_events(
+                config, args.after, args.stream, args.type or [], args.run, args.follow, args.json
+            )
         )
     except AdminError as e:
         raise CommandFailed(str(e)) from None
@@ -451,8 +518,13 @@ def _replay(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"State after event {min(args.until, head)} of {head} (last run change at {at}):\n")
     print(f"Uploads ({len(state.uploads.by_id)}):")
-    _table([[u.id, u.name, str(u.size), u.status, str(len(u.run_ids))] for u in state.uploads.by_id.values()],
-           ["id", "name", "size", "state", "runs"])  # fmt: skip
+    _table(
+        [
+            [u.id, u.name, str(u.size), u.status, str(len(u.run_ids))]
+            for u in state.uploads.by_id.values()
+        ],
+        ["id", "name", "size", "state", "runs"],
+    )
     print(f"\nRuns ({len(runs)}):")
     _table(_run_rows(runs, state), ["id", "status", "queue", "step", "top cell", "created"])
     return EXIT_OK

@@ -23,13 +23,19 @@ def output_name(run: RunRecord) -> str:
 def precheck_command(run: RunRecord) -> list[str]:
     """`python3 precheck.py ...` with every flag given, and the run id as a fresh run tag."""
     cmd = [
-        "python3", "precheck.py",
-        "--input", input_path(run),
-        "--output", f"{OUTPUT_DIR}/{output_name(run)}",
-        "--top", run.top_cell,
-        "--id", run.die_id,
-        "--slot", run.slot,
-    ]  # fmt: skip
+        "python3",
+        "precheck.py",
+        "--input",
+        input_path(run),
+        "--output",
+        f"{OUTPUT_DIR}/{output_name(run)}",
+        "--top",
+        run.top_cell,
+        "--id",
+        run.die_id,
+        "--slot",
+        run.slot,
+    ]
     if run.cob:
         cmd.append("--cob")
     return [*cmd, "--run-tag", run.id]

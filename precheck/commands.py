@@ -144,9 +144,7 @@ def _delete_upload(c: DeleteUpload, state: Projections) -> Decision:
 @decide.register
 def _expire(c: ExpireUploads, state: Projections) -> Decision:
     due = [
-        u
-        for u in state.uploads.by_id.values()
-        if u.status == "available" and u.expires_at <= c.now
+        u for u in state.uploads.by_id.values() if u.status == "available" and u.expires_at <= c.now
     ]
     return Decision(
         tuple(UploadExpired(u.id, c.now) for u in due),
@@ -171,9 +169,19 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
     if upload.status == "expired" or upload.expires_at <= c.now:
         raise Expired(f"upload {c.upload_id} has expired; upload the layout again")
     event = RunQueued(
-        c.run_id, upload.id, c.top_cell, c.die_id, c.slot, c.cob,
-        upload.name, upload.filename, upload.format, upload.size, upload.sha256, c.now,
-    )  # fmt: skip
+        c.run_id,
+        upload.id,
+        c.top_cell,
+        c.die_id,
+        c.slot,
+        c.cob,
+        upload.name,
+        upload.filename,
+        upload.format,
+        upload.size,
+        upload.sha256,
+        c.now,
+    )
     return Decision((event,), {f"upload-{upload.id}": upload.version, f"run-{c.run_id}": 0})
 
 
@@ -217,7 +225,8 @@ def _prune(c: PruneRuns, state: Projections) -> Decision:
         and (c.ended_before is None or (r.finished_at or r.created) < c.ended_before)
     ]
     return Decision(
-        tuple(RunDeleted(r.id, c.reason, c.now) for r in due), {f"run-{r.id}": r.version for r in due}
+        tuple(RunDeleted(r.id, c.reason, c.now) for r in due),
+        {f"run-{r.id}": r.version for r in due},
     )
 
 

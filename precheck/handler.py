@@ -40,9 +40,7 @@ class CommandHandler:
             for attempt in range(3):
                 decision = decide(command, self.projections)
                 try:
-                    recorded = await self.store.append(
-                        decision.events, metadata, decision.expect
-                    )
+                    recorded = await self.store.append(decision.events, metadata, decision.expect)
                     break
                 except ConcurrencyError:
                     if attempt == 2:

@@ -138,7 +138,9 @@ class LogStore:
                     batch.append(item)
             if batch:
                 rows = [
-                    (w.run_id, s.line, s.time, s.ts, s.stream, s.text) for w in batch for s in w.lines
+                    (w.run_id, s.line, s.time, s.ts, s.stream, s.text)
+                    for w in batch
+                    for s in w.lines
                 ]
                 try:
                     await self._writer_db.executemany(

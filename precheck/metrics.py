@@ -39,14 +39,18 @@ class _StateCollector(Collector):
         for status, n in counts.items():
             runs.add_metric([status], n)
         yield runs
-        yield GaugeMetricFamily("precheck_queue_length", "Runs waiting to start.", value=state.queue.length)
+        yield GaugeMetricFamily(
+            "precheck_queue_length", "Runs waiting to start.", value=state.queue.length
+        )
         yield GaugeMetricFamily("precheck_uploads", "Uploads kept.", value=len(state.uploads.by_id))
         yield GaugeMetricFamily("precheck_events", "Events in the log.", value=self.events())
         yield GaugeMetricFamily("precheck_open_streams", "Open SSE streams.", value=self.streams())
         reachable = self.docker()
         if reachable is not None:
             yield GaugeMetricFamily(
-                "precheck_docker_reachable", "1 when the Docker engine answers.", value=int(reachable)
+                "precheck_docker_reachable",
+                "1 when the Docker engine answers.",
+                value=int(reachable),
             )
         hist = HistogramMetricFamily(
             "precheck_run_duration_seconds", "Container run time of ended runs.", labels=["status"]

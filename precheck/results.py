@@ -83,6 +83,4 @@ def _metrics(path: Path) -> dict[str, float | int | str | None]:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {
-        str(k): v for k, v in raw.items() if v is None or isinstance(v, int | float | str)
-    }
+    return {str(k): v for k, v in raw.items() if v is None or isinstance(v, int | float | str)}

@@ -6,7 +6,6 @@ import sqlite3
 
 from precheck.config import Config
 from precheck.engine import ContainerState, Engine, EngineError
-
 from precheck.events.store import EventStore
 from precheck.projections import Projections
 from precheck.storage import Storage
@@ -64,9 +63,6 @@ async def remove_strays(config: Config, strays: list[ContainerState]) -> int:
         raise StrayError(f"Docker: {e.message}") from None
     finally:
         await engine.close()
-
-
-
 
 
 async def docker_summary(config: Config, instance: str | None) -> dict[str, object]:

@@ -27,8 +27,8 @@ from precheck.events.types import (
     Metadata,
     ReactionFailed,
     RunCancelled,
-    RunFailedToStart,
     RunExited,
+    RunFailedToStart,
     RunOutputsStored,
     RunProgressed,
     RunStarted,
@@ -215,7 +215,9 @@ class Supervisor:
             )
             await self.engine.put_archive(container_id, "/", tar)
             await self.engine.start(container_id)
-            started = RunStarted(run.id, container_id, self.config.docker.image, digest, self.clock())
+            started = RunStarted(
+                run.id, container_id, self.config.docker.image, digest, self.clock()
+            )
             if not await self._append(run, [started]):
                 # Cancelled while starting: the container must not outlive that decision.
                 await self.engine.remove(container_id)
@@ -228,7 +230,9 @@ class Supervisor:
             if e.status == 900:  # Docker went away: the run stays queued for the reconnect
                 self._lost_docker(e.message)
                 return
-            await self._append(run, [RunFailedToStart(run.id, f"Docker: {e.message}", self.clock())])
+            await self._append(
+                run, [RunFailedToStart(run.id, f"Docker: {e.message}", self.clock())]
+            )
         except FileNotFoundError as e:
             await self._append(run, [RunFailedToStart(run.id, f"input missing: {e}", self.clock())])
         except asyncio.CancelledError:
@@ -238,7 +242,9 @@ class Supervisor:
             if container_id:
                 with contextlib.suppress(Exception):
                     await self.engine.remove(container_id)
-            await self._append(run, [RunFailedToStart(run.id, f"{type(e).__name__}: {e}", self.clock())])
+            await self._append(
+                run, [RunFailedToStart(run.id, f"{type(e).__name__}: {e}", self.clock())]
+            )
         finally:
             self._starting.discard(run.id)
             self._wake.set()
@@ -253,7 +259,9 @@ class Supervisor:
                 self._capture(run_id, container_id), f"capture-{run_id}"
             )
         if run_id not in self._timers:
-            self._timers[run_id] = self._spawn(self._timeout(run_id, container_id), f"timeout-{run_id}")
+            self._timers[run_id] = self._spawn(
+                self._timeout(run_id, container_id), f"timeout-{run_id}"
+            )
 
     async def _capture(self, run_id: str, container_id: str) -> LogFacts:
         async def on_step(step: Step) -> None:
@@ -320,8 +328,12 @@ class Supervisor:
         if run.status == "running":
             if container is not None and container.running:
                 return  # a stale event; the container lives on
-            facts = await self._facts(run) if container is not None else await self._stored_facts(run)
-            exited = await self._append_for(run_id, lambda r: self._exit_events(r, container, facts))
+            facts = (
+                await self._facts(run) if container is not None else await self._stored_facts(run)
+            )
+            exited = await self._append_for(
+                run_id, lambda r: self._exit_events(r, container, facts)
+            )
             if exited is None or exited.settled:
                 await self._done_with(run_id, container)
                 return
@@ -362,7 +374,9 @@ class Supervisor:
             return []  # recorded meanwhile
         now = self.clock()
         if container is None:
-            ending = Ending(exit_code=-1, docker_error="the container disappeared before it was recorded")
+            ending = Ending(
+                exit_code=-1, docker_error="the container disappeared before it was recorded"
+            )
         elif run.cancel_requested:
             return [RunCancelled(run.id, now, container.exit_code)]
         else:
@@ -376,10 +390,17 @@ class Supervisor:
         stopped = parse_docker_time(container.finished_at) if container is not None else now
         return [
             RunExited(
-                run.id, verdict.status, ending.exit_code, verdict.error, verdict.classification,
-                dict(facts.deferred), ending.oom_killed, stopped if stopped.year > 1 else now, now,
+                run.id,
+                verdict.status,
+                ending.exit_code,
+                verdict.error,
+                verdict.classification,
+                dict(facts.deferred),
+                ending.oom_killed,
+                stopped if stopped.year > 1 else now,
+                now,
             )
-        ]  # fmt: skip
+        ]
 
     def _stored_events(
         self, run: RunRecord, facts: LogFacts, collected: Collected | None
@@ -489,9 +510,7 @@ class Supervisor:
             if run_id in self._finishing:
                 continue  # being recorded and removed right now
             await self.engine.remove(c.id)
-            await self.store.append(
-                [StrayContainerRemoved(c.id, c.name, self.clock())], SUPERVISOR
-            )
+            await self.store.append([StrayContainerRemoved(c.id, c.name, self.clock())], SUPERVISOR)
         for run in list(self.state.runs.by_id.values()):
             started = run.container_id and not run.settled and run.status != "queued"
             if started and run.id not in seen and run.id not in self._finishing:

@@ -101,7 +101,9 @@ def decide_verdict(ending: Ending, facts: LogFacts) -> Verdict:
     precheck does not make on a design error.
     """
     if ending.timed_out:
-        return Verdict("failed", "system", f"timeout: killed after {ending.timeout_minutes:g} minutes")
+        return Verdict(
+            "failed", "system", f"timeout: killed after {ending.timeout_minutes:g} minutes"
+        )
     if ending.docker_error:
         return Verdict("failed", "system", ending.docker_error)
     if ending.oom_killed:
@@ -116,7 +118,9 @@ def decide_verdict(ending: Ending, facts: LogFacts) -> Verdict:
         if facts.deferred:
             found = ", ".join(f"{n} {what}" for what, n in facts.deferred.items())
             return Verdict("failed", "design", f"deferred errors: {found}")
-        return Verdict("failed", "design", f"the precheck failed: {facts.reason or 'no reason given'}")
+        return Verdict(
+            "failed", "design", f"the precheck failed: {facts.reason or 'no reason given'}"
+        )
     return Verdict("failed", "system", f"exit code {ending.exit_code}")
 
 

@@ -49,35 +49,72 @@ LAYOUT = OutputFile("output/chip.gds.gz", 123456, "ab" * 32)
 # One instance of every event type, with values that exercise the converter: optional fields
 # set and unset, nested records, tuples, dicts of mixed scalars, non-ASCII text.
 SAMPLES: list[object] = [
-    UploadReceived("u1", "chïp top.gds", "layout.gds", "gds", 4096, "cd" * 32, T0,
-                   T0 + timedelta(hours=1)),
+    UploadReceived(
+        "u1", "chïp top.gds", "layout.gds", "gds", 4096, "cd" * 32, T0, T0 + timedelta(hours=1)
+    ),
     UploadDeleted("u1", T0),
     UploadExpired("u1", T0),
-    RunQueued("r1", "u1", "TOP_cell$1", "ABCD1234", "0p5x1", True, "chip.gds", "layout.gds",
-              "gds", 4096, "cd" * 32, T0),
+    RunQueued(
+        "r1",
+        "u1",
+        "TOP_cell$1",
+        "ABCD1234",
+        "0p5x1",
+        True,
+        "chip.gds",
+        "layout.gds",
+        "gds",
+        4096,
+        "cd" * 32,
+        T0,
+    ),
     RunCancelRequested("r1", T0),
     RunCancelled("r1", T0),
     RunCancelled("r1", T0, exit_code=137),
     RunStarted("r1", "c0ffee" * 10, "precheck:latest", "sha256:" + "ef" * 32, T0),
     RunProgressed("r1", 3, 16, "KLayout.CheckSize", T0),
-    RunFinished("r1", "failed", 1, "KLayout DRC found errors", "Checker.KLayoutDRC", "design",
-                {"KLayout DRC": 3, "Magic DRC": 0}, LAYOUT,
-                (LAYOUT, OutputFile("reports/drc.lyrdb", 10, "00" * 32)),
-                {"density": 0.42, "cells": 17, "tool": "klayout", "area": None}, False, T0),
+    RunFinished(
+        "r1",
+        "failed",
+        1,
+        "KLayout DRC found errors",
+        "Checker.KLayoutDRC",
+        "design",
+        {"KLayout DRC": 3, "Magic DRC": 0},
+        LAYOUT,
+        (LAYOUT, OutputFile("reports/drc.lyrdb", 10, "00" * 32)),
+        {"density": 0.42, "cells": 17, "tool": "klayout", "area": None},
+        False,
+        T0,
+    ),
     RunFinished("r2", "completed", 0, "", None, None, {}, None, (), {}, True, T0),
     RunFailedToStart("r1", "image precheck:latest not found", T0),
     RunTimedOut("r1", 90, T0),
     RunDeleted("r1", "pruned by an operator", T0),
-    RunExited("r1", "failed", 1, "deferred errors: 3 KLayout DRC", "design", {"KLayout DRC": 3}, False, T0, T0),
+    RunExited(
+        "r1",
+        "failed",
+        1,
+        "deferred errors: 3 KLayout DRC",
+        "design",
+        {"KLayout DRC": 3},
+        False,
+        T0,
+        T0,
+    ),
     RunOutputsStored(
-        "r1", OutputFile("output/top.gds", 10, "a" * 64), (OutputFile("run/reports/drc.json", 2, "b" * 64),),
-        {"klayout__drc_error__count": 3, "note": None}, "Checker.KLayoutDRC", T0,
+        "r1",
+        OutputFile("output/top.gds", 10, "a" * 64),
+        (OutputFile("run/reports/drc.json", 2, "b" * 64),),
+        {"klayout__drc_error__count": 3, "note": None},
+        "Checker.KLayoutDRC",
+        T0,
     ),
     InstanceCreated("0123456789abcdef", T0),
     ReactionFailed("supervisor", "RuntimeError: boom", T0),
     ReactionFailed("supervisor", "RuntimeError: boom", T0, run_id="r1"),
     StrayContainerRemoved("c0ffee" * 10, "precheck-r9", T0),
-]  # fmt: skip
+]
 
 
 def test_samples_cover_every_event_type() -> None:
@@ -131,12 +168,27 @@ async def test_schema_1_run_queued_row_is_upcast(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     await (await EventStore.open(path)).close()  # creates the schema
     old = {
-        "run_id": "r1", "upload_id": "u1", "top_cell": "TOP", "die_id": "ABCD1234",
-        "input_name": "chip.gds", "input_filename": "layout.gds", "input_format": "gds",
-        "input_size": 4096, "input_sha256": "cd" * 32, "at": "2025-06-01T12:00:00Z",
-    }  # fmt: skip
-    row = (1, "run-r1", 1, "run.queued", 1, json.dumps(old), '{"actor":"cli"}',
-           "2025-06-01T12:00:00.000001Z")  # fmt: skip
+        "run_id": "r1",
+        "upload_id": "u1",
+        "top_cell": "TOP",
+        "die_id": "ABCD1234",
+        "input_name": "chip.gds",
+        "input_filename": "layout.gds",
+        "input_format": "gds",
+        "input_size": 4096,
+        "input_sha256": "cd" * 32,
+        "at": "2025-06-01T12:00:00Z",
+    }
+    row = (
+        1,
+        "run-r1",
+        1,
+        "run.queued",
+        1,
+        json.dumps(old),
+        '{"actor":"cli"}',
+        "2025-06-01T12:00:00.000001Z",
+    )
     with closing(sqlite3.connect(path)) as db, db:
         db.execute(
             "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (*row, chain_hash(GENESIS, *row))
@@ -146,9 +198,19 @@ async def test_schema_1_run_queued_row_is_upcast(tmp_path: Path) -> None:
     try:
         [r] = await store.read()
         assert r.event == RunQueued(
-            "r1", "u1", "TOP", "ABCD1234", "1x1", False, "chip.gds", "layout.gds", "gds", 4096,
-            "cd" * 32, datetime(2025, 6, 1, 12, tzinfo=UTC),
-        )  # fmt: skip
+            "r1",
+            "u1",
+            "TOP",
+            "ABCD1234",
+            "1x1",
+            False,
+            "chip.gds",
+            "layout.gds",
+            "gds",
+            4096,
+            "cd" * 32,
+            datetime(2025, 6, 1, 12, tzinfo=UTC),
+        )
         assert (await store.verify_chain()).first_bad is None
         run = (await Projections.replay(store)).runs.get("r1")
         assert run is not None
@@ -161,8 +223,16 @@ async def test_unknown_row_in_a_log_is_refused_on_read(tmp_path: Path) -> None:
     """Reading a log that holds a row of an unknown type raises `UnknownEventType`."""
     path = tmp_path / "events.db"
     await (await EventStore.open(path)).close()
-    row = (1, "server", 1, "server.from-the-future", 1, "{}", '{"actor":"cli"}',
-           "2030-01-01T00:00:00Z")  # fmt: skip
+    row = (
+        1,
+        "server",
+        1,
+        "server.from-the-future",
+        1,
+        "{}",
+        '{"actor":"cli"}',
+        "2030-01-01T00:00:00Z",
+    )
     with closing(sqlite3.connect(path)) as db, db:
         db.execute(
             "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (*row, chain_hash(GENESIS, *row))

@@ -100,8 +100,10 @@ def test_every_key(tmp_path):
     assert (s.max_concurrent, s.upload_expiry_minutes, s.max_upload_mb) == (3, 30, 512)
     assert s.trusted_proxies == ("10.0.0.1", "fd00::/8")
     assert (d.image, d.container_prefix, d.url) == (
-        "example.org/precheck:1.2", "pc-", "tcp://docker.internal:2375",
-    )  # fmt: skip
+        "example.org/precheck:1.2",
+        "pc-",
+        "tcp://docker.internal:2375",
+    )
     assert (d.memory_limit, d.timeout_minutes, d.pull, d.pids_limit) == ("8g", 60, "never", 1024)
     assert a.required is True
     assert a.allowed_ips == ("192.168.1.0/24", "10.0.0.5")

@@ -43,7 +43,7 @@ class ServerProcess:
 [server]
 host = "127.0.0.1"
 port = {self.port}
-storage_path = "{tmp_path / 'data'}"
+storage_path = "{tmp_path / "data"}"
 
 [docker]
 image = "{image}"

@@ -48,22 +48,36 @@ def given(*events: Event) -> Projections:
         stream = stream_of(e)
         versions[stream] = versions.get(stream, 0) + 1
         state.apply(
-            RecordedEvent(position, stream, versions[stream], e, Metadata("test"), T0,
-                          TAGS[type(e)], "")
-        )  # fmt: skip
+            RecordedEvent(
+                position, stream, versions[stream], e, Metadata("test"), T0, TAGS[type(e)], ""
+            )
+        )
     return state
 
 
 def received(upload_id: str = "u1", at: datetime = T0) -> UploadReceived:
     """Upload `upload_id` arrived at `at` and expires an hour later."""
-    return UploadReceived(upload_id, "chip.gds", "layout.gds", "gds", 4096, "cd" * 32, at,
-                          at + EXPIRY)  # fmt: skip
+    return UploadReceived(
+        upload_id, "chip.gds", "layout.gds", "gds", 4096, "cd" * 32, at, at + EXPIRY
+    )
 
 
 def queued(run_id: str, upload_id: str = "u1") -> RunQueued:
     """Run `run_id` of `upload_id` joined the queue."""
-    return RunQueued(run_id, upload_id, "TOP", "ABCD1234", "1x1", False, "chip.gds",
-                     "layout.gds", "gds", 4096, "cd" * 32, T0)  # fmt: skip
+    return RunQueued(
+        run_id,
+        upload_id,
+        "TOP",
+        "ABCD1234",
+        "1x1",
+        False,
+        "chip.gds",
+        "layout.gds",
+        "gds",
+        4096,
+        "cd" * 32,
+        T0,
+    )
 
 
 def started(run_id: str) -> RunStarted:
@@ -104,8 +118,9 @@ def test_receive_upload_twice_conflicts() -> None:
 def test_delete_upload_of_queued_run_conflicts() -> None:
     """An upload an active run still needs cannot be deleted."""
     with pytest.raises(Conflict, match="r2"):
-        decide(DeleteUpload("u1", LATER), given(received(), queued("r1"), finished("r1"),
-                                               queued("r2")))  # fmt: skip
+        decide(
+            DeleteUpload("u1", LATER), given(received(), queued("r1"), finished("r1"), queued("r2"))
+        )
     with pytest.raises(Conflict):
         decide(DeleteUpload("u1", LATER), given(received(), queued("r1"), started("r1")))
 
@@ -113,9 +128,14 @@ def test_delete_upload_of_queued_run_conflicts() -> None:
 def test_delete_upload_of_finished_runs_deletes_it() -> None:
     """An upload whose runs have all ended is deleted, decided on its current version."""
     state = given(
-        received(), queued("r1"), finished("r1", "failed"), queued("r2"), RunCancelled("r2", T0),
-        queued("r3"), RunFailedToStart("r3", "no image", T0),
-    )  # fmt: skip
+        received(),
+        queued("r1"),
+        finished("r1", "failed"),
+        queued("r2"),
+        RunCancelled("r2", T0),
+        queued("r3"),
+        RunFailedToStart("r3", "no image", T0),
+    )
     decision = decide(DeleteUpload("u1", LATER), state)
     assert decision.events == (UploadDeleted("u1", LATER),)
     assert decision.expect == {"upload-u1": 1}
@@ -137,9 +157,21 @@ def test_queue_run_copies_the_upload_into_the_event() -> None:
     cmd = queue_run(top_cell="Chip_Top$2-a", die_id="0123abCD", slot="0p5x0p5", cob=True)
     decision = decide(cmd, given(received()))
     assert decision.events == (
-        RunQueued("r1", "u1", "Chip_Top$2-a", "0123abCD", "0p5x0p5", True, "chip.gds",
-                  "layout.gds", "gds", 4096, "cd" * 32, LATER),
-    )  # fmt: skip
+        RunQueued(
+            "r1",
+            "u1",
+            "Chip_Top$2-a",
+            "0123abCD",
+            "0p5x0p5",
+            True,
+            "chip.gds",
+            "layout.gds",
+            "gds",
+            4096,
+            "cd" * 32,
+            LATER,
+        ),
+    )
     assert decision.expect == {"upload-u1": 1, "run-r1": 0}
 
 
@@ -154,10 +186,11 @@ def test_queue_run_on_unknown_upload_is_not_found() -> None:
     [
         pytest.param((received(),), T0 + EXPIRY, id="expiry-reached"),
         pytest.param((received(),), T0 + 2 * EXPIRY, id="expiry-passed"),
-        pytest.param((received(), queued("r0"), UploadExpired("u1", T0)), LATER,
-                     id="expired-event"),
+        pytest.param(
+            (received(), queued("r0"), UploadExpired("u1", T0)), LATER, id="expired-event"
+        ),
     ],
-)  # fmt: skip
+)
 def test_queue_run_on_expired_upload_is_refused(history: tuple[Event, ...], now: datetime) -> None:
     """An upload past its expiry, or retired as expired, starts no more runs."""
     with pytest.raises(Expired):
@@ -217,10 +250,14 @@ def test_cancel_running_run_asks_the_supervisor_once() -> None:
 
 @pytest.mark.parametrize(
     "end",
-    [finished("r1"), finished("r1", "failed"), RunCancelled("r1", T0),
-     RunFailedToStart("r1", "no image", T0)],
+    [
+        finished("r1"),
+        finished("r1", "failed"),
+        RunCancelled("r1", T0),
+        RunFailedToStart("r1", "no image", T0),
+    ],
     ids=["completed", "failed", "cancelled", "failed-to-start"],
-)  # fmt: skip
+)
 def test_cancel_ended_run_conflicts(end: Event) -> None:
     """A run that has ended cannot be cancelled."""
     with pytest.raises(Conflict):
@@ -242,9 +279,12 @@ def test_expire_retires_only_due_available_uploads() -> None:
         received("due", at=T0),
         received("exact", at=T0 + timedelta(minutes=30)),
         received("fresh", at=T0 + timedelta(minutes=31)),
-        received("old", at=T0), queued("r1", "old"), UploadExpired("old", T0 + EXPIRY),
-        received("gone", at=T0), UploadDeleted("gone", T0),
-    )  # fmt: skip
+        received("old", at=T0),
+        queued("r1", "old"),
+        UploadExpired("old", T0 + EXPIRY),
+        received("gone", at=T0),
+        UploadDeleted("gone", T0),
+    )
     now = T0 + timedelta(minutes=90)
     decision = decide(ExpireUploads(now), state)
     assert set(decision.events) == {UploadExpired("due", now), UploadExpired("exact", now)}
@@ -260,8 +300,12 @@ def test_expired_upload_keeps_its_runs_and_loses_the_rest() -> None:
     """After expiry an upload with runs stays, marked expired; one without runs is gone."""
     now = T0 + 2 * EXPIRY
     state = given(received("used"), queued("r1", "used"), received("unused"))
-    state = given(received("used"), queued("r1", "used"), received("unused"),
-                  *decide(ExpireUploads(now), state).events)  # fmt: skip
+    state = given(
+        received("used"),
+        queued("r1", "used"),
+        received("unused"),
+        *decide(ExpireUploads(now), state).events,
+    )
     used = state.uploads.get("used")
     assert used is not None and used.status == "expired" and used.run_ids == ("r1",)
     assert state.uploads.get("unused") is None
@@ -278,15 +322,28 @@ def test_queue_keeps_fifo_order_through_cancels_and_starts() -> None:
     assert state.queue.queued() == runs
     assert [state.queue.position(r) for r in runs] == [1, 2, 3, 4, 5, 6]
 
-    state = given(received(), *(queued(r) for r in runs), RunCancelled("r2", T0),
-                  started("r1"), RunCancelled("r5", T0))  # fmt: skip
+    state = given(
+        received(),
+        *(queued(r) for r in runs),
+        RunCancelled("r2", T0),
+        started("r1"),
+        RunCancelled("r5", T0),
+    )
     assert state.queue.queued() == ["r3", "r4", "r6"]
     assert [state.queue.position(r) for r in runs] == [None, None, 1, 2, None, 3]
     assert (state.queue.length, state.queue.head(), state.queue.running) == (3, "r3", {"r1"})
 
-    state = given(received(), *(queued(r) for r in runs), RunCancelled("r2", T0),
-                  started("r1"), RunCancelled("r5", T0), started("r3"), finished("r1"),
-                  RunFailedToStart("r4", "no image", T0), queued("r7"))  # fmt: skip
+    state = given(
+        received(),
+        *(queued(r) for r in runs),
+        RunCancelled("r2", T0),
+        started("r1"),
+        RunCancelled("r5", T0),
+        started("r3"),
+        finished("r1"),
+        RunFailedToStart("r4", "no image", T0),
+        queued("r7"),
+    )
     assert state.queue.queued() == ["r6", "r7"]
     assert [state.queue.position(r) for r in ("r6", "r7")] == [1, 2]
     assert state.queue.running == {"r3"}

@@ -46,10 +46,27 @@ async def write_history(handler: CommandHandler) -> None:
 
     for i, u in enumerate(("u1", "u2", "u3", "u4")):
         at = T0 + timedelta(minutes=i)
-        await do(ReceiveUpload(u, f"{u}.gds", "layout.gds", "gds", 100 + i, f"{i:064x}", at,
-                               at + timedelta(hours=1)))  # fmt: skip
-    for r, u in (("r1", "u1"), ("r2", "u1"), ("r3", "u2"), ("r4", "u2"), ("r5", "u1"),
-                 ("r6", "u1"), ("r7", "u2")):  # fmt: skip
+        await do(
+            ReceiveUpload(
+                u,
+                f"{u}.gds",
+                "layout.gds",
+                "gds",
+                100 + i,
+                f"{i:064x}",
+                at,
+                at + timedelta(hours=1),
+            )
+        )
+    for r, u in (
+        ("r1", "u1"),
+        ("r2", "u1"),
+        ("r3", "u2"),
+        ("r4", "u2"),
+        ("r5", "u1"),
+        ("r6", "u1"),
+        ("r7", "u2"),
+    ):
         await do(QueueRun(r, u, "TOP", "ABCD1234", "0p5x1", r == "r4", T0 + timedelta(minutes=5)))
     await do(CancelRun("r2", T0 + timedelta(minutes=6)))  # cancelled while queued
 
@@ -58,9 +75,21 @@ async def write_history(handler: CommandHandler) -> None:
     for step in range(1, 17):
         await supervisor(RunProgressed("r1", step, 16, f"Step.{step}", T0))
     await supervisor(
-        RunFinished("r1", "completed", 0, "", None, None, {}, output, (output,),
-                    {"density": 0.5, "cells": 3, "note": None}, False, T0),
-    )  # fmt: skip
+        RunFinished(
+            "r1",
+            "completed",
+            0,
+            "",
+            None,
+            None,
+            {},
+            output,
+            (output,),
+            {"density": 0.5, "cells": 3, "note": None},
+            False,
+            T0,
+        ),
+    )
     await supervisor(RunStarted("r3", "c3", "precheck:latest", "sha256:01", T0))
     await do(CancelRun("r3", T0 + timedelta(minutes=7)))  # cancel requested while running
     await do(CancelRun("r3", T0 + timedelta(minutes=7)))  # asked twice: nothing new
@@ -68,15 +97,37 @@ async def write_history(handler: CommandHandler) -> None:
     await supervisor(RunStarted("r4", "c4", "precheck:latest", "sha256:01", T0))
     await supervisor(RunProgressed("r4", 14, 16, "KLayout.DRC", T0))
     await supervisor(
-        RunFinished("r4", "failed", 1, "KLayout DRC found errors", "Checker.KLayoutDRC",
-                    "design", {"KLayout DRC": 4}, None, (), {}, False, T0),
-    )  # fmt: skip
+        RunFinished(
+            "r4",
+            "failed",
+            1,
+            "KLayout DRC found errors",
+            "Checker.KLayoutDRC",
+            "design",
+            {"KLayout DRC": 4},
+            None,
+            (),
+            {},
+            False,
+            T0,
+        ),
+    )
     await supervisor(RunFailedToStart("r7", "image missing", T0))
     await supervisor(RunStarted("r5", "c5", "precheck:latest", "sha256:01", T0))
 
     await do(DeleteUpload("u3", T0 + timedelta(minutes=10)))  # never used
-    await do(ReceiveUpload("u5", "late.gds", "layout.gds", "gds", 9, "f" * 64,
-                           T0 + timedelta(hours=2), T0 + timedelta(hours=3)))  # fmt: skip
+    await do(
+        ReceiveUpload(
+            "u5",
+            "late.gds",
+            "layout.gds",
+            "gds",
+            9,
+            "f" * 64,
+            T0 + timedelta(hours=2),
+            T0 + timedelta(hours=3),
+        )
+    )
     # u1 (runs r5 running, r6 queued) and u2 (runs ended) stay as expired; u4 (no runs) goes.
     await do(ExpireUploads(T0 + timedelta(hours=2)))
 
@@ -93,12 +144,19 @@ async def test_replay_equals_live_state_and_survives_reopening(tmp_path: Path) -
         # The history must really hold what the comparison is meant to cover.
         statuses = {r.id: r.status for r in live.runs.by_id.values()}
         assert statuses == {
-            "r1": "completed", "r2": "cancelled", "r3": "cancelled", "r4": "failed",
-            "r5": "running", "r6": "queued", "r7": "failed",
-        }  # fmt: skip
+            "r1": "completed",
+            "r2": "cancelled",
+            "r3": "cancelled",
+            "r4": "failed",
+            "r5": "running",
+            "r6": "queued",
+            "r7": "failed",
+        }
         assert {u.id: u.status for u in live.uploads.by_id.values()} == {
-            "u1": "expired", "u2": "expired", "u5": "available",
-        }  # fmt: skip
+            "u1": "expired",
+            "u2": "expired",
+            "u5": "available",
+        }
         assert live.queue.queued() == ["r6"]
         assert live.queue.running == {"r5"}
         assert live.runs.by_id["r1"].progress is not None

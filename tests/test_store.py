@@ -66,8 +66,12 @@ class EventStoreContract:
         recorded = first + second
         assert [r.position for r in recorded] == [1, 2, 3, 4, 5]
         assert [(r.stream, r.version) for r in recorded] == [
-            ("run-a", 1), ("run-b", 1), ("run-a", 2), ("run-b", 2), ("run-c", 1),
-        ]  # fmt: skip
+            ("run-a", 1),
+            ("run-b", 1),
+            ("run-a", 2),
+            ("run-b", 2),
+            ("run-c", 1),
+        ]
         assert [r.type for r in recorded] == ["run.progressed"] * 5
         assert store.head == 5
         assert (store.version_of("run-a"), store.version_of("run-b")) == (2, 2)
@@ -348,8 +352,16 @@ class TestSQLiteEventStore(EventStoreContract):
                     "UPDATE events SET position = ? WHERE position = ?", (position + 1, position)
                 )
             prev = db.execute("SELECT hash FROM events WHERE position = 2").fetchone()[0]
-            row = (3, "run-forged", 1, "upload.deleted", 1, '{"upload_id":"u","at":"x"}',
-                   '{"actor":"x"}', "2026-01-01T00:00:00Z")  # fmt: skip
+            row = (
+                3,
+                "run-forged",
+                1,
+                "upload.deleted",
+                1,
+                '{"upload_id":"u","at":"x"}',
+                '{"actor":"x"}',
+                "2026-01-01T00:00:00Z",
+            )
             db.execute(
                 "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (*row, chain_hash(prev, *row))
             )

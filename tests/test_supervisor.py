@@ -69,10 +69,19 @@ async def wait_gone(container_id: str, within: float = 20) -> None:
     """Return once the container no longer exists, woken by Docker's `destroy` event."""
     since = f"{time.time() - 60:.3f}"  # replays a destroy that came before we subscribed
     proc = await asyncio.create_subprocess_exec(
-        "docker", "events", "--since", since, "--format", "{{.Action}}",
-        "--filter", f"container={container_id}", "--filter", "event=destroy",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        "docker",
+        "events",
+        "--since",
+        since,
+        "--format",
+        "{{.Action}}",
+        "--filter",
+        f"container={container_id}",
+        "--filter",
+        "event=destroy",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         if await docker_inspect(container_id) is None:
             return
@@ -201,14 +210,21 @@ async def test_container_is_created_as_the_contract_says(start_app, sim_config, 
     image = json.loads(out)[0]
     config, host = info["Config"], info["HostConfig"]
     assert config["Cmd"] == [
-        "python3", "precheck.py",
-        "--input", "/input/input.gds",
-        "--output", "/output/chip_top.gds",
-        "--top", "chip_top",
-        "--id", "ABCD1234",
-        "--slot", "0p5x1",
-        "--run-tag", run_id,
-    ]  # fmt: skip
+        "python3",
+        "precheck.py",
+        "--input",
+        "/input/input.gds",
+        "--output",
+        "/output/chip_top.gds",
+        "--top",
+        "chip_top",
+        "--id",
+        "ABCD1234",
+        "--slot",
+        "0p5x1",
+        "--run-tag",
+        run_id,
+    ]
     assert config["Entrypoint"] == ["dev-shell"]
     assert config["WorkingDir"] == image["Config"]["WorkingDir"] == "/workspace"
     assert "COLUMNS=200" in config["Env"]
@@ -546,10 +562,18 @@ async def test_stray_container_is_removed_at_start(start_app, sim_config, simula
     await first.client.close()
 
     _, out, _ = await docker(
-        "create", "--network", "none",
-        "--label", f"precheck.instance={instance}", "--label", "precheck.run=nosuchrun",
-        simulator_image, "python3", "precheck.py", "--help",
-    )  # fmt: skip
+        "create",
+        "--network",
+        "none",
+        "--label",
+        f"precheck.instance={instance}",
+        "--label",
+        "precheck.run=nosuchrun",
+        simulator_image,
+        "python3",
+        "precheck.py",
+        "--help",
+    )
     stray = out.strip()
     assert await docker_inspect(stray) is not None
 

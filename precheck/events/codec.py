@@ -83,6 +83,8 @@ def _fast_structure(cls: type) -> Callable[[dict[str, Any]], Any] | None:
     exec(compile(code, f"<structure {cls.__name__}>", "exec"), scope)
     fn: Callable[[dict[str, Any]], Any] = scope["structure"]  # type: ignore[assignment]
     return fn
+
+
 _FAST = {cls: fn for cls in CLASSES.values() if (fn := _fast_structure(cls)) is not None}
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _raw_decode = json.JSONDecoder().raw_decode  # skips json.loads' whitespace regex

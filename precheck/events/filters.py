@@ -16,7 +16,9 @@ def event_filter(
 ) -> Callable[[RecordedEvent], bool]:
     """A predicate for `stream=`, `type=` (exact, or a prefix ending in `.`) and `run=`."""
     for t in types:
-        if t not in KNOWN_TYPES and not (t.endswith(".") and any(k.startswith(t) for k in KNOWN_TYPES)):
+        if t not in KNOWN_TYPES and not (
+            t.endswith(".") and any(k.startswith(t) for k in KNOWN_TYPES)
+        ):
             raise Invalid(f"unknown event type {t!r}")
     exact = frozenset(t for t in types if not t.endswith("."))
     prefixes = tuple(t for t in types if t.endswith("."))

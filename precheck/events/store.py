@@ -269,7 +269,9 @@ class EventStore:
         # then sees them instead of the same stale state.
         _reject(rejected)
 
-    def _prepare(self, batch: list[_Append]) -> tuple[
+    def _prepare(
+        self, batch: list[_Append]
+    ) -> tuple[
         list[tuple[_Append, int]],
         list[tuple[object, ...]],
         list[RecordedEvent],
@@ -307,7 +309,9 @@ class EventStore:
                 versions[stream] = version
                 position += 1
                 tag, schema, data = encode(event)
-                prev = chain_hash(prev, position, stream, version, tag, schema, data, meta, now_text)
+                prev = chain_hash(
+                    prev, position, stream, version, tag, schema, data, meta, now_text
+                )
                 rows.append((position, stream, version, tag, schema, data, meta, now_text, prev))
                 recorded.append(
                     RecordedEvent(position, stream, version, event, a.metadata, now, tag, prev)
@@ -409,16 +413,22 @@ class EventStore:
     async def verify_chain(self) -> ChainReport:
         """Recompute the hash chain over every row; name the first row that does not fit."""
         prev, expected_position, checked = GENESIS, 1, 0
-        async with self._reader_db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY position") as cur:
+        async with self._reader_db.execute(
+            f"SELECT {_COLUMNS} FROM events ORDER BY position"
+        ) as cur:
             async for row in cur:
                 position, stream, version, tag, schema, data, meta, recorded, stored = row
                 if position != expected_position:
                     return ChainReport(
                         checked, expected_position, f"position {expected_position} is missing"
                     )
-                want = chain_hash(prev, position, stream, version, tag, schema, data, meta, recorded)
+                want = chain_hash(
+                    prev, position, stream, version, tag, schema, data, meta, recorded
+                )
                 if want != stored:
-                    return ChainReport(checked, position, f"hash of position {position} does not match")
+                    return ChainReport(
+                        checked, position, f"hash of position {position} does not match"
+                    )
                 prev, expected_position, checked = stored, position + 1, checked + 1
         return ChainReport(checked, None)
 

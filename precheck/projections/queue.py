@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from bisect import bisect_left
 from collections.abc import Iterable
+from typing import Any
 
 from precheck.events.store import RecordedEvent
-from precheck.projections.runs import RunRecord
 from precheck.events.types import (
     RunCancelled,
     RunExited,
@@ -17,7 +15,7 @@ from precheck.events.types import (
     RunQueued,
     RunStarted,
 )
-
+from precheck.projections.runs import RunRecord
 
 # A run leaves `running` when its container has exited (its slot is free), before its
 # outputs are copied out.

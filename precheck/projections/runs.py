@@ -9,7 +9,6 @@ from typing import Any
 import attrs
 
 from precheck.events.store import RecordedEvent
-from precheck.projections._records import replacer
 from precheck.events.types import (
     OutputFile,
     RunCancelled,
@@ -24,6 +23,7 @@ from precheck.events.types import (
     RunStarted,
     RunTimedOut,
 )
+from precheck.projections._records import replacer
 
 ACTIVE = frozenset({"queued", "running"})
 FINAL = frozenset({"completed", "failed", "cancelled"})
@@ -126,11 +126,20 @@ class Runs:
         kind = type(e)
         if kind is RunQueued:
             self.by_id[e.run_id] = RunRecord(
-                e.run_id, e.upload_id, e.top_cell, e.die_id, e.slot, e.cob,
-                InputFile(e.input_name, e.input_filename, e.input_format, e.input_size,
-                          e.input_sha256),
-                e.at, version=r.version, position=r.position, queued_position=r.position,
-            )  # fmt: skip
+                e.run_id,
+                e.upload_id,
+                e.top_cell,
+                e.die_id,
+                e.slot,
+                e.cob,
+                InputFile(
+                    e.input_name, e.input_filename, e.input_format, e.input_size, e.input_sha256
+                ),
+                e.at,
+                version=r.version,
+                position=r.position,
+                queued_position=r.position,
+            )
             return
         change = _CHANGES.get(kind)
         if change is None:
@@ -150,53 +159,78 @@ class Runs:
 
 def _finished(e: RunFinished) -> dict[str, Any]:
     verdict = Verdict(
-        passed=e.status == "completed", failed_step=e.failed_step,
-        classification=e.classification, deferred_errors=e.deferred_errors,
-        metrics=e.metrics, oom_killed=e.oom_killed,
-    )  # fmt: skip
+        passed=e.status == "completed",
+        failed_step=e.failed_step,
+        classification=e.classification,
+        deferred_errors=e.deferred_errors,
+        metrics=e.metrics,
+        oom_killed=e.oom_killed,
+    )
     return dict(
-        status=e.status, finished_at=e.at, exit_code=e.exit_code, error=e.error,
-        output=e.output, files=e.files, verdict=verdict, settled=True,
-    )  # fmt: skip
+        status=e.status,
+        finished_at=e.at,
+        exit_code=e.exit_code,
+        error=e.error,
+        output=e.output,
+        files=e.files,
+        verdict=verdict,
+        settled=True,
+    )
 
 
 def _exited(e: RunExited) -> dict[str, Any]:
     verdict = Verdict(
-        passed=e.status == "completed", classification=e.classification,
-        deferred_errors=e.deferred_errors, oom_killed=e.oom_killed,
-    )  # fmt: skip
+        passed=e.status == "completed",
+        classification=e.classification,
+        deferred_errors=e.deferred_errors,
+        oom_killed=e.oom_killed,
+    )
     return dict(
-        status=e.status, finished_at=e.finished_at, exit_code=e.exit_code, error=e.error,
+        status=e.status,
+        finished_at=e.finished_at,
+        exit_code=e.exit_code,
+        error=e.error,
         verdict=verdict,
-    )  # fmt: skip
+    )
 
 
 def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
     verdict = run.verdict or Verdict(passed=False)
     return dict(
-        output=e.output, files=e.files, settled=True,
+        output=e.output,
+        files=e.files,
+        settled=True,
         verdict=_replace_verdict(verdict, failed_step=e.failed_step, metrics=e.metrics),
-    )  # fmt: skip
+    )
 
 
 # What each event changes in its run's record; dispatched on the event's type, not a chain of
 # isinstance checks, since a replay runs this for every event.
 _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunStarted: lambda e: dict(
-        status="running", started_at=e.at, container_id=e.container_id, image=e.image,
+        status="running",
+        started_at=e.at,
+        container_id=e.container_id,
+        image=e.image,
         image_digest=e.image_digest,
-    ),  # fmt: skip
+    ),
     RunProgressed: lambda e: dict(progress=Progress(e.step, e.total, e.name)),
     RunCancelRequested: lambda e: dict(cancel_requested=True),
     RunTimedOut: lambda e: dict(timed_out=True),
     RunCancelled: lambda e: dict(
-        status="cancelled", finished_at=e.at, error="cancelled", exit_code=e.exit_code,
+        status="cancelled",
+        finished_at=e.at,
+        error="cancelled",
+        exit_code=e.exit_code,
         settled=True,
-    ),  # fmt: skip
+    ),
     RunFailedToStart: lambda e: dict(
-        status="failed", finished_at=e.at, error=e.error, settled=True,
+        status="failed",
+        finished_at=e.at,
+        error=e.error,
+        settled=True,
         verdict=Verdict(passed=False, classification="system"),
-    ),  # fmt: skip
+    ),
     RunFinished: _finished,
     RunExited: _exited,
     RunOutputsStored: lambda e: {},  # needs the record: see `Runs.apply`

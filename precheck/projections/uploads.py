@@ -7,8 +7,8 @@ from datetime import datetime
 import attrs
 
 from precheck.events.store import RecordedEvent
-from precheck.projections._records import replacer
 from precheck.events.types import RunQueued, UploadDeleted, UploadExpired, UploadReceived
+from precheck.projections._records import replacer
 
 
 @attrs.frozen
@@ -51,9 +51,16 @@ class Uploads:
             return
         if isinstance(e, UploadReceived):
             self.by_id[e.upload_id] = UploadRecord(
-                e.upload_id, e.name, e.filename, e.format, e.size, e.sha256, e.at,
-                e.expires_at, version=r.version,
-            )  # fmt: skip
+                e.upload_id,
+                e.name,
+                e.filename,
+                e.format,
+                e.size,
+                e.sha256,
+                e.at,
+                e.expires_at,
+                version=r.version,
+            )
         elif isinstance(e, UploadDeleted):
             self.by_id.pop(e.upload_id, None)
         elif isinstance(e, UploadExpired):

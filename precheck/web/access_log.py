@@ -21,5 +21,11 @@ class AccessLogger(AbstractAccessLogger):
         client = request.get(keys.CLIENT, request.remote)
         self.logger.info(
             '%s "%s %s" %s %s %.6fs %s',
-            client, request.method, path, response.status, response.body_length, time, rid,
-        )  # fmt: skip
+            client,
+            request.method,
+            path,
+            response.status,
+            response.body_length,
+            time,
+            rid,
+        )

@@ -8,8 +8,8 @@ from aiohttp import web
 
 from precheck import keys
 from precheck.errors import Invalid
-from precheck.events.store import RecordedEvent
 from precheck.events.filters import event_filter
+from precheck.events.store import RecordedEvent
 from precheck.web.render import event_document
 from precheck.web.requests import query_int
 from precheck.web.sse import Stream, last_event_id, message, wants_stream

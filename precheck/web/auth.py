@@ -39,7 +39,10 @@ class Authenticator:
     """Checks a request's address and key against the `[auth]` config."""
 
     def __init__(
-        self, config: AuthConfig, trusted_proxies: Sequence[str] = (), admin_token: str | None = None
+        self,
+        config: AuthConfig,
+        trusted_proxies: Sequence[str] = (),
+        admin_token: str | None = None,
     ) -> None:
         self.required = config.required
         self._admin = hashlib.sha256(admin_token.encode()).digest() if admin_token else None

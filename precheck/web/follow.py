@@ -16,7 +16,13 @@ from aiohttp import web
 from precheck import keys
 from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
-from precheck.events.types import RunCancelled, RunFailedToStart, RunProgressed, RunQueued, RunStarted
+from precheck.events.types import (
+    RunCancelled,
+    RunFailedToStart,
+    RunProgressed,
+    RunQueued,
+    RunStarted,
+)
 from precheck.projections.queue import queue_at
 from precheck.projections.runs import RunRecord, Runs
 from precheck.web.render import run_document
@@ -89,7 +95,9 @@ class RunFollower:
         return run
 
     async def _last_line(self) -> int:
-        return max(self.log_store.last_line(self.run_id), (await self.log_store.tail(self.run_id)).line)
+        return max(
+            self.log_store.last_line(self.run_id), (await self.log_store.tail(self.run_id)).line
+        )
 
     # Sending ----------------------------------------------------------------------------------
 
@@ -118,7 +126,9 @@ class RunFollower:
         self.position = r.position
         if r.stream == self.stream_name:
             self.past.apply(r)
-            return self._status_message("progress" if isinstance(r.event, RunProgressed) else "status")
+            return self._status_message(
+                "progress" if isinstance(r.event, RunProgressed) else "status"
+            )
         run = self.past.get(self.run_id)
         if run is not None and run.status == "queued" and isinstance(r.event, QUEUE_EVENTS):
             if self._queue(run) != self.sent_queue:
@@ -138,7 +148,10 @@ class RunFollower:
         if self.events:
             data: Any = self._document(run, self._queue(run))
         else:
-            data = {"StatusCode": run.exit_code if run.exit_code is not None else -1, "Status": run.status}
+            data = {
+                "StatusCode": run.exit_code if run.exit_code is not None else -1,
+                "Status": run.status,
+            }
         return message(data, id=self._id(), event="end")
 
     async def serve(self, stream: Stream, resumed: bool) -> None:
@@ -156,7 +169,9 @@ class RunFollower:
                         if r.stream == self.stream_name:
                             self.past.apply(r)
             if self.logs:
-                out.append(self._line_messages(await self.log_store.read_from(self.run_id, self.line)))
+                out.append(
+                    self._line_messages(await self.log_store.read_from(self.run_id, self.line))
+                )
             text = "".join(out)
             if text:
                 await stream.write(text)
@@ -176,7 +191,12 @@ class RunFollower:
 
 
 async def follow(
-    request: web.Request, run: RunRecord, *, events: bool, logs: bool, first_line: int = 0,
+    request: web.Request,
+    run: RunRecord,
+    *,
+    events: bool,
+    logs: bool,
+    first_line: int = 0,
     timestamps: bool = False,
 ) -> web.StreamResponse:
     """Answer a stream request for `run` (204 when the client already has everything)."""

@@ -34,7 +34,9 @@ async def health(request: web.Request) -> web.Response:
 
 async def queue(request: web.Request) -> web.Response:
     """How many runs wait and run, and the order they wait in."""
-    return web.json_response(queue_document(request.app[keys.PROJECTIONS], request.app[keys.CONFIG]))
+    return web.json_response(
+        queue_document(request.app[keys.PROJECTIONS], request.app[keys.CONFIG])
+    )
 
 
 def setup_routes(app: web.Application) -> None:

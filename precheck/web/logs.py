@@ -55,13 +55,19 @@ async def _follow_logs(request: web.Request, run: RunRecord) -> web.StreamRespon
         first = max(0, last - tail)
     elif since:
         lines, _ = await log_store.read(run.id, since=since, limit=1)
-        first = lines[0].line - 1 if lines else max(
-            log_store.last_line(run.id), (await log_store.tail(run.id)).line
+        first = (
+            lines[0].line - 1
+            if lines
+            else max(log_store.last_line(run.id), (await log_store.tail(run.id)).line)
         )
     return await follow(
-        request, run, events=False, logs=True, first_line=first,
+        request,
+        run,
+        events=False,
+        logs=True,
+        first_line=first,
         timestamps=query_bool(request, "timestamps"),
-    )  # fmt: skip
+    )
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:

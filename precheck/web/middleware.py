@@ -54,7 +54,9 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
             request[keys.ACTOR] = "cli"  # the operator's CLI on this machine
         elif request.path not in EXEMPT and not request.path.startswith(EXEMPT_PREFIXES):
             auth.check_address(client)
-            key = presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
+            key = presented_key(
+                request.headers.get("Authorization"), request.headers.get("X-API-Key")
+            )
             if key is None and _is_stream_request(request):
                 # EventSource cannot set headers: streams also take the key as a query value.
                 key = request.query.get("access_token") or None
@@ -66,7 +68,9 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        response = error(e.status, e.text if e.text and not e.text.startswith(str(e.status)) else e.reason)
+        response = error(
+            e.status, e.text if e.text and not e.text.startswith(str(e.status)) else e.reason
+        )
     except PrecheckError as e:
         response = error(_status_of(e), str(e))
     except (ConcurrencyError, StoreClosed) as e:

@@ -40,11 +40,16 @@ async def create_precheck(request: web.Request) -> web.Response:
     run_id = uuid.uuid4().hex
     await app[keys.HANDLER].handle(
         QueueRun(
-            run_id, body.upload_id, body.top_cell, body.die_id,
-            body.slot or app[keys.CONFIG].defaults.slot, body.cob, app[keys.CLOCK](),
+            run_id,
+            body.upload_id,
+            body.top_cell,
+            body.die_id,
+            body.slot or app[keys.CONFIG].defaults.slot,
+            body.cob,
+            app[keys.CLOCK](),
         ),
         metadata(request),
-    )  # fmt: skip
+    )
     return _document(request, app[keys.PROJECTIONS].runs.by_id[run_id])
 
 
@@ -53,7 +58,9 @@ async def list_prechecks(request: web.Request) -> web.Response:
     wanted = set(request.query.getall("status", []))
     unknown = wanted - STATUSES
     if unknown:
-        raise Invalid(f"unknown status {sorted(unknown)[0]!r}; use one of {', '.join(sorted(STATUSES))}")
+        raise Invalid(
+            f"unknown status {sorted(unknown)[0]!r}; use one of {', '.join(sorted(STATUSES))}"
+        )
     state, config = request.app[keys.PROJECTIONS], request.app[keys.CONFIG]
     runs = [r for r in reversed(state.runs.by_id.values()) if not wanted or r.status in wanted]
     return web.json_response([run_document(r, state, config) for r in runs])
@@ -105,7 +112,9 @@ async def prune_prechecks(request: web.Request) -> web.Response:
     if body.dry_run:
         events = list(decide(command, request.app[keys.PROJECTIONS]).events)
     else:
-        events = [r.event for r in await request.app[keys.HANDLER].handle(command, metadata(request))]
+        events = [
+            r.event for r in await request.app[keys.HANDLER].handle(command, metadata(request))
+        ]
     chosen = [e.run_id for e in events if isinstance(e, RunDeleted)]
     return web.json_response({"RunsDeleted": chosen, "DryRun": body.dry_run})
 

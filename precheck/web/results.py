@@ -51,7 +51,11 @@ def _serve(request: web.Request, path: Path, sha256: str, filename: str) -> web.
     if if_none and (if_none.strip() == "*" or quoted in [t.strip() for t in if_none.split(",")]):
         return web.Response(status=304, headers={"ETag": quoted})
     if_match = request.headers.get("If-Match")
-    if if_match and if_match.strip() != "*" and quoted not in [t.strip() for t in if_match.split(",")]:
+    if (
+        if_match
+        and if_match.strip() != "*"
+        and quoted not in [t.strip() for t in if_match.split(",")]
+    ):
         return error(412, "the file's checksum does not match If-Match")
     return _ChecksumFileResponse(
         path,
@@ -91,7 +95,9 @@ async def get_render(request: web.Request) -> web.StreamResponse:
 def _reports(run: RunRecord) -> dict[str, tuple[str, int, str]]:
     prefix = f"{RUN_FOLDER}/reports/"
     return {
-        f.path[len(prefix) :]: (f.path, f.size, f.sha256) for f in run.files if f.path.startswith(prefix)
+        f.path[len(prefix) :]: (f.path, f.size, f.sha256)
+        for f in run.files
+        if f.path.startswith(prefix)
     }
 
 

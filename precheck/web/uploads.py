@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from urllib.parse import unquote
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -32,11 +32,17 @@ async def create_upload(request: web.Request) -> web.Response:
         now = app[keys.CLOCK]()
         await app[keys.HANDLER].handle(
             ReceiveUpload(
-                upload_id, name, filename, received.format, received.size, received.sha256, now,
+                upload_id,
+                name,
+                filename,
+                received.format,
+                received.size,
+                received.sha256,
+                now,
                 upload_expiry(now, config.server.upload_expiry_minutes),
             ),
             metadata(request),
-        )  # fmt: skip
+        )
     except BaseException:
         received.path.unlink(missing_ok=True)
         storage.remove_upload(upload_id)
