@@ -86,6 +86,8 @@ def _fast_structure(cls: type) -> Callable[[dict[str, Any]], Any] | None:
 
 
 _FAST = {cls: fn for cls in CLASSES.values() if (fn := _fast_structure(cls)) is not None}
+# Rows at the current schema of a tag with a generated structure function: no upcast needed.
+_DIRECT = {(TAGS[cls], SCHEMAS[TAGS[cls]]): fn for cls, fn in _FAST.items()}
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _raw_decode = json.JSONDecoder().raw_decode  # skips json.loads' whitespace regex
 
@@ -102,6 +104,10 @@ def encode(event: Event) -> tuple[str, int, str]:
 
 def decode(tag: str, schema: int, data: str) -> Event:
     """Rebuild an event from its stored tag, schema number and JSON text."""
+    direct = _DIRECT.get((tag, schema))
+    if direct is not None:  # the common case: a current row of a simple shape
+        event: Event = direct(_raw_decode(data)[0])
+        return event
     cls = CLASSES.get(tag)
     if cls is None:
         raise UnknownEventType(f"unknown event type {tag!r}")
@@ -116,7 +122,7 @@ def decode(tag: str, schema: int, data: str) -> Event:
     if schema > current:
         raise UnknownEventType(f"{tag!r} schema {schema} is newer than this code ({current})")
     fast = _FAST.get(cls)
-    event: Event = fast(raw) if fast is not None else converter.structure(raw, cls)
+    event = fast(raw) if fast is not None else converter.structure(raw, cls)
     return event
 
 

@@ -15,7 +15,23 @@ T = TypeVar("T")
 
 
 def replacer(cls: type[T]) -> Callable[..., T]:
-    """`replace(record, **changes)` for the attrs class `cls`, equal to `attrs.evolve`."""
+    """`replace(record, **changes)` for the attrs class `cls`, equal to `attrs.evolve`.
+
+    A class with a `__dict__` (attrs `slots=False`) is copied by copying that dict, which is
+    done in C; a slotted class through its constructor. Neither runs validators: records are
+    built by the projections only.
+    """
+    if "__slots__" not in cls.__dict__:
+        new = object.__new__
+
+        def replace(o: T, **c: Any) -> T:
+            copy = new(cls)
+            d = copy.__dict__
+            d.update(o.__dict__)
+            d.update(c)
+            return copy
+
+        return replace
     fields = attrs.fields(cls)  # type: ignore[arg-type]
     args = ", ".join(f"c[{f.name!r}] if {f.name!r} in c else o.{f.name}" for f in fields)
     code = f"def replace(o, **c):\n    return cls({args})\n"

@@ -62,7 +62,7 @@ class Verdict:
     oom_killed: bool = False
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.replacer`)
 class RunRecord:
     """One run. `position` is the global position of the last event that changed it."""
 
