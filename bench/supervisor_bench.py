@@ -791,7 +791,6 @@ async def bench_big(tmp: Path, image: str, results: dict[str, list[str]]) -> Non
                 await proc.wait()
         out.close()
     same = digest.hexdigest() == sha and size == BIG_BYTES
-    finished = docker_time(doc["State"]["FinishedAt"])  # Docker's State.FinishedAt
     created = docker_time(doc["Created"])
     start, die = watch.start_time(run_id), watch.at[run_id]["die"]
     growth = (after["VmHWM"] - before["VmRSS"]) / 1e6

@@ -286,17 +286,19 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
         return EXIT_OK
-    print(
-        f"Server:         {'running at ' + server.url + f' (pid {server.pid})' if server else 'not running'}"
-    )
+    where = f"running at {server.url} (pid {server.pid})" if server else "not running"
+    print(f"Server:         {where}")
     print(f"Storage:        {report['storage_path']} ({head} events, {report['uploads']} uploads)")
+    queue = report["queue"]
     print(
-        f"Queue:          {state.queue.length} queued, {len(state.queue.running)} running of {config.server.max_concurrent}"
+        f"Queue:          {queue['queued']} queued, {queue['running']} running"
+        f" of {queue['max_concurrent']}"
     )
     print("Runs:           " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if docker.get("reachable"):
         print(
-            f"Docker:         reachable, image {config.docker.image}; {docker['containers']} container(s) of this server"
+            f"Docker:         reachable, image {config.docker.image};"
+            f" {docker['containers']} container(s) of this server"
         )
     else:
         print(f"Docker:         unreachable: {docker.get('error')}")

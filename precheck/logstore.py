@@ -223,7 +223,10 @@ class LogStore:
             args.append(min(tail, limit))
             more = False
         else:
-            sql = f"SELECT line, time, ts, stream, text FROM log_lines WHERE {where} ORDER BY line LIMIT ?"
+            sql = (
+                f"SELECT line, time, ts, stream, text FROM log_lines WHERE {where} "
+                "ORDER BY line LIMIT ?"
+            )
             args.append(limit + 1)
         async with self._reader_db.execute(sql, args) as cur:
             rows = list(await cur.fetchall())

@@ -101,7 +101,8 @@ def chain_hash(
     recorded: str,
 ) -> str:
     """The hash of one row, chained to the hash of the row before it."""
-    text = f"{prev}\n{position}\n{stream}\n{version}\n{type_}\n{schema}\n{data}\n{metadata}\n{recorded}"
+    fields = (prev, position, stream, version, type_, schema, data, metadata, recorded)
+    text = "\n".join(map(str, fields))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

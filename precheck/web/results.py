@@ -141,14 +141,14 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def wait_for_end(request: web.Request, run_id: str, timeout: float) -> RunRecord | None:
-    """The run once it has ended and its outputs are stored, or None after `timeout` seconds.
+async def wait_for_end(request: web.Request, run_id: str, seconds: float) -> RunRecord | None:
+    """The run once it has ended and its outputs are stored, or None after `seconds`.
 
     Woken by commits, never by a sleep.
     """
     store, state = request.app[keys.STORE], request.app[keys.PROJECTIONS]
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             while True:
                 run = state.runs.get(run_id)
                 if run is None or run.settled:

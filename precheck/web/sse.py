@@ -24,7 +24,7 @@ def wants_stream(request: web.Request) -> bool:
 
 
 def last_event_id(request: web.Request) -> str | None:
-    """Where a client resumes: the `Last-Event-ID` header, or `?lastEventId=` for a first connect."""
+    """Where a client resumes: `Last-Event-ID`, or `?lastEventId=` on a first connect."""
     value = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
     return value.strip() if value and value.strip() else None
 
