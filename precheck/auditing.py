@@ -19,6 +19,7 @@ from precheck.errors import Invalid
 from precheck.events.filters import event_filter
 from precheck.presence import StorageBusy, running_server
 from precheck.projections import Projections
+from precheck.storage import Storage
 from precheck.web.render import event_document, run_document, upload_document
 
 TRIGGERS = ("events_are_never_updated", "events_are_never_deleted")
@@ -61,13 +62,20 @@ async def print_events(
     except StorageBusy as e:
         raise AdminError(str(e)) from None
     if server is None:
-        print("no server is running on this storage: nothing more will be appended", file=sys.stderr)
+        print(
+            "no server is running on this storage: nothing more will be appended", file=sys.stderr
+        )
         return 0
     query = [("follow", "1"), ("lastEventId", str(position))]
     query += [("stream", stream)] if stream else []
     query += [("run", run)] if run else []
     query += [("type", t) for t in types]
-    await asyncio.to_thread(_follow_sse, ServerClient(server), "/api/v1/events?" + urllib.parse.urlencode(query), as_json)
+    await asyncio.to_thread(
+        _follow_sse,
+        ServerClient(server),
+        "/api/v1/events?" + urllib.parse.urlencode(query),
+        as_json,
+    )
     return 0
 
 
@@ -109,22 +117,33 @@ class VerifyReport:
         return self
 
     def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.lines, "problem": self.problem or None, "first_bad_position": self.first_bad}
+        return {
+            "ok": self.ok,
+            "checked": self.lines,
+            "problem": self.problem or None,
+            "first_bad_position": self.first_bad,
+        }
 
 
 async def verify(config: Config) -> VerifyReport:
     """Hash chain intact, append-only triggers in place, and a replay equal to the live state."""
     report = VerifyReport()
+    # Looked at before opening the log: opening it creates missing triggers again.
+    db_path = Storage(config.server.storage_path).db_path
+    missing = _missing_triggers(db_path) if db_path.exists() else []
     async with open_log(config) as store:
         chain = await store.verify_chain()
         if chain.first_bad is not None:
-            return report.fail(f"{chain.reason} (first bad position {chain.first_bad})", chain.first_bad)
+            return report.fail(
+                f"{chain.reason} (first bad position {chain.first_bad})", chain.first_bad
+            )
         report.lines.append(
             f"hash chain: {chain.checked} events, positions 1..{chain.checked} with no gap, every hash matches"
         )
-        missing = _missing_triggers(store.path)
         if missing:
-            return report.fail(f"append-only triggers missing: {', '.join(missing)} (the log may have been edited)")
+            return report.fail(
+                f"append-only triggers missing: {', '.join(missing)} (the log may have been edited)"
+            )
         report.lines.append("append-only triggers: present")
         head = store.head
     try:
@@ -144,13 +163,17 @@ async def verify(config: Config) -> VerifyReport:
     mismatch = await asyncio.to_thread(_compare_with_server, ServerClient(server), config)
     if mismatch:
         return report.fail(f"the running server's state differs from a replay: {mismatch}")
-    report.lines.append(f"running server at {server.url}: its runs and uploads equal a replay of the log")
+    report.lines.append(
+        f"running server at {server.url}: its runs and uploads equal a replay of the log"
+    )
     return report
 
 
 def _missing_triggers(path: Any) -> list[str]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        present = {
+            r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
     return [t for t in TRIGGERS if t not in present]
 
 
@@ -189,4 +212,3 @@ def _difference(state: Projections, config: Config, runs: list[Any], uploads: li
         }:
             return f"upload {upload_id} differs"
     return ""
-

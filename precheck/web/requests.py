@@ -101,6 +101,9 @@ def query_float(request: web.Request, name: str, default: float, low: float = 0)
     return value
 
 
+MAX_INT = 2**63 - 1
+
+
 def query_int(request: web.Request, name: str, default: int | None, low: int = 0) -> int | None:
     """A whole-number query value, at least `low`."""
     text = request.query.get(name)
@@ -112,6 +115,8 @@ def query_int(request: web.Request, name: str, default: int | None, low: int = 0
         raise Invalid(f"{name} must be a whole number") from None
     if value < low:
         raise Invalid(f"{name} must be at least {low}")
+    if value > MAX_INT:  # SQLite's integers are 64-bit
+        raise Invalid(f"{name} must be at most {MAX_INT}")
     return value
 
 
