@@ -314,3 +314,27 @@ async def test_cancel_queued_run(client):
         e.type for e in await client.app[keys.STORE].read() if not e.type.startswith("server.")
     ]
     assert types == ["upload.received", "run.queued", "run.cancelled"]
+
+
+async def test_wrong_method_is_405_json_with_allow(client):
+    """A method a route does not take gets 405, a JSON message and the `Allow` header."""
+    r = await client.put("/api/v1/queue")
+    assert r.status == 405
+    assert "message" in await r.json()
+    assert "GET" in r.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    "body", [{"status": {}}, {"status": "completed"}, {"status": []}, {"status": ["running"]}]
+)
+async def test_prune_refuses_a_malformed_status_and_deletes_nothing(client, body):
+    """A prune whose `status` is not a list of ended statuses is a 400 that deletes no run."""
+    up = await upload(client)
+    run = await create(client, up["Id"])
+    await client.delete(f"/api/v1/prechecks/{run['Id']}")  # cancelled: a prunable run
+    head = client.app[keys.STORE].head
+    r = await client.post("/api/v1/prechecks/prune", json=body)
+    assert r.status == 400
+    assert "message" in await r.json()
+    assert client.app[keys.STORE].head == head
+    assert (await client.get(f"/api/v1/prechecks/{run['Id']}")).status == 200

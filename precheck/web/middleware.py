@@ -68,9 +68,9 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        response = error(
-            e.status, e.text if e.text and not e.text.startswith(str(e.status)) else e.reason
-        )
+        message = e.text if e.text and not e.text.startswith(str(e.status)) else e.reason
+        keep = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
+        response = error(e.status, message, keep or None)
     except PrecheckError as e:
         response = error(_status_of(e), str(e))
     except (ConcurrencyError, StoreClosed) as e:

@@ -100,6 +100,8 @@ async def cancel_precheck(request: web.Request) -> web.Response:
 async def prune_prechecks(request: web.Request) -> web.Response:
     """Delete ended runs: body `{"status": [...], "older_than_days": N, "dry_run": bool}`."""
     body = await json_body(request, PruneRequest)
+    if body.status is not None and not body.status:
+        raise Invalid("status must name at least one status, or be left out for all ended ones")
     statuses = frozenset(body.status or ("completed", "failed", "cancelled"))
     now = request.app[keys.CLOCK]()
     before = None

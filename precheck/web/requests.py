@@ -50,10 +50,18 @@ _conv.register_structure_hook(str, _strict(str, "a string"))
 _conv.register_structure_hook(bool, _strict(bool, "true or false"))
 _conv.register_structure_hook(int, _strict(int, "an integer"))
 _conv.register_structure_hook(float, lambda v, _: _number(v))
+# cattrs would take any iterable as a list: a string as its letters, an object as its keys.
+_conv.register_structure_hook_func(lambda t: t == list[str], lambda v, _: _string_list(v))
 for _cls in (CreateRun, PruneRequest):
     _conv.register_structure_hook(
         _cls, make_dict_structure_fn(_cls, _conv, _cattrs_forbid_extra_keys=True)
     )
+
+
+def _string_list(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise TypeError("expected a list of strings")
+    return list(v)
 
 
 def _number(v: Any) -> float:
