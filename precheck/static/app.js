@@ -36,10 +36,10 @@ function openStream(url, handlers) {
   return source;
 }
 
-function closeStream() {
+function closeStream(label = "offline") {
   if (source) source.close();
   source = null;
-  $("conn").textContent = "offline";
+  $("conn").textContent = label;
   $("conn").classList.remove("live");
 }
 
@@ -251,7 +251,7 @@ function showRun(id) {
     end: (e) => {
       const doc = JSON.parse(e.data);
       showDocument(doc);
-      closeStream();
+      closeStream("run ended");
       showVerdict(doc);
     },
   });
