@@ -209,7 +209,9 @@ def _delete_run(c: DeleteRun, state: Projections) -> Decision:
         raise Conflict(
             f"precheck {c.run_id} is {run.status} and not settled; cancel it or let it end first"
         )
-    return Decision((RunDeleted(run.id, c.reason, c.now),), {f"run-{run.id}": run.version})
+    return Decision(
+        (RunDeleted(run.id, run.upload_id, c.reason, c.now),), {f"run-{run.id}": run.version}
+    )
 
 
 @decide.register
@@ -225,7 +227,7 @@ def _prune(c: PruneRuns, state: Projections) -> Decision:
         and (c.ended_before is None or (r.finished_at or r.created) < c.ended_before)
     ]
     return Decision(
-        tuple(RunDeleted(r.id, c.reason, c.now) for r in due),
+        tuple(RunDeleted(r.id, r.upload_id, c.reason, c.now) for r in due),
         {f"run-{r.id}": r.version for r in due},
     )
 

@@ -55,6 +55,8 @@ class CommandHandler:
                 self.storage.remove_run(e.run_id)
                 if self.logs is not None:
                     await self.logs.delete_run(e.run_id)
+                if self.projections.uploads.get(e.upload_id) is None:
+                    self.storage.remove_upload(e.upload_id)  # retired with its last run
             elif isinstance(e, UploadDeleted):
                 self.storage.remove_upload(e.upload_id)
             elif isinstance(e, UploadExpired) and self.projections.uploads.get(e.upload_id) is None:

@@ -90,7 +90,7 @@ SAMPLES: list[object] = [
     RunFinished("r2", "completed", 0, "", None, None, {}, None, (), {}, True, T0),
     RunFailedToStart("r1", "image precheck:latest not found", T0),
     RunTimedOut("r1", 90, T0),
-    RunDeleted("r1", "pruned by an operator", T0),
+    RunDeleted("r1", "u1", "pruned by an operator", T0),
     RunExited(
         "r1",
         "failed",

@@ -9,6 +9,7 @@ import pytest
 
 from precheck.commands import (
     CancelRun,
+    DeleteRun,
     DeleteUpload,
     ExpireUploads,
     QueueRun,
@@ -349,3 +350,23 @@ def test_queue_keeps_fifo_order_through_cancels_and_starts() -> None:
     assert state.queue.running == {"r3"}
     assert state.runs.by_id["r1"].status == "completed"
     assert state.runs.by_id["r4"].status == "failed"
+
+
+def test_deleting_the_last_run_of_an_expired_upload_retires_the_upload() -> None:
+    """An expired upload kept for its runs goes with its last run; a live upload stays."""
+    history: list[Event] = [
+        received("u1"),
+        received("u2", at=LATER),
+        queued("r1", "u1"),
+        queued("r2", "u2"),
+        RunCancelled("r1", T0),
+        RunCancelled("r2", T0),
+        UploadExpired("u1", T0 + EXPIRY),
+    ]
+    assert given(*history).uploads.by_id["u1"].status == "expired"
+    for run_id in ("r1", "r2"):
+        history += decide(DeleteRun(run_id, "test", LATER), given(*history)).events
+    state = given(*history)
+    assert "u1" not in state.uploads.by_id
+    assert state.uploads.by_id["u2"].run_ids == ()
+    assert state.uploads.by_id["u2"].status == "available"

@@ -197,9 +197,13 @@ class RunTimedOut:
 
 @attrs.frozen
 class RunDeleted:
-    """An operator removed a finished run: its record, files and log lines go after this."""
+    """An operator removed a finished run: its record, files and log lines go after this.
+
+    An expired upload that no run refers to any more is retired with it.
+    """
 
     run_id: str
+    upload_id: str
     reason: str
     at: datetime
 

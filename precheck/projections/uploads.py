@@ -7,7 +7,13 @@ from datetime import datetime
 import attrs
 
 from precheck.events.store import RecordedEvent
-from precheck.events.types import RunQueued, UploadDeleted, UploadExpired, UploadReceived
+from precheck.events.types import (
+    RunDeleted,
+    RunQueued,
+    UploadDeleted,
+    UploadExpired,
+    UploadReceived,
+)
 from precheck.projections._records import replacer
 
 
@@ -31,7 +37,7 @@ class UploadRecord:
 _replace = replacer(UploadRecord)
 
 
-_UPLOAD_EVENTS = frozenset({UploadReceived, UploadDeleted, UploadExpired, RunQueued})
+_UPLOAD_EVENTS = frozenset({UploadReceived, UploadDeleted, UploadExpired, RunQueued, RunDeleted})
 
 
 class Uploads:
@@ -75,3 +81,12 @@ class Uploads:
             u = self.by_id.get(e.upload_id)
             if u is not None:
                 self.by_id[u.id] = _replace(u, run_ids=(*u.run_ids, e.run_id))
+        elif isinstance(e, RunDeleted):
+            u = self.by_id.get(e.upload_id)
+            if u is None:
+                return
+            left = tuple(rid for rid in u.run_ids if rid != e.run_id)
+            if not left and u.status == "expired":
+                del self.by_id[u.id]  # its last run is gone: retired as an unused upload is
+            else:
+                self.by_id[u.id] = _replace(u, run_ids=left)
