@@ -28,7 +28,7 @@ from precheck.web import audit, health, logs, openapi, page, prechecks, results,
 from precheck.web import metrics as metrics_routes
 from precheck.web.auth import Authenticator
 from precheck.web.middleware import context
-from precheck.web.sse import stop_streams
+from precheck.web.sse import line_message, stop_streams
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     storage = app[keys.STORAGE]
     storage.prepare()
     store = await EventStore.open(storage.db_path)
-    log_store = await LogStore.open(storage.db_path)
+    log_store = await LogStore.open(storage.db_path, encoder=line_message)
     try:
         projections = await Projections.replay(store)
         projections.attach(store)

@@ -138,7 +138,8 @@ async def verify(config: Config) -> VerifyReport:
                 f"{chain.reason} (first bad position {chain.first_bad})", chain.first_bad
             )
         report.lines.append(
-            f"hash chain: {chain.checked} events, positions 1..{chain.checked} with no gap, every hash matches"
+            f"hash chain: {chain.checked} events, positions 1..{chain.checked} with no gap,"
+            " every hash matches"
         )
         if missing:
             return report.fail(
@@ -151,7 +152,8 @@ async def verify(config: Config) -> VerifyReport:
     except Exception as e:  # an event that no longer decodes or applies
         return report.fail(f"replay failed: {type(e).__name__}: {e}")
     report.lines.append(
-        f"replay: {head} events decode and apply: {len(state.uploads.by_id)} uploads, {len(state.runs.by_id)} runs"
+        f"replay: {head} events decode and apply: {len(state.uploads.by_id)} uploads,"
+        f" {len(state.runs.by_id)} runs"
     )
     try:
         server = running_server(config.server.storage_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -43,6 +43,13 @@ class StoredLine:
     text: str
 
 
+LineEncoder = Callable[[StoredLine, bool], bytes]  # (line, with timestamps) -> bytes to send
+
+
+def _plain(s: StoredLine, timestamps: bool) -> bytes:
+    return f"{s.time} {s.text}\n".encode() if timestamps else f"{s.text}\n".encode()
+
+
 @attrs.frozen
 class Tail:
     """Where a run's captured log ends: last line number, its time, lines sharing that time."""
@@ -65,25 +72,39 @@ class LogStore:
     RECENT = 20000  # lines per run kept in memory, so many followers share one copy
     WINDOWS = 32  # runs whose recent lines are kept
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        encoder: LineEncoder | None = None,
+    ) -> None:
         self._recent: dict[str, deque[StoredLine]] = {}
+        self._encode: LineEncoder = encoder or _plain
+        # Each line of the window as one ready SSE message, per (run, timestamps): shared by
+        # every follower of the run, so a line is formatted once however many follow it.
+        self._sse: dict[tuple[str, bool], deque[bytes]] = {}
         self._writer_db = writer
         self._reader_db = reader
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._last: dict[str, int] = {}
         self._grew: dict[str, asyncio.Event] = {}
+        self._grew_f: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path) -> LogStore:
-        """Open the log table in the database at `path` and start its writer."""
+    async def open(cls, path: Path, encoder: LineEncoder | None = None) -> LogStore:
+        """Open the log table in the database at `path` and start its writer.
+
+        `encoder` turns a line into the bytes followers are sent (SSE messages, from the web
+        layer); `encoded_from` serves the window in that form.
+        """
         from precheck.events.store import _connect  # same pragmas as the event log
 
         writer = await _connect(path)
         await writer.executescript(SCHEMA)
         await writer.commit()
-        store = cls(writer, await _connect(path))
+        store = cls(writer, await _connect(path), encoder)
         store._task = asyncio.create_task(store._write_loop(), name="log-store-writer")
         return store
 
@@ -97,6 +118,9 @@ class LogStore:
             await self._task
         for ev in self._grew.values():
             ev.set()
+        for f in self._grew_f.values():
+            if not f.done():
+                f.set_result(None)
         await self._writer_db.close()
         await self._reader_db.close()
 
@@ -122,6 +146,11 @@ class LogStore:
             return
         if self._closed:
             raise RuntimeError("the log store is closed")
+        # Readers see the lines at once, from memory; the commit follows. A line shown and then
+        # lost in a crash is captured again with the same number (capture resumes from Docker).
+        self._remember(run_id, lines)
+        self._last[run_id] = max(self._last.get(run_id, 0), lines[-1].line)
+        self._wake(run_id)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Write(run_id, lines, done))
         await done
@@ -154,9 +183,6 @@ class LogStore:
                             w.done.set_exception(e)
                 else:
                     for w in batch:
-                        self._remember(w.run_id, w.lines)
-                        self._last[w.run_id] = max(self._last.get(w.run_id, 0), w.lines[-1].line)
-                        self._wake(w.run_id)
                         if not w.done.done():
                             w.done.set_result(None)
             if stop:
@@ -166,14 +192,45 @@ class LogStore:
         recent = self._recent.pop(run_id, None) or deque(maxlen=self.RECENT)
         if recent and lines[0].line != recent[-1].line + 1:
             recent.clear()  # not contiguous (a resumed capture): start the window again
+            self._drop_sse(run_id)
         recent.extend(lines)
         self._recent[run_id] = recent  # most recently written last
+        for stamps in (False, True):
+            enc = self._sse.get((run_id, stamps))
+            if enc is not None:
+                enc.extend(self._encode(s, stamps) for s in lines)
         while len(self._recent) > self.WINDOWS:
-            del self._recent[next(iter(self._recent))]
+            gone = next(iter(self._recent))
+            del self._recent[gone]
+            self._drop_sse(gone)
+
+    def _drop_sse(self, run_id: str) -> None:
+        self._sse.pop((run_id, False), None)
+        self._sse.pop((run_id, True), None)
+
+    def encoded_from(
+        self, run_id: str, after_line: int, timestamps: bool, limit: int = 1000
+    ) -> tuple[bytes, int] | None:
+        """Lines after `after_line` as ready SSE messages (id = line number) and the last line
+        sent; None when the window does not hold them (the caller formats them itself)."""
+        recent = self._recent.get(run_id)
+        if recent and after_line >= recent[-1].line:
+            return b"", after_line  # caught up
+        if not recent or not recent[0].line <= after_line + 1 <= recent[-1].line:
+            return None
+        enc = self._sse.get((run_id, timestamps))
+        if enc is None:
+            enc = deque((self._encode(s, timestamps) for s in recent), maxlen=self.RECENT)
+            self._sse[(run_id, timestamps)] = enc
+        start = after_line + 1 - recent[0].line
+        chunk = list(islice(enc, start, start + limit))
+        return b"".join(chunk), after_line + len(chunk)
 
     async def read_from(self, run_id: str, after_line: int, limit: int = 1000) -> list[StoredLine]:
         """Lines after `after_line`, from memory when the window holds them, else from the file."""
         recent = self._recent.get(run_id)
+        if recent and after_line >= recent[-1].line:
+            return []  # caught up: the window ends at the last line written
         if recent and recent[0].line <= after_line + 1 <= recent[-1].line:
             start = after_line + 1 - recent[0].line
             return list(islice(recent, start, start + limit))
@@ -184,6 +241,18 @@ class LogStore:
         ev = self._grew.pop(run_id, None)
         if ev is not None:
             ev.set()
+        f = self._grew_f.pop(run_id, None)
+        if f is not None and not f.done():
+            f.set_result(None)
+
+    def grew_future(self, run_id: str) -> asyncio.Future[None]:
+        """A future shared by every reader of the run, done when its log next grows."""
+        f = self._grew_f.get(run_id)
+        if f is None:
+            f = self._grew_f[run_id] = asyncio.get_running_loop().create_future()
+            if self._closed:
+                f.set_result(None)
+        return f
 
     def last_line(self, run_id: str) -> int:
         """The highest line number stored for the run in this process's view (0: none seen)."""
@@ -237,6 +306,7 @@ class LogStore:
 
     async def delete_run(self, run_id: str) -> None:
         """Drop a retired run's lines (after the event that retired it)."""
+        self._drop_sse(run_id)
         await self._writer_db.execute("DELETE FROM log_lines WHERE run_id = ?", (run_id,))
         await self._writer_db.commit()
         self._last.pop(run_id, None)

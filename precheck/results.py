@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import attrs
@@ -13,7 +15,7 @@ from precheck.engine import Engine
 from precheck.events.types import OutputFile
 from precheck.projections.runs import RunRecord
 from precheck.storage import Storage
-from precheck.tarstream import extract_tar
+from precheck.tarstream import Extracted, extract_tar
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +58,26 @@ async def collect(engine: Engine, storage: Storage, run: RunRecord, container_id
             return None  # the final layout is the output, copied on its own
         return run_dir / RUN_FOLDER / inner
 
-    tar = await engine.get_archive(container_id, f"{WORKDIR}/runs/{run.id}")
-    if tar is not None:
-        for x in await extract_tar(tar, keep_run_file):
-            if x.path is not None and x.sha256 is not None:
-                rel = x.path.relative_to(run_dir).as_posix()
-                files.append(OutputFile(rel, x.size, x.sha256))
-
-    output = None
     name = output_name(run)
-    tar = await engine.get_archive(container_id, f"{OUTPUT_DIR}/{name}")
-    if tar is not None:
-        target = run_dir / OUTPUT_FOLDER / name
-        for x in await extract_tar(tar, lambda n, _: target if n == name else None):
-            if x.path is not None and x.sha256 is not None:
-                output = OutputFile(f"{OUTPUT_FOLDER}/{name}", x.size, x.sha256)
+    target = run_dir / OUTPUT_FOLDER / name
+
+    async def copy(path: str, keep: Callable[[str, int], Path | None]) -> list[Extracted]:
+        tar = await engine.get_archive(container_id, path)
+        return [] if tar is None else await extract_tar(tar, keep)
+
+    # Both copies at once: most of each is Docker preparing the archive of a stopped container.
+    run_files, out_files = await asyncio.gather(
+        copy(f"{WORKDIR}/runs/{run.id}", keep_run_file),
+        copy(f"{OUTPUT_DIR}/{name}", lambda n, _: target if n == name else None),
+    )
+    for x in run_files:
+        if x.path is not None and x.sha256 is not None:
+            rel = x.path.relative_to(run_dir).as_posix()
+            files.append(OutputFile(rel, x.size, x.sha256))
+    output = None
+    for x in out_files:
+        if x.path is not None and x.sha256 is not None:
+            output = OutputFile(f"{OUTPUT_FOLDER}/{name}", x.size, x.sha256)
 
     metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
     return Collected(output, tuple(files), completed, metrics)

@@ -152,10 +152,13 @@ async def _extract(
     loop = asyncio.get_running_loop()
     reader = _Reader(chunks)
     found: list[Extracted] = []
+    small: list[tuple[int, Path, bytes]] = []
+    small_bytes = 0
     long_name: str | None = None
     while True:
         block = await reader.exactly(BLOCK)
         if block == b"\0" * BLOCK:
+            await _flush_small(loop, small, found)
             break
         info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         padded = -(-info.size // BLOCK) * BLOCK
@@ -171,6 +174,15 @@ async def _extract(
         if target is None:
             await _skip(reader, padded)
             found.append(Extracted(name, info.size, None, None))
+            continue
+        if info.size <= SMALL:  # whole in memory; written with others in one thread hop
+            data = await reader.exactly(padded)
+            small.append((len(found), target, data[: info.size]))
+            small_bytes += info.size
+            found.append(Extracted(name, info.size, target, None))
+            if small_bytes > SMALL_BATCH:
+                await _flush_small(loop, small, found)
+                small_bytes = 0
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
@@ -188,6 +200,33 @@ async def _extract(
         await _skip(reader, padded - info.size)
         found.append(Extracted(name, info.size, target, digest.hexdigest()))
     return found
+
+
+SMALL = 256 << 10
+SMALL_BATCH = 8 << 20
+
+
+async def _flush_small(
+    loop: asyncio.AbstractEventLoop, small: list[tuple[int, Path, bytes]], found: list[Extracted]
+) -> None:
+    if not small:
+        return
+    batch = list(small)
+    small.clear()
+    hashes = await loop.run_in_executor(None, _write_small, batch)
+    for (i, _, _), h in zip(batch, hashes, strict=True):
+        found[i] = attrs.evolve(found[i], sha256=h)
+
+
+def _write_small(batch: list[tuple[int, Path, bytes]]) -> list[str]:
+    out = []
+    for _, target, data in batch:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        part.write_bytes(data)
+        os.replace(part, target)
+        out.append(hashlib.sha256(data).hexdigest())
+    return out
 
 
 def _write(f: object, digest: hashlib._Hash, data: bytes) -> None:

@@ -133,6 +133,7 @@ class EventStore:
         self._versions: dict[str, int] = {}
         self._recent: deque[RecordedEvent] = deque(maxlen=self.RECENT)
         self._advanced = asyncio.Event()
+        self._advanced_f: asyncio.Future[None] | None = None
         self._listeners: list[Listener] = []
         self._closed = False
         self._writer_task: asyncio.Task[None] | None = None
@@ -166,6 +167,7 @@ class EventStore:
         if self._writer_task is not None:
             await self._writer_task
         self._advanced.set()
+        self._resolve_advanced()
         await self._writer_db.close()
         await self._reader_db.close()
 
@@ -341,6 +343,20 @@ class EventStore:
                 a.done.set_result(recorded[start : start + len(a.events)])
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
+        self._resolve_advanced()
+
+    def _resolve_advanced(self) -> None:
+        f, self._advanced_f = self._advanced_f, None
+        if f is not None and not f.done():
+            f.set_result(None)
+
+    def advanced_future(self) -> asyncio.Future[None]:
+        """A future shared by every waiter, done when the head next moves (or the store closes)."""
+        if self._advanced_f is None:
+            self._advanced_f = asyncio.get_running_loop().create_future()
+            if self._closed:
+                self._advanced_f.set_result(None)
+        return self._advanced_f
 
     # Reading ----------------------------------------------------------------------------------
 

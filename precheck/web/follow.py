@@ -168,11 +168,18 @@ class RunFollower:
                         self.position = r.position
                         if r.stream == self.stream_name:
                             self.past.apply(r)
-            if self.logs:
+            shared = None
+            if self.logs and not self.events:  # the same message for every follower: shared
+                shared = self.log_store.encoded_from(self.run_id, self.line, self.timestamps)
+            if shared is not None:
+                self.line = shared[1]
+            elif self.logs:
                 out.append(
                     self._line_messages(await self.log_store.read_from(self.run_id, self.line))
                 )
-            text = "".join(out)
+            text = "".join(out).encode("utf-8")
+            if shared is not None:
+                text += shared[0]
             if text:
                 await stream.write(text)
             if self.position < self.store.head or (text and self.logs):
@@ -184,10 +191,14 @@ class RunFollower:
             await self._wait(stream)
 
     async def _wait(self, stream: Stream) -> None:
-        news = [self.store.wait_beyond(self.position)]
+        if self.store.head > self.position:
+            return
+        if self.logs and self.log_store.last_line(self.run_id) > self.line:
+            return
+        news = [self.store.advanced_future()]
         if self.logs:
-            news.append(self.log_store.wait_for_line(self.run_id, self.line))
-        await stream.wait_for(*news)
+            news.append(self.log_store.grew_future(self.run_id))
+        await stream.wait_for_futures(*news)
 
 
 async def follow(

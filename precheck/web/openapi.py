@@ -391,7 +391,8 @@ def _paths() -> dict[str, Schema]:
         },
         "/api/v1/prechecks/{run_id}/events": {
             "get": _op(
-                "The run's changes: its events as JSON, or live as SSE (status, progress, log with logs=1, end)",
+                "The run's changes: its events as JSON, or live as SSE"
+                " (status, progress, log with logs=1, end)",
                 {
                     "200": {
                         **stream_ok,
@@ -552,7 +553,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Precheck",
             "version": __version__,
-            "description": "Uploads, queued precheck runs of gf180mcu layouts, live status and logs.",
+            "description": (
+                "Uploads, queued precheck runs of gf180mcu layouts, live status and logs."
+            ),
         },
         "paths": _paths(),
         "components": {

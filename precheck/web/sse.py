@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from precheck import keys
+from precheck.logstore import StoredLine
 
 RETRY_MS = 3000
 SEND_TIMEOUT = 30.0  # a client that takes no data for this long is cut; it resumes by id
@@ -44,6 +45,12 @@ def message(data: Any, *, id: str | int | None = None, event: str | None = None)
     return "".join(out)
 
 
+def line_message(line: StoredLine, timestamps: bool) -> bytes:
+    """A captured log line as the SSE message `/logs?follow=1` sends (id = line number)."""
+    text = f"{line.time} {line.text}" if timestamps else line.text
+    return message(text, id=line.line).encode("utf-8")
+
+
 class Stream:
     """An open SSE response: writes pre-formatted messages, bounded in time, closed on shutdown."""
 
@@ -60,11 +67,11 @@ class Stream:
         request_streams(self.request.app).add(self.response)
         await self.write(f"retry: {RETRY_MS}\n\n")
 
-    async def write(self, text: str) -> None:
+    async def write(self, text: str | bytes) -> None:
         """Send messages; a client that does not take them in `SEND_TIMEOUT` s is cut off."""
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
-                await self.response.write(text.encode("utf-8"))
+                await self.response.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         except TimeoutError:
             self.response.stop_streaming()
             if self.request.transport is not None:
@@ -96,6 +103,13 @@ class Stream:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if gone.done():
+            raise ConnectionResetError("the client left or the server is stopping")
+
+    async def wait_for_futures(self, *news: asyncio.Future[Any]) -> None:
+        """Like `wait_for`, on shared futures: no task per wait, and nothing to cancel."""
+        gone = self._gone_task()
+        await asyncio.wait([*news, gone], return_when=asyncio.FIRST_COMPLETED)
         if gone.done():
             raise ConnectionResetError("the client left or the server is stopping")
 
