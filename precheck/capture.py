@@ -13,6 +13,8 @@ from precheck.verdict import LogFacts, Step
 log = logging.getLogger(__name__)
 
 StepSeen = Callable[[Step], Awaitable[None]]
+FLOOD_WINDOW = 0.01  # seconds
+FLOOD_LINES = 50  # more lines than this in one window is a flood: publish once per window
 
 
 def _nanos(stamp: str) -> int:
@@ -40,7 +42,9 @@ class LogCapture:
         self.container_id = container_id
         self.on_step = on_step
         self.facts = LogFacts()
-        self._pending: list[StoredLine] = []
+        self._pending: list[StoredLine] = []  # read, not yet durable
+        self._unpublished: list[StoredLine] = []  # read, not yet shown to readers
+        self._window_start, self._window_lines = 0.0, 0
         self._steps: list[Step] = []
         self._has_work = asyncio.Event()
         self._reading_done = False
@@ -54,6 +58,7 @@ class LogCapture:
         try:
             await self._read(tail.line, tail.time, tail.same_time)
         finally:
+            self._publish()  # the last lines, before the run's end can be recorded
             self._reading_done = True
             self._has_work.set()
             await flusher
@@ -86,13 +91,31 @@ class LogCapture:
             self._take(line_no, item)
 
     def _take(self, line_no: int, item: LogLine) -> None:
-        self._pending.append(
-            StoredLine(line_no, item.time_text, item.time.timestamp(), item.stream, item.text)
-        )
+        line = StoredLine(line_no, item.time_text, item.time.timestamp(), item.stream, item.text)
+        self._pending.append(line)
+        # Shown to readers without waiting for a commit: at the end of this loop turn while the
+        # log is calm; once a window of FLOOD_WINDOW seconds saw more than FLOOD_LINES lines,
+        # at the end of that window, so hundreds of followers wake for batches rather than
+        # for every chunk Docker sends.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._window_start > FLOOD_WINDOW:
+            self._window_start, self._window_lines = now, 0
+        self._window_lines += 1
+        if not self._unpublished:
+            if self._window_lines <= FLOOD_LINES:
+                loop.call_soon(self._publish)
+            else:
+                loop.call_later(self._window_start + FLOOD_WINDOW - now, self._publish)
+        self._unpublished.append(line)
         step = self.facts.feed(item.text)
         if step is not None:
             self._steps.append(step)
         self._has_work.set()
+
+    def _publish(self) -> None:
+        lines, self._unpublished = self._unpublished, []
+        self.logs.publish(self.run_id, lines)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -101,7 +124,7 @@ class LogCapture:
             batch, self._pending = self._pending, []
             steps, self._steps = self._steps, []
             if batch:
-                await self.logs.append(self.run_id, batch)
+                await self.logs.append(self.run_id, batch, published=True)
             for step in steps:  # after its line is stored
                 try:
                     await self.on_step(step)

@@ -140,17 +140,32 @@ class LogStore:
         self._last.setdefault(run_id, row[0])
         return Tail(row[0], row[1], same)
 
-    async def append(self, run_id: str, lines: Sequence[StoredLine]) -> None:
-        """Durably store `lines` (numbered by the caller, following on from the tail)."""
+    def publish(self, run_id: str, lines: Sequence[StoredLine]) -> None:
+        """Show `lines` to readers now, from memory, before they are durable.
+
+        A line shown and then lost in a crash is captured again with the same number and text
+        (capture resumes from Docker after the last stored line), so readers never see a
+        different line under an id they were sent.
+        """
+        if not lines:
+            return
+        self._remember(run_id, lines)
+        self._last[run_id] = max(self._last.get(run_id, 0), lines[-1].line)
+        self._wake(run_id)
+
+    async def append(
+        self, run_id: str, lines: Sequence[StoredLine], *, published: bool = False
+    ) -> None:
+        """Durably store `lines` (numbered by the caller, following on from the tail).
+
+        They are published first unless the caller did (`published`).
+        """
         if not lines:
             return
         if self._closed:
             raise RuntimeError("the log store is closed")
-        # Readers see the lines at once, from memory; the commit follows. A line shown and then
-        # lost in a crash is captured again with the same number (capture resumes from Docker).
-        self._remember(run_id, lines)
-        self._last[run_id] = max(self._last.get(run_id, 0), lines[-1].line)
-        self._wake(run_id)
+        if not published:
+            self.publish(run_id, lines)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Write(run_id, lines, done))
         await done

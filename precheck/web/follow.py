@@ -24,7 +24,7 @@ from precheck.events.types import (
     RunStarted,
 )
 from precheck.projections.queue import queue_at
-from precheck.projections.runs import RunRecord, Runs
+from precheck.projections.runs import FINAL, RunRecord, Runs
 from precheck.web.render import run_document
 from precheck.web.sse import Stream, last_event_id, message
 
@@ -83,10 +83,15 @@ class RunFollower:
                 self.past.apply(r)
         if position is None and line is None:
             return True
-        seen_end = not self.events or self._run().settled
+        seen_end = not self.events or self._ended(self._run())
         if self.logs:
-            seen_end = seen_end and live.settled and self.line >= await self._last_line()
+            seen_end = seen_end and self._ended(live) and self.line >= await self._last_line()
         return not seen_end
+
+    def _ended(self, run: RunRecord) -> bool:
+        """Nothing more to send: a log ends with the container (every line is captured by
+        then); the run's changes end once its outputs are stored too."""
+        return run.settled if self.events else run.status in FINAL
 
     def _run(self) -> RunRecord:
         run = self.past.get(self.run_id)
@@ -185,7 +190,7 @@ class RunFollower:
             if self.position < self.store.head or (text and self.logs):
                 continue  # more may be waiting already
             run = self._run()
-            if run.settled and (not self.logs or self.line >= await self._last_line()):
+            if self._ended(run) and (not self.logs or self.line >= await self._last_line()):
                 await stream.write(self._end_message())
                 return
             await self._wait(stream)
