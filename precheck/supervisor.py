@@ -13,7 +13,7 @@ import contextlib
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from precheck.capture import LogCapture
@@ -151,8 +151,9 @@ class Supervisor:
             if run and run.cancel_requested and run_id not in self._killed:
                 self._killed.add(run_id)
                 await self.engine.kill(run.container_id)
-        # A run holds its slot until its end is recorded, so the log never shows more than
-        # `max_concurrent` runs running at once.
+        # A run holds its slot until its exit is recorded (`RunExited`), so the log never
+        # shows more than `max_concurrent` runs running at once; copying its outputs out
+        # afterwards overlaps the next run.
         live = len(self.state.queue.running) + len(self._starting)
         if self._starting or live >= self.config.server.max_concurrent:
             return  # one start at a time, so runs are recorded as started in queue order
@@ -347,6 +348,7 @@ class Supervisor:
 
     async def _done_with(self, run_id: str, container: ContainerState | None) -> None:
         self.logs.wake_all(run_id)
+        self._killed.discard(run_id)
         self._captures.pop(run_id, None)
         timer = self._timers.pop(run_id, None)
         if timer is not None:
@@ -531,11 +533,3 @@ def _event_time(event: dict[str, Any]) -> str | None:
         return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
     t = event.get("time")
     return str(t) if t is not None else None
-
-
-def now_plus(clock: Clock, seconds: float) -> datetime:
-    """A time `seconds` from now on `clock`."""
-    return clock() + timedelta(seconds=seconds)
-
-
-SupervisorFactory = Callable[..., Supervisor]
