@@ -6,9 +6,10 @@ Returns plain values (ids, dicts of what we asked for, byte streams); Docker's f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +62,15 @@ def _wrap(e: Exception) -> EngineError:
     return EngineError(900, f"Docker is unreachable: {e}")
 
 
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Docker's refusals and lost connections, as `EngineError`: the one error callers see."""
+    try:
+        yield
+    except (DockerError, aiohttp.ClientError) as e:
+        raise _wrap(e) from e
+
+
 class Engine:
     """A connection to one Docker engine (local socket or `docker.url`)."""
 
@@ -90,10 +100,8 @@ class Engine:
 
     async def system_time(self) -> str:
         """The engine's clock now, as unix `seconds.nanoseconds` (a `since` for events)."""
-        try:
+        with _translated():
             info = await self.docker._query_json("info")
-        except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
         t = parse_docker_time(str(info.get("SystemTime", "")))
         return f"{t.timestamp():.6f}"
 
@@ -102,24 +110,23 @@ class Engine:
     async def image_id(self, image: str) -> str | None:
         """The local image's id (`sha256:...`), None when the engine does not have it."""
         try:
-            info = await self.docker.images.inspect(image)
-        except DockerError as e:
+            with _translated():
+                info = await self.docker.images.inspect(image)
+        except EngineError as e:
             if e.status == 404:
                 return None
-            raise _wrap(e) from e
-        except aiohttp.ClientError as e:
-            raise _wrap(e) from e
+            raise
         digests = info.get("RepoDigests") or []
         return str(digests[0] if digests else info["Id"])
 
     async def pull(self, image: str) -> None:
         """Pull `image`; raise `EngineError` with Docker's message when it fails."""
         try:
-            result = await self.docker.images.pull(image)
-        except (DockerError, aiohttp.ClientError) as e:
-            err = _wrap(e)
+            with _translated():
+                result = await self.docker.images.pull(image)
+        except EngineError as e:
             # Docker's own message often names only the registry: say which image it was.
-            raise EngineError(err.status, f"pulling image {image} failed: {err.message}") from e
+            raise EngineError(e.status, f"pulling image {image} failed: {e.message}") from e
         for item in result if isinstance(result, list) else [result]:
             if isinstance(item, dict) and item.get("error"):
                 raise EngineError(500, f"pulling image {image} failed: {item['error']}")
@@ -128,15 +135,13 @@ class Engine:
 
     async def create(self, name: str, spec: Mapping[str, Any]) -> str:
         """Create a container from an Engine API create body; return its id."""
-        try:
+        with _translated():
             c = await self.docker.containers.create(dict(spec), name=name)
-        except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
         return c.id
 
     async def put_archive(self, container_id: str, path: str, tar: AsyncIterator[bytes]) -> None:
         """Extract a tar stream into the container at `path`, sent in chunks."""
-        try:
+        with _translated():
             async with self.docker._query(
                 f"containers/{container_id}/archive",
                 method="PUT",
@@ -147,47 +152,29 @@ class Engine:
                 chunked=True,
             ):
                 pass
-        except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
 
     async def get_archive(self, container_id: str, path: str) -> AsyncIterator[bytes] | None:
         """A tar stream of `path` in the container, None when the path does not exist."""
+        cm = self.docker._query(
+            f"containers/{container_id}/archive", params={"path": path}, timeout=LONG
+        )
         try:
-            cm = self.docker._query(
-                f"containers/{container_id}/archive", params={"path": path}, timeout=LONG
-            )
-            response = await cm.__aenter__()
-        except DockerError as e:
+            with _translated():
+                response = await cm.__aenter__()
+        except EngineError as e:
             if e.status == 404:
                 return None
-            raise _wrap(e) from e
-        except aiohttp.ClientError as e:
-            raise _wrap(e) from e
+            raise
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
-                async for chunk in response.content.iter_chunked(1 << 20):
-                    yield chunk
-            except aiohttp.ClientError as e:
-                raise _wrap(e) from e
+                with _translated():
+                    async for chunk in response.content.iter_chunked(1 << 20):
+                        yield chunk
             finally:
                 await cm.__aexit__(None, None, None)
 
         return chunks()
-
-    async def path_exists(self, container_id: str, path: str) -> bool:
-        """Does `path` exist in the (possibly stopped) container?"""
-        try:
-            async with self.docker._query(
-                f"containers/{container_id}/archive", method="HEAD", params={"path": path}
-            ):
-                return True
-        except DockerError as e:
-            if e.status == 404:
-                return False
-            raise _wrap(e) from e
-        except aiohttp.ClientError as e:
-            raise _wrap(e) from e
 
     async def start(self, container_id: str) -> None:
         """Start a created container."""
@@ -204,26 +191,26 @@ class Engine:
     async def remove(self, container_id: str) -> None:
         """Remove the container (killing it if needed); an absent one is fine."""
         try:
-            async with self.docker._query(
-                f"containers/{container_id}", method="DELETE", params={"force": "true", "v": "true"}
-            ):
-                pass
-        except DockerError as e:
+            with _translated():
+                async with self.docker._query(
+                    f"containers/{container_id}",
+                    method="DELETE",
+                    params={"force": "true", "v": "true"},
+                ):
+                    pass
+        except EngineError as e:
             if e.status != 404:
-                raise _wrap(e) from e
-        except aiohttp.ClientError as e:
-            raise _wrap(e) from e
+                raise
 
     async def inspect(self, container_id: str) -> ContainerState | None:
         """The container's state, None when it no longer exists."""
         try:
-            info = await self.docker._query_json(f"containers/{container_id}/json")
-        except DockerError as e:
+            with _translated():
+                info = await self.docker._query_json(f"containers/{container_id}/json")
+        except EngineError as e:
             if e.status == 404:
                 return None
-            raise _wrap(e) from e
-        except aiohttp.ClientError as e:
-            raise _wrap(e) from e
+            raise
         s = info["State"]
         return ContainerState(
             id=info["Id"],
@@ -240,23 +227,19 @@ class Engine:
 
     async def list_labelled(self, label: str) -> list[str]:
         """Ids of all containers (running or not) carrying `label` (`key=value`)."""
-        try:
+        with _translated():
             items = await self.docker._query_json(
                 "containers/json",
                 params={"all": "true", "filters": json.dumps({"label": [label]})},
             )
-        except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
         return [str(c["Id"]) for c in items]
 
     async def stats(self, container_id: str) -> dict[str, Any]:
         """One sample of the container's resource use, as Docker reports it."""
-        try:
+        with _translated():
             data: dict[str, Any] = await self.docker._query_json(
                 f"containers/{container_id}/stats", params={"stream": "false"}
             )
-        except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
         return data
 
     async def logs(
@@ -272,14 +255,12 @@ class Engine:
             params["follow"] = "true"
         if since:
             params["since"] = _docker_since(since)
-        try:
+        with _translated():
             async with self.docker._query(
                 f"containers/{container_id}/logs", params=params, timeout=LONG
             ) as response:
                 async for line in _demux_lines(response.content):
                     yield line
-        except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
 
     async def events(self, label: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
         """Docker's event stream for containers carrying `label`, from `since` (unix.nanos)."""
@@ -287,20 +268,16 @@ class Engine:
         params = {"filters": json.dumps(filters)}
         if since:
             params["since"] = since
-        try:
+        with _translated():
             async with self.docker._query("events", params=params, timeout=LONG) as response:
                 async for raw in response.content:
                     if raw.strip():
                         yield json.loads(raw)
-        except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
 
     async def _post(self, path: str) -> None:
-        try:
+        with _translated():
             async with self.docker._query(path, method="POST"):
                 pass
-        except (DockerError, aiohttp.ClientError) as e:
-            raise _wrap(e) from e
 
 
 async def _demux_lines(content: aiohttp.StreamReader) -> AsyncIterator[LogLine]:
