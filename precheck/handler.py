@@ -49,15 +49,17 @@ class CommandHandler:
         return recorded
 
     async def _retire_files(self, recorded: list[RecordedEvent]) -> None:
+        # Removing a folder of GB-sized layouts takes a while: done in a thread.
+        remove = asyncio.to_thread
         for r in recorded:
             e = r.event
             if isinstance(e, RunDeleted):
-                self.storage.remove_run(e.run_id)
+                await remove(self.storage.remove_run, e.run_id)
                 if self.logs is not None:
                     await self.logs.delete_run(e.run_id)
                 if self.projections.uploads.get(e.upload_id) is None:
-                    self.storage.remove_upload(e.upload_id)  # retired with its last run
+                    await remove(self.storage.remove_upload, e.upload_id)  # went with its last run
             elif isinstance(e, UploadDeleted):
-                self.storage.remove_upload(e.upload_id)
+                await remove(self.storage.remove_upload, e.upload_id)
             elif isinstance(e, UploadExpired) and self.projections.uploads.get(e.upload_id) is None:
-                self.storage.remove_upload(e.upload_id)
+                await remove(self.storage.remove_upload, e.upload_id)

@@ -127,7 +127,9 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
     """The whole run folder as a tar.gz, streamed as it is read."""
     run = find_run(request)
     root = _run_dir(request, run)
-    entries = tree_entries(root, f"precheck-{run.id}") if root.is_dir() else []
+    entries = (
+        await asyncio.to_thread(tree_entries, root, f"precheck-{run.id}") if root.is_dir() else []
+    )
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/gzip",
