@@ -175,12 +175,12 @@ async def build_log(storage: Path, runs: int) -> tuple[str, int]:
     """A log with one upload and `runs` runs (every other one cancelled); a queued run's id."""
     from datetime import UTC, datetime
 
-    from precheck.commands import CancelRun, QueueRun, ReceiveUpload, decide, upload_expiry
+    from precheck.domain.commands import CancelRun, QueueRun, ReceiveUpload, decide, upload_expiry
     from precheck.events.store import EventStore
     from precheck.events.types import Metadata
-    from precheck.handler import CommandHandler
     from precheck.projections import Projections
-    from precheck.storage import Storage
+    from precheck.service.command_handler import CommandHandler
+    from precheck.storage.files import Storage
 
     files = Storage(storage)
     files.prepare()

@@ -7,7 +7,7 @@
    ?follow=1&timestamps=1`, attached on the container's `start` event). Latency = wall time the
    line was in the reader's hands minus the line's Docker timestamp; only lines printed after
    both readers were attached count. The app runs in this process, so the SSE path is split by
-   timing wrappers set on the running LogStore instance: `append` (called by the capture) and
+   timing wrappers set on the running OutputLineStore instance: `append` (called by the capture) and
    `_remember` (just after the commit, right before readers are woken).
 2. 500 SSE clients on one run printing 10,000 lines. The server is its own process (`python -m
    precheck serve`); the clients live in separate client processes (default 2 x 250, asyncio +
@@ -340,7 +340,7 @@ async def with_local(
 
 
 class LineProbe:
-    """Wall times per line of the LogStore's steps, by wrappers set on the running instance."""
+    """Wall times per line of the output-line store's steps, set on the running instance."""
 
     def __init__(self, log_store: Any) -> None:
         self.appended: dict[tuple[str, int], float] = {}
@@ -420,7 +420,7 @@ async def bench_latency(tmp: Path, image: str, results: dict[str, list[str]], ar
     deadline = time.monotonic() + 200
 
     async def body(server: LocalServer, watch: DockerWatch) -> None:
-        probe = LineProbe(server.app[keys.LOGS])
+        probe = LineProbe(server.app[keys.OUTPUT_LINES])
         upload = await server.upload(layouts.gds("chip_top", "sleep=1", "step_sleep=0.2"))
         sse_lat: list[float] = []
         dock_lat: list[float] = []
@@ -450,12 +450,10 @@ async def bench_latency(tmp: Path, image: str, results: dict[str, list[str]], ar
                 sse_lat.append(t - ts)
                 dock_lat.append(t_direct - ts)
                 appended, stored = probe.appended[(run_id, line)], probe.stored[(run_id, line)]
-                split["Docker timestamp -> capture publishes it (LogStore.publish)"].append(
+                split["Docker timestamp -> capture publishes it (OutputLineStore.publish)"].append(
                     appended - ts
                 )
-                split["publish -> in the shared window, readers woken"].append(
-                    stored - appended
-                )
+                split["publish -> in the shared window, readers woken"].append(stored - appended)
                 split["woken -> SSE client (other process) has the message"].append(t - stored)
             total_lines += len(got)
         p50, p99 = med(sse_lat), pct(sse_lat, 99)

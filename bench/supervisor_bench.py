@@ -13,7 +13,7 @@
    `start` event) minus the previous container's `State.FinishedAt`; against a bare aiodocker
    `containers.create` + `start` of the same image and the same create body (20 tries),
    `State.StartedAt` minus the time before `create`.
-3. Log latency: a run with `step_sleep=0.2`; a follower awaits `LogStore.wait_for_line` and then
+3. Log latency: a run with `step_sleep=0.2`; a follower awaits `wait_for_line` and then
    fetches `GET /api/v1/prechecks/{id}/logs?after_line=N&timestamps=1` over HTTP; latency = the
    time the line arrived in an HTTP response minus the line's Docker timestamp.
 4. A 1 GiB layout through a whole run, the server as its own process (`python -m precheck
@@ -594,7 +594,7 @@ async def bench_handoff(tmp: Path, image: str, results: dict[str, list[str]]) ->
 
 async def bench_logs(tmp: Path, image: str, results: dict[str, list[str]]) -> None:
     async def body(server: LocalServer, watch: DockerWatch, probe: Probe, applied: Applied) -> None:
-        logs = server.app[keys.LOGS]
+        logs = server.app[keys.OUTPUT_LINES]
         upload = await server.upload(layouts.gds("chip_top", "step_sleep=0.2"))
         run_id = await server.queue(upload)
         ended = asyncio.ensure_future(server.wait(run_id))
@@ -632,7 +632,7 @@ async def bench_logs(tmp: Path, image: str, results: dict[str, list[str]]) -> No
         p50, p99 = statistics.median(lat), pct(lat, 99)
         print(
             f"3. log latency: one run with step_sleep=0.2, {len(lat)} lines; follower awaits"
-            f" LogStore.wait_for_line then GETs ?after_line=N over HTTP"
+            f" OutputLineStore.wait_for_line then GETs ?after_line=N over HTTP"
         )
         print(f"   p50 {ms(p50)}   (target < 100 ms)  {verdict(p50 < 0.100)}")
         print(f"   p99 {ms(p99)}   max {ms(max(lat)).strip()}")

@@ -14,18 +14,26 @@ from aiohttp import web
 from precheck import keys
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
-from precheck.engine import Engine
 from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
-from precheck.expiry import SERVER, UploadExpiry
-from precheck.handler import CommandHandler
-from precheck.logstore import LogStore
-from precheck.metrics import Metrics
 from precheck.projections import Projections
-from precheck.storage import Storage
-from precheck.supervisor import Supervisor
-from precheck.web import audit, health, logs, openapi, page, prechecks, results, uploads
-from precheck.web import metrics as metrics_routes
+from precheck.runner.engine import Engine
+from precheck.runner.supervisor import Supervisor
+from precheck.service.command_handler import CommandHandler
+from precheck.service.upload_expiry import SERVER, UploadExpiry
+from precheck.storage.files import Storage
+from precheck.storage.output_lines import OutputLineStore
+from precheck.web import (
+    audit,
+    downloads,
+    health,
+    metrics,
+    openapi,
+    output_lines,
+    page,
+    prechecks,
+    uploads,
+)
 from precheck.web.auth import Authenticator
 from precheck.web.middleware import context
 from precheck.web.sse import line_message, stop_streams
@@ -61,10 +69,10 @@ def create_app(
         health,
         uploads,
         prechecks,
-        logs,
-        results,
+        output_lines,
+        downloads,
         audit,
-        metrics_routes,
+        metrics,
         openapi,
         page,
     ):
@@ -76,7 +84,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     storage = app[keys.STORAGE]
     storage.prepare()
     store = await EventStore.open(storage.db_path)
-    log_store = await LogStore.open(storage.db_path, encoder=line_message)
+    log_store = await OutputLineStore.open(storage.db_path, encoder=line_message)
     try:
         projections = await Projections.replay(store)
         projections.attach(store)
@@ -87,14 +95,14 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
         app[keys.STORE] = store
         app[keys.PROJECTIONS] = projections
         app[keys.HANDLER] = CommandHandler(store, projections, storage, log_store)
-        app[keys.LOGS] = log_store
-        metrics = app[keys.METRICS] = Metrics(
+        app[keys.OUTPUT_LINES] = log_store
+        app[keys.METRICS] = metrics.Metrics(
             lambda: projections,
             lambda: store.head,
             lambda: len(app[keys.STREAMS]),
             lambda: app[keys.SUPERVISOR].docker_reachable if keys.SUPERVISOR in app else None,
         )
-        store.append_observer = metrics.append_seconds.observe
+        store.append_observer = app[keys.METRICS].append_seconds.observe
         yield
     finally:
         await log_store.close()
@@ -121,7 +129,7 @@ async def _supervisor(app: web.Application) -> AsyncIterator[None]:
         app[keys.STORE],
         app[keys.PROJECTIONS],
         app[keys.STORAGE],
-        app[keys.LOGS],
+        app[keys.OUTPUT_LINES],
         app[keys.CLOCK],
     )
     app[keys.STORE].add_listener(supervisor.on_event)

@@ -16,11 +16,10 @@ from typing import Any
 
 from precheck import __version__
 from precheck.config import Config, ConfigError, load_config
+from precheck.domain.status import ENDED, STATUSES, RunStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # As in precheck.projections.runs (not imported here: `--help` stays quick).
-RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-ENDED = ("completed", "failed", "cancelled")
 Runner = Callable[[argparse.Namespace], int]
 
 
@@ -102,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument(
         "--status",
         action="append",
-        choices=RUN_STATUSES,
+        choices=[str(s) for s in RunStatus],
         help="only runs with this status (repeatable)",
     )
     _command(runs, "inspect", _runs_inspect, "show one run's document").add_argument("id")
@@ -116,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--status",
         action="append",
-        choices=ENDED,
+        choices=sorted(ENDED),
         help="completed, failed or cancelled (repeatable; default all three)",
     )
     prune.add_argument(
@@ -208,8 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from precheck.app import create_app
-    from precheck.logging_setup import setup_logging
-    from precheck.presence import Lock, StorageBusy
+    from precheck.ops.lock import StorageBusy, StorageLock
+    from precheck.service.diagnostics import setup_logging
     from precheck.web.access_log import AccessLogger
 
     config = _load(args)
@@ -217,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     try:
-        lock = Lock(config.server.storage_path, wait=10)
+        lock = StorageLock(config.server.storage_path, wait=10)
     except StorageBusy as e:
         raise CommandFailed(f"{e}: is another server running on it?") from None
     try:
@@ -240,18 +239,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _state(config: Config, until: int | None = None) -> Any:
-    from precheck.admin import AdminError, read_state
+    from precheck.ops.writes import OpsError, read_state
 
     try:
         return asyncio.run(read_state(config, until))
-    except AdminError as e:
+    except OpsError as e:
         raise CommandFailed(str(e)) from None
 
 
 def _status(args: argparse.Namespace) -> int:
-    from precheck.presence import StorageBusy, running_server
-    from precheck.projections.runs import STATUSES
-    from precheck.strays import StrayError, docker_summary
+    from precheck.ops.lock import StorageBusy, running_server
+    from precheck.ops.strays import StrayError, docker_summary
 
     config = _load(args)
     try:
@@ -325,7 +323,6 @@ def _documents(runs: list[Any], state: Any, config: Config) -> list[dict[str, An
 
 
 def _runs_list(args: argparse.Namespace) -> int:
-    from precheck.projections.runs import STATUSES
 
     config = _load(args)
     wanted = set(args.status or [])
@@ -384,23 +381,23 @@ def _uploads_list(args: argparse.Namespace) -> int:
 
 
 def _runs_delete(args: argparse.Namespace) -> int:
-    from precheck.admin import AdminError, delete_run
+    from precheck.ops.writes import OpsError, delete_run
 
     config = _load(args)
     _confirm(f"Delete run {args.id} with its files and log?", args.force)
     try:
         delete_run(config, args.id, args.reason)
-    except AdminError as e:
+    except OpsError as e:
         raise CommandFailed(str(e)) from None
     print(f"Deleted run {args.id}")
     return EXIT_OK
 
 
 def _runs_prune(args: argparse.Namespace) -> int:
-    from precheck.admin import AdminError, prune_runs
+    from precheck.ops.writes import OpsError, prune_runs
 
     config = _load(args)
-    statuses = args.status or ["completed", "failed", "cancelled"]
+    statuses = args.status or sorted(ENDED)
     try:
         chosen = prune_runs(config, statuses, args.older_than, True, args.reason)
         if not chosen:
@@ -411,7 +408,7 @@ def _runs_prune(args: argparse.Namespace) -> int:
             return EXIT_OK
         _confirm(f"Delete {len(chosen)} run(s) with their files and logs?", args.force)
         deleted = prune_runs(config, statuses, args.older_than, False, args.reason)
-    except AdminError as e:
+    except OpsError as e:
         raise CommandFailed(str(e)) from None
     if args.json:
         _print_json(deleted)
@@ -421,7 +418,7 @@ def _runs_prune(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    from precheck.strays import StrayError, find_strays, remove_strays
+    from precheck.ops.strays import StrayError, find_strays, remove_strays
 
     config = _load(args)
     try:
@@ -462,8 +459,8 @@ def _apikey_generate(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from precheck.admin import AdminError
-    from precheck.auditing import print_events
+    from precheck.ops.audit import print_events
+    from precheck.ops.writes import OpsError
 
     config = _load(args)
     try:
@@ -472,18 +469,18 @@ def _events(args: argparse.Namespace) -> int:
                 config, args.after, args.stream, args.type or [], args.run, args.follow, args.json
             )
         )
-    except AdminError as e:
+    except OpsError as e:
         raise CommandFailed(str(e)) from None
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from precheck.admin import AdminError
-    from precheck.auditing import verify
+    from precheck.ops.audit import verify
+    from precheck.ops.writes import OpsError
 
     config = _load(args)
     try:
         report = asyncio.run(verify(config))
-    except AdminError as e:
+    except OpsError as e:
         raise CommandFailed(str(e)) from None
     if args.json:
         _print_json(report.as_json())

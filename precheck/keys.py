@@ -13,14 +13,14 @@ if TYPE_CHECKING:
     from precheck.clock import Clock
     from precheck.config import Config
     from precheck.events.store import EventStore
-    from precheck.expiry import UploadExpiry
-    from precheck.handler import CommandHandler
-    from precheck.logstore import LogStore
-    from precheck.metrics import Metrics
     from precheck.projections import Projections
-    from precheck.storage import Storage
-    from precheck.supervisor import Supervisor
+    from precheck.runner.supervisor import Supervisor
+    from precheck.service.command_handler import CommandHandler
+    from precheck.service.upload_expiry import UploadExpiry
+    from precheck.storage.files import Storage
+    from precheck.storage.output_lines import OutputLineStore
     from precheck.web.auth import Authenticator
+    from precheck.web.metrics import Metrics
 
 CONFIG = web.AppKey["Config"]("config")
 STORE = web.AppKey["EventStore"]("store")
@@ -30,7 +30,7 @@ HANDLER = web.AppKey["CommandHandler"]("handler")
 AUTH = web.AppKey["Authenticator"]("auth")
 CLOCK = web.AppKey["Clock"]("clock")
 EXPIRY = web.AppKey["UploadExpiry"]("expiry")
-LOGS = web.AppKey["LogStore"]("logs")
+OUTPUT_LINES = web.AppKey["OutputLineStore"]("output_lines")
 SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
 METRICS = web.AppKey["Metrics"]("metrics")
 STREAMS = web.AppKey["weakref.WeakSet[Any]"]("streams")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import pytest
 
-from precheck.commands import (
+from precheck.domain.commands import (
     CancelRun,
     DeleteRun,
     DeleteUpload,

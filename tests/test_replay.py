@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from precheck.commands import CancelRun, DeleteUpload, ExpireUploads, QueueRun, ReceiveUpload
+from precheck.domain.commands import CancelRun, DeleteUpload, ExpireUploads, QueueRun, ReceiveUpload
 from precheck.events.store import EventStore
 from precheck.events.types import (
     Metadata,
@@ -16,9 +16,9 @@ from precheck.events.types import (
     RunProgressed,
     RunStarted,
 )
-from precheck.handler import CommandHandler
 from precheck.projections import Projections
-from precheck.storage import Storage
+from precheck.service.command_handler import CommandHandler
+from precheck.storage.files import Storage
 
 T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
 CLIENT = Metadata("ci-key", "10.0.0.7", "req-1")

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from precheck.domain.status import ACTIVE, RunStatus
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
     OutputFile,
@@ -24,10 +25,6 @@ from precheck.events.types import (
     RunTimedOut,
 )
 from precheck.projections._records import replacer
-
-ACTIVE = frozenset({"queued", "running"})
-FINAL = frozenset({"completed", "failed", "cancelled"})
-STATUSES = ACTIVE | FINAL
 
 
 @attrs.frozen
@@ -51,7 +48,7 @@ class InputFile:
 
 
 @attrs.frozen
-class Verdict:
+class RunResult:
     """How a finished run ended, beyond its status and exit code."""
 
     passed: bool
@@ -74,7 +71,7 @@ class RunRecord:
     cob: bool
     input: InputFile
     created: datetime
-    status: str = "queued"
+    status: RunStatus = RunStatus.QUEUED
     started_at: datetime | None = None
     finished_at: datetime | None = None
     exit_code: int | None = None
@@ -85,7 +82,7 @@ class RunRecord:
     progress: Progress | None = None
     cancel_requested: bool = False
     timed_out: bool = False
-    verdict: Verdict | None = None
+    result: RunResult | None = None
     output: OutputFile | None = None
     files: tuple[OutputFile, ...] = ()
     version: int = 0
@@ -107,7 +104,7 @@ class RunRecord:
 
 
 _replace = replacer(RunRecord)
-_replace_verdict = replacer(Verdict)
+_replace_result = replacer(RunResult)
 
 
 class Runs:
@@ -151,15 +148,18 @@ class Runs:
             del self.by_id[run.id]
             return
         changes = _stored(run, e) if kind is RunOutputsStored else change(e)
-        if run.status == "queued" and changes.get("status", "queued") != "queued":
+        if (
+            run.status == RunStatus.QUEUED
+            and changes.get("status", RunStatus.QUEUED) != RunStatus.QUEUED
+        ):
             changes["dequeued_position"] = r.position
         # One copy per event: copying the record is most of what a replay costs.
         self.by_id[run.id] = _replace(run, **changes, version=r.version, position=r.position)
 
 
 def _finished(e: RunFinished) -> dict[str, Any]:
-    verdict = Verdict(
-        passed=e.status == "completed",
+    result = RunResult(
+        passed=e.status == RunStatus.COMPLETED,
         failed_step=e.failed_step,
         classification=e.classification,
         deferred_errors=e.deferred_errors,
@@ -167,40 +167,40 @@ def _finished(e: RunFinished) -> dict[str, Any]:
         oom_killed=e.oom_killed,
     )
     return dict(
-        status=e.status,
+        status=RunStatus(e.status),
         finished_at=e.at,
         exit_code=e.exit_code,
         error=e.error,
         output=e.output,
         files=e.files,
-        verdict=verdict,
+        result=result,
         settled=True,
     )
 
 
 def _exited(e: RunExited) -> dict[str, Any]:
-    verdict = Verdict(
-        passed=e.status == "completed",
+    result = RunResult(
+        passed=e.status == RunStatus.COMPLETED,
         classification=e.classification,
         deferred_errors=e.deferred_errors,
         oom_killed=e.oom_killed,
     )
     return dict(
-        status=e.status,
+        status=RunStatus(e.status),
         finished_at=e.finished_at,
         exit_code=e.exit_code,
         error=e.error,
-        verdict=verdict,
+        result=result,
     )
 
 
 def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
-    verdict = run.verdict or Verdict(passed=False)
+    result = run.result or RunResult(passed=False)
     return dict(
         output=e.output,
         files=e.files,
         settled=True,
-        verdict=_replace_verdict(verdict, failed_step=e.failed_step, metrics=e.metrics),
+        result=_replace_result(result, failed_step=e.failed_step, metrics=e.metrics),
     )
 
 
@@ -208,7 +208,7 @@ def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
 # isinstance checks, since a replay runs this for every event.
 _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunStarted: lambda e: dict(
-        status="running",
+        status=RunStatus.RUNNING,
         started_at=e.at,
         container_id=e.container_id,
         image=e.image,
@@ -218,18 +218,18 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunCancelRequested: lambda e: dict(cancel_requested=True),
     RunTimedOut: lambda e: dict(timed_out=True),
     RunCancelled: lambda e: dict(
-        status="cancelled",
+        status=RunStatus.CANCELLED,
         finished_at=e.at,
         error="cancelled",
         exit_code=e.exit_code,
         settled=True,
     ),
     RunFailedToStart: lambda e: dict(
-        status="failed",
+        status=RunStatus.FAILED,
         finished_at=e.at,
         error=e.error,
         settled=True,
-        verdict=Verdict(passed=False, classification="system"),
+        result=RunResult(passed=False, classification="system"),
     ),
     RunFinished: _finished,
     RunExited: _exited,

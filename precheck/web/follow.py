@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from precheck import keys
+from precheck.domain.status import ENDED, RunStatus
 from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
@@ -24,7 +25,7 @@ from precheck.events.types import (
     RunStarted,
 )
 from precheck.projections.queue import queue_at
-from precheck.projections.runs import FINAL, RunRecord, Runs
+from precheck.projections.runs import RunRecord, Runs
 from precheck.web.render import run_document
 from precheck.web.sse import Stream, last_event_id, message
 
@@ -50,7 +51,7 @@ class RunFollower:
         self.events, self.logs, self.timestamps = events, logs, timestamps
         self.state = self.app[keys.PROJECTIONS]
         self.store = self.app[keys.STORE]
-        self.log_store = self.app[keys.LOGS]
+        self.log_store = self.app[keys.OUTPUT_LINES]
         self.position = self.state.position
         self.line = 0
         self.past = Runs()  # the run as of `position`
@@ -91,7 +92,7 @@ class RunFollower:
     def _ended(self, run: RunRecord) -> bool:
         """Nothing more to send: a log ends with the container (every line is captured by
         then); the run's changes end once its outputs are stored too."""
-        return run.settled if self.events else run.status in FINAL
+        return run.settled if self.events else run.status in ENDED
 
     def _run(self) -> RunRecord:
         run = self.past.get(self.run_id)
@@ -135,7 +136,7 @@ class RunFollower:
                 "progress" if isinstance(r.event, RunProgressed) else "status"
             )
         run = self.past.get(self.run_id)
-        if run is not None and run.status == "queued" and isinstance(r.event, QUEUE_EVENTS):
+        if run is not None and run.status == RunStatus.QUEUED and isinstance(r.event, QUEUE_EVENTS):
             if self._queue(run) != self.sent_queue:
                 return self._status_message("status")
         return ""

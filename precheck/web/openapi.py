@@ -9,7 +9,7 @@ from aiohttp import web
 from precheck import __version__
 from precheck.config import SLOTS
 from precheck.events.types import TAGS
-from precheck.projections.runs import STATUSES
+from precheck.domain.status import STATUSES
 from precheck.web.page import STATIC
 
 Schema = dict[str, Any]

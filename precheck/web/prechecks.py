@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 from aiohttp import web
 
 from precheck import keys
-from precheck.commands import CancelRun, DeleteRun, PruneRuns, QueueRun, decide
+from precheck.domain.commands import CancelRun, DeleteRun, PruneRuns, QueueRun, decide
+from precheck.domain.status import ENDED, STATUSES
 from precheck.errors import Invalid, NotFound
 from precheck.events.types import RunDeleted
-from precheck.projections.runs import STATUSES, RunRecord
+from precheck.projections.runs import RunRecord
 from precheck.web.context import metadata
 from precheck.web.render import run_document
 from precheck.web.requests import CreateRun, PruneRequest, json_body, query_bool
@@ -77,7 +78,7 @@ async def cancel_precheck(request: web.Request) -> web.Response:
     If the kill takes longer than `CANCEL_WAIT` seconds the answer is 202: it goes on.
     With `remove=1` an ended run is deleted instead, with its files and log (`reason=` says why).
     """
-    from precheck.web.results import wait_for_end
+    from precheck.web.downloads import wait_for_end
 
     run = find_run(request)
     if query_bool(request, "remove"):
@@ -102,7 +103,7 @@ async def prune_prechecks(request: web.Request) -> web.Response:
     body = await json_body(request, PruneRequest)
     if body.status is not None and not body.status:
         raise Invalid("status must name at least one status, or be left out for all ended ones")
-    statuses = frozenset(body.status or ("completed", "failed", "cancelled"))
+    statuses = frozenset(body.status or ENDED)
     now = request.app[keys.CLOCK]()
     before = None
     if body.older_than_days is not None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from precheck.command_line import output_name, precheck_command
 from precheck.config import Config
+from precheck.domain.status import RunStatus
 from precheck.events.codec import iso, to_jsonable
 from precheck.events.store import RecordedEvent
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
+from precheck.runner.container_spec import output_name, precheck_argv
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never"
 
@@ -47,14 +48,14 @@ def run_document(
     `queue` (place, length) shows a past state; by default the queue as it is now.
     """
     place, length = queue or (state.queue.position(run.id), state.queue.length)
-    v = run.verdict
+    v = run.result
     doc: dict[str, Any] = {
         "Id": run.id,
         "Name": f"{config.docker.container_prefix}{run.id}",
         "Created": iso(run.created),
         "State": {
             "Status": run.status,
-            "Running": run.status == "running",
+            "Running": run.status == RunStatus.RUNNING,
             "Paused": False,
             "OOMKilled": bool(v and v.oom_killed),
             "StartedAt": _time(run.started_at),
@@ -65,7 +66,7 @@ def run_document(
         },
         "Config": {
             "Image": run.image or config.docker.image,
-            "Cmd": precheck_command(run),
+            "Cmd": precheck_argv(run),
             "Labels": {
                 "upload_id": run.upload_id,
                 "top_cell": run.top_cell,
@@ -90,7 +91,7 @@ def run_document(
             "Size": run.output.size if run.output else None,
             "Checksums": {"sha256": run.output.sha256} if run.output else None,
             # An output of a failed run (deferred errors) is kept, never shown as a pass.
-            "Passed": (run.status == "completed") if run.output else None,
+            "Passed": (run.status == RunStatus.COMPLETED) if run.output else None,
         },
         "Progress": (
             {"Step": run.progress.step, "Total": run.progress.total, "Name": run.progress.name}

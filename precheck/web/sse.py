@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from precheck import keys
-from precheck.logstore import StoredLine
+from precheck.storage.output_lines import OutputLine
 
 RETRY_MS = 3000
 SEND_TIMEOUT = 30.0  # a client that takes no data for this long is cut; it resumes by id
@@ -45,7 +45,7 @@ def message(data: Any, *, id: str | int | None = None, event: str | None = None)
     return "".join(out)
 
 
-def line_message(line: StoredLine, timestamps: bool) -> bytes:
+def line_message(line: OutputLine, timestamps: bool) -> bytes:
     """A captured log line as the SSE message `/logs?follow=1` sends (id = line number)."""
     text = f"{line.time} {line.text}" if timestamps else line.text
     return message(text, id=line.line).encode("utf-8")

@@ -10,9 +10,9 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from precheck import keys
-from precheck.commands import DeleteUpload, ReceiveUpload, upload_expiry
+from precheck.domain.commands import DeleteUpload, ReceiveUpload, upload_expiry
 from precheck.errors import Invalid, NotFound
-from precheck.storage import SUFFIX
+from precheck.storage.files import SUFFIX
 from precheck.web.context import metadata
 from precheck.web.render import upload_document
 

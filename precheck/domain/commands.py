@@ -13,6 +13,7 @@ from functools import singledispatch
 import attrs
 
 from precheck.config import SLOTS
+from precheck.domain.status import ENDED, RunStatus
 from precheck.errors import Conflict, Expired, Invalid, NotFound
 from precheck.events.types import (
     Event,
@@ -25,7 +26,6 @@ from precheck.events.types import (
     UploadReceived,
 )
 from precheck.projections import Projections
-from precheck.projections.runs import FINAL
 
 DIE_ID = re.compile(r"[A-Za-z0-9]{8}")
 # A plain cell name: it becomes a file name in the container, so no dots, slashes or spaces.
@@ -191,9 +191,9 @@ def _cancel(c: CancelRun, state: Projections) -> Decision:
     if run is None:
         raise NotFound(f"No such precheck: {c.run_id}")
     expect = {f"run-{run.id}": run.version}
-    if run.status == "queued":
+    if run.status == RunStatus.QUEUED:
         return Decision((RunCancelled(run.id, c.now),), expect)
-    if run.status == "running":
+    if run.status == RunStatus.RUNNING:
         if run.cancel_requested:
             return Decision((), expect)
         return Decision((RunCancelRequested(run.id, c.now),), expect)
@@ -216,7 +216,7 @@ def _delete_run(c: DeleteRun, state: Projections) -> Decision:
 
 @decide.register
 def _prune(c: PruneRuns, state: Projections) -> Decision:
-    unknown = c.statuses - FINAL
+    unknown = c.statuses - ENDED
     if unknown:
         raise Invalid(f"only ended runs can be pruned, not {sorted(unknown)[0]!r}")
     due = [

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from precheck.commands import Command, decide
+from precheck.domain.commands import Command, decide
 from precheck.events.store import ConcurrencyError, EventStore, RecordedEvent
 from precheck.events.types import Metadata, RunDeleted, UploadDeleted, UploadExpired
-from precheck.logstore import LogStore
 from precheck.projections import Projections
-from precheck.storage import Storage
+from precheck.storage.files import Storage
+from precheck.storage.output_lines import OutputLineStore
 
 
 class CommandHandler:
@@ -26,7 +26,7 @@ class CommandHandler:
         store: EventStore,
         projections: Projections,
         storage: Storage,
-        logs: LogStore | None = None,
+        logs: OutputLineStore | None = None,
     ) -> None:
         self.store = store
         self.logs = logs

@@ -6,9 +6,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from precheck.engine import Engine, LogLine
-from precheck.logstore import LogStore, StoredLine
-from precheck.verdict import LogFacts, Step
+from precheck.domain.verdict import OutputFacts, Step
+from precheck.runner.engine import ContainerLine, Engine
+from precheck.storage.output_lines import OutputLine, OutputLineStore
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def _nanos(stamp: str) -> int:
     return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
 
 
-class LogCapture:
+class OutputCapture:
     """Stores a run's lines durably, in batches while the next lines are read.
 
     On a restart it resumes after the last stored line: Docker is asked for lines since that
@@ -34,22 +34,27 @@ class LogCapture:
     """
 
     def __init__(
-        self, engine: Engine, logs: LogStore, run_id: str, container_id: str, on_step: StepSeen
+        self,
+        engine: Engine,
+        logs: OutputLineStore,
+        run_id: str,
+        container_id: str,
+        on_step: StepSeen,
     ) -> None:
         self.engine = engine
         self.logs = logs
         self.run_id = run_id
         self.container_id = container_id
         self.on_step = on_step
-        self.facts = LogFacts()
-        self._pending: list[StoredLine] = []  # read, not yet durable
-        self._unpublished: list[StoredLine] = []  # read, not yet shown to readers
+        self.facts = OutputFacts()
+        self._pending: list[OutputLine] = []  # read, not yet durable
+        self._unpublished: list[OutputLine] = []  # read, not yet shown to readers
         self._window_start, self._window_lines = 0.0, 0
         self._steps: list[Step] = []
         self._has_work = asyncio.Event()
         self._reading_done = False
 
-    async def run(self) -> LogFacts:
+    async def run(self) -> OutputFacts:
         """Capture until the container's output ends; return what the whole log said."""
         tail = await self.logs.tail(self.run_id)
         if tail.line:
@@ -90,8 +95,8 @@ class LogCapture:
             line_no += 1
             self._take(line_no, item)
 
-    def _take(self, line_no: int, item: LogLine) -> None:
-        line = StoredLine(line_no, item.time_text, item.time.timestamp(), item.stream, item.text)
+    def _take(self, line_no: int, item: ContainerLine) -> None:
+        line = OutputLine(line_no, item.time_text, item.time.timestamp(), item.stream, item.text)
         self._pending.append(line)
         # Shown to readers without waiting for a commit: at the end of this loop turn while the
         # log is calm; once a window of FLOOD_WINDOW seconds saw more than FLOOD_LINES lines,

@@ -12,14 +12,14 @@ from typing import Any
 
 import attrs
 
-from precheck.admin import AdminError, ServerClient, open_log, read_state
 from precheck.clock import utcnow
 from precheck.config import Config
 from precheck.errors import Invalid
 from precheck.events.filters import event_filter
-from precheck.presence import StorageBusy, running_server
+from precheck.ops.lock import StorageBusy, running_server
+from precheck.ops.writes import OpsError, ServerClient, open_log, read_state
 from precheck.projections import Projections
-from precheck.storage import Storage
+from precheck.storage.files import Storage
 from precheck.web.render import event_document, run_document, upload_document
 
 TRIGGERS = ("events_are_never_updated", "events_are_never_deleted")
@@ -48,7 +48,7 @@ async def print_events(
     try:
         keep = event_filter(stream, types, run)
     except Invalid as e:
-        raise AdminError(str(e)) from None
+        raise OpsError(str(e)) from None
     position = after
     async with open_log(config) as store:
         async for r in store.read_all(after=after):
@@ -60,7 +60,7 @@ async def print_events(
     try:
         server = running_server(config.server.storage_path)
     except StorageBusy as e:
-        raise AdminError(str(e)) from None
+        raise OpsError(str(e)) from None
     if server is None:
         print(
             "no server is running on this storage: nothing more will be appended", file=sys.stderr
@@ -96,7 +96,7 @@ def _follow_sse(client: ServerClient, path: str, as_json: bool) -> None:
                     print(_line(json.loads("\n".join(data)), as_json), flush=True)
                     data = []
     except OSError as e:
-        raise AdminError(f"lost the server's event stream: {e}") from None
+        raise OpsError(f"lost the server's event stream: {e}") from None
 
 
 @attrs.define
@@ -158,7 +158,7 @@ async def verify(config: Config) -> VerifyReport:
     try:
         server = running_server(config.server.storage_path)
     except StorageBusy as e:
-        raise AdminError(str(e)) from None
+        raise OpsError(str(e)) from None
     if server is None:
         report.lines.append("no server running: the replayed state is what a server loads at start")
         return report

@@ -10,12 +10,12 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from precheck.command_line import OUTPUT_DIR, WORKDIR, output_name
-from precheck.engine import Engine
 from precheck.events.types import OutputFile
 from precheck.projections.runs import RunRecord
-from precheck.storage import Storage
-from precheck.tarstream import Extracted, extract_tar
+from precheck.runner.container_spec import OUTPUT_DIR, WORKDIR, output_name
+from precheck.runner.engine import Engine
+from precheck.runner.tar_stream import Extracted, extract_tar
+from precheck.storage.files import Storage
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ OUTPUT_FOLDER = "output"
 
 
 @attrs.frozen
-class Collected:
+class CopiedOut:
     """What came out: the output layout (if any), kept files, completed steps and metrics."""
 
     output: OutputFile | None
@@ -41,7 +41,9 @@ def _safe_relative(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
-async def collect(engine: Engine, storage: Storage, run: RunRecord, container_id: str) -> Collected:
+async def copy_out(
+    engine: Engine, storage: Storage, run: RunRecord, container_id: str
+) -> CopiedOut:
     """Copy the output layout and the run folder (minus bulky intermediates) out."""
     run_dir = storage.run_dir(run.id)
     files: list[OutputFile] = []
@@ -80,7 +82,7 @@ async def collect(engine: Engine, storage: Storage, run: RunRecord, container_id
             output = OutputFile(f"{OUTPUT_FOLDER}/{name}", x.size, x.sha256)
 
     metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
-    return Collected(output, tuple(files), completed, metrics)
+    return CopiedOut(output, tuple(files), completed, metrics)
 
 
 def _metrics(path: Path) -> dict[str, float | int | str | None]:

@@ -9,11 +9,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from precheck import keys
-from precheck.engine import EngineError
+from precheck.domain.status import RunStatus
 from precheck.errors import Conflict, NotFound
 from precheck.projections.runs import RunRecord
-from precheck.results import RUN_FOLDER
-from precheck.tarstream import gzip_stream, tree_entries, write_tar
+from precheck.runner.copy_out import RUN_FOLDER
+from precheck.runner.engine import EngineError
+from precheck.runner.tar_stream import gzip_stream, tree_entries, write_tar
 from precheck.web.middleware import error
 from precheck.web.prechecks import find_run
 from precheck.web.requests import query_float
@@ -77,7 +78,7 @@ async def get_output(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"precheck {run.id} has no output layout ({run.status})")
     path = _run_dir(request, run) / run.output.path
     response = _serve(request, path, run.output.sha256, Path(run.output.path).name)
-    response.headers["X-Precheck-Passed"] = "true" if run.status == "completed" else "false"
+    response.headers["X-Precheck-Passed"] = "true" if run.status == RunStatus.COMPLETED else "false"
     return response
 
 
@@ -179,7 +180,7 @@ async def post_wait(request: web.Request) -> web.Response:
 async def get_stats(request: web.Request) -> web.Response:
     """Live resource use from Docker; 409 unless the run is running."""
     run = find_run(request)
-    if run.status != "running":
+    if run.status != RunStatus.RUNNING:
         raise Conflict(f"precheck {run.id} is not running ({run.status})")
     supervisor = request.app.get(keys.SUPERVISOR)
     if supervisor is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from precheck.projections.runs import RunRecord
-from precheck.storage import SUFFIX
+from precheck.storage.files import SUFFIX
 
 INPUT_DIR = "/input"
 OUTPUT_DIR = "/output"
@@ -20,7 +20,7 @@ def output_name(run: RunRecord) -> str:
     return f"{run.top_cell}{'.oas' if run.input.format == 'oas' else '.gds'}"
 
 
-def precheck_command(run: RunRecord) -> list[str]:
+def precheck_argv(run: RunRecord) -> list[str]:
     """`python3 precheck.py ...` with every flag given, and the run id as a fresh run tag."""
     cmd = [
         "python3",
@@ -46,4 +46,4 @@ def step_total(run: RunRecord) -> int:
     return 17 if run.cob else 16
 
 
-__all__ = ["SUFFIX", "input_path", "output_name", "precheck_command", "step_total"]
+__all__ = ["SUFFIX", "input_path", "output_name", "precheck_argv", "step_total"]

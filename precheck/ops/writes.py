@@ -17,19 +17,19 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from precheck.clock import utcnow
-from precheck.commands import Command, DeleteRun, PruneRuns, decide
 from precheck.config import Config
+from precheck.domain.commands import Command, DeleteRun, PruneRuns, decide
 from precheck.errors import PrecheckError
 from precheck.events.store import EventStore
 from precheck.events.types import Metadata, RunDeleted
-from precheck.handler import CommandHandler
-from precheck.logstore import LogStore
-from precheck.presence import Lock, ServerInfo, StorageBusy, running_server
+from precheck.ops.lock import ServerInfo, StorageBusy, StorageLock, running_server
 from precheck.projections import Projections
-from precheck.storage import Storage
+from precheck.service.command_handler import CommandHandler
+from precheck.storage.files import Storage
+from precheck.storage.output_lines import OutputLineStore
 
 
-class AdminError(Exception):
+class OpsError(Exception):
     """The operation failed; the message is for the operator."""
 
 
@@ -38,7 +38,7 @@ async def open_log(config: Config) -> AsyncIterator[EventStore]:
     """The storage folder's event log, for reading (and, under the lock, for appending)."""
     storage = Storage(config.server.storage_path)
     if not storage.db_path.exists():
-        raise AdminError(f"{storage.db_path}: no event log here (has a server ever run on it?)")
+        raise OpsError(f"{storage.db_path}: no event log here (has a server ever run on it?)")
     store = await EventStore.open(storage.db_path)
     try:
         yield store
@@ -64,7 +64,7 @@ class ServerClient:
         self.info = info
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """Send a request and return its JSON; a 4xx/5xx becomes `AdminError` with its message."""
+        """Send a request and return its JSON; a 4xx/5xx becomes `OpsError` with its message."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.info.url + path,
@@ -80,13 +80,13 @@ class ServerClient:
                 message = json.loads(e.read())["message"]
             except (ValueError, KeyError, TypeError):
                 message = f"{e.code} {e.reason}"
-            raise AdminError(message) from None
+            raise OpsError(message) from None
         except (urllib.error.URLError, OSError) as e:
-            raise AdminError(f"the server at {self.info.url} does not answer: {e}") from None
+            raise OpsError(f"the server at {self.info.url} does not answer: {e}") from None
 
 
 @contextmanager
-def writer(config: Config) -> Iterator[ServerClient | Lock]:
+def writer(config: Config) -> Iterator[ServerClient | StorageLock]:
     """The running server's client, or the folder's lock when no server runs."""
     root = config.server.storage_path
     try:
@@ -94,16 +94,16 @@ def writer(config: Config) -> Iterator[ServerClient | Lock]:
         if info is not None:
             yield ServerClient(info)
             return
-        with Lock(root) as lock:
+        with StorageLock(root) as lock:
             yield lock
     except StorageBusy as e:
-        raise AdminError(str(e)) from None
+        raise OpsError(str(e)) from None
 
 
 async def _handle_locally(config: Config, command: Command) -> list[RunDeleted]:
     storage = Storage(config.server.storage_path)
     async with open_log(config) as store:
-        logs = await LogStore.open(storage.db_path)
+        logs = await OutputLineStore.open(storage.db_path)
         try:
             state = await Projections.replay(store)
             state.attach(store)
@@ -112,7 +112,7 @@ async def _handle_locally(config: Config, command: Command) -> list[RunDeleted]:
             try:
                 recorded = await handler.handle(command, meta)
             except PrecheckError as e:
-                raise AdminError(str(e)) from None
+                raise OpsError(str(e)) from None
         finally:
             await logs.close()
     return [r.event for r in recorded if isinstance(r.event, RunDeleted)]
@@ -155,7 +155,7 @@ def prune_runs(
             try:
                 events = decide(command, state).events
             except PrecheckError as e:
-                raise AdminError(str(e)) from None
+                raise OpsError(str(e)) from None
             return [e.run_id for e in events if isinstance(e, RunDeleted)]
         return [e.run_id for e in asyncio.run(_handle_locally(config, command))]
 

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from precheck.domain.status import RunStatus
+
 SUCCESS_LINE = "Precheck successfully completed."
 FAILURE_LINE = "Error: The precheck failed with the following exception:"
 DEFERRED_LINE = "One or more deferred errors were encountered:"
@@ -32,7 +34,7 @@ def parse_step(text: str) -> Step | None:
 
 
 @attrs.define
-class LogFacts:
+class OutputFacts:
     """What the log said, gathered line by line."""
 
     steps: list[Step] = attrs.Factory(list)
@@ -67,7 +69,7 @@ class LogFacts:
                 self.deferred[m["what"]] = int(m["count"])
         return None
 
-    def feed_all(self, lines: Iterable[str]) -> LogFacts:
+    def feed_all(self, lines: Iterable[str]) -> OutputFacts:
         """Take many lines."""
         for text in lines:
             self.feed(text)
@@ -89,12 +91,12 @@ class Ending:
 class Verdict:
     """`completed` or `failed`, and for failures why: `design` or `system` and a message."""
 
-    status: str
+    status: RunStatus
     classification: str | None
     error: str
 
 
-def decide_verdict(ending: Ending, facts: LogFacts) -> Verdict:
+def decide_verdict(ending: Ending, facts: OutputFacts) -> Verdict:
     """Passed only on exit 0 with the success line; anything else is a design or system failure.
 
     System failures are those a retry might cure: OOM, timeout, Docker errors, an exit the
@@ -102,26 +104,28 @@ def decide_verdict(ending: Ending, facts: LogFacts) -> Verdict:
     """
     if ending.timed_out:
         return Verdict(
-            "failed", "system", f"timeout: killed after {ending.timeout_minutes:g} minutes"
+            RunStatus.FAILED, "system", f"timeout: killed after {ending.timeout_minutes:g} minutes"
         )
     if ending.docker_error:
-        return Verdict("failed", "system", ending.docker_error)
+        return Verdict(RunStatus.FAILED, "system", ending.docker_error)
     if ending.oom_killed:
-        return Verdict("failed", "system", "out of memory: the container hit its memory limit")
+        return Verdict(
+            RunStatus.FAILED, "system", "out of memory: the container hit its memory limit"
+        )
     if ending.exit_code == 0 and facts.success:
-        return Verdict("completed", None, "")
+        return Verdict(RunStatus.COMPLETED, None, "")
     if ending.exit_code == 0:
-        return Verdict("failed", "system", "exit code 0 without the success line")
+        return Verdict(RunStatus.FAILED, "system", "exit code 0 without the success line")
     if ending.exit_code == 137:
-        return Verdict("failed", "system", "killed (exit code 137)")
+        return Verdict(RunStatus.FAILED, "system", "killed (exit code 137)")
     if ending.exit_code == 1 and (facts.failure or facts.deferred):
         if facts.deferred:
             found = ", ".join(f"{n} {what}" for what, n in facts.deferred.items())
-            return Verdict("failed", "design", f"deferred errors: {found}")
+            return Verdict(RunStatus.FAILED, "design", f"deferred errors: {found}")
         return Verdict(
-            "failed", "design", f"the precheck failed: {facts.reason or 'no reason given'}"
+            RunStatus.FAILED, "design", f"the precheck failed: {facts.reason or 'no reason given'}"
         )
-    return Verdict("failed", "system", f"exit code {ending.exit_code}")
+    return Verdict(RunStatus.FAILED, "system", f"exit code {ending.exit_code}")
 
 
 def failed_step(steps: Iterable[Step], completed_folders: set[str]) -> str | None:

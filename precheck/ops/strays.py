@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlite3
 
 from precheck.config import Config
-from precheck.engine import ContainerState, Engine, EngineError
 from precheck.events.store import EventStore
 from precheck.projections import Projections
-from precheck.storage import Storage
-from precheck.supervisor import LABEL_INSTANCE
+from precheck.runner.engine import ContainerState, Engine, EngineError
+from precheck.runner.supervisor import LABEL_INSTANCE
+from precheck.storage.files import Storage
 
 
 class StrayError(Exception):

@@ -35,7 +35,7 @@ class ServerInfo:
     pid: int
 
 
-class Lock:
+class StorageLock:
     """An exclusive lock on a storage folder, released when closed (or when the process dies)."""
 
     def __init__(self, root: Path, wait: float = 0.0) -> None:
@@ -67,7 +67,7 @@ class Lock:
         """Release the lock (the info file is left; it is only believed while the lock is held)."""
         os.close(self._fd)
 
-    def __enter__(self) -> Lock:
+    def __enter__(self) -> StorageLock:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -79,7 +79,7 @@ def running_server(root: Path) -> ServerInfo | None:
     if not (root / LOCK).exists():
         return None
     try:
-        with Lock(root):
+        with StorageLock(root):
             return None
     except StorageBusy:
         pass

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS log_lines (
 
 
 @attrs.frozen
-class StoredLine:
+class OutputLine:
     """One captured line: its 1-based number in the run, Docker's timestamp, stream and text."""
 
     line: int
@@ -43,10 +43,10 @@ class StoredLine:
     text: str
 
 
-LineEncoder = Callable[[StoredLine, bool], bytes]  # (line, with timestamps) -> bytes to send
+LineEncoder = Callable[[OutputLine, bool], bytes]  # (line, with timestamps) -> bytes to send
 
 
-def _plain(s: StoredLine, timestamps: bool) -> bytes:
+def _plain(s: OutputLine, timestamps: bool) -> bytes:
     return f"{s.time} {s.text}\n".encode() if timestamps else f"{s.text}\n".encode()
 
 
@@ -62,11 +62,11 @@ class Tail:
 @attrs.define
 class _Write:
     run_id: str
-    lines: Sequence[StoredLine]
+    lines: Sequence[OutputLine]
     done: asyncio.Future[None]
 
 
-class LogStore:
+class OutputLineStore:
     """Durable per-run log lines with group commit and a wake-up per run."""
 
     RECENT = 20000  # lines per run kept in memory, so many followers share one copy
@@ -78,7 +78,7 @@ class LogStore:
         reader: aiosqlite.Connection,
         encoder: LineEncoder | None = None,
     ) -> None:
-        self._recent: dict[str, deque[StoredLine]] = {}
+        self._recent: dict[str, deque[OutputLine]] = {}
         self._encode: LineEncoder = encoder or _plain
         # Each line of the window as one ready SSE message, per (run, timestamps): shared by
         # every follower of the run, so a line is formatted once however many follow it.
@@ -93,7 +93,7 @@ class LogStore:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, encoder: LineEncoder | None = None) -> LogStore:
+    async def open(cls, path: Path, encoder: LineEncoder | None = None) -> OutputLineStore:
         """Open the log table in the database at `path` and start its writer.
 
         `encoder` turns a line into the bytes followers are sent (SSE messages, from the web
@@ -140,7 +140,7 @@ class LogStore:
         self._last.setdefault(run_id, row[0])
         return Tail(row[0], row[1], same)
 
-    def publish(self, run_id: str, lines: Sequence[StoredLine]) -> None:
+    def publish(self, run_id: str, lines: Sequence[OutputLine]) -> None:
         """Show `lines` to readers now, from memory, before they are durable.
 
         A line shown and then lost in a crash is captured again with the same number and text
@@ -154,7 +154,7 @@ class LogStore:
         self._wake(run_id)
 
     async def append(
-        self, run_id: str, lines: Sequence[StoredLine], *, published: bool = False
+        self, run_id: str, lines: Sequence[OutputLine], *, published: bool = False
     ) -> None:
         """Durably store `lines` (numbered by the caller, following on from the tail).
 
@@ -203,7 +203,7 @@ class LogStore:
             if stop:
                 return
 
-    def _remember(self, run_id: str, lines: Sequence[StoredLine]) -> None:
+    def _remember(self, run_id: str, lines: Sequence[OutputLine]) -> None:
         recent = self._recent.pop(run_id, None) or deque(maxlen=self.RECENT)
         if recent and lines[0].line != recent[-1].line + 1:
             recent.clear()  # not contiguous (a resumed capture): start the window again
@@ -241,7 +241,7 @@ class LogStore:
         chunk = list(islice(enc, start, start + limit))
         return b"".join(chunk), after_line + len(chunk)
 
-    async def read_from(self, run_id: str, after_line: int, limit: int = 1000) -> list[StoredLine]:
+    async def read_from(self, run_id: str, after_line: int, limit: int = 1000) -> list[OutputLine]:
         """Lines after `after_line`, from memory when the window holds them, else from the file."""
         recent = self._recent.get(run_id)
         if recent and after_line >= recent[-1].line:
@@ -290,7 +290,7 @@ class LogStore:
         since: float | None = None,
         tail: int | None = None,
         limit: int = 10000,
-    ) -> tuple[list[StoredLine], bool]:
+    ) -> tuple[list[OutputLine], bool]:
         """Lines after `after_line` (and after unix time `since`), or the last `tail` of them.
 
         Returns the lines (at most `limit`, in order) and whether more follow them.
@@ -317,7 +317,7 @@ class LogStore:
         if tail is None:
             more = len(rows) > limit
             rows = rows[:limit]
-        return [StoredLine(*r) for r in rows], more
+        return [OutputLine(*r) for r in rows], more
 
     async def delete_run(self, run_id: str) -> None:
         """Drop a retired run's lines (after the event that retired it)."""

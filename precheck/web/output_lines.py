@@ -29,7 +29,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     after_line = query_int(request, "after_line", 0, low=0) or 0
     limit = query_int(request, "limit", MAX_LINES, low=1) or MAX_LINES
     stamps = query_bool(request, "timestamps")
-    lines, more = await request.app[keys.LOGS].read(
+    lines, more = await request.app[keys.OUTPUT_LINES].read(
         run.id, after_line=after_line, since=since or None, tail=tail, limit=min(limit, MAX_LINES)
     )
     return web.json_response(
@@ -46,7 +46,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
 
 async def _follow_logs(request: web.Request, run: RunRecord) -> web.StreamResponse:
     """Every line as an SSE message (id = line number), live, then `end` with the exit code."""
-    log_store = request.app[keys.LOGS]
+    log_store = request.app[keys.OUTPUT_LINES]
     since = query_float(request, "since", 0.0)
     tail = query_int(request, "tail", None, low=0)
     first = 0

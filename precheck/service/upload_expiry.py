@@ -6,9 +6,9 @@ import asyncio
 import logging
 
 from precheck.clock import Clock
-from precheck.commands import ExpireUploads
+from precheck.domain.commands import ExpireUploads
 from precheck.events.types import Metadata
-from precheck.handler import CommandHandler
+from precheck.service.command_handler import CommandHandler
 
 log = logging.getLogger(__name__)
 SERVER = Metadata(actor="server")

@@ -16,11 +16,10 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from precheck.capture import LogCapture
 from precheck.clock import Clock
-from precheck.command_line import INPUT_DIR, OUTPUT_DIR, precheck_command, step_total
 from precheck.config import Config, parse_memory
-from precheck.engine import ContainerState, Engine, EngineError, parse_docker_time
+from precheck.domain.status import RunStatus
+from precheck.domain.verdict import Ending, OutputFacts, Step, decide_verdict, failed_step
 from precheck.events.store import ConcurrencyError, EventStore, RecordedEvent
 from precheck.events.types import (
     Event,
@@ -35,13 +34,15 @@ from precheck.events.types import (
     RunTimedOut,
     StrayContainerRemoved,
 )
-from precheck.logstore import LogStore
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
-from precheck.results import Collected, collect
-from precheck.storage import Storage
-from precheck.tarstream import Entry, write_tar
-from precheck.verdict import Ending, LogFacts, Step, decide_verdict, failed_step
+from precheck.runner.container_spec import INPUT_DIR, OUTPUT_DIR, precheck_argv, step_total
+from precheck.runner.copy_out import CopiedOut, copy_out
+from precheck.runner.engine import ContainerState, Engine, EngineError, parse_docker_time
+from precheck.runner.output_capture import OutputCapture
+from precheck.runner.tar_stream import Entry, write_tar
+from precheck.storage.files import Storage
+from precheck.storage.output_lines import OutputLineStore
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Supervisor:
         store: EventStore,
         projections: Projections,
         storage: Storage,
-        logs: LogStore,
+        logs: OutputLineStore,
         clock: Clock,
     ) -> None:
         self.config = config
@@ -76,7 +77,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._starting: set[str] = set()
         self._killed: set[str] = set()
-        self._captures: dict[str, asyncio.Task[LogFacts]] = {}
+        self._captures: dict[str, asyncio.Task[OutputFacts]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._finishing: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -182,7 +183,7 @@ class Supervisor:
         memory = parse_memory(d.memory_limit)
         return {
             "Image": d.image,
-            "Cmd": precheck_command(run),
+            "Cmd": precheck_argv(run),
             "Env": ["COLUMNS=200"],
             "Labels": {
                 LABEL_INSTANCE: self.state.instance_id,
@@ -264,10 +265,10 @@ class Supervisor:
                 self._timeout(run_id, container_id), f"timeout-{run_id}"
             )
 
-    async def _capture(self, run_id: str, container_id: str) -> LogFacts:
+    async def _capture(self, run_id: str, container_id: str) -> OutputFacts:
         async def on_step(step: Step) -> None:
             run = self.state.runs.get(run_id)
-            if run is None or run.status != "running":
+            if run is None or run.status != RunStatus.RUNNING:
                 return
             if run.progress is not None and run.progress.step >= step.number:
                 return  # already recorded (a resumed capture sees old lines again)
@@ -276,7 +277,7 @@ class Supervisor:
                 run, [RunProgressed(run_id, step.number, total, step.name, self.clock())]
             )
 
-        capture = LogCapture(self.engine, self.logs, run_id, container_id, on_step)
+        capture = OutputCapture(self.engine, self.logs, run_id, container_id, on_step)
         return await capture.run()
 
     async def _timeout(self, run_id: str, container_id: str) -> None:
@@ -287,7 +288,7 @@ class Supervisor:
         deadline = run.started_at + timedelta(minutes=minutes)
         await asyncio.sleep(max(0.0, (deadline - self.clock()).total_seconds()))
         run = self.state.runs.get(run_id)
-        if run is None or run.status != "running":
+        if run is None or run.status != RunStatus.RUNNING:
             return
         if not run.timed_out:
             await self._append(run, [RunTimedOut(run_id, minutes, self.clock())])
@@ -326,7 +327,7 @@ class Supervisor:
         if run is None or run.settled:
             return
         container = await self.engine.inspect(run.container_id) if run.container_id else None
-        if run.status == "running":
+        if run.status == RunStatus.RUNNING:
             if container is not None and container.running:
                 return  # a stale event; the container lives on
             facts = (
@@ -340,10 +341,10 @@ class Supervisor:
                 return
         else:
             facts = await self._stored_facts(run)  # exited before a restart: finish the copy
-        collected = None
+        copied = None
         if container is not None:
-            collected = await collect(self.engine, self.storage, run, container.id)
-        await self._append_for(run_id, lambda r: self._stored_events(r, facts, collected))
+            copied = await copy_out(self.engine, self.storage, run, container.id)
+        await self._append_for(run_id, lambda r: self._stored_events(r, facts, copied))
         await self._done_with(run_id, container)
 
     async def _done_with(self, run_id: str, container: ContainerState | None) -> None:
@@ -370,9 +371,9 @@ class Supervisor:
         raise RuntimeError(f"run {run_id} kept changing while its end was recorded")
 
     def _exit_events(
-        self, run: RunRecord, container: ContainerState | None, facts: LogFacts
+        self, run: RunRecord, container: ContainerState | None, facts: OutputFacts
     ) -> list[Event]:
-        if run.status != "running":
+        if run.status != RunStatus.RUNNING:
             return []  # recorded meanwhile
         now = self.clock()
         if container is None:
@@ -405,23 +406,23 @@ class Supervisor:
         ]
 
     def _stored_events(
-        self, run: RunRecord, facts: LogFacts, collected: Collected | None
+        self, run: RunRecord, facts: OutputFacts, copied: CopiedOut | None
     ) -> list[Event]:
         if run.settled:
             return []
-        completed = collected.completed_folders if collected is not None else set()
-        step = failed_step(facts.steps, completed) if run.status == "failed" else None
-        if collected is None:
+        completed = copied.completed_folders if copied is not None else set()
+        step = failed_step(facts.steps, completed) if run.status == RunStatus.FAILED else None
+        if copied is None:
             return [RunOutputsStored(run.id, None, (), {}, step, self.clock())]
         return [
             RunOutputsStored(
-                run.id, collected.output, collected.files, collected.metrics, step, self.clock()
+                run.id, copied.output, copied.files, copied.metrics, step, self.clock()
             )
         ]
 
-    async def _stored_facts(self, run: RunRecord) -> LogFacts:
+    async def _stored_facts(self, run: RunRecord) -> OutputFacts:
         """What the stored log says, for a run whose container can no longer be read."""
-        facts, after = LogFacts(), 0
+        facts, after = OutputFacts(), 0
         while True:
             lines, more = await self.logs.read(run.id, after_line=after, limit=5000)
             facts.feed_all(s.text for s in lines)
@@ -429,7 +430,7 @@ class Supervisor:
                 return facts
             after = lines[-1].line
 
-    async def _facts(self, run: RunRecord) -> LogFacts:
+    async def _facts(self, run: RunRecord) -> OutputFacts:
         """The whole log's facts: from the live capture, or a capture run to its end now."""
         capture = self._captures.get(run.id)
         if capture is None or (capture.done() and (capture.cancelled() or capture.exception())):
@@ -488,7 +489,7 @@ class Supervisor:
         run = self.state.runs.get(run_id)
         # `die` ends a run; `destroy` of a container someone else removed too. OOM needs no
         # reaction of its own: the `die` that follows carries it in the container's state.
-        if run is not None and run.status == "running" and action in ("die", "destroy"):
+        if run is not None and run.status == RunStatus.RUNNING and action in ("die", "destroy"):
             self._finish_soon(run_id)
 
     async def _reconcile(self) -> None:
@@ -504,7 +505,7 @@ class Supervisor:
             run = self.state.runs.get(run_id)
             if run is not None and not run.settled and run.container_id == c.id:
                 seen.add(run_id)
-                if c.running and run.status == "running":
+                if c.running and run.status == RunStatus.RUNNING:
                     self._watch(run_id, c.id)
                 else:
                     self._finish_soon(run_id)  # ended, or exited with outputs still inside
@@ -514,7 +515,7 @@ class Supervisor:
             await self.engine.remove(c.id)
             await self.store.append([StrayContainerRemoved(c.id, c.name, self.clock())], SUPERVISOR)
         for run in list(self.state.runs.by_id.values()):
-            started = run.container_id and not run.settled and run.status != "queued"
+            started = run.container_id and not run.settled and run.status != RunStatus.QUEUED
             if started and run.id not in seen and run.id not in self._finishing:
                 # Its container is gone: a running run fails as a system failure, an exited
                 # one is settled without outputs.

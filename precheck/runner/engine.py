@@ -31,7 +31,7 @@ class EngineError(Exception):
 
 
 @attrs.frozen
-class LogLine:
+class ContainerLine:
     """One line of a container's output: Docker's timestamp, `stdout`/`stderr`, the text."""
 
     time: datetime
@@ -244,7 +244,7 @@ class Engine:
 
     async def logs(
         self, container_id: str, *, follow: bool, since: str | None = None
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncIterator[ContainerLine]:
         """The container's output lines with timestamps; with `follow`, until it stops.
 
         `since` is Docker's timestamp text of the last line already kept; lines at that same
@@ -280,7 +280,7 @@ class Engine:
                 pass
 
 
-async def _demux_lines(content: aiohttp.StreamReader) -> AsyncIterator[LogLine]:
+async def _demux_lines(content: aiohttp.StreamReader) -> AsyncIterator[ContainerLine]:
     """Split Docker's multiplexed log stream (8-byte frame headers) into timestamped lines."""
     partial = {1: b"", 2: b""}
     names = {1: "stdout", 2: "stderr"}
@@ -299,10 +299,10 @@ async def _demux_lines(content: aiohttp.StreamReader) -> AsyncIterator[LogLine]:
             yield _parse_line(rest, names[kind])
 
 
-def _parse_line(raw: bytes, stream: str) -> LogLine:
+def _parse_line(raw: bytes, stream: str) -> ContainerLine:
     text = raw.decode("utf-8", "replace").rstrip("\r")
     stamp, _, rest = text.partition(" ")
-    return LogLine(parse_docker_time(stamp), stamp, stream, rest)
+    return ContainerLine(parse_docker_time(stamp), stamp, stream, rest)
 
 
 def parse_docker_time(text: str) -> datetime:
