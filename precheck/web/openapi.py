@@ -8,8 +8,8 @@ from aiohttp import web
 
 from precheck import __version__
 from precheck.config import SLOTS
-from precheck.events.types import TAGS
 from precheck.domain.status import STATUSES
+from precheck.events.types import TAGS
 from precheck.web.page import STATIC
 
 Schema = dict[str, Any]
