@@ -15,8 +15,9 @@ from precheck.projections.runs import RunRecord
 from precheck.runner.copy_out import RUN_FOLDER
 from precheck.runner.engine import EngineError
 from precheck.runner.tar_stream import gzip_stream, tree_entries, write_tar
+from precheck.service.run_waiter import wait_for_end
+from precheck.web.lookup import find_run
 from precheck.web.middleware import error
-from precheck.web.prechecks import find_run
 from precheck.web.requests import query_float
 
 
@@ -144,28 +145,12 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def wait_for_end(request: web.Request, run_id: str, seconds: float) -> RunRecord | None:
-    """The run once it has ended and its outputs are stored, or None after `seconds`.
-
-    Woken by commits, never by a sleep.
-    """
-    store, state = request.app[keys.STORE], request.app[keys.PROJECTIONS]
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                run = state.runs.get(run_id)
-                if run is None or run.settled:
-                    return run
-                await store.wait_beyond(state.position)
-    except TimeoutError:
-        return None
-
-
 async def post_wait(request: web.Request) -> web.Response:
     """Docker's wait: answers when the run ends, with its exit code; 408 after `timeout` s."""
     run = find_run(request)
     timeout = query_float(request, "timeout", 300.0)
-    ended = await wait_for_end(request, run.id, timeout)
+    app = request.app
+    ended = await wait_for_end(app[keys.STORE], app[keys.PROJECTIONS], run.id, timeout)
     if ended is None:
         raise web.HTTPRequestTimeout(text=f"precheck {run.id} did not end within {timeout:g} s")
     return web.json_response(

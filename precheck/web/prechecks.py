@@ -10,23 +10,16 @@ from aiohttp import web
 from precheck import keys
 from precheck.domain.commands import CancelRun, DeleteRun, PruneRuns, QueueRun, decide
 from precheck.domain.status import ENDED, STATUSES
-from precheck.errors import Invalid, NotFound
+from precheck.errors import Invalid
 from precheck.events.types import RunDeleted
 from precheck.projections.runs import RunRecord
+from precheck.service.run_waiter import wait_for_end
 from precheck.web.context import metadata
+from precheck.web.lookup import find_run
 from precheck.web.render import run_document
 from precheck.web.requests import CreateRun, PruneRequest, json_body, query_bool
 
 CANCEL_WAIT = 30.0
-
-
-def find_run(request: web.Request) -> RunRecord:
-    """The run named in the path, or 404."""
-    run_id = request.match_info["run_id"]
-    run = request.app[keys.PROJECTIONS].runs.get(run_id)
-    if run is None:
-        raise NotFound(f"No such precheck: {run_id}")
-    return run
 
 
 def _document(request: web.Request, run: RunRecord) -> web.Response:
@@ -78,8 +71,6 @@ async def cancel_precheck(request: web.Request) -> web.Response:
     If the kill takes longer than `CANCEL_WAIT` seconds the answer is 202: it goes on.
     With `remove=1` an ended run is deleted instead, with its files and log (`reason=` says why).
     """
-    from precheck.web.downloads import wait_for_end
-
     run = find_run(request)
     if query_bool(request, "remove"):
         reason = request.query.get("reason", "") or "removed through the API"
@@ -90,7 +81,8 @@ async def cancel_precheck(request: web.Request) -> web.Response:
     await request.app[keys.HANDLER].handle(
         CancelRun(run.id, request.app[keys.CLOCK]()), metadata(request)
     )
-    ended = await wait_for_end(request, run.id, CANCEL_WAIT)
+    app = request.app
+    ended = await wait_for_end(app[keys.STORE], app[keys.PROJECTIONS], run.id, CANCEL_WAIT)
     run = find_run(request)
     if ended is None:
         body = {"message": "Precheck cancel requested", "Id": run.id, "Status": run.status}
