@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 description: it covers every route, is valid, and the live app keeps to it."""
+"""The OpenAPI 3.1 description: it covers every route, is valid, keeps to the code's constants,
+and the live app keeps to it."""
 
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
 
+import attrs
 import pytest
 import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from schemathesis.core.result import Ok
 
 from precheck.app import create_app
-from precheck.config import Config, parse_config
+from precheck.config import SLOTS, Config, parse_config
+from precheck.domain.commands import DIE_ID, TOP_CELL
+from precheck.domain.status import ENDED, STATUSES, RunStatus
+from precheck.events.types import TAGS
+from precheck.storage.files import SUFFIX
+from precheck.web import requests
 from precheck.web.openapi import document
 from tests.layouts import gds
 
@@ -176,7 +184,9 @@ def test_the_description_is_valid_openapi_3_1() -> None:
     errors = [e.message for e in OpenAPIV31SpecValidator(doc).iter_errors()]
     assert not errors, errors
     schema = schemathesis.openapi.from_dict(doc)
-    labels = {op.ok().label for op in schema.get_all_operations()}
+    operations = list(schema.get_all_operations())
+    labels = {op.ok().label for op in operations if isinstance(op, Ok)}
+    assert len(labels) == len(operations), "schemathesis could not load every operation"
     assert "GET /api/v1/prechecks/{run_id}" in labels
     for path, item in doc["paths"].items():
         for method, op in item.items():
@@ -191,6 +201,176 @@ def test_served_description_equals_the_document(live: LiveApp) -> None:
     """GET /openapi.json serves the document, without a key."""
     app = live
     assert app.request("GET", "/openapi.json") == json.loads(json.dumps(document()))
+
+
+# The description against the code's constants ---------------------------------------------------
+
+# A step into the document: a key of an object, an index of a list, or, on a list of
+# parameters, the name of one.
+Step = str | int
+Doc = dict[str, Any]
+
+
+def _at(doc: Any, where: tuple[Step, ...]) -> Any:
+    """The value at `where`; a name on a list picks the item (a parameter) of that name."""
+    node = doc
+    for step in where:
+        if isinstance(node, list) and isinstance(step, str):
+            named = [item for item in node if item.get("name") == step]
+            assert len(named) == 1, f"{where}: no single item named {step!r}"
+            node = named[0]
+        else:
+            node = node[step]
+    return node
+
+
+def _prefixes(types: list[str]) -> list[str]:
+    """Every prefix of the types that ends in '.' (the audit feed filters by them too)."""
+    return sorted({t[: i + 1] for t in types for i, c in enumerate(t) if c == "."})
+
+
+_SCHEMAS = ("components", "schemas")
+_EVENTS = ("paths", "/api/v1/events", "get", "parameters")
+_LOGS = ("paths", "/api/v1/prechecks/{run_id}/logs", "get", "parameters")
+_RUN_STATUSES = [s.value for s in RunStatus]
+_EVENT_TYPES = list(TAGS.values())
+_CREATE_RUN = {f.name: f for f in attrs.fields(requests.CreateRun)}
+
+# (what, where in the document, the code's value). Lists are enums: compared in any order, but
+# each value once. Anything else (patterns, defaults, bounds) must be equal as it is.
+CONSTANTS: list[tuple[str, tuple[Step, ...], Any]] = [
+    (
+        "run status",
+        (*_SCHEMAS, "Run", "properties", "State", "properties", "Status", "enum"),
+        _RUN_STATUSES,
+    ),
+    ("wait status", (*_SCHEMAS, "Wait", "properties", "Status", "enum"), _RUN_STATUSES),
+    (
+        "status filter",
+        ("paths", "/api/v1/prechecks", "get", "parameters", "status", "schema", "items", "enum"),
+        _RUN_STATUSES,
+    ),
+    (
+        "prune status",
+        (*_SCHEMAS, "Prune", "properties", "status", "anyOf", 0, "items", "enum"),
+        [s.value for s in ENDED],
+    ),
+    ("slot", (*_SCHEMAS, "CreateRun", "properties", "slot", "anyOf", 0, "enum"), list(SLOTS)),
+    (
+        "top cell",
+        (*_SCHEMAS, "CreateRun", "properties", "top_cell", "pattern"),
+        f"^{TOP_CELL.pattern}$",
+    ),
+    ("die id", (*_SCHEMAS, "CreateRun", "properties", "die_id", "pattern"), f"^{DIE_ID.pattern}$"),
+    (
+        "die id default",
+        (*_SCHEMAS, "CreateRun", "properties", "die_id", "default"),
+        _CREATE_RUN["die_id"].default,
+    ),
+    (
+        "cob default",
+        (*_SCHEMAS, "CreateRun", "properties", "cob", "default"),
+        _CREATE_RUN["cob"].default,
+    ),
+    ("event type", (*_SCHEMAS, "Event", "properties", "type", "enum"), _EVENT_TYPES),
+    (
+        "event type filter",
+        (*_EVENTS, "type", "schema", "items", "enum"),
+        _EVENT_TYPES + _prefixes(_EVENT_TYPES),
+    ),
+    ("upload format", (*_SCHEMAS, "Upload", "properties", "Format", "enum"), list(SUFFIX)),
+    ("events after bound", (*_EVENTS, "after", "schema", "maximum"), requests.MAX_INT),
+    ("events limit bound", (*_EVENTS, "limit", "schema", "maximum"), requests.MAX_INT),
+    ("logs tail bound", (*_LOGS, "tail", "schema", "maximum"), requests.MAX_INT),
+    ("logs after_line bound", (*_LOGS, "after_line", "schema", "maximum"), requests.MAX_INT),
+    ("logs limit bound", (*_LOGS, "limit", "schema", "maximum"), requests.MAX_INT),
+]
+
+
+def _agrees(described: Any, code: Any) -> bool:
+    if isinstance(code, list):
+        return (
+            isinstance(described, list)
+            and len(set(described)) == len(described)
+            and sorted(described) == sorted(code)
+        )
+    return bool(type(described) is type(code) and described == code)
+
+
+def _disagreements(doc: Doc) -> list[str]:
+    """What of CONSTANTS the document has otherwise than the code."""
+    return [
+        f"{what}: the description has {_at(doc, where)!r}, the code {code!r}"
+        for what, where, code in CONSTANTS
+        if not _agrees(_at(doc, where), code)
+    ]
+
+
+def test_run_statuses_are_the_enum() -> None:
+    """STATUSES and RunStatus name the same statuses, so either may stand for both below."""
+    assert STATUSES == frozenset(RunStatus)
+    assert ENDED <= STATUSES
+
+
+def test_enums_and_patterns_are_the_code_constants() -> None:
+    """Each enum, pattern, default and bound the document copies from code is the code's."""
+    problems = _disagreements(document())
+    assert not problems, "\n".join(problems)
+
+
+def _changed(value: Any) -> Any:
+    if isinstance(value, list):
+        return value[:-1]  # one value fewer
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value - 1
+    return str(value) + "x"
+
+
+@pytest.mark.parametrize("what", [what for what, _, _ in CONSTANTS])
+def test_a_description_that_drifts_from_the_code_is_caught(what: str) -> None:
+    """Changing one of the copied values in the document (and not the code) is reported."""
+    where = next(w for name, w, _ in CONSTANTS if name == what)
+    doc = document()
+    parent = _at(doc, where[:-1])
+    parent[where[-1]] = _changed(parent[where[-1]])
+    assert [p.split(":")[0] for p in _disagreements(doc)] == [what]
+
+
+def test_an_enum_with_a_value_twice_is_caught() -> None:
+    """An enum that repeats a value is not the code's set, even with every value present."""
+    doc = document()
+    slot = _at(doc, (*_SCHEMAS, "CreateRun", "properties", "slot", "anyOf", 0))
+    slot["enum"] = [*slot["enum"], slot["enum"][0]]
+    assert [p.split(":")[0] for p in _disagreements(doc)] == ["slot"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "body"), [("CreateRun", requests.CreateRun), ("Prune", requests.PruneRequest)]
+)
+def test_request_bodies_are_the_parsed_classes(schema: str, body: type) -> None:
+    """A body's properties are the fields the server parses, required where they have no
+    default, and nothing else is allowed (the server refuses unknown keys)."""
+    described = _at(document(), (*_SCHEMAS, schema))
+    fields = attrs.fields(body)
+    assert list(described["properties"]) == [f.name for f in fields]
+    assert described["required"] == [f.name for f in fields if f.default is attrs.NOTHING]
+    assert described["additionalProperties"] is False
+
+
+def test_the_version_is_the_package_version() -> None:
+    """info.version is the server's version, whatever the data file says."""
+    import precheck
+
+    assert document()["info"]["version"] == precheck.__version__
+
+
+def test_document_returns_a_copy() -> None:
+    """A caller that changes the document does not change what the server serves."""
+    doc = document()
+    doc["paths"].clear()
+    assert document()["paths"]
 
 
 class _Links(HTMLParser):
