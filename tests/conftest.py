@@ -30,4 +30,4 @@ def config(make_config: Callable[..., Config]) -> Config:
     return make_config()
 
 
-pytest_plugins = ["docker_fixtures"]
+pytest_plugins = ["tests.docker_fixtures"]

@@ -11,12 +11,15 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from precheck import keys
 from precheck.app import create_app
@@ -32,7 +35,9 @@ class NoDocker(str):
     """Stands in for the image tag when CI has no Docker engine, so tests fail, not error."""
 
 
-def _docker(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+def _docker(
+    *args: str, timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, timeout=timeout, check=check
     )
@@ -66,7 +71,8 @@ async def docker_inspect(container_id: str) -> dict[str, Any] | None:
     rc, out, _ = await docker("inspect", "--type", "container", container_id, check=False)
     if rc != 0:
         return None
-    return json.loads(out)[0]
+    info: dict[str, Any] = json.loads(out)[0]
+    return info
 
 
 def remove_labelled(instance_ids: set[str]) -> list[str]:
@@ -153,10 +159,16 @@ def docker_instances(_remove_test_containers: set[str]) -> set[str]:
     return _remove_test_containers
 
 
+class StartApp(Protocol):
+    """The `start_app` fixture: `api = await start_app(config)`."""
+
+    def __call__(self, config: Config | None = None, /) -> Awaitable[Api]: ...
+
+
 @pytest.fixture
 def start_app(
-    aiohttp_client: Any, sim_config: Callable[..., Config], docker_instances: set[str]
-) -> Callable[..., Any]:
+    aiohttp_client: AiohttpClient, sim_config: Callable[..., Config], docker_instances: set[str]
+) -> StartApp:
     """Factory: `api = await start_app(config)` serves `create_app(config)` on a real socket.
 
     Without a config, `sim_config()` is used. Every app's instance id is noted for clean-up.
@@ -175,11 +187,11 @@ def start_app(
 class Api:
     """A thin client of the REST API for tests, asserting the happy statuses."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: TestClient[web.Request, web.Application]) -> None:
         self.client = client
 
     @property
-    def app(self) -> Any:
+    def app(self) -> web.Application:
         return self.client.app
 
     @property

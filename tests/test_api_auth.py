@@ -6,10 +6,10 @@ import hashlib
 
 import aiohttp
 import pytest
-from layouts import gds
 
 from precheck import keys
 from precheck.app import create_app
+from tests.layouts import gds
 
 
 def api_app(config, **kw):

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
-from layouts import gds, oasis
 
 from precheck import keys
 from precheck.app import create_app
+from tests.layouts import gds, oasis
 
 
 def api_app(config, **kw):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from layouts import gds, gds_gz, oasis
 
 from precheck import keys
 from precheck.app import create_app
+from tests.layouts import gds, gds_gz, oasis
 
 
 def api_app(config, **kw):

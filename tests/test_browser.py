@@ -14,9 +14,9 @@ from typing import Any
 
 import attrs
 import pytest
-from layouts import gds
 
 from precheck.config import ApiKey, AuthConfig
+from tests.layouts import gds
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"

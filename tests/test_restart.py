@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-from layouts import gds, gds_gz, oasis
 
 from precheck import keys
 from precheck.app import create_app
+from tests.layouts import gds, gds_gz, oasis
 
 
 def api_app(config, **kw):

@@ -21,12 +21,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, make_mocked_request
-from layouts import gds
-from sse_client import Message, sse
 
 from precheck import keys
 from precheck.app import create_app
 from precheck.web.access_log import AccessLogger
+from tests.layouts import gds
+from tests.sse_client import Message, sse
 
 RUNS = "/api/v1/prechecks"
 FEED = "/api/v1/events"

@@ -18,11 +18,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from docker_fixtures import Api, docker, docker_inspect
-from layouts import gds
 
 from precheck import keys
 from precheck.projections import Projections
+from tests.docker_fixtures import Api, docker, docker_inspect
+from tests.layouts import gds
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(60)]
 
