@@ -139,7 +139,7 @@ def test_times_are_stored_as_utc() -> None:
     assert stored.startswith("2026-01-02T03:04:05") and stored.endswith("Z")
     back = decode("upload.deleted", 1, data)
     assert back.at == at
-    assert back.at.utcoffset() == timedelta(0)  # type: ignore[union-attr]
+    assert back.at.utcoffset() == timedelta(0)
 
 
 def test_metadata_round_trips() -> None:

@@ -59,7 +59,7 @@ def refused(path: Path) -> str:
     return str(info.value)
 
 
-def test_empty_file_gives_defaults(tmp_path):
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     """An empty file gives every default of the plan."""
     c = load_config(write(tmp_path, ""))
     assert (c.server.host, c.server.port) == ("127.0.0.1", 8000)
@@ -77,7 +77,7 @@ def test_empty_file_gives_defaults(tmp_path):
     assert c.defaults.slot == "1x1"
 
 
-def test_plan_minimal_file(tmp_path):
+def test_plan_minimal_file(tmp_path: Path) -> None:
     """The plan's minimal example loads with defaults for the rest."""
     c = load_config(
         write(
@@ -91,7 +91,7 @@ def test_plan_minimal_file(tmp_path):
     assert c.docker.container_prefix == "precheck-"
 
 
-def test_every_key(tmp_path):
+def test_every_key(tmp_path: Path) -> None:
     """Every key of every table is read into the config."""
     digest = hashlib.sha256(b"dev-secret").hexdigest()
     c = load_config(write(tmp_path, FULL.replace("{digest}", digest)))
@@ -114,7 +114,7 @@ def test_every_key(tmp_path):
     assert c.defaults.slot == "0p5x1"
 
 
-def test_env_expansion_in_key(tmp_path, monkeypatch):
+def test_env_expansion_in_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`${VAR}` in a key is replaced by the environment variable's value."""
     monkeypatch.setenv("PRECHECK_CFG_TEST_KEY", "ws_key_from_env")
     c = load_config(
@@ -123,7 +123,7 @@ def test_env_expansion_in_key(tmp_path, monkeypatch):
     assert c.auth.api_keys[0].key == "pre-ws_key_from_env"
 
 
-def test_env_variable_not_set(tmp_path, monkeypatch):
+def test_env_variable_not_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A key naming an unset variable is an error, not a literal `${...}` key."""
     monkeypatch.delenv("PRECHECK_CFG_UNSET", raising=False)
     path = write(tmp_path, '[[auth.api_keys]]\nname = "env"\nkey = "${PRECHECK_CFG_UNSET}"\n')
@@ -133,7 +133,7 @@ def test_env_variable_not_set(tmp_path, monkeypatch):
     assert "PRECHECK_CFG_UNSET" in message
 
 
-def test_missing_file(tmp_path):
+def test_missing_file(tmp_path: Path) -> None:
     """A missing file is a ConfigError naming it."""
     path = tmp_path / "nowhere" / "config.toml"
     message = refused(path)
@@ -179,7 +179,7 @@ def test_missing_file(tmp_path):
         ('[docker]\nimage = ""\n', "docker.image"),
     ],
 )
-def test_bad_file_names_file_and_key(tmp_path, text, key):
+def test_bad_file_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
     """Every unusable value is a ConfigError whose message names the file and the key."""
     path = write(tmp_path, text)
     message = refused(path)
@@ -187,7 +187,7 @@ def test_bad_file_names_file_and_key(tmp_path, text, key):
     assert key in message, message
 
 
-def test_invalid_toml(tmp_path):
+def test_invalid_toml(tmp_path: Path) -> None:
     """A file that is not TOML is a ConfigError naming the file."""
     path = write(tmp_path, "[server\nport = 1\n")
     message = refused(path)
@@ -195,7 +195,7 @@ def test_invalid_toml(tmp_path):
     assert "TOML" in message
 
 
-def test_serve_with_missing_config_exits_with_one_line(tmp_path):
+def test_serve_with_missing_config_exits_with_one_line(tmp_path: Path) -> None:
     """`serve --config missing.toml` exits non-zero with one stderr line naming the file."""
     proc = subprocess.run(
         [sys.executable, "-m", "precheck", "serve", "--config", "missing.toml"],
@@ -212,7 +212,7 @@ def test_serve_with_missing_config_exits_with_one_line(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-def test_serve_with_bad_config_exits_with_one_line(tmp_path):
+def test_serve_with_bad_config_exits_with_one_line(tmp_path: Path) -> None:
     """`serve` on a file with an unknown key exits non-zero with one line naming file and key."""
     write(tmp_path, "[server]\nprot = 1\n", "bad.toml")
     proc = subprocess.run(

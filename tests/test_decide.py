@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict, Unpack
 
 import attrs
 import pytest
@@ -93,7 +94,19 @@ def finished(run_id: str, status: str = "completed") -> RunFinished:
     return RunFinished(run_id, status, code, "", None, None, {}, output, (output,), {}, False, T0)
 
 
-def queue_run(**changes: object) -> QueueRun:
+class QueueRunChanges(TypedDict, total=False):
+    """Fields of `QueueRun` a test may change."""
+
+    run_id: str
+    upload_id: str
+    top_cell: str
+    die_id: str
+    slot: str
+    cob: bool
+    now: datetime
+
+
+def queue_run(**changes: Unpack[QueueRunChanges]) -> QueueRun:
     """A good request to queue run `r1` of upload `u1`, with `changes` applied."""
     return attrs.evolve(QueueRun("r1", "u1", "TOP", "ABCD1234", "1x1", False, LATER), **changes)
 
@@ -223,7 +236,7 @@ def test_queue_run_with_bad_values_is_invalid(field: str, value: str) -> None:
     """A malformed die id, slot or top cell is `Invalid`, and nothing is queued."""
     state = given(received())
     with pytest.raises(Invalid) as raised:
-        decide(queue_run(**{field: value}), state)
+        decide(QueueRun(**(attrs.asdict(queue_run()) | {field: value})), state)
     assert not isinstance(raised.value, Expired)
     assert field in str(raised.value)
     assert state.runs.by_id == {}

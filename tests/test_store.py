@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +30,17 @@ def step(run: str, n: int) -> RunProgressed:
     return RunProgressed(run, n, 16, f"Step.{n}", T0)
 
 
+def subscription(store: EventStore, after: int) -> AsyncGenerator[RecordedEvent, None]:
+    """`store.subscribe(after)`, an async generator, so `aclosing` can close it early."""
+    events = store.subscribe(after)
+    assert isinstance(events, AsyncGenerator)
+    return events
+
+
 async def collect(store: EventStore, after: int, until: int) -> list[RecordedEvent]:
     """Everything a subscription from `after` yields up to position `until`."""
     seen: list[RecordedEvent] = []
-    async with aclosing(store.subscribe(after)) as events:
+    async with aclosing(subscription(store, after)) as events:
         async for r in events:
             seen.append(r)
             if r.position >= until:
@@ -189,7 +196,7 @@ class EventStoreContract:
 
         async def slow_collect(after: int) -> list[int]:
             seen = []
-            async with aclosing(store.subscribe(after)) as events:
+            async with aclosing(subscription(store, after)) as events:
                 async for r in events:
                     seen.append(r.position)
                     await asyncio.sleep(0)  # a consumer slower than the writers
@@ -245,7 +252,7 @@ class EventStoreContract:
         for b in range(EventStore.RECENT // 1000 + 3):
             await store.append([step(f"s{b}", i) for i in range(1000)], META)
         seen = 0
-        async with aclosing(store.subscribe(0)) as events:
+        async with aclosing(subscription(store, 0)) as events:
             async for _ in events:
                 seen += 1
                 if seen == 10:
