@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 import attrs
 
@@ -128,7 +129,7 @@ def decide_verdict(ending: Ending, facts: OutputFacts) -> Verdict:
     return Verdict(RunStatus.FAILED, "system", f"exit code {ending.exit_code}")
 
 
-def failed_step(steps: Iterable[Step], completed_folders: set[str]) -> str | None:
+def failed_step(steps: Iterable[Step], completed_folders: AbstractSet[str]) -> str | None:
     """The first announced step whose folder has no `state_out.json`."""
     for s in sorted(steps, key=lambda s: s.number):
         if s.folder not in completed_folders:

@@ -1,13 +1,22 @@
-"""The precheck image's command line for a run, as production runs it."""
+"""What a run's container is: the precheck image's argv as production runs it, the labels that
+mark it as ours, and the Engine API create body. Pure: no Docker, no clock."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from precheck.config import DockerConfig, parse_memory
 from precheck.projections.runs import RunRecord
-from precheck.storage.files import SUFFIX
+from precheck.runner.tar_stream import Entry
 
 INPUT_DIR = "/input"
 OUTPUT_DIR = "/output"
 WORKDIR = "/workspace"
+
+LABEL_INSTANCE = "precheck.instance"  # which server's storage the container belongs to
+LABEL_RUN = "precheck.run"
+LABEL_TOP_CELL = "precheck.top_cell"
 
 
 def input_path(run: RunRecord) -> str:
@@ -22,7 +31,7 @@ def output_name(run: RunRecord) -> str:
 
 def precheck_argv(run: RunRecord) -> list[str]:
     """`python3 precheck.py ...` with every flag given, and the run id as a fresh run tag."""
-    cmd = [
+    argv = [
         "python3",
         "precheck.py",
         "--input",
@@ -37,8 +46,8 @@ def precheck_argv(run: RunRecord) -> list[str]:
         run.slot,
     ]
     if run.cob:
-        cmd.append("--cob")
-    return [*cmd, "--run-tag", run.id]
+        argv.append("--cob")
+    return [*argv, "--run-tag", run.id]
 
 
 def step_total(run: RunRecord) -> int:
@@ -46,4 +55,46 @@ def step_total(run: RunRecord) -> int:
     return 17 if run.cob else 16
 
 
-__all__ = ["SUFFIX", "input_path", "output_name", "precheck_argv", "step_total"]
+def instance_filter(instance_id: str) -> str:
+    """The label filter that selects one server's containers."""
+    return f"{LABEL_INSTANCE}={instance_id}"
+
+
+def labels(run: RunRecord, instance_id: str) -> dict[str, str]:
+    """The labels that mark a container as this server's, for this run."""
+    return {LABEL_INSTANCE: instance_id, LABEL_RUN: run.id, LABEL_TOP_CELL: run.top_cell}
+
+
+def container_name(run: RunRecord, docker: DockerConfig) -> str:
+    """The container's name: the configured prefix and the run id."""
+    return f"{docker.container_prefix}{run.id}"
+
+
+def container_spec(run: RunRecord, docker: DockerConfig, instance_id: str) -> dict[str, Any]:
+    """The Engine API create body: production's argv, no network, bounded resources."""
+    memory = parse_memory(docker.memory_limit)
+    return {
+        "Image": docker.image,
+        "Cmd": precheck_argv(run),
+        "Env": ["COLUMNS=200"],
+        "Labels": labels(run, instance_id),
+        "NetworkDisabled": True,
+        "HostConfig": {
+            "NetworkMode": "none",
+            "Memory": memory,
+            "MemorySwap": memory,  # no swap: an OOM should fail fast, not crawl
+            "PidsLimit": docker.pids_limit,
+            "SecurityOpt": ["no-new-privileges"],
+            "AutoRemove": False,
+        },
+    }
+
+
+def input_entries(run: RunRecord, source: Path) -> list[Entry]:
+    """The archive put into the container before it starts: the input and output folders and
+    the layout."""
+    return [
+        Entry(INPUT_DIR.lstrip("/")),
+        Entry(OUTPUT_DIR.lstrip("/")),
+        Entry(input_path(run).lstrip("/"), source),
+    ]

@@ -8,8 +8,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-import attrs
-
+from precheck.domain.run_end import CopiedOut
 from precheck.events.types import OutputFile
 from precheck.projections.runs import RunRecord
 from precheck.runner.container_spec import OUTPUT_DIR, WORKDIR, output_name
@@ -22,16 +21,6 @@ log = logging.getLogger(__name__)
 MAX_KEPT_FILE = 256 << 20  # intermediate layouts in step folders are not worth keeping
 RUN_FOLDER = "run"  # runs/<id>/run/ holds the precheck's own run folder (reports/, final/, ...)
 OUTPUT_FOLDER = "output"
-
-
-@attrs.frozen
-class CopiedOut:
-    """What came out: the output layout (if any), kept files, completed steps and metrics."""
-
-    output: OutputFile | None
-    files: tuple[OutputFile, ...]
-    completed_folders: set[str]
-    metrics: dict[str, float | int | str | None]
 
 
 def _safe_relative(name: str) -> PurePosixPath | None:
@@ -82,7 +71,7 @@ async def copy_out(
             output = OutputFile(f"{OUTPUT_FOLDER}/{name}", x.size, x.sha256)
 
     metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
-    return CopiedOut(output, tuple(files), completed, metrics)
+    return CopiedOut(output, tuple(files), frozenset(completed), metrics)
 
 
 def _metrics(path: Path) -> dict[str, float | int | str | None]:

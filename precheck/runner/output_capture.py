@@ -26,6 +26,20 @@ def _nanos(stamp: str) -> int:
     return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
 
 
+async def stored_facts(
+    lines: OutputLineStore, run_id: str, facts: OutputFacts | None = None
+) -> OutputFacts:
+    """What a run's stored lines say (fed into `facts` when given)."""
+    facts = facts if facts is not None else OutputFacts()
+    after = 0
+    while True:
+        page, more = await lines.read(run_id, after_line=after, limit=5000)
+        facts.feed_all(s.text for s in page)
+        if not page or not more:
+            return facts
+        after = page[-1].line
+
+
 class OutputCapture:
     """Stores a run's lines durably, in batches while the next lines are read.
 
@@ -58,7 +72,8 @@ class OutputCapture:
         """Capture until the container's output ends; return what the whole log said."""
         tail = await self.logs.tail(self.run_id)
         if tail.line:
-            await self._replay_stored()
+            # The verdict needs the whole log's facts, including lines stored before a restart.
+            await stored_facts(self.logs, self.run_id, self.facts)
         flusher = asyncio.create_task(self._flush_loop(), name=f"log-flush-{self.run_id}")
         try:
             await self._read(tail.line, tail.time, tail.same_time)
@@ -68,17 +83,6 @@ class OutputCapture:
             self._has_work.set()
             await flusher
         return self.facts
-
-    async def _replay_stored(self) -> None:
-        # The verdict needs the whole log's facts, including lines stored before a restart.
-        after = 0
-        while True:
-            lines, more = await self.logs.read(self.run_id, after_line=after, limit=5000)
-            for s in lines:
-                self.facts.feed(s.text)
-            if not lines or not more:
-                return
-            after = lines[-1].line
 
     async def _read(self, line_no: int, since: str, skip_same: int) -> None:
         since_n = _nanos(since) if since else None

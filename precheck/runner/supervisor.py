@@ -11,24 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
 from precheck.clock import Clock
-from precheck.config import Config, parse_memory
+from precheck.config import Config
 from precheck.domain.status import RunStatus
-from precheck.domain.verdict import Ending, OutputFacts, Step, decide_verdict, failed_step
-from precheck.events.store import ConcurrencyError, EventStore, RecordedEvent
+from precheck.domain.verdict import OutputFacts, Step
+from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import (
-    Event,
-    Metadata,
-    ReactionFailed,
-    RunCancelled,
-    RunExited,
     RunFailedToStart,
-    RunOutputsStored,
     RunProgressed,
     RunStarted,
     RunTimedOut,
@@ -36,19 +29,27 @@ from precheck.events.types import (
 )
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
-from precheck.runner.container_spec import INPUT_DIR, OUTPUT_DIR, precheck_argv, step_total
-from precheck.runner.copy_out import CopiedOut, copy_out
-from precheck.runner.engine import ContainerState, Engine, EngineError, parse_docker_time
+from precheck.runner.container_spec import (
+    LABEL_INSTANCE,
+    LABEL_RUN,
+    container_name,
+    container_spec,
+    input_entries,
+    instance_filter,
+    step_total,
+)
+from precheck.runner.engine import Engine, EngineError
 from precheck.runner.output_capture import OutputCapture
-from precheck.runner.tar_stream import Entry, write_tar
+from precheck.runner.recorder import Recorder
+from precheck.runner.run_end import RunEnd
+from precheck.runner.tar_stream import write_tar
 from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
 
 log = logging.getLogger(__name__)
 
-SUPERVISOR = Metadata(actor="supervisor")
-LABEL_INSTANCE = "precheck.instance"
-LABEL_RUN = "precheck.run"
+__all__ = ["LABEL_INSTANCE", "Supervisor"]
+
 CAPTURE_GRACE = 30.0  # seconds to wait for the last log lines after a container died
 
 
@@ -62,16 +63,26 @@ class Supervisor:
         store: EventStore,
         projections: Projections,
         storage: Storage,
-        logs: OutputLineStore,
+        output_lines: OutputLineStore,
         clock: Clock,
     ) -> None:
         self.config = config
         self.engine = engine
-        self.store = store
         self.state = projections
         self.storage = storage
-        self.logs = logs
+        self.output_lines = output_lines
         self.clock = clock
+        self.recorder = Recorder(store, projections, clock)
+        self.run_end = RunEnd(
+            engine,
+            projections,
+            self.recorder,
+            storage,
+            output_lines,
+            self._facts,
+            config.docker.timeout_minutes,
+            clock,
+        )
         self.docker_reachable = False
         self.docker_error = "not connected yet"
         self._wake = asyncio.Event()
@@ -87,7 +98,7 @@ class Supervisor:
     @property
     def label(self) -> str:
         """The label filter that selects this server's containers."""
-        return f"{LABEL_INSTANCE}={self.state.instance_id}"
+        return instance_filter(self.state.instance_id or "")
 
     # Lifecycle ---------------------------------------------------------------------------------
 
@@ -122,25 +133,8 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                await self._failed("react", e)
+                await self.recorder.failed("react", e)
             await self._wake.wait()
-
-    async def _failed(self, component: str, e: BaseException, run_id: str | None = None) -> None:
-        """Log a failed reaction with its traceback and record it; the loop goes on."""
-        log.error("supervisor %s failed:\n%s", component, "".join(traceback.format_exception(e)))
-        with contextlib.suppress(Exception):
-            await self.store.append(
-                [ReactionFailed(component, f"{type(e).__name__}: {e}", self.clock(), run_id)],
-                SUPERVISOR,
-            )
-
-    async def _append(self, run: RunRecord, events: list[Event]) -> bool:
-        """Append events about `run` if it has not changed since it was read."""
-        try:
-            await self.store.append(events, SUPERVISOR, {f"run-{run.id}": run.version})
-        except ConcurrencyError:
-            return False
-        return True
 
     # Reacting to the log -----------------------------------------------------------------------
 
@@ -177,50 +171,21 @@ class Supervisor:
             raise EngineError(404, f"image {image} is not available (pull policy: {policy})")
         return digest
 
-    def container_spec(self, run: RunRecord) -> dict[str, Any]:
-        """The Engine API create body: production's command, no network, bounded resources."""
-        d = self.config.docker
-        memory = parse_memory(d.memory_limit)
-        return {
-            "Image": d.image,
-            "Cmd": precheck_argv(run),
-            "Env": ["COLUMNS=200"],
-            "Labels": {
-                LABEL_INSTANCE: self.state.instance_id,
-                LABEL_RUN: run.id,
-                "precheck.top_cell": run.top_cell,
-            },
-            "NetworkDisabled": True,
-            "HostConfig": {
-                "NetworkMode": "none",
-                "Memory": memory,
-                "MemorySwap": memory,  # no swap: an OOM should fail fast, not crawl
-                "PidsLimit": d.pids_limit,
-                "SecurityOpt": ["no-new-privileges"],
-                "AutoRemove": False,
-            },
-        }
-
     async def _start(self, run: RunRecord) -> None:
         container_id = ""
         try:
             digest = await self._image()
-            name = f"{self.config.docker.container_prefix}{run.id}"
-            container_id = await self.engine.create(name, self.container_spec(run))
-            source = self.storage.upload_file(run.upload_id, run.input.filename)
-            tar = write_tar(
-                [
-                    Entry(INPUT_DIR.lstrip("/")),
-                    Entry(OUTPUT_DIR.lstrip("/")),
-                    Entry(f"{INPUT_DIR.lstrip('/')}/{run.input.filename}", source),
-                ]
+            docker, instance = self.config.docker, self.state.instance_id or ""
+            container_id = await self.engine.create(
+                container_name(run, docker), container_spec(run, docker, instance)
             )
-            await self.engine.put_archive(container_id, "/", tar)
+            source = self.storage.upload_file(run.upload_id, run.input.filename)
+            await self.engine.put_archive(container_id, "/", write_tar(input_entries(run, source)))
             await self.engine.start(container_id)
             started = RunStarted(
                 run.id, container_id, self.config.docker.image, digest, self.clock()
             )
-            if not await self._append(run, [started]):
+            if not await self.recorder.append(run, [started]):
                 # Cancelled while starting: the container must not outlive that decision.
                 await self.engine.remove(container_id)
                 return
@@ -232,19 +197,21 @@ class Supervisor:
             if e.status == 900:  # Docker went away: the run stays queued for the reconnect
                 self._lost_docker(e.message)
                 return
-            await self._append(
+            await self.recorder.append(
                 run, [RunFailedToStart(run.id, f"Docker: {e.message}", self.clock())]
             )
         except FileNotFoundError as e:
-            await self._append(run, [RunFailedToStart(run.id, f"input missing: {e}", self.clock())])
+            await self.recorder.append(
+                run, [RunFailedToStart(run.id, f"input missing: {e}", self.clock())]
+            )
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            await self._failed("start", e, run.id)
+            await self.recorder.failed("start", e, run.id)
             if container_id:
                 with contextlib.suppress(Exception):
                     await self.engine.remove(container_id)
-            await self._append(
+            await self.recorder.append(
                 run, [RunFailedToStart(run.id, f"{type(e).__name__}: {e}", self.clock())]
             )
         finally:
@@ -273,11 +240,11 @@ class Supervisor:
             if run.progress is not None and run.progress.step >= step.number:
                 return  # already recorded (a resumed capture sees old lines again)
             total = step_total(run)
-            await self._append(
+            await self.recorder.append(
                 run, [RunProgressed(run_id, step.number, total, step.name, self.clock())]
             )
 
-        capture = OutputCapture(self.engine, self.logs, run_id, container_id, on_step)
+        capture = OutputCapture(self.engine, self.output_lines, run_id, container_id, on_step)
         return await capture.run()
 
     async def _timeout(self, run_id: str, container_id: str) -> None:
@@ -291,7 +258,7 @@ class Supervisor:
         if run is None or run.status != RunStatus.RUNNING:
             return
         if not run.timed_out:
-            await self._append(run, [RunTimedOut(run_id, minutes, self.clock())])
+            await self.recorder.append(run, [RunTimedOut(run_id, minutes, self.clock())])
         await self.engine.kill(container_id)
 
     # Finishing ---------------------------------------------------------------------------------
@@ -302,133 +269,28 @@ class Supervisor:
 
     async def _finish(self, run_id: str) -> None:
         try:
-            await self._record_end(run_id)
+            if await self.run_end.record(run_id):
+                self._forget(run_id)
         except asyncio.CancelledError:
             raise
         except EngineError as e:
             if e.status == 900:
                 self._lost_docker(e.message)  # reconciled again on reconnect
             else:
-                await self._failed("finish", e, run_id)
+                await self.recorder.failed("finish", e, run_id)
         except Exception as e:
-            await self._failed("finish", e, run_id)
+            await self.recorder.failed("finish", e, run_id)
         finally:
             self._finishing.pop(run_id, None)
             self._wake.set()
 
-    async def _record_end(self, run_id: str) -> None:
-        """Record a stopped container's end in two steps, then remove the container.
-
-        First the verdict (`RunExited`), as soon as Docker and the log tell it: the run's slot
-        is free for the next one from then on. Then the outputs, copied out of the container,
-        which can take long for a big layout (`RunOutputsStored`).
-        """
-        run = self.state.runs.get(run_id)
-        if run is None or run.settled:
-            return
-        container = await self.engine.inspect(run.container_id) if run.container_id else None
-        if run.status == RunStatus.RUNNING:
-            if container is not None and container.running:
-                return  # a stale event; the container lives on
-            facts = (
-                await self._facts(run) if container is not None else await self._stored_facts(run)
-            )
-            exited = await self._append_for(
-                run_id, lambda r: self._exit_events(r, container, facts)
-            )
-            if exited is None or exited.settled:
-                await self._done_with(run_id, container)
-                return
-        else:
-            facts = await self._stored_facts(run)  # exited before a restart: finish the copy
-        copied = None
-        if container is not None:
-            copied = await copy_out(self.engine, self.storage, run, container.id)
-        await self._append_for(run_id, lambda r: self._stored_events(r, facts, copied))
-        await self._done_with(run_id, container)
-
-    async def _done_with(self, run_id: str, container: ContainerState | None) -> None:
-        self.logs.wake_all(run_id)
+    def _forget(self, run_id: str) -> None:
+        """Drop what was kept to watch a run that has ended."""
         self._killed.discard(run_id)
         self._captures.pop(run_id, None)
         timer = self._timers.pop(run_id, None)
         if timer is not None:
             timer.cancel()
-        if container is not None:
-            await self.engine.remove(container.id)
-
-    async def _append_for(
-        self, run_id: str, build: Callable[[RunRecord], list[Event]]
-    ) -> RunRecord | None:
-        """Append what `build` makes of the run's latest record, rebuilt if the run changed."""
-        for _ in range(5):
-            run = self.state.runs.get(run_id)
-            if run is None:
-                return None
-            events = build(run)
-            if not events or await self._append(run, events):
-                return self.state.runs.get(run_id)
-        raise RuntimeError(f"run {run_id} kept changing while its end was recorded")
-
-    def _exit_events(
-        self, run: RunRecord, container: ContainerState | None, facts: OutputFacts
-    ) -> list[Event]:
-        if run.status != RunStatus.RUNNING:
-            return []  # recorded meanwhile
-        now = self.clock()
-        if container is None:
-            ending = Ending(
-                exit_code=-1, docker_error="the container disappeared before it was recorded"
-            )
-        elif run.cancel_requested:
-            return [RunCancelled(run.id, now, container.exit_code)]
-        else:
-            ending = Ending(
-                exit_code=container.exit_code,
-                oom_killed=container.oom_killed,
-                timed_out=run.timed_out,
-                timeout_minutes=self.config.docker.timeout_minutes,
-            )
-        verdict = decide_verdict(ending, facts)
-        stopped = parse_docker_time(container.finished_at) if container is not None else now
-        return [
-            RunExited(
-                run.id,
-                verdict.status,
-                ending.exit_code,
-                verdict.error,
-                verdict.classification,
-                dict(facts.deferred),
-                ending.oom_killed,
-                stopped if stopped.year > 1 else now,
-                now,
-            )
-        ]
-
-    def _stored_events(
-        self, run: RunRecord, facts: OutputFacts, copied: CopiedOut | None
-    ) -> list[Event]:
-        if run.settled:
-            return []
-        completed = copied.completed_folders if copied is not None else set()
-        step = failed_step(facts.steps, completed) if run.status == RunStatus.FAILED else None
-        if copied is None:
-            return [RunOutputsStored(run.id, None, (), {}, step, self.clock())]
-        return [
-            RunOutputsStored(
-                run.id, copied.output, copied.files, copied.metrics, step, self.clock()
-            )
-        ]
-
-    async def _stored_facts(self, run: RunRecord) -> OutputFacts:
-        """What the stored log says, for a run whose container can no longer be read."""
-        facts, after = OutputFacts(), 0
-        while True:
-            lines, more = await self.logs.read(run.id, after_line=after, limit=5000)
-            facts.feed_all(s.text for s in lines)
-            if not lines or not more:
-                return facts
-            after = lines[-1].line
 
     async def _facts(self, run: RunRecord) -> OutputFacts:
         """The whole log's facts: from the live capture, or a capture run to its end now."""
@@ -475,7 +337,7 @@ class Supervisor:
                 self._lost_docker(e.message)
             except Exception as e:
                 self._lost_docker(f"{type(e).__name__}: {e}")
-                await self._failed("docker-events", e)
+                await self.recorder.failed("docker-events", e)
             # Waiting to reconnect to an engine that is down is not polling the queue.
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -513,7 +375,7 @@ class Supervisor:
             if run_id in self._finishing:
                 continue  # being recorded and removed right now
             await self.engine.remove(c.id)
-            await self.store.append([StrayContainerRemoved(c.id, c.name, self.clock())], SUPERVISOR)
+            await self.recorder.append_fact([StrayContainerRemoved(c.id, c.name, self.clock())])
         for run in list(self.state.runs.by_id.values()):
             started = run.container_id and not run.settled and run.status != RunStatus.QUEUED
             if started and run.id not in seen and run.id not in self._finishing:

@@ -1,0 +1,89 @@
+"""The events a run's end produces, from what Docker, the log and the copy-out found. Pure.
+
+A run ends in two steps: `RunExited` (the verdict, once the container has stopped) and then
+`RunOutputsStored` (what was copied out). A cancelled run ends with `RunCancelled` alone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+from precheck.domain.status import RunStatus
+from precheck.domain.verdict import Ending, OutputFacts, decide_verdict, failed_step
+from precheck.events.types import Event, OutputFile, RunCancelled, RunExited, RunOutputsStored
+from precheck.projections.runs import RunRecord
+
+GONE = "the container disappeared before it was recorded"
+
+
+@attrs.frozen
+class ContainerExit:
+    """How Docker saw the container stop; `finished_at` is None when Docker gave no time."""
+
+    exit_code: int
+    oom_killed: bool
+    finished_at: datetime | None
+
+
+@attrs.frozen
+class CopiedOut:
+    """What came out of the container: the output layout (if any), kept files, the step
+    folders that completed (they hold `state_out.json`) and the metrics."""
+
+    output: OutputFile | None
+    files: tuple[OutputFile, ...]
+    completed_folders: frozenset[str]
+    metrics: dict[str, float | int | str | None]
+
+
+def exit_events(
+    run: RunRecord,
+    stopped: ContainerExit | None,
+    facts: OutputFacts,
+    timeout_minutes: float,
+    now: datetime,
+) -> list[Event]:
+    """The verdict of a run whose container stopped (`stopped` None: it is gone)."""
+    if run.status != RunStatus.RUNNING:
+        return []  # recorded meanwhile
+    if stopped is None:
+        ending = Ending(exit_code=-1, docker_error=GONE)
+    elif run.cancel_requested:
+        return [RunCancelled(run.id, now, stopped.exit_code)]
+    else:
+        ending = Ending(
+            exit_code=stopped.exit_code,
+            oom_killed=stopped.oom_killed,
+            timed_out=run.timed_out,
+            timeout_minutes=timeout_minutes,
+        )
+    verdict = decide_verdict(ending, facts)
+    finished_at = stopped.finished_at if stopped is not None else None
+    return [
+        RunExited(
+            run.id,
+            verdict.status,
+            ending.exit_code,
+            verdict.error,
+            verdict.classification,
+            dict(facts.deferred),
+            ending.oom_killed,
+            finished_at or now,
+            now,
+        )
+    ]
+
+
+def stored_events(
+    run: RunRecord, facts: OutputFacts, copied: CopiedOut | None, now: datetime
+) -> list[Event]:
+    """What was stored of an exited run (`copied` None: its container was gone)."""
+    if run.settled:
+        return []
+    completed = copied.completed_folders if copied is not None else frozenset()
+    step = failed_step(facts.steps, completed) if run.status == RunStatus.FAILED else None
+    if copied is None:
+        return [RunOutputsStored(run.id, None, (), {}, step, now)]
+    return [RunOutputsStored(run.id, copied.output, copied.files, copied.metrics, step, now)]
