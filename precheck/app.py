@@ -25,6 +25,7 @@ from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
 from precheck.web import (
     audit,
+    cleanup,
     downloads,
     health,
     metrics,
@@ -52,7 +53,7 @@ def create_app(
 
     With `run_containers=False` no supervisor runs: runs wait in the queue (for tests of the
     API alone, and for a read-only look at a storage folder). `admin_token` is what the CLI
-    on this machine presents (see `presence.py`).
+    on this machine presents (see `ops/lock.py`).
     """
     app = web.Application(middlewares=[context], client_max_size=1 << 20)
     app[keys.CONFIG] = config
@@ -75,6 +76,7 @@ def create_app(
         metrics,
         openapi,
         page,
+        cleanup,
     ):
         resource.setup_routes(app)
     return app
@@ -84,7 +86,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     storage = app[keys.STORAGE]
     storage.prepare()
     store = await EventStore.open(storage.db_path)
-    log_store = await OutputLineStore.open(storage.db_path, encoder=line_message)
+    output_lines_store = await OutputLineStore.open(storage.db_path, encoder=line_message)
     try:
         projections = await Projections.replay(store)
         projections.attach(store)
@@ -94,8 +96,8 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
         log.info("replayed %d events from %s", projections.position, storage.db_path)
         app[keys.STORE] = store
         app[keys.PROJECTIONS] = projections
-        app[keys.HANDLER] = CommandHandler(store, projections, storage, log_store)
-        app[keys.OUTPUT_LINES] = log_store
+        app[keys.HANDLER] = CommandHandler(store, projections, storage, output_lines_store)
+        app[keys.OUTPUT_LINES] = output_lines_store
         app[keys.METRICS] = metrics.Metrics(
             lambda: projections,
             lambda: store.head,
@@ -105,7 +107,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
         store.append_observer = app[keys.METRICS].append_seconds.observe
         yield
     finally:
-        await log_store.close()
+        await output_lines_store.close()
         await store.close()
 
 

@@ -1,4 +1,4 @@
-"""Following one container's output into the log store, line by line, as it arrives."""
+"""Following one container's output into the output-line store, line by line, as it arrives."""
 
 from __future__ import annotations
 
@@ -50,13 +50,13 @@ class OutputCapture:
     def __init__(
         self,
         engine: Engine,
-        logs: OutputLineStore,
+        output_lines: OutputLineStore,
         run_id: str,
         container_id: str,
         on_step: StepSeen,
     ) -> None:
         self.engine = engine
-        self.logs = logs
+        self.output_lines = output_lines
         self.run_id = run_id
         self.container_id = container_id
         self.on_step = on_step
@@ -70,10 +70,10 @@ class OutputCapture:
 
     async def run(self) -> OutputFacts:
         """Capture until the container's output ends; return what the whole log said."""
-        tail = await self.logs.tail(self.run_id)
+        tail = await self.output_lines.tail(self.run_id)
         if tail.line:
             # The verdict needs the whole log's facts, including lines stored before a restart.
-            await stored_facts(self.logs, self.run_id, self.facts)
+            await stored_facts(self.output_lines, self.run_id, self.facts)
         flusher = asyncio.create_task(self._flush_loop(), name=f"log-flush-{self.run_id}")
         try:
             await self._read(tail.line, tail.time, tail.same_time)
@@ -124,7 +124,7 @@ class OutputCapture:
 
     def _publish(self) -> None:
         lines, self._unpublished = self._unpublished, []
-        self.logs.publish(self.run_id, lines)
+        self.output_lines.publish(self.run_id, lines)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -133,7 +133,7 @@ class OutputCapture:
             batch, self._pending = self._pending, []
             steps, self._steps = self._steps, []
             if batch:
-                await self.logs.append(self.run_id, batch, published=True)
+                await self.output_lines.append(self.run_id, batch, published=True)
             for step in steps:  # after its line is stored
                 try:
                     await self.on_step(step)

@@ -26,10 +26,10 @@ class CommandHandler:
         store: EventStore,
         projections: Projections,
         storage: Storage,
-        logs: OutputLineStore | None = None,
+        output_lines: OutputLineStore | None = None,
     ) -> None:
         self.store = store
-        self.logs = logs
+        self.output_lines = output_lines
         self.projections = projections
         self.storage = storage
         self._lock = asyncio.Lock()
@@ -55,8 +55,8 @@ class CommandHandler:
             e = r.event
             if isinstance(e, RunDeleted):
                 await remove(self.storage.remove_run, e.run_id)
-                if self.logs is not None:
-                    await self.logs.delete_run(e.run_id)
+                if self.output_lines is not None:
+                    await self.output_lines.delete_run(e.run_id)
                 if self.projections.uploads.get(e.upload_id) is None:
                     await remove(self.storage.remove_upload, e.upload_id)  # went with its last run
             elif isinstance(e, UploadDeleted):
