@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from precheck import keys
 from precheck.app import create_app
+from precheck.config import Config
+from precheck.events.store import RecordedEvent
+from precheck.events.types import UploadReceived
 from tests.layouts import gds
 
+Client = TestClient[web.Request, web.Application]
 
-def api_app(config, **kw):
+
+def api_app(config: Config) -> web.Application:
     """The app without a supervisor: these tests are about the API, so runs stay queued."""
-    return create_app(config, run_containers=False, **kw)
+    return create_app(config, run_containers=False)
 
 
 KEY = "ws_key_ci_secret"
 KEYS = [{"name": "ci", "key": KEY}]
 
 
-def auth_app(make_config, server: dict | None = None, **auth):
+def auth_app(
+    make_config: Callable[..., Config], server: dict[str, object] | None = None, **auth: object
+) -> web.Application:
     return api_app(
         make_config(server=server or {}, auth={"required": True, "api_keys": KEYS, **auth})
     )
@@ -31,7 +42,7 @@ def bearer(key: str = KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def received(client) -> list:
+async def received(client: Client) -> list[RecordedEvent]:
     """The upload events in the log (the server also records its own start)."""
     return [r for r in await client.app[keys.STORE].read() if r.type == "upload.received"]
 
@@ -43,11 +54,11 @@ def layout_form() -> aiohttp.FormData:
 
 
 @pytest.fixture
-async def client(aiohttp_client, make_config):
+async def client(aiohttp_client: AiohttpClient, make_config: Callable[..., Config]) -> Client:
     return await aiohttp_client(auth_app(make_config))
 
 
-async def test_health_is_open(client):
+async def test_health_is_open(client: Client) -> None:
     """`/health` answers without a key."""
     r = await client.get("/health")
     assert r.status == 200
@@ -57,7 +68,7 @@ async def test_health_is_open(client):
 @pytest.mark.parametrize(
     "path", ["/api/v1/queue", "/api/v1/uploads", "/api/v1/prechecks", "/api/v1/prechecks/x"]
 )
-async def test_missing_key_is_401(client, path):
+async def test_missing_key_is_401(client: Client, path: str) -> None:
     """Without a key every API route answers 401 with a JSON message and a Bearer challenge."""
     r = await client.get(path)
     assert r.status == 401
@@ -65,7 +76,7 @@ async def test_missing_key_is_401(client, path):
     assert "API key required" in (await r.json())["message"]
 
 
-async def test_missing_key_refuses_writes_without_events(client):
+async def test_missing_key_refuses_writes_without_events(client: Client) -> None:
     """An upload without a key is refused before anything is stored."""
     head = client.app[keys.STORE].head
     r = await client.post("/api/v1/uploads", data=layout_form())
@@ -85,7 +96,7 @@ async def test_missing_key_refuses_writes_without_events(client):
         {"Authorization": f"Basic {KEY}"},  # not a bearer token: no key at all
     ],
 )
-async def test_wrong_key_is_401(client, headers):
+async def test_wrong_key_is_401(client: Client, headers: dict[str, str]) -> None:
     """A wrong key (or one in the wrong scheme) answers 401 with a JSON message."""
     r = await client.get("/api/v1/queue", headers=headers)
     assert r.status == 401
@@ -96,14 +107,16 @@ async def test_wrong_key_is_401(client, headers):
 @pytest.mark.parametrize(
     "headers", [bearer(), {"Authorization": f"bearer {KEY}"}, {"X-API-Key": KEY}]
 )
-async def test_right_key_is_200(client, headers):
+async def test_right_key_is_200(client: Client, headers: dict[str, str]) -> None:
     """The right key opens the API, as a bearer token or in X-API-Key."""
     r = await client.get("/api/v1/queue", headers=headers)
     assert r.status == 200
     assert (await r.json())["queued"] == 0
 
 
-async def test_key_given_as_sha256(aiohttp_client, make_config):
+async def test_key_given_as_sha256(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """A key configured only by its sha256 digest is accepted; others are not."""
     digest = hashlib.sha256(b"hashed-secret").hexdigest()
     app = api_app(
@@ -114,7 +127,7 @@ async def test_key_given_as_sha256(aiohttp_client, make_config):
     assert (await client.get("/api/v1/queue", headers=bearer(digest))).status == 401
 
 
-async def test_actor_client_and_request_id_land_in_event_metadata(client):
+async def test_actor_client_and_request_id_land_in_event_metadata(client: Client) -> None:
     """An upload's event names the key, the client address and the request id, which is echoed."""
     r = await client.post(
         "/api/v1/uploads", data=layout_form(), headers={**bearer(), "X-Request-Id": "test-123"}
@@ -123,13 +136,14 @@ async def test_actor_client_and_request_id_land_in_event_metadata(client):
     assert r.headers["X-Request-Id"] == "test-123"
     upload_id = (await r.json())["Id"]
     [recorded] = await received(client)
+    assert isinstance(recorded.event, UploadReceived)
     assert recorded.event.upload_id == upload_id
     assert recorded.metadata.actor == "ci"
     assert recorded.metadata.client == "127.0.0.1"
     assert recorded.metadata.request_id == "test-123"
 
 
-async def test_request_id_is_made_when_missing_or_unusable(client):
+async def test_request_id_is_made_when_missing_or_unusable(client: Client) -> None:
     """Without a usable X-Request-Id the server makes one and still echoes it, even on errors."""
     r = await client.get("/api/v1/queue", headers=bearer())
     made = r.headers["X-Request-Id"]
@@ -143,7 +157,9 @@ async def test_request_id_is_made_when_missing_or_unusable(client):
     assert r.headers["X-Request-Id"] == "denied-1"
 
 
-async def test_allowlist_excluding_the_client_is_403(aiohttp_client, make_config):
+async def test_allowlist_excluding_the_client_is_403(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """An allowlist without 127.0.0.1 refuses even the right key with 403 and a message."""
     client = await aiohttp_client(auth_app(make_config, allowed_ips=["10.0.0.0/8", "192.0.2.7"]))
     r = await client.get("/api/v1/queue", headers=bearer())
@@ -158,13 +174,17 @@ async def test_allowlist_excluding_the_client_is_403(aiohttp_client, make_config
 @pytest.mark.parametrize(
     "allowed", [["127.0.0.0/8"], ["10.0.0.0/8", "127.0.0.1"], ["127.0.0.1/32"]]
 )
-async def test_allowlist_including_the_client_is_200(aiohttp_client, make_config, allowed):
+async def test_allowlist_including_the_client_is_200(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config], allowed: list[str]
+) -> None:
     """A CIDR or address that covers 127.0.0.1 lets the keyed request through."""
     client = await aiohttp_client(auth_app(make_config, allowed_ips=allowed))
     assert (await client.get("/api/v1/queue", headers=bearer())).status == 200
 
 
-async def test_forwarded_for_ignored_from_untrusted_peer(aiohttp_client, make_config):
+async def test_forwarded_for_ignored_from_untrusted_peer(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """Without trusted proxies, X-Forwarded-For neither passes an allowlist nor names the client."""
     client = await aiohttp_client(auth_app(make_config, allowed_ips=["203.0.113.0/24"]))
     r = await client.get("/api/v1/queue", headers={**bearer(), "X-Forwarded-For": "203.0.113.9"})
@@ -182,7 +202,9 @@ async def test_forwarded_for_ignored_from_untrusted_peer(aiohttp_client, make_co
     assert recorded.metadata.client == "127.0.0.1"
 
 
-async def test_forwarded_for_honoured_from_trusted_proxy(aiohttp_client, make_config):
+async def test_forwarded_for_honoured_from_trusted_proxy(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """Behind a trusted proxy the forwarded address is the client: it decides the allowlist."""
     app = auth_app(
         make_config, server={"trusted_proxies": ["127.0.0.1/32"]}, allowed_ips=["203.0.113.0/24"]
@@ -205,7 +227,11 @@ async def test_forwarded_for_honoured_from_trusted_proxy(aiohttp_client, make_co
     assert (await client.get("/api/v1/queue", headers=bearer())).status == 403
 
 
-async def test_key_from_environment(aiohttp_client, make_config, monkeypatch):
+async def test_key_from_environment(
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A `${ENV}` key is replaced by the variable's value when the config is read."""
     monkeypatch.setenv("PRECHECK_TEST_API_KEY", "from-the-environment")
     config = make_config(
@@ -218,7 +244,7 @@ async def test_key_from_environment(aiohttp_client, make_config, monkeypatch):
     ).status == 401
 
 
-async def test_open_server_records_anonymous(aiohttp_client, config):
+async def test_open_server_records_anonymous(aiohttp_client: AiohttpClient, config: Config) -> None:
     """With auth not required, requests without a key pass and are recorded as anonymous."""
     client = await aiohttp_client(api_app(config))
     r = await client.post("/api/v1/uploads", data=layout_form())

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from precheck import keys
 from precheck.app import create_app
+from precheck.clock import Clock, utcnow
+from precheck.config import Config
 from tests.layouts import gds, oasis
 
+Client = TestClient[web.Request, web.Application]
 
-def api_app(config, **kw):
+
+def api_app(config: Config, clock: Clock = utcnow) -> web.Application:
     """The app without a supervisor: these tests are about the API, so runs stay queued."""
-    return create_app(config, run_containers=False, **kw)
+    return create_app(config, clock, run_containers=False)
 
 
 ZERO = "0001-01-01T00:00:00Z"
@@ -35,27 +44,31 @@ class FakeClock:
 
 
 @pytest.fixture
-async def client(aiohttp_client, config):
+async def client(aiohttp_client: AiohttpClient, config: Config) -> Client:
     return await aiohttp_client(api_app(config, clock=FakeClock()))
 
 
-async def upload(client, body: bytes | None = None, name: str = "chip.gds") -> dict:
+async def upload(
+    client: Client, body: bytes | None = None, name: str = "chip.gds"
+) -> dict[str, Any]:
     form = aiohttp.FormData()
     form.add_field("file", body or gds(), filename=name)
     r = await client.post("/api/v1/uploads", data=form)
     assert r.status == 200, await r.text()
-    return await r.json()
+    doc: dict[str, Any] = await r.json()
+    return doc
 
 
-async def create(client, upload_id: str, **fields) -> dict:
+async def create(client: Client, upload_id: str, **fields: object) -> dict[str, Any]:
     r = await client.post(
         "/api/v1/prechecks", json={"upload_id": upload_id, "top_cell": "chip_top", **fields}
     )
     assert r.status == 200, await r.text()
-    return await r.json()
+    doc: dict[str, Any] = await r.json()
+    return doc
 
 
-async def test_create_run_has_docker_like_shape(client):
+async def test_create_run_has_docker_like_shape(client: Client) -> None:
     """A new run answers 200 in the Docker-like shape, queued, with the upload's checksum."""
     up = await upload(client, oasis("my_top"), "my.oas")
     r = await client.post(
@@ -104,7 +117,9 @@ async def test_create_run_has_docker_like_shape(client):
     assert (await (await client.get(f"/api/v1/uploads/{up['Id']}")).json())["Runs"] == [run["Id"]]
 
 
-async def test_defaults_for_die_id_and_slot(aiohttp_client, make_config):
+async def test_defaults_for_die_id_and_slot(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """Without die_id and slot a run gets FFFFFFFF and the configured default slot."""
     client = await aiohttp_client(api_app(make_config(defaults={"slot": "0p5x0p5"})))
     up = await upload(client)
@@ -116,7 +131,7 @@ async def test_defaults_for_die_id_and_slot(aiohttp_client, make_config):
     assert "--cob" not in run["Config"]["Cmd"]
 
 
-async def test_default_slot_without_config_is_1x1(client):
+async def test_default_slot_without_config_is_1x1(client: Client) -> None:
     """With no `[defaults]` table the slot is 1x1."""
     up = await upload(client)
     run = await create(client, up["Id"])
@@ -124,11 +139,11 @@ async def test_default_slot_without_config_is_1x1(client):
     assert run["Config"]["Cmd"][run["Config"]["Cmd"].index("--slot") + 1] == "1x1"
 
 
-async def positions(client, ids: list[str]) -> list[dict]:
+async def positions(client: Client, ids: list[str]) -> list[dict[str, Any]]:
     return [(await (await client.get(f"/api/v1/prechecks/{i}")).json())["Queue"] for i in ids]
 
 
-async def test_fifo_positions_and_cancel_of_the_first(client):
+async def test_fifo_positions_and_cancel_of_the_first(client: Client) -> None:
     """Three runs take places 1, 2, 3; cancelling the first moves the others up."""
     up = await upload(client)
     runs = [await create(client, up["Id"]) for _ in range(3)]
@@ -154,7 +169,9 @@ async def test_fifo_positions_and_cancel_of_the_first(client):
     assert late["Queue"] == {"Position": 3, "Length": 3}
 
 
-async def test_queue_endpoint(aiohttp_client, make_config):
+async def test_queue_endpoint(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """`GET /api/v1/queue` gives queued, running and max_concurrent."""
     client = await aiohttp_client(api_app(make_config(server={"max_concurrent": 3})))
     r = await client.get("/api/v1/queue")
@@ -167,7 +184,7 @@ async def test_queue_endpoint(aiohttp_client, make_config):
     assert (q["queued"], q["running"], q["max_concurrent"]) == (2, 0, 3)
 
 
-async def test_list_with_status_filter(client):
+async def test_list_with_status_filter(client: Client) -> None:
     """The list is newest first; repeated `status` values filter by any of them."""
     up = await upload(client)
     a, b, c = [await create(client, up["Id"]) for _ in range(3)]
@@ -188,7 +205,7 @@ async def test_list_with_status_filter(client):
     assert full[0] == await (await client.get(f"/api/v1/prechecks/{c['Id']}")).json()
 
 
-async def test_list_with_unknown_status_is_400(client):
+async def test_list_with_unknown_status_is_400(client: Client) -> None:
     """An unknown status value is refused, naming it."""
     r = await client.get("/api/v1/prechecks?status=queued&status=sleeping")
     assert r.status == 400
@@ -227,7 +244,7 @@ def bad_bodies(upload_id: str) -> list[tuple[str, object, int]]:
     ]
 
 
-async def test_bad_create_requests_are_refused_without_events(client):
+async def test_bad_create_requests_are_refused_without_events(client: Client) -> None:
     """Every malformed or impossible run request gets a 4xx JSON message and appends nothing."""
     up = await upload(client)
     store = client.app[keys.STORE]
@@ -248,7 +265,7 @@ async def test_bad_create_requests_are_refused_without_events(client):
     assert await r.json() == {"message": "No such upload: gone"}
 
 
-async def test_type_errors_name_the_field(client):
+async def test_type_errors_name_the_field(client: Client) -> None:
     """A wrongly typed field is named in the message."""
     up = await upload(client)
     r = await client.post(
@@ -265,7 +282,7 @@ async def test_type_errors_name_the_field(client):
     assert "x" in (await r.json())["message"]
 
 
-async def test_body_over_one_megabyte_is_413(client):
+async def test_body_over_one_megabyte_is_413(client: Client) -> None:
     """A JSON body far larger than any run request is refused as too large."""
     up = await upload(client)
     body = json.dumps({"upload_id": up["Id"], "top_cell": "t", "pad": "x" * (2 << 20)})
@@ -276,14 +293,14 @@ async def test_body_over_one_megabyte_is_413(client):
     assert "message" in await r.json()
 
 
-async def test_get_unknown_run_is_404(client):
+async def test_get_unknown_run_is_404(client: Client) -> None:
     """An unknown run id answers 404 with the plan's message."""
     r = await client.get("/api/v1/prechecks/nope")
     assert r.status == 404
     assert await r.json() == {"message": "No such precheck: nope"}
 
 
-async def test_cancel_queued_run(client):
+async def test_cancel_queued_run(client: Client) -> None:
     """Cancelling a queued run answers 200 and marks it cancelled; again is 409; unknown is 404."""
     up = await upload(client)
     run = await create(client, up["Id"])
@@ -316,7 +333,7 @@ async def test_cancel_queued_run(client):
     assert types == ["upload.received", "run.queued", "run.cancelled"]
 
 
-async def test_wrong_method_is_405_json_with_allow(client):
+async def test_wrong_method_is_405_json_with_allow(client: Client) -> None:
     """A method a route does not take gets 405, a JSON message and the `Allow` header."""
     r = await client.put("/api/v1/queue")
     assert r.status == 405
@@ -327,7 +344,9 @@ async def test_wrong_method_is_405_json_with_allow(client):
 @pytest.mark.parametrize(
     "body", [{"status": {}}, {"status": "completed"}, {"status": []}, {"status": ["running"]}]
 )
-async def test_prune_refuses_a_malformed_status_and_deletes_nothing(client, body):
+async def test_prune_refuses_a_malformed_status_and_deletes_nothing(
+    client: Client, body: dict[str, object]
+) -> None:
     """A prune whose `status` is not a list of ended statuses is a 400 that deletes no run."""
     up = await upload(client)
     run = await create(client, up["Id"])

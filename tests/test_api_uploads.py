@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from precheck import keys
 from precheck.app import create_app
+from precheck.clock import Clock, utcnow
+from precheck.config import Config
+from precheck.events.store import RecordedEvent
+from precheck.events.types import UploadExpired
 from tests.layouts import gds, gds_gz, oasis
 
+Client = TestClient[web.Request, web.Application]
 
-def api_app(config, **kw):
+
+def api_app(config: Config, clock: Clock = utcnow) -> web.Application:
     """The app without a supervisor: these tests are about the API, so runs stay queued."""
-    return create_app(config, run_containers=False, **kw)
+    return create_app(config, clock, run_containers=False)
 
 
 START = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -47,17 +58,18 @@ def files_under(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
 
 
-def storage_of(client) -> Path:
+def storage_of(client: Client) -> Path:
     return client.app[keys.CONFIG].server.storage_path
 
 
-async def upload(client, body: bytes = b"", filename: str = "chip.gds") -> dict:
+async def upload(client: Client, body: bytes = b"", filename: str = "chip.gds") -> dict[str, Any]:
     r = await client.post("/api/v1/uploads", data=multipart(body or gds(), filename))
     assert r.status == 200, await r.text()
-    return await r.json()
+    doc: dict[str, Any] = await r.json()
+    return doc
 
 
-async def event_types(client) -> list[str]:
+async def event_types(client: Client) -> list[str]:
     """Upload and run events in the log (the server also records its own start)."""
     records = await client.app[keys.STORE].read(limit=100_000)
     return [r.type for r in records if not r.type.startswith("server.")]
@@ -69,7 +81,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def client(aiohttp_client, config, clock):
+async def client(aiohttp_client: AiohttpClient, config: Config, clock: FakeClock) -> Client:
     return await aiohttp_client(api_app(config, clock=clock))
 
 
@@ -81,7 +93,14 @@ async def client(aiohttp_client, config, clock):
         (oasis, "chip.oas", "oas", "input.oas"),
     ],
 )
-async def test_multipart_upload_of_each_format(client, clock, make, filename, fmt, stored):
+async def test_multipart_upload_of_each_format(
+    client: Client,
+    clock: FakeClock,
+    make: Callable[[str], bytes],
+    filename: str,
+    fmt: str,
+    stored: str,
+) -> None:
     """Multipart GDS, GDS.gz or OASIS answers 200 with its name, size, sha256 and expiry."""
     body = make("chip_top")
     r = await client.post("/api/v1/uploads", data=multipart(body, filename))
@@ -100,7 +119,7 @@ async def test_multipart_upload_of_each_format(client, clock, make, filename, fm
     assert await event_types(client) == ["upload.received"]
 
 
-async def test_raw_octet_stream_upload_takes_name_from_query(client):
+async def test_raw_octet_stream_upload_takes_name_from_query(client: Client) -> None:
     """A raw application/octet-stream body is stored and named by `?name=`."""
     body = gds("raw_top")
     r = await client.post(
@@ -118,7 +137,7 @@ async def test_raw_octet_stream_upload_takes_name_from_query(client):
 
 
 @pytest.mark.parametrize("filename", ["../../etc/passwd", "a/b.gds", "..\\..\\evil.gds"])
-async def test_client_file_name_is_never_a_path(client, filename):
+async def test_client_file_name_is_never_a_path(client: Client, filename: str) -> None:
     """Whatever the client calls its file, it lands as uploads/<id>/input.gds and nowhere else."""
     doc = await upload(client, gds(), filename)
     assert "/" not in doc["Name"] and "\\" not in doc["Name"] and ".." != doc["Name"]
@@ -130,7 +149,7 @@ async def test_client_file_name_is_never_a_path(client, filename):
     assert not list(root.parent.glob("*.gds"))
 
 
-async def test_raw_upload_name_with_path_is_only_a_label(client):
+async def test_raw_upload_name_with_path_is_only_a_label(client: Client) -> None:
     """A `?name=` holding a path becomes its last part; the stored file keeps the server's name."""
     r = await client.post(
         "/api/v1/uploads",
@@ -154,7 +173,7 @@ async def test_raw_upload_name_with_path_is_only_a_label(client):
         b"\x00\x06\x00\x03" + b"\x00" * 600,  # almost a GDS header
     ],
 )
-async def test_non_layout_body_is_refused_without_trace(client, body):
+async def test_non_layout_body_is_refused_without_trace(client: Client, body: bytes) -> None:
     """Bytes that are no layout get 400 with a JSON message; no file and no event remain."""
     head = client.app[keys.STORE].head
     r = await client.post("/api/v1/uploads", data=multipart(body, "x.gds"))
@@ -167,7 +186,7 @@ async def test_non_layout_body_is_refused_without_trace(client, body):
     assert client.app[keys.STORE].head == head
 
 
-async def test_non_layout_raw_body_is_refused(client):
+async def test_non_layout_raw_body_is_refused(client: Client) -> None:
     """A raw body that is no layout is refused the same way as a multipart one."""
     head = client.app[keys.STORE].head
     r = await client.post(
@@ -182,8 +201,8 @@ async def test_non_layout_raw_body_is_refused(client):
 
 @pytest.mark.parametrize("raw", [False, True])
 async def test_upload_over_the_size_limit_is_413_and_leaves_nothing(
-    aiohttp_client, make_config, raw
-):
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config], raw: bool
+) -> None:
     """Past `max_upload_mb` the answer is 413; no partial file and no event remain."""
     app = api_app(make_config(server={"max_upload_mb": 1}))
     client = await aiohttp_client(app)
@@ -205,7 +224,9 @@ async def test_upload_over_the_size_limit_is_413_and_leaves_nothing(
     assert (await upload(client, gds()))["Size"] == len(gds())
 
 
-async def test_upload_just_under_the_size_limit_is_accepted(aiohttp_client, make_config):
+async def test_upload_just_under_the_size_limit_is_accepted(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """A file of exactly `max_upload_mb` is not refused."""
     client = await aiohttp_client(api_app(make_config(server={"max_upload_mb": 1})))
     header = gds()
@@ -214,7 +235,7 @@ async def test_upload_just_under_the_size_limit_is_accepted(aiohttp_client, make
     assert doc["Size"] == 1 << 20
 
 
-async def test_multipart_without_file_field_is_400(client):
+async def test_multipart_without_file_field_is_400(client: Client) -> None:
     """A multipart body with no `file` field is refused with a JSON message and no event."""
     form = aiohttp.FormData()
     form.add_field("layout", gds(), filename="chip.gds")
@@ -226,7 +247,7 @@ async def test_multipart_without_file_field_is_400(client):
     assert client.app[keys.STORE].head == head
 
 
-async def test_other_content_type_is_400(client):
+async def test_other_content_type_is_400(client: Client) -> None:
     """A JSON body is not an upload."""
     head = client.app[keys.STORE].head
     r = await client.post("/api/v1/uploads", json={"file": "chip.gds"})
@@ -235,7 +256,7 @@ async def test_other_content_type_is_400(client):
     assert client.app[keys.STORE].head == head
 
 
-async def test_list_and_get(client, clock):
+async def test_list_and_get(client: Client, clock: FakeClock) -> None:
     """Uploads are listed newest first, each one readable by id with the same document."""
     first = await upload(client, gds("a"), "a.gds")
     clock.advance(seconds=1)
@@ -251,14 +272,14 @@ async def test_list_and_get(client, clock):
     assert listed == [second, first]
 
 
-async def test_get_unknown_upload_is_404(client):
+async def test_get_unknown_upload_is_404(client: Client) -> None:
     """An unknown id answers 404 with the plan's message."""
     r = await client.get("/api/v1/uploads/nope123")
     assert r.status == 404
     assert await r.json() == {"message": "No such upload: nope123"}
 
 
-async def test_delete_removes_files_then_404(client):
+async def test_delete_removes_files_then_404(client: Client) -> None:
     """Deleting answers 200, removes the folder and records it; the upload is then gone."""
     doc = await upload(client)
     folder = storage_of(client) / "uploads" / doc["Id"]
@@ -276,7 +297,7 @@ async def test_delete_removes_files_then_404(client):
     assert (await (await client.get("/api/v1/uploads")).json()) == []
 
 
-async def test_delete_upload_of_queued_run_is_409(client):
+async def test_delete_upload_of_queued_run_is_409(client: Client) -> None:
     """An upload a queued run needs cannot be deleted; nothing changes."""
     doc = await upload(client)
     r = await client.post(
@@ -295,7 +316,7 @@ async def test_delete_upload_of_queued_run_is_409(client):
     assert after["State"]["Status"] == "available"
 
 
-async def test_delete_upload_after_its_run_is_cancelled(client):
+async def test_delete_upload_after_its_run_is_cancelled(client: Client) -> None:
     """Once its only run is cancelled, the upload can be deleted."""
     doc = await upload(client)
     r = await client.post(
@@ -308,7 +329,9 @@ async def test_delete_upload_after_its_run_is_cancelled(client):
     assert not (storage_of(client) / "uploads" / doc["Id"]).exists()
 
 
-async def test_expiry_retires_unused_upload_and_marks_used_one(client, clock):
+async def test_expiry_retires_unused_upload_and_marks_used_one(
+    client: Client, clock: FakeClock
+) -> None:
     """Past its expiry an unused upload is retired with its files; one with a run stays, expired."""
     lone = await upload(client, gds("lone"), "lone.gds")
     used = await upload(client, gds("used"), "used.gds")
@@ -327,8 +350,8 @@ async def test_expiry_retires_unused_upload_and_marks_used_one(client, clock):
     expired_ids: list[str] = []
     both_expired = asyncio.Event()
 
-    def watch(r) -> None:
-        if r.type == "upload.expired":
+    def watch(r: RecordedEvent) -> None:
+        if isinstance(r.event, UploadExpired):
             expired_ids.append(r.event.upload_id)
             if len(expired_ids) == 2:
                 both_expired.set()
@@ -365,11 +388,12 @@ async def test_expiry_retires_unused_upload_and_marks_used_one(client, clock):
 
     # The expiry events record the server as their cause.
     expired = [r for r in await client.app[keys.STORE].read() if r.type == "upload.expired"]
-    assert {r.event.upload_id for r in expired} == {lone["Id"], used["Id"]}
+    ids = {r.event.upload_id for r in expired if isinstance(r.event, UploadExpired)}
+    assert ids == {lone["Id"], used["Id"]}
     assert {r.metadata.actor for r in expired} == {"server"}
 
 
-async def test_expire_due_reports_time_to_next_expiry(client, clock):
+async def test_expire_due_reports_time_to_next_expiry(client: Client, clock: FakeClock) -> None:
     """`expire_due()` expires nothing early and says how long until the next upload is due."""
     await upload(client)
     clock.advance(minutes=10)
