@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from precheck import keys
 from precheck.app import create_app
+from precheck.clock import Clock, utcnow
+from precheck.config import Config
 from tests.layouts import gds, gds_gz, oasis
 
+Client = TestClient[web.Request, web.Application]
 
-def api_app(config, **kw):
+
+def api_app(config: Config, clock: Clock = utcnow) -> web.Application:
     """The app without a supervisor: these tests are about the API, so runs stay queued."""
-    return create_app(config, run_containers=False, **kw)
+    return create_app(config, clock, run_containers=False)
 
 
 START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -33,31 +41,34 @@ class FakeClock:
         return self.now
 
 
-async def upload(client, body: bytes, name: str) -> str:
+async def upload(client: Client, body: bytes, name: str) -> str:
     form = aiohttp.FormData()
     form.add_field("file", body, filename=name)
     r = await client.post("/api/v1/uploads", data=form)
     assert r.status == 200, await r.text()
-    return (await r.json())["Id"]
+    upload_id: str = (await r.json())["Id"]
+    return upload_id
 
 
-async def queue(client, upload_id: str, **fields) -> str:
+async def queue(client: Client, upload_id: str, **fields: object) -> str:
     r = await client.post(
         "/api/v1/prechecks", json={"upload_id": upload_id, "top_cell": "chip_top", **fields}
     )
     assert r.status == 200, await r.text()
-    return (await r.json())["Id"]
+    run_id: str = (await r.json())["Id"]
+    return run_id
 
 
-async def snapshot(client, paths: list[str]) -> dict[str, tuple[int, object]]:
-    seen = {}
+async def snapshot(client: Client, paths: list[str]) -> dict[str, tuple[int, Any]]:
+    """Each path's status and JSON body."""
+    seen: dict[str, tuple[int, Any]] = {}
     for path in paths:
         r = await client.get(path)
         seen[path] = (r.status, await r.json())
     return seen
 
 
-async def build_state(client) -> tuple[list[str], dict[str, str]]:
+async def build_state(client: Client) -> tuple[list[str], dict[str, str]]:
     """Uploads, queued and cancelled runs and a deleted upload; the GET paths that show them."""
     a = await upload(client, gds("chip_top"), "a.gds")
     b = await upload(client, gds_gz("chip_top"), "b.gds.gz")
@@ -85,7 +96,7 @@ async def build_state(client) -> tuple[list[str], dict[str, str]]:
     return paths, ids
 
 
-async def test_restart_shows_the_same_state(aiohttp_client, config):
+async def test_restart_shows_the_same_state(aiohttp_client: AiohttpClient, config: Config) -> None:
     """After a restart on the same folder every GET answers exactly as before."""
     clock = FakeClock()
     first = await aiohttp_client(api_app(config, clock=clock))
@@ -115,7 +126,7 @@ async def test_restart_shows_the_same_state(aiohttp_client, config):
     assert doc["Queue"] == {"Position": 3, "Length": 3}
 
 
-async def test_restart_removes_leftovers(aiohttp_client, config):
+async def test_restart_removes_leftovers(aiohttp_client: AiohttpClient, config: Config) -> None:
     """At start a partial file in tmp/ and an upload folder no event announced are removed."""
     first = await aiohttp_client(api_app(config))
     kept = await upload(first, gds(), "kept.gds")
