@@ -8,15 +8,13 @@ import os
 import re
 import subprocess
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-try:
-    from layouts import gds, gds_gz, oasis
-except ImportError:  # tests/ imported as a package
-    from .layouts import gds, gds_gz, oasis
+from tests.layouts import gds, gds_gz, oasis
 
 pytestmark = pytest.mark.docker
 
@@ -70,11 +68,13 @@ def slug(step_id: str) -> str:
     return step_id.lower().replace(".", "-")
 
 
-def folders(steps) -> list[str]:
+def folders(steps: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{n:02d}-{slug(step_id)}" for n, (step_id, _) in enumerate(steps, 1)]
 
 
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+def docker(
+    *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, timeout=timeout, check=check
     )
@@ -95,7 +95,7 @@ class NoDocker(str):
 
 
 @pytest.fixture(scope="session")
-def image():
+def image() -> Iterator[str]:
     problem = docker_problem()
     if problem:
         if os.environ.get("CI"):
@@ -176,7 +176,7 @@ def run_precheck(
         docker("rm", "-f", cid, check=False)
 
 
-def assert_passed(run: Run, steps, top: str = "chip_top") -> None:
+def assert_passed(run: Run, steps: Sequence[tuple[str, str]], top: str = "chip_top") -> None:
     assert run.exit_code == 0, run.stdout + run.stderr
     assert run.lines[-2:] == ["Flow complete.", SUCCESS]
     header = run.lines[:8]
@@ -234,7 +234,7 @@ def assert_failed_at(run: Run, folder: str) -> None:
     assert list(run.output_dir.iterdir()) == []
 
 
-def test_pass(image, tmp_path):
+def test_pass(image: str, tmp_path: Path) -> None:
     """A layout without directives passes all 16 steps and writes final/ and the output."""
     layout = gds("chip_top")
     run = run_precheck(image, tmp_path, layout)
@@ -243,14 +243,14 @@ def test_pass(image, tmp_path):
     assert (run.run_dir / "final" / "gds" / "chip_top.gds").read_bytes() == layout
 
 
-def test_pass_cob(image, tmp_path):
+def test_pass_cob(image: str, tmp_path: Path) -> None:
     """With --cob the flow has 17 steps, CheckPadMask being step 04."""
     run = run_precheck(image, tmp_path, gds("chip_top"), extra=("--cob",))
     assert_passed(run, COB_STEPS)
     assert (run.run_dir / "04-klayout-checkpadmask" / "state_out.json").is_file()
 
 
-def test_gds_gz_input(image, tmp_path):
+def test_gds_gz_input(image: str, tmp_path: Path) -> None:
     """A .gds.gz input passes and final/ and the output hold the decompressed GDS."""
     layout = gds_gz("chip_top")
     run = run_precheck(image, tmp_path, layout, "design.gds.gz")
@@ -258,7 +258,7 @@ def test_gds_gz_input(image, tmp_path):
     assert (run.output_dir / "chip_top.gds").read_bytes() == gzip.decompress(layout)
 
 
-def test_oasis_input(image, tmp_path):
+def test_oasis_input(image: str, tmp_path: Path) -> None:
     """An OASIS input passes like a GDS one."""
     layout = oasis("chip_top")
     run = run_precheck(image, tmp_path, layout, "design.oas")
@@ -266,21 +266,21 @@ def test_oasis_input(image, tmp_path):
     assert (run.output_dir / "chip_top.gds").read_bytes() == layout
 
 
-def test_immediate_failure(image, tmp_path):
+def test_immediate_failure(image: str, tmp_path: Path) -> None:
     """fail=KLayout.CheckSize stops the flow at step 03 with exit 1 and no final/ or output."""
     run = run_precheck(image, tmp_path, gds("chip_top", "fail=KLayout.CheckSize"))
     assert_failed_at(run, "03-klayout-checksize")
     assert not any(line.startswith("Running 'KLayout.GenerateID'") for line in run.lines)
 
 
-def test_top_cell_missing(image, tmp_path):
+def test_top_cell_missing(image: str, tmp_path: Path) -> None:
     """A layout without the --top cell fails at CheckTopLevel."""
     run = run_precheck(image, tmp_path, gds("other_cell"), top="chip_top")
     assert_failed_at(run, "02-klayout-checktoplevel")
     assert "chip_top" in run.lines[-1]
 
 
-def test_deferred_failure(image, tmp_path):
+def test_deferred_failure(image: str, tmp_path: Path) -> None:
     """deferred=3 runs to the end, writes final/ and the output, then fails with 3 DRC errors."""
     layout = gds("chip_top", "deferred=3")
     run = run_precheck(image, tmp_path, layout)
@@ -300,7 +300,7 @@ def test_deferred_failure(image, tmp_path):
     assert json.loads((run.run_dir / "reports" / "drc.klayout.json").read_text())["total"] == 3
 
 
-def test_noise_lines(image, tmp_path):
+def test_noise_lines(image: str, tmp_path: Path) -> None:
     """lines=5000 prints all 5000 noise lines, in order, inside Magic DRC."""
     run = run_precheck(image, tmp_path, gds("chip_top", "lines=5000"))
     assert_passed(run, STEPS)
@@ -312,7 +312,7 @@ def test_noise_lines(image, tmp_path):
     assert "noise 5000\n" in step_log
 
 
-def test_oom_killed(image, tmp_path):
+def test_oom_killed(image: str, tmp_path: Path) -> None:
     """oom=256 under a 64 MB limit gets the container OOM-killed: exit 137, OOMKilled true."""
     run = run_precheck(image, tmp_path, gds("chip_top", "oom=256"), memory="64m")
     assert run.exit_code == 137
@@ -332,7 +332,7 @@ def test_oom_killed(image, tmp_path):
     ],
     ids=["short-id", "long-id", "no-input", "unknown-flag", "bad-slot"],
 )
-def test_bad_usage(image, tmp_path, args):
+def test_bad_usage(image: str, tmp_path: Path, args: list[str]) -> None:
     """Bad command lines (e.g. an --id that is not 8 characters) exit 2 with a usage error."""
     run = run_precheck(image, tmp_path, gds("chip_top"), args=args)
     assert run.exit_code == 2
@@ -341,7 +341,7 @@ def test_bad_usage(image, tmp_path, args):
     assert run.stdout == ""
 
 
-def test_missing_input(image, tmp_path):
+def test_missing_input(image: str, tmp_path: Path) -> None:
     """An --input path that does not exist fails with exit 1."""
     run = run_precheck(
         image, tmp_path, gds("chip_top"), args=["--input", "/input/nope.gds", "--top", "chip_top"]
