@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from precheck.config import ApiKey, AuthConfig
+from precheck.config import ApiKey, AuthConfig, Config
+from tests.docker_fixtures import StartApp
 from tests.layouts import gds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +103,9 @@ def _drive(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, 
         wait.until(ec.visibility_of_element_located((By.ID, "run-page")))
 
         # Log lines arrive live, before the verdict is there.
-        wait.until(lambda d: d.find_element(By.ID, "log").get_attribute("textContent").strip())
+        wait.until(
+            lambda d: (d.find_element(By.ID, "log").get_attribute("textContent") or "").strip()
+        )
         seen["verdict_shown_with_first_lines"] = find(By.ID, "verdict").is_displayed()
 
         # Then the verdict and the downloads.
@@ -123,7 +127,12 @@ def _drive(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, 
     return seen
 
 
-async def test_page_follows_a_run_live(chromium, start_app, sim_config, tmp_path):
+async def test_page_follows_a_run_live(
+    chromium: tuple[Path, Path],
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
     """With auth required the page takes the key, uploads, runs, streams the log, shows verdict."""
     config = sim_config()
     config = attrs.evolve(
