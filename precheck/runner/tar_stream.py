@@ -163,6 +163,8 @@ async def _extract(
         info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         padded = -(-info.size // BLOCK) * BLOCK
         if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
+            if info.size > MAX_NAME_HEADER:  # read whole into memory: refuse absurd sizes
+                raise tarfile.ReadError(f"tar header of {info.size} bytes is too large")
             data = await reader.exactly(padded)
             long_name = _long_name(info.type, data[: info.size]) or long_name
             continue
@@ -203,6 +205,7 @@ async def _extract(
 
 
 SMALL = 256 << 10
+MAX_NAME_HEADER = 1 << 20  # a pax or long-name header's size; real ones hold a few paths
 SMALL_BATCH = 8 << 20
 
 
@@ -245,8 +248,13 @@ def _long_name(kind: bytes, data: bytes) -> str | None:
     # A pax header: records "<len> key=value\n".
     pos = 0
     while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
+        space = data.find(b" ", pos)
+        digits = data[pos:space] if space > pos else b""
+        length = int(digits) if digits.isdigit() else 0
+        # Each record is longer than its length field and ends inside the header: a record
+        # that does not would make this loop stand still or run off the end.
+        if length <= space - pos + 1 or pos + length > len(data):
+            raise tarfile.ReadError("bad record in a pax header")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         if key == b"path":
             return value.decode("utf-8", "surrogateescape")
