@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import attrs
+
 from precheck.domain.verdict import OutputFacts, Step
 from precheck.runner.engine import ContainerLine, Engine
 from precheck.storage.output_lines import OutputLine, OutputLineStore
@@ -40,6 +42,7 @@ async def stored_facts(
         after = page[-1].line
 
 
+@attrs.define
 class OutputCapture:
     """Stores a run's lines durably, in batches while the next lines are read.
 
@@ -47,26 +50,19 @@ class OutputCapture:
     line's time, and lines at that very instant that are already stored are dropped.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        output_lines: OutputLineStore,
-        run_id: str,
-        container_id: str,
-        on_step: StepSeen,
-    ) -> None:
-        self.engine = engine
-        self.output_lines = output_lines
-        self.run_id = run_id
-        self.container_id = container_id
-        self.on_step = on_step
-        self.facts = OutputFacts()
-        self._pending: list[OutputLine] = []  # read, not yet durable
-        self._unpublished: list[OutputLine] = []  # read, not yet shown to readers
-        self._window_start, self._window_lines = 0.0, 0
-        self._steps: list[Step] = []
-        self._has_work = asyncio.Event()
-        self._reading_done = False
+    engine: Engine
+    output_lines: OutputLineStore
+    run_id: str
+    container_id: str
+    on_step: StepSeen
+    facts: OutputFacts = attrs.field(init=False, factory=OutputFacts)
+    _pending: list[OutputLine] = attrs.field(init=False, factory=list)  # read, not yet durable
+    _unpublished: list[OutputLine] = attrs.field(init=False, factory=list)  # not yet shown
+    _window_start: float = attrs.field(init=False, default=0.0)
+    _window_lines: int = attrs.field(init=False, default=0)
+    _steps: list[Step] = attrs.field(init=False, factory=list)
+    _has_work: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
+    _reading_done: bool = attrs.field(init=False, default=False)
 
     async def run(self) -> OutputFacts:
         """Capture until the container's output ends; return what the whole log said."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import attrs
+
 from precheck.clock import Clock
 from precheck.domain.run_end import ContainerExit, exit_events, stored_events
 from precheck.domain.status import RunStatus
@@ -26,28 +28,18 @@ from precheck.storage.output_lines import OutputLineStore
 FactsOf = Callable[[RunRecord], Awaitable[OutputFacts]]
 
 
+@attrs.frozen
 class RunEnd:
     """Records how runs whose containers stopped ended."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        state: Projections,
-        recorder: Recorder,
-        storage: Storage,
-        output_lines: OutputLineStore,
-        facts_of: FactsOf,
-        timeout_minutes: float,
-        clock: Clock,
-    ) -> None:
-        self.engine = engine
-        self.state = state
-        self.recorder = recorder
-        self.storage = storage
-        self.output_lines = output_lines
-        self.facts_of = facts_of
-        self.timeout_minutes = timeout_minutes
-        self.clock = clock
+    engine: Engine
+    state: Projections
+    recorder: Recorder
+    storage: Storage
+    output_lines: OutputLineStore
+    facts_of: FactsOf
+    timeout_minutes: float
+    clock: Clock
 
     async def record(self, run_id: str) -> bool:
         """Record the end of the run; False when there was nothing to end (it runs on)."""
