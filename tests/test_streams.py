@@ -15,18 +15,25 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer, make_mocked_request
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from pytest_aiohttp import AiohttpClient
 
 from precheck import keys
 from precheck.app import create_app
+from precheck.config import Config
+from precheck.events.store import RecordedEvent
 from precheck.web.access_log import AccessLogger
+from tests.docker_fixtures import Api, StartApp
 from tests.layouts import gds
 from tests.sse_client import Message, sse
+
+Client = TestClient[web.Request, web.Application]
 
 RUNS = "/api/v1/prechecks"
 FEED = "/api/v1/events"
@@ -49,7 +56,7 @@ def pair(id_: str | None) -> tuple[int, int]:
     return int(p), int(line)
 
 
-async def all_lines(api: Any, run_id: str, **params: Any) -> list[str]:
+async def all_lines(api: Api, run_id: str, **params: object) -> list[str]:
     """Every captured line of a run, through the JSON `/logs` (page by page with `after_line`)."""
     lines: list[str] = []
     after = 0
@@ -65,7 +72,7 @@ async def all_lines(api: Any, run_id: str, **params: Any) -> list[str]:
 
 
 @pytest.mark.parametrize("ask", ["follow", "accept"])
-async def test_run_changes_resume_exactly(start_app, ask):
+async def test_run_changes_resume_exactly(start_app: StartApp, ask: str) -> None:
     """Read k, drop, resume by Last-Event-ID, then by ?lastEventId=: exactly the full sequence."""
     api = await start_app()
     run = await api.run(gds("chip_top", "step_sleep=0.05"))
@@ -114,9 +121,12 @@ async def test_run_changes_resume_exactly(start_app, ask):
     assert doc(end) == await api.get(run)
 
     # Reconnecting after `end` (as EventSource would): 204, so it stops.
-    for resume in ({"last_id": end.id}, {"params": {**params, "lastEventId": str(end.id)}}):
-        kwargs = {"params": params, **resume}
-        async with sse(api.client, path, accept=accept, **kwargs) as s:
+    resumes: list[tuple[dict[str, str], str | None]] = [
+        (params, end.id),
+        ({**params, "lastEventId": str(end.id)}, None),
+    ]
+    for resume_params, last_id in resumes:
+        async with sse(api.client, path, params=resume_params, accept=accept, last_id=last_id) as s:
             assert s.status == 204
 
     # Without follow or Accept: the run's events as JSON.
@@ -127,7 +137,9 @@ async def test_run_changes_resume_exactly(start_app, ask):
     assert [e["position"] for e in body] == [e.position for e in await api.events(run_id=run)]
 
 
-async def test_queue_position_is_streamed(start_app, sim_config):
+async def test_queue_position_is_streamed(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
     """A waiting run's stream shows queue place 2, 1, then running; resuming rebuilds the same."""
     api = await start_app(sim_config(max_concurrent=1))
     first = await api.run(gds("chip_top", "sleep=1"))
@@ -155,7 +167,7 @@ async def test_queue_position_is_streamed(start_app, sim_config):
 # Logs ----------------------------------------------------------------------------------------
 
 
-async def test_logs_stream_resume_tail_since_timestamps(start_app):
+async def test_logs_stream_resume_tail_since_timestamps(start_app: StartApp) -> None:
     """Lines stream with ids = line numbers, resume with no gap, honour tail/since/timestamps."""
     api = await start_app()
     run = await api.run(gds("chip_top", "lines=3000"))
@@ -212,7 +224,7 @@ async def test_logs_stream_resume_tail_since_timestamps(start_app):
     ), with_times[0].data
 
 
-async def test_combined_stream_resumes_without_gap(start_app):
+async def test_combined_stream_resumes_without_gap(start_app: StartApp) -> None:
     """`/events?logs=1`: ids `position:line`, `log` messages; a resume loses and repeats nothing."""
     api = await start_app()
     run = await api.run(gds("chip_top", "step_sleep=0.02", "lines=200"))
@@ -245,7 +257,11 @@ async def test_combined_stream_resumes_without_gap(start_app):
 # Auth ----------------------------------------------------------------------------------------
 
 
-async def test_streams_need_the_key_which_may_be_a_query_value(aiohttp_client, make_config, caplog):
+async def test_streams_need_the_key_which_may_be_a_query_value(
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Streams refuse no key (401), take ?access_token= on GET streams only, never log it."""
     caplog.set_level(logging.INFO, logger="aiohttp.access")
     app = create_app(make_config(auth=AUTH), run_containers=False)
@@ -253,7 +269,7 @@ async def test_streams_need_the_key_which_may_be_a_query_value(aiohttp_client, m
     # `server_kwargs` never reach the runner, so the server is started here.)
     server = TestServer(app)
     await server.start_server(access_log_class=AccessLogger)
-    client = await aiohttp_client(server)
+    client: TestClient[web.Request, None] = await aiohttp_client(server)
     form = aiohttp.FormData()
     form.add_field("file", gds(), filename="chip.gds")
     r = await client.post("/api/v1/uploads", data=form, headers={"X-API-Key": KEY})
@@ -315,7 +331,9 @@ async def test_streams_need_the_key_which_may_be_a_query_value(aiohttp_client, m
     assert f"{FEED}?access_token=***&follow=1&type=run." in line and KEY not in line
 
 
-async def test_query_key_is_refused_on_endpoints_that_are_not_streams(aiohttp_client, make_config):
+async def test_query_key_is_refused_on_endpoints_that_are_not_streams(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """`?access_token=` with `follow=1` on a JSON-only endpoint (queue, uploads) is still 401."""
     client = await aiohttp_client(create_app(make_config(auth=AUTH), run_containers=False))
     for path, headers in (
@@ -326,7 +344,7 @@ async def test_query_key_is_refused_on_endpoints_that_are_not_streams(aiohttp_cl
         assert r.status == 401, path
 
 
-async def _queued_run(client) -> str:
+async def _queued_run(client: Client) -> str:
     """Upload a layout and queue a run of it (no containers run: it stays queued); its id."""
     form = aiohttp.FormData()
     form.add_field("file", gds(), filename="chip.gds")
@@ -337,7 +355,9 @@ async def _queued_run(client) -> str:
     return str((await r.json())["Id"])
 
 
-async def test_idle_streams_get_heartbeats(aiohttp_client, make_config):
+async def test_idle_streams_get_heartbeats(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
     """An idle stream gets a heartbeat comment every `sse_heartbeat_seconds`, nothing else."""
     config = make_config(server={"sse_heartbeat_seconds": 0.2})
     client = await aiohttp_client(create_app(config, run_containers=False))
@@ -353,7 +373,7 @@ async def test_idle_streams_get_heartbeats(aiohttp_client, make_config):
             assert s.retries == [3000]
 
 
-async def test_shutdown_ends_open_streams(aiohttp_client, config):
+async def test_shutdown_ends_open_streams(aiohttp_client: AiohttpClient, config: Config) -> None:
     """Stopping the server ends every open stream at once (clients resume elsewhere by id)."""
     client = await aiohttp_client(create_app(config, run_containers=False))
     run = await _queued_run(client)
@@ -375,10 +395,13 @@ async def test_shutdown_ends_open_streams(aiohttp_client, config):
 # The audit feed ------------------------------------------------------------------------------
 
 
-async def _busy_app(aiohttp_client, config) -> tuple[Any, list[str], list[str]]:
+async def _busy_app(
+    aiohttp_client: AiohttpClient, config: Config
+) -> tuple[Client, list[str], list[str]]:
     """An app without containers holding a few uploads and runs; (client, upload ids, run ids)."""
     client = await aiohttp_client(create_app(config, run_containers=False))
-    uploads, runs = [], []
+    uploads: list[str] = []
+    runs: list[str] = []
     for i in range(3):
         form = aiohttp.FormData()
         form.add_field("file", gds(), filename=f"chip{i}.gds")
@@ -394,14 +417,14 @@ async def _busy_app(aiohttp_client, config) -> tuple[Any, list[str], list[str]]:
     return client, uploads, runs
 
 
-async def page(client, **params: Any) -> dict[str, Any]:
+async def page(client: Client, **params: object) -> dict[str, Any]:
     r = await client.get(FEED, params={k: str(v) for k, v in params.items()})
     assert r.status == 200, await r.text()
     body: dict[str, Any] = await r.json()
     return body
 
 
-async def walk(client, limit: int, **params: Any) -> list[dict[str, Any]]:
+async def walk(client: Client, limit: int, **params: object) -> list[dict[str, Any]]:
     """Every event of the feed, page by page from the start, following `next`."""
     found: list[dict[str, Any]] = []
     after = 0
@@ -417,7 +440,7 @@ async def walk(client, limit: int, **params: Any) -> list[dict[str, Any]]:
     raise AssertionError("the feed's pages never ended")
 
 
-async def test_feed_pages_walk_the_log_once(aiohttp_client, config):
+async def test_feed_pages_walk_the_log_once(aiohttp_client: AiohttpClient, config: Config) -> None:
     """JSON pages (after, limit, next, has_more) walk every event exactly once, in order."""
     client, _, _ = await _busy_app(aiohttp_client, config)
     store = client.app[keys.STORE]
@@ -438,15 +461,15 @@ async def test_feed_pages_walk_the_log_once(aiohttp_client, config):
     assert body == {"events": [], "next": store.head, "head": store.head, "has_more": False}
 
 
-async def test_feed_filters(aiohttp_client, config):
+async def test_feed_filters(aiohttp_client: AiohttpClient, config: Config) -> None:
     """`stream=`, `type=` (exact, repeated, `run.` prefix) and `run=` keep only their events."""
     client, uploads, runs = await _busy_app(aiohttp_client, config)
     stored = await client.app[keys.STORE].read(0, 10000)
 
-    def positions(keep) -> list[int]:
+    def positions(keep: Callable[[RecordedEvent], bool]) -> list[int]:
         return [r.position for r in stored if keep(r)]
 
-    cases = [
+    cases: list[tuple[dict[str, str | list[str]], Callable[[RecordedEvent], bool]]] = [
         ({"stream": f"upload-{uploads[0]}"}, lambda r: r.stream == f"upload-{uploads[0]}"),
         ({"type": "run.queued"}, lambda r: r.type == "run.queued"),
         ({"type": "run."}, lambda r: r.type.startswith("run.")),
@@ -485,7 +508,9 @@ async def test_feed_filters(aiohttp_client, config):
         assert r.status == 400, bad
 
 
-async def test_feed_stream_resumes_and_goes_live(aiohttp_client, config):
+async def test_feed_stream_resumes_and_goes_live(
+    aiohttp_client: AiohttpClient, config: Config
+) -> None:
     """SSE from ?lastEventId=N sends N+1.. (id = position, event = type), then new events live."""
     client, uploads, _ = await _busy_app(aiohttp_client, config)
     store = client.app[keys.STORE]
@@ -518,7 +543,7 @@ async def test_feed_stream_resumes_and_goes_live(aiohttp_client, config):
 # A slow reader -------------------------------------------------------------------------------
 
 
-async def test_slow_reader_does_not_hold_back_others(start_app):
+async def test_slow_reader_does_not_hold_back_others(start_app: StartApp) -> None:
     """A client that never reads stalls alone: another gets every line and `end` in time."""
     api = await start_app()
     # `sleep=1`: the slow client is connected and throttled before the first of 20,000 lines.
@@ -540,7 +565,8 @@ async def test_slow_reader_does_not_hold_back_others(start_app):
                 assert chunk, head
                 head += chunk
         assert head.startswith(b"HTTP/1.1 200"), head
-        (slow_stream,) = api.app[keys.STREAMS]
+        streams = api.app[keys.STREAMS]
+        (slow_stream,) = streams
         transport = slow_stream._req.transport
         # Loopback's autotuned buffers would swallow the whole log: keep the kernel's part
         # small, as a slow network would, so the server itself must hold or drop the rest.
@@ -558,7 +584,7 @@ async def test_slow_reader_does_not_hold_back_others(start_app):
         assert took < 25
 
         # The slow client's stream is still open, stalled, and the server holds little for it.
-        assert list(api.app[keys.STREAMS]) == [slow_stream], "the slow reader got everything?"
+        assert list(streams) == [slow_stream], "the slow reader got everything?"
         assert transport.get_write_buffer_size() < 512 * 1024
         # ...and the server still answers others at once.
         async with asyncio.timeout(5):
