@@ -1,6 +1,10 @@
 """`precheck-server`: serve the API, and operate and audit a storage folder.
 
 Exit codes: 0 done, 1 failed (one line on stderr says why), 2 usage.
+
+Each command is an `async def` run by `main()` with one `asyncio.run`. Every failure meant for the
+operator is an `OpsError` (or a config or domain error), caught in `main()` alone and printed as
+`precheck-server: <message>`.
 """
 
 from __future__ import annotations
@@ -9,22 +13,22 @@ import argparse
 import asyncio
 import json
 import secrets
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from precheck import __version__
 from precheck.config import Config, ConfigError, load_config
 from precheck.domain.status import ENDED, STATUSES, RunStatus
+from precheck.errors import PrecheckError
+from precheck.ops.errors import OpsError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# As in precheck.projections.runs (not imported here: `--help` stays quick).
-Runner = Callable[[argparse.Namespace], int]
-
-
-class CommandFailed(Exception):
-    """A command could not do its work; the message is printed as one line."""
+Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+# What the operator sees as one line: ours, a bad config file, a command the log refuses.
+CLI_ERRORS = (OpsError, ConfigError, PrecheckError)
 
 
 # Parsing -------------------------------------------------------------------------------------
@@ -32,7 +36,8 @@ class CommandFailed(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # usage errors: one line, exit 2
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+        command = self.prog.removeprefix("precheck-server").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see --help)")
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
@@ -172,10 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    try:
-        return load_config(args.config)
-    except ConfigError as e:
-        raise CommandFailed(str(e)) from None
+    return load_config(args.config)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> None:
@@ -195,15 +197,15 @@ def _confirm(question: str, force: bool) -> None:
     if force:
         return
     if not sys.stdin.isatty():
-        raise CommandFailed(f"{question} Refusing without a terminal to ask on; pass --force")
+        raise OpsError(f"{question} Refusing without a terminal to ask on; pass --force")
     if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
-        raise CommandFailed("cancelled")
+        raise OpsError("cancelled")
 
 
 # Serving -------------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from precheck.app import create_app
@@ -216,20 +218,28 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     try:
-        lock = StorageLock(config.server.storage_path, wait=10)
+        lock = await asyncio.to_thread(StorageLock, config.server.storage_path, 10)
     except StorageBusy as e:
-        raise CommandFailed(f"{e}: is another server running on it?") from None
+        raise StorageBusy(f"{e}: is another server running on it?") from None
     try:
         local = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
         info = lock.announce(f"http://{local}:{port}")
-        web.run_app(
+        runner = web.AppRunner(
             create_app(config, admin_token=info.token),
-            host=host,
-            port=port,
             access_log_class=AccessLogger,
-            print=None,
             shutdown_timeout=15,
+            handle_signals=False,
         )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host or None, port).start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
     finally:
         lock.close()
     return EXIT_OK
@@ -238,32 +248,23 @@ def _serve(args: argparse.Namespace) -> int:
 # Reading -------------------------------------------------------------------------------------
 
 
-def _state(config: Config, until: int | None = None) -> Any:
-    from precheck.ops.writes import OpsError, read_state
+async def _state(config: Config, until: int | None = None) -> Any:
+    from precheck.ops.writes import read_state
 
-    try:
-        return asyncio.run(read_state(config, until))
-    except OpsError as e:
-        raise CommandFailed(str(e)) from None
+    return await read_state(config, until)
 
 
-def _status(args: argparse.Namespace) -> int:
-    from precheck.ops.lock import StorageBusy, running_server
-    from precheck.ops.strays import StrayError, docker_summary
+async def _status(args: argparse.Namespace) -> int:
+    from precheck.ops.lock import running_server
+    from precheck.ops.strays import docker_summary
 
     config = _load(args)
-    try:
-        server = running_server(config.server.storage_path)
-    except StorageBusy as e:
-        raise CommandFailed(str(e)) from None
-    state, head = _state(config)
+    server = running_server(config.server.storage_path)
+    state, head = await _state(config)
     counts = {s: 0 for s in sorted(STATUSES)}
     for r in state.runs.by_id.values():
         counts[r.status] += 1
-    try:
-        docker = asyncio.run(docker_summary(config, state.instance_id))
-    except StrayError as e:
-        docker = {"reachable": False, "error": str(e)}
+    docker = await docker_summary(config, state.instance_id)
     report = {
         "server": {
             "running": server is not None,
@@ -322,15 +323,14 @@ def _documents(runs: list[Any], state: Any, config: Config) -> list[dict[str, An
     return [run_document(r, state, config) for r in runs]
 
 
-def _runs_list(args: argparse.Namespace) -> int:
-
+async def _runs_list(args: argparse.Namespace) -> int:
     config = _load(args)
     wanted = set(args.status or [])
     if wanted - STATUSES:
-        raise CommandFailed(
+        raise OpsError(
             f"unknown status {sorted(wanted - STATUSES)[0]!r}; use {', '.join(sorted(STATUSES))}"
         )
-    state, _ = _state(config)
+    state, _ = await _state(config)
     runs = [r for r in reversed(state.runs.by_id.values()) if not wanted or r.status in wanted]
     if args.json:
         _print_json(_documents(runs, state, config))
@@ -339,23 +339,23 @@ def _runs_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _runs_inspect(args: argparse.Namespace) -> int:
+async def _runs_inspect(args: argparse.Namespace) -> int:
     config = _load(args)
-    state, _ = _state(config)
+    state, _ = await _state(config)
     run = state.runs.get(args.id)
     if run is None:
-        raise CommandFailed(f"No such precheck: {args.id}")
+        raise OpsError(f"No such precheck: {args.id}")
     _print_json(_documents([run], state, config)[0])
     return EXIT_OK
 
 
-def _uploads_list(args: argparse.Namespace) -> int:
+async def _uploads_list(args: argparse.Namespace) -> int:
     from precheck.clock import utcnow
     from precheck.events.codec import iso
     from precheck.web.render import upload_document
 
     config = _load(args)
-    state, _ = _state(config)
+    state, _ = await _state(config)
     uploads = sorted(state.uploads.by_id.values(), key=lambda u: u.created, reverse=True)
     now = utcnow()
     if args.json:
@@ -380,36 +380,30 @@ def _uploads_list(args: argparse.Namespace) -> int:
 # Changing ------------------------------------------------------------------------------------
 
 
-def _runs_delete(args: argparse.Namespace) -> int:
-    from precheck.ops.writes import OpsError, delete_run
+async def _runs_delete(args: argparse.Namespace) -> int:
+    from precheck.ops.writes import delete_run
 
     config = _load(args)
     _confirm(f"Delete run {args.id} with its files and log?", args.force)
-    try:
-        delete_run(config, args.id, args.reason)
-    except OpsError as e:
-        raise CommandFailed(str(e)) from None
+    await delete_run(config, args.id, args.reason)
     print(f"Deleted run {args.id}")
     return EXIT_OK
 
 
-def _runs_prune(args: argparse.Namespace) -> int:
-    from precheck.ops.writes import OpsError, prune_runs
+async def _runs_prune(args: argparse.Namespace) -> int:
+    from precheck.ops.writes import prune_runs
 
     config = _load(args)
     statuses = args.status or sorted(ENDED)
-    try:
-        chosen = prune_runs(config, statuses, args.older_than, True, args.reason)
-        if not chosen:
-            _print_json([]) if args.json else print("No runs to prune")
-            return EXIT_OK
-        if args.dry_run:
-            _print_json(chosen) if args.json else print("\n".join(["Would delete:", *chosen]))
-            return EXIT_OK
-        _confirm(f"Delete {len(chosen)} run(s) with their files and logs?", args.force)
-        deleted = prune_runs(config, statuses, args.older_than, False, args.reason)
-    except OpsError as e:
-        raise CommandFailed(str(e)) from None
+    chosen = await prune_runs(config, statuses, args.older_than, True, args.reason)
+    if not chosen:
+        _print_json([]) if args.json else print("No runs to prune")
+        return EXIT_OK
+    if args.dry_run:
+        _print_json(chosen) if args.json else print("\n".join(["Would delete:", *chosen]))
+        return EXIT_OK
+    _confirm(f"Delete {len(chosen)} run(s) with their files and logs?", args.force)
+    deleted = await prune_runs(config, statuses, args.older_than, False, args.reason)
     if args.json:
         _print_json(deleted)
     else:
@@ -417,32 +411,25 @@ def _runs_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cleanup(args: argparse.Namespace) -> int:
-    from precheck.ops.strays import StrayError, find_strays, remove_strays
+async def _cleanup(args: argparse.Namespace) -> int:
+    from precheck.ops.strays import cleanup
 
     config = _load(args)
-    try:
-        strays = asyncio.run(find_strays(config))
-    except StrayError as e:
-        raise CommandFailed(str(e)) from None
+    strays = await cleanup(config, dry_run=args.dry_run)
     if not strays:
         print("No stray containers found")
         return EXIT_OK
     print(f"Found {len(strays)} stray container(s):")
     for c in strays:
-        print(f"  {c.name:<48} {c.id[:12]}  {c.status:<8}  run {c.labels.get('precheck.run', '?')}")
+        print(f"  {c['Name']:<48} {c['Id'][:12]}  {c['Status']:<8}  run {c['Run']}")
     if args.dry_run:
         print("Dry run: nothing removed")
         return EXIT_OK
-    try:
-        removed = asyncio.run(remove_strays(config, strays))
-    except StrayError as e:
-        raise CommandFailed(str(e)) from None
-    print(f"Removed {removed} container(s)")
+    print(f"Removed {len(strays)} container(s)")
     return EXIT_OK
 
 
-def _apikey_generate(args: argparse.Namespace) -> int:
+async def _apikey_generate(args: argparse.Namespace) -> int:
     from precheck.web.auth import key_digest
 
     key = f"ws_key_{secrets.token_urlsafe(32)}"
@@ -458,51 +445,40 @@ def _apikey_generate(args: argparse.Namespace) -> int:
 # Auditing ------------------------------------------------------------------------------------
 
 
-def _events(args: argparse.Namespace) -> int:
+async def _events(args: argparse.Namespace) -> int:
     from precheck.ops.audit import print_events
-    from precheck.ops.writes import OpsError
 
     config = _load(args)
-    try:
-        return asyncio.run(
-            print_events(
-                config, args.after, args.stream, args.type or [], args.run, args.follow, args.json
-            )
-        )
-    except OpsError as e:
-        raise CommandFailed(str(e)) from None
+    return await print_events(
+        config, args.after, args.stream, args.type or [], args.run, args.follow, args.json
+    )
 
 
-def _verify(args: argparse.Namespace) -> int:
+async def _verify(args: argparse.Namespace) -> int:
     from precheck.ops.audit import verify
-    from precheck.ops.writes import OpsError
 
     config = _load(args)
-    try:
-        report = asyncio.run(verify(config))
-    except OpsError as e:
-        raise CommandFailed(str(e)) from None
+    report = await verify(config)
     if args.json:
         _print_json(report.as_json())
     else:
         for line in report.lines:
             print(line)
     if not report.ok:
-        print(f"precheck-server: verify failed: {report.problem}", file=sys.stderr)
-        return EXIT_FAILED
+        raise OpsError(f"verify failed: {report.problem}")
     return EXIT_OK
 
 
-def _replay(args: argparse.Namespace) -> int:
+async def _replay(args: argparse.Namespace) -> int:
     from precheck.clock import utcnow
     from precheck.web.render import upload_document
 
     config = _load(args)
     if args.until < 0:
-        raise CommandFailed("--until must be a position of at least 0")
-    state, head = _state(config, args.until)
+        raise OpsError("--until must be a position of at least 0")
+    state, head = await _state(config, args.until)
     if args.until > head:
-        raise CommandFailed(f"--until {args.until} is past the end of the log ({head})")
+        raise OpsError(f"--until {args.until} is past the end of the log ({head})")
     runs = list(state.runs.by_id.values())
     at = max((r.position for r in runs), default=0)
     if args.json:
@@ -531,12 +507,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `precheck-server` and `python -m precheck`."""
-    args = _parser().parse_args(argv)
     try:
-        code: int = args.handler(args)
-    except CommandFailed as e:
+        args = _parser().parse_args(argv)
+        code: int = asyncio.run(args.handler(args))
+    except CLI_ERRORS as e:
+        sys.stdout.flush()  # what was printed before the failure comes first
         print(f"precheck-server: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return e.exit_code if isinstance(e, OpsError) else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
     except BrokenPipeError:  # `... | head`

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import attrs
 
+from precheck.ops.errors import OpsError
+
 LOCK = "server.lock"
 INFO = "server.json"
 
 
-class StorageBusy(Exception):
+class StorageBusy(OpsError):
     """Another process holds the storage folder."""
 
 

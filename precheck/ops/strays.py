@@ -1,68 +1,88 @@
-"""Labelled containers that no live run owns, found from the log and Docker (for the CLI)."""
+"""Labelled containers that no live run owns: which they are, and removing them as events.
+
+The same rule serves the running server (`web/cleanup.py`, with the supervisor's view of the
+runs) and the CLI when no server runs (with a replay of the log, under the folder's lock).
+"""
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
 
+from precheck.clock import Clock, utcnow
 from precheck.config import Config
-from precheck.events.store import EventStore
+from precheck.events.types import Event, StrayContainerRemoved
+from precheck.ops.errors import OpsError
+from precheck.ops.writes import ServerClient, local_metadata, open_log, read_state, writer
 from precheck.projections import Projections
+from precheck.runner.container_spec import LABEL_RUN, instance_filter
 from precheck.runner.engine import ContainerState, Engine, EngineError
-from precheck.runner.supervisor import LABEL_INSTANCE
 from precheck.storage.files import Storage
 
+Append = Callable[[Sequence[Event]], Awaitable[object]]
 
-class StrayError(Exception):
+
+class StrayError(OpsError):
     """Docker or the log could not be read."""
 
 
-async def _live_containers(config: Config) -> tuple[str | None, set[str]]:
-    """This storage's instance id and the container ids its running runs own."""
-    path = Storage(config.server.storage_path).db_path
-    if not path.exists():
-        return None, set()
-    try:
-        store = await EventStore.open(path)
-    except sqlite3.Error as e:
-        raise StrayError(f"{path}: {e}") from None
-    try:
-        state = await Projections.replay(store)
-    finally:
-        await store.close()
-    live = {r.container_id for r in state.runs.by_id.values() if r.container_id and not r.settled}
-    return state.instance_id, live
+def is_stray(container: ContainerState, state: Projections, *, server_running: bool) -> bool:
+    """Does no live run own this labelled container?
+
+    A run owns its recorded container until it is settled (running, or finishing: its outputs
+    are still to be copied out). While a server runs, a queued run may also own a container
+    not yet recorded: the supervisor is starting it. A settled run needs nothing from its
+    container any more, so that one is a stray even if the supervisor is about to remove it.
+    """
+    run = state.runs.get(container.labels.get(LABEL_RUN, ""))
+    if run is None or run.settled:
+        return True
+    if run.container_id == container.id:
+        return False
+    return not (server_running and not run.container_id)
 
 
-async def find_strays(config: Config) -> list[ContainerState]:
-    """Containers labelled with this storage's instance whose run is not running them."""
-    instance, live = await _live_containers(config)
-    if instance is None:
+async def find_strays(
+    engine: Engine, state: Projections, *, server_running: bool
+) -> list[ContainerState]:
+    """Containers labelled with this storage's instance that no live run owns."""
+    if state.instance_id is None:
         return []
-    engine = Engine(config.docker.url)
+    found = []
     try:
-        found = []
-        for cid in await engine.list_labelled(f"{LABEL_INSTANCE}={instance}"):
+        for cid in await engine.list_labelled(instance_filter(state.instance_id)):
             c = await engine.inspect(cid)
-            if c is not None and c.id not in live:
+            if c is not None and is_stray(c, state, server_running=server_running):
                 found.append(c)
-        return found
     except EngineError as e:
         raise StrayError(f"Docker: {e.message}") from None
-    finally:
-        await engine.close()
+    return found
 
 
-async def remove_strays(config: Config, strays: list[ContainerState]) -> int:
-    """Remove the given containers; return how many went."""
-    engine = Engine(config.docker.url)
+async def remove_strays(
+    engine: Engine,
+    strays: Sequence[ContainerState],
+    append: Append,
+    clock: Clock,
+    keep: Callable[[ContainerState], bool] = lambda _: False,
+) -> list[ContainerState]:
+    """Remove each container, then record its removal (`StrayContainerRemoved`); return the
+    ones removed. `keep` is asked again just before each: a run may have claimed it since."""
+    removed = []
     try:
         for c in strays:
+            if keep(c) or await engine.inspect(c.id) is None:
+                continue  # owned after all, or already gone (removed by someone else)
             await engine.remove(c.id)
-        return len(strays)
+            await append([StrayContainerRemoved(c.id, c.name, clock())])
+            removed.append(c)
     except EngineError as e:
         raise StrayError(f"Docker: {e.message}") from None
-    finally:
-        await engine.close()
+    return removed
+
+
+def container_document(c: ContainerState) -> dict[str, str]:
+    """A stray as the API and the CLI show it."""
+    return {"Id": c.id, "Name": c.name, "Status": c.status, "Run": c.labels.get(LABEL_RUN, "?")}
 
 
 async def docker_summary(config: Config, instance: str | None) -> dict[str, object]:
@@ -71,9 +91,34 @@ async def docker_summary(config: Config, instance: str | None) -> dict[str, obje
     try:
         if not await engine.ping():
             return {"reachable": False, "error": "Docker does not answer", "containers": 0}
-        count = len(await engine.list_labelled(f"{LABEL_INSTANCE}={instance}")) if instance else 0
+        count = len(await engine.list_labelled(instance_filter(instance))) if instance else 0
         return {"reachable": True, "error": None, "containers": count}
     except EngineError as e:
-        raise StrayError(f"Docker: {e.message}") from None
+        return {"reachable": False, "error": f"Docker: {e.message}"}
     finally:
         await engine.close()
+
+
+async def cleanup(config: Config, dry_run: bool) -> list[dict[str, str]]:
+    """The stray containers, removed and recorded unless `dry_run`: through the running server
+    (which knows what it is starting), or here under the folder's lock when none runs."""
+    if not Storage(config.server.storage_path).db_path.exists():
+        return []  # no log, no instance: no container can be labelled as this storage's
+    async with writer(config) as w:
+        if isinstance(w, ServerClient):
+            answer = await w.request("POST", "/api/v1/cleanup", {"dry_run": dry_run})
+            return list(answer["Containers"])
+        state, _ = await read_state(config)
+        engine = Engine(config.docker.url)
+        try:
+            strays = await find_strays(engine, state, server_running=False)
+            if strays and not dry_run:
+                async with open_log(config) as store:
+
+                    async def append(events: Sequence[Event]) -> object:
+                        return await store.append(list(events), local_metadata())
+
+                    strays = await remove_strays(engine, strays, append, utcnow)
+        finally:
+            await engine.close()
+    return [container_document(c) for c in strays]

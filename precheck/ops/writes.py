@@ -7,30 +7,33 @@ here under the folder's lock when none does. Either way it is the same command a
 
 from __future__ import annotations
 
-import asyncio
 import json
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
+
+import aiohttp
 
 from precheck.clock import utcnow
 from precheck.config import Config
 from precheck.domain.commands import Command, DeleteRun, PruneRuns, decide
-from precheck.errors import PrecheckError
-from precheck.events.store import EventStore
-from precheck.events.types import Metadata, RunDeleted
-from precheck.ops.lock import ServerInfo, StorageBusy, StorageLock, running_server
+from precheck.events.store import EventStore, RecordedEvent
+from precheck.events.types import Event, Metadata, RunDeleted
+from precheck.ops.errors import OpsError
+from precheck.ops.lock import ServerInfo, StorageLock, running_server
 from precheck.projections import Projections
 from precheck.service.command_handler import CommandHandler
 from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
 
+__all__ = ["OpsError", "ServerClient", "delete_run", "open_log", "prune_runs", "read_state"]
 
-class OpsError(Exception):
-    """The operation failed; the message is for the operator."""
+ADMIN_HEADER = "X-Precheck-Admin-Token"
+# Connecting and each read are bounded; a long answer (a big prune) may take its time.
+TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
 
 
 @asynccontextmanager
@@ -57,50 +60,90 @@ async def read_state(config: Config, until: int | None = None) -> tuple[Projecti
         return state, store.head
 
 
+def local_metadata() -> Metadata:
+    """Who caused what the CLI appends itself, with no server."""
+    return Metadata(actor="cli", client="local", request_id=uuid.uuid4().hex)
+
+
 class ServerClient:
-    """The running server's API, spoken with the admin token it left in the storage folder."""
+    """The running server's API, spoken with the admin token it left in the storage folder.
+
+    Use it as `async with ServerClient(info) as client`. Its connections never go through a
+    proxy named in the environment: the server is on this machine, at the address it wrote.
+    """
 
     def __init__(self, info: ServerInfo) -> None:
         self.info = info
+        self._session: aiohttp.ClientSession | None = None
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        """Send a request and return its JSON; a 4xx/5xx becomes `OpsError` with its message."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.info.url + path,
-            data=data,
-            method=method,
-            headers={"X-Precheck-Admin-Token": self.info.token, "Content-Type": "application/json"},
+    async def __aenter__(self) -> ServerClient:
+        self._session = aiohttp.ClientSession(
+            trust_env=False, timeout=TIMEOUT, headers={ADMIN_HEADER: self.info.token}
         )
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("ServerClient used outside `async with`")
+        return self._session
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Send a request and return its JSON; a 4xx/5xx becomes `OpsError` with its message."""
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            try:
-                message = json.loads(e.read())["message"]
-            except (ValueError, KeyError, TypeError):
-                message = f"{e.code} {e.reason}"
-            raise OpsError(message) from None
-        except (urllib.error.URLError, OSError) as e:
+            async with self.session.request(method, self.info.url + path, json=body) as r:
+                text = await r.text()
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise OpsError(f"the server at {self.info.url} does not answer: {e}") from None
+        if r.status >= 400:
+            try:
+                message = str(json.loads(text)["message"])
+            except (ValueError, KeyError, TypeError):
+                message = f"{r.status} {r.reason}"
+            raise OpsError(message)
+        return json.loads(text or "null")
+
+    async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
+        """The JSON data of each message of a Server-Sent Events stream, until it ends."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None)
+        headers = {"Accept": "text/event-stream"}
+        try:
+            async with self.session.get(
+                self.info.url + path, headers=headers, timeout=timeout
+            ) as r:
+                if r.status >= 400:
+                    raise OpsError(f"the server refused the event stream: {r.status} {r.reason}")
+                data: list[str] = []
+                async for raw in r.content:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                    if line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif not line and data:
+                        yield json.loads("\n".join(data))
+                        data = []
+        except (aiohttp.ClientError, OSError) as e:
+            raise OpsError(f"lost the server's event stream: {e}") from None
 
 
-@contextmanager
-def writer(config: Config) -> Iterator[ServerClient | StorageLock]:
+@asynccontextmanager
+async def writer(config: Config) -> AsyncIterator[ServerClient | StorageLock]:
     """The running server's client, or the folder's lock when no server runs."""
     root = config.server.storage_path
-    try:
-        info = running_server(root)
-        if info is not None:
-            yield ServerClient(info)
-            return
-        with StorageLock(root) as lock:
-            yield lock
-    except StorageBusy as e:
-        raise OpsError(str(e)) from None
+    info = running_server(root)
+    if info is not None:
+        async with ServerClient(info) as client:
+            yield client
+        return
+    with StorageLock(root) as lock:
+        yield lock
 
 
-async def _handle_locally(config: Config, command: Command) -> list[RunDeleted]:
+async def _handle_locally(config: Config, command: Command) -> list[RecordedEvent]:
     storage = Storage(config.server.storage_path)
     async with open_log(config) as store:
         logs = await OutputLineStore.open(storage.db_path)
@@ -108,26 +151,28 @@ async def _handle_locally(config: Config, command: Command) -> list[RunDeleted]:
             state = await Projections.replay(store)
             state.attach(store)
             handler = CommandHandler(store, state, storage, logs)
-            meta = Metadata(actor="cli", client="local", request_id=uuid.uuid4().hex)
-            try:
-                recorded = await handler.handle(command, meta)
-            except PrecheckError as e:
-                raise OpsError(str(e)) from None
+            return list(await handler.handle(command, local_metadata()))
         finally:
             await logs.close()
-    return [r.event for r in recorded if isinstance(r.event, RunDeleted)]
 
 
-def delete_run(config: Config, run_id: str, reason: str) -> None:
+async def append_locally(config: Config, events: Sequence[Event]) -> None:
+    """Append facts the CLI found itself (it must hold the folder's lock)."""
+    async with open_log(config) as store:
+        await store.append(list(events), local_metadata())
+
+
+async def delete_run(config: Config, run_id: str, reason: str) -> None:
     """Record the deletion of an ended run, then remove its files and log."""
-    with writer(config) as w:
+    async with writer(config) as w:
         if isinstance(w, ServerClient):
-            w.request("DELETE", f"/api/v1/prechecks/{run_id}?remove=1&reason={_q(reason)}")
+            query = f"remove=1&reason={quote(reason, safe='')}"
+            await w.request("DELETE", f"/api/v1/prechecks/{quote(run_id, safe='')}?{query}")
             return
-        asyncio.run(_handle_locally(config, DeleteRun(run_id, reason, utcnow())))
+        await _handle_locally(config, DeleteRun(run_id, reason, utcnow()))
 
 
-def prune_runs(
+async def prune_runs(
     config: Config, statuses: list[str], older_than_days: float | None, dry_run: bool, reason: str
 ) -> list[str]:
     """Delete ended runs matching; return their ids (only list them with `dry_run`)."""
@@ -137,12 +182,10 @@ def prune_runs(
         "dry_run": dry_run,
         "reason": reason,
     }
-    with writer(config) as w:
+    async with writer(config) as w:
         if isinstance(w, ServerClient):
-            return list(w.request("POST", "/api/v1/prechecks/prune", body)["RunsDeleted"])
+            return list((await w.request("POST", "/api/v1/prechecks/prune", body))["RunsDeleted"])
         now = utcnow()
-        from datetime import datetime, timedelta
-
         before = None
         if older_than_days is not None:
             try:
@@ -151,16 +194,8 @@ def prune_runs(
                 before = datetime.min.replace(tzinfo=now.tzinfo)
         command = PruneRuns(frozenset(statuses), before, reason, now)
         if dry_run:
-            state, _ = asyncio.run(read_state(config))
-            try:
-                events = decide(command, state).events
-            except PrecheckError as e:
-                raise OpsError(str(e)) from None
-            return [e.run_id for e in events if isinstance(e, RunDeleted)]
-        return [e.run_id for e in asyncio.run(_handle_locally(config, command))]
-
-
-def _q(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
+            state, _ = await read_state(config)
+            events: Sequence[Event] = decide(command, state).events
+        else:
+            events = [r.event for r in await _handle_locally(config, command)]
+        return [e.run_id for e in events if isinstance(e, RunDeleted)]
