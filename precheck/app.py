@@ -20,6 +20,7 @@ from precheck.projections import Projections
 from precheck.runner.engine import Engine
 from precheck.runner.supervisor import Supervisor
 from precheck.service.command_handler import CommandHandler
+from precheck.service.run_announcer import RunAnnouncer
 from precheck.service.upload_expiry import SERVER, UploadExpiry
 from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
@@ -90,6 +91,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     try:
         projections = await Projections.replay(store)
         projections.attach(store)
+        store.add_listener(RunAnnouncer(projections).on_event)
         if projections.instance_id is None:
             await store.append([InstanceCreated(uuid.uuid4().hex, app[keys.CLOCK]())], SERVER)
         storage.sweep_uploads(projections.uploads.by_id)
