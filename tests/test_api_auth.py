@@ -251,3 +251,16 @@ async def test_open_server_records_anonymous(aiohttp_client: AiohttpClient, conf
     assert r.status == 200
     [recorded] = await received(client)
     assert recorded.metadata.actor == "anonymous"
+
+
+async def test_open_server_ignores_an_unknown_key_and_names_a_known_one(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
+    """With auth off, a key that matches none is ignored; one that matches names the actor."""
+    client = await aiohttp_client(api_app(make_config(auth={"required": False, "api_keys": KEYS})))
+    assert (await client.get("/api/v1/queue", headers=bearer("ws_key_wrong"))).status == 200
+    r = await client.post("/api/v1/uploads", data=layout_form(), headers=bearer("ws_key_wrong"))
+    assert r.status == 200
+    r = await client.post("/api/v1/uploads", data=layout_form(), headers=bearer())
+    assert r.status == 200
+    assert [e.metadata.actor for e in await received(client)] == ["anonymous", "ci"]

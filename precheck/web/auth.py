@@ -72,15 +72,19 @@ class Authenticator:
             raise AuthError(403, f"Forbidden: IP {client} not allowed")
 
     def identify(self, presented: str | None) -> str:
-        """The key's name; `anonymous` without a key when keys are optional. Raises 401."""
-        if presented is None:
-            if self.required:
-                raise AuthError(401, "Unauthorized: API key required")
+        """The key's name, or `anonymous` when keys are optional. Raises 401.
+
+        With keys optional, a presented key that matches none is ignored rather than refused,
+        so a client that always sends its key works against an open server too.
+        """
+        name = self._match(presented) if presented is not None else None
+        if name is not None:
+            return name
+        if not self.required:
             return "anonymous"
-        name = self._match(presented)
-        if name is None:
-            raise AuthError(401, "Unauthorized: Invalid API key")
-        return name
+        if presented is None:
+            raise AuthError(401, "Unauthorized: API key required")
+        raise AuthError(401, "Unauthorized: Invalid API key")
 
     def is_admin(self, token: str | None) -> bool:
         """Is this the token the server left for the CLI in its storage folder?"""
