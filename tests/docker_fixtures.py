@@ -25,6 +25,7 @@ from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
 from precheck.events.store import EventStore, RecordedEvent
+from precheck.events.types import RunProgressed, RunStarted
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "simulator" / "build.sh"
@@ -280,7 +281,8 @@ class Api:
     async def wait_running(self, run_id: str, within: float = 20) -> str:
         """Wait until the run's container started; its container id."""
         r = await self.wait_event("run.started", run_id, within)
-        return str(r.event.container_id)  # type: ignore[union-attr]
+        assert isinstance(r.event, RunStarted)
+        return str(r.event.container_id)
 
     async def wait_step(self, run_id: str, step: int, within: float = 20) -> None:
         """Wait until the run reached step `step` (a `run.progressed` event)."""
@@ -290,7 +292,7 @@ class Api:
                 async for r in self.store.read_all(after=position):
                     position = r.position
                     e = r.event
-                    if r.type == "run.progressed" and e.run_id == run_id and e.step >= step:  # type: ignore[union-attr]
+                    if isinstance(e, RunProgressed) and e.run_id == run_id and e.step >= step:
                         return
                 await self.store.wait_beyond(position)
 

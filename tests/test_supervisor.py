@@ -15,13 +15,23 @@ import re
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from precheck import keys
+from precheck.config import Config
+from precheck.events.types import (
+    RunProgressed,
+    RunQueued,
+    RunStarted,
+    RunTimedOut,
+    StrayContainerRemoved,
+)
 from precheck.projections import Projections
-from tests.docker_fixtures import Api, docker, docker_inspect
+from tests.docker_fixtures import Api, StartApp, docker, docker_inspect
 from tests.layouts import gds
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(60)]
@@ -97,15 +107,16 @@ async def wait_gone(container_id: str, within: float = 20) -> None:
 
 async def progress_steps(api: Api, run_id: str) -> list[tuple[int, int, str]]:
     return [
-        (r.event.step, r.event.total, r.event.name)  # type: ignore[union-attr]
+        (r.event.step, r.event.total, r.event.name)
         for r in await api.events("run.progressed", run_id)
+        if isinstance(r.event, RunProgressed)
     ]
 
 
 HANG_STEP = 14  # KLayout.DRC: where `hang` hangs, after which no progress event comes
 
 
-async def cancel_hanging(api: Api, run_id: str) -> dict:
+async def cancel_hanging(api: Api, run_id: str) -> dict[str, Any]:
     """Cancel a `hang` run once it hangs; assert it is answered as cancelled.
 
     It waits for the hang first: a cancel racing the run's `run.progressed` appends can be
@@ -121,7 +132,7 @@ async def cancel_hanging(api: Api, run_id: str) -> dict:
 # 1 ---------------------------------------------------------------------------------------------
 
 
-async def test_pass_serves_every_result_and_removes_the_container(start_app):
+async def test_pass_serves_every_result_and_removes_the_container(start_app: StartApp) -> None:
     """A clean layout passes; output, render, reports, metrics, debug tar served; container gone."""
     api = await start_app()
     layout = gds("chip_top")
@@ -197,7 +208,9 @@ async def test_pass_serves_every_result_and_removes_the_container(start_app):
     await wait_gone(doc["ContainerId"])
 
 
-async def test_container_is_created_as_the_contract_says(start_app, sim_config, simulator_image):
+async def test_container_is_created_as_the_contract_says(
+    start_app: StartApp, sim_config: Callable[..., Config], simulator_image: str
+) -> None:
     """The container has production's command and workdir, no network or mounts, limits, labels."""
     api = await start_app(sim_config(memory_limit="128m", pids_limit=512))
     layout = gds("chip_top", "hang")
@@ -248,7 +261,7 @@ async def test_container_is_created_as_the_contract_says(start_app, sim_config, 
 # 2 ---------------------------------------------------------------------------------------------
 
 
-async def test_cob_runs_seventeen_steps(start_app):
+async def test_cob_runs_seventeen_steps(start_app: StartApp) -> None:
     """With `cob: true` the container gets `--cob` and the run passes 17 steps."""
     api = await start_app()
     run_id = await api.run(gds("chip_top", "sleep=1"), cob=True)
@@ -273,7 +286,7 @@ async def test_cob_runs_seventeen_steps(start_app):
 # 3 ---------------------------------------------------------------------------------------------
 
 
-async def test_immediate_failure_names_the_step(start_app):
+async def test_immediate_failure_names_the_step(start_app: StartApp) -> None:
     """A failure at KLayout.CheckSize is a design failure at that step, exit 1, no output."""
     api = await start_app()
     run_id = await api.run(gds("chip_top", "fail=KLayout.CheckSize"))
@@ -300,7 +313,7 @@ async def test_immediate_failure_names_the_step(start_app):
 # 4 ---------------------------------------------------------------------------------------------
 
 
-async def test_deferred_errors_fail_but_keep_the_output(start_app):
+async def test_deferred_errors_fail_but_keep_the_output(start_app: StartApp) -> None:
     """deferred=3 fails as design with 3 KLayout DRC errors, yet its output is kept and served."""
     api = await start_app()
     layout = gds("chip_top", "deferred=3")
@@ -326,7 +339,9 @@ async def test_deferred_errors_fail_but_keep_the_output(start_app):
 # 5 ---------------------------------------------------------------------------------------------
 
 
-async def test_out_of_memory_is_a_system_failure(start_app, sim_config):
+async def test_out_of_memory_is_a_system_failure(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
     """A run past its 64m memory limit is OOM-killed: failed, system, OOMKilled, exit 137."""
     api = await start_app(sim_config(memory_limit="64m"))
     run_id = await api.run(gds("chip_top", "oom=256"))
@@ -344,7 +359,9 @@ async def test_out_of_memory_is_a_system_failure(start_app, sim_config):
 # 6 ---------------------------------------------------------------------------------------------
 
 
-async def test_timeout_kills_the_run(start_app, sim_config):
+async def test_timeout_kills_the_run(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
     """A hanging run is killed after `timeout_minutes` (3 s): failed, system, `run.timed-out`."""
     api = await start_app(sim_config(timeout_minutes=0.05))
     run_id = await api.run(gds("chip_top", "hang"))
@@ -357,7 +374,8 @@ async def test_timeout_kills_the_run(start_app, sim_config):
     assert doc["State"]["OOMKilled"] is False
     timed_out = await api.events("run.timed-out", run_id)
     assert len(timed_out) == 1
-    assert timed_out[0].event.minutes == 0.05  # type: ignore[union-attr]
+    assert isinstance(timed_out[0].event, RunTimedOut)
+    assert timed_out[0].event.minutes == 0.05
     started = datetime.fromisoformat(doc["State"]["StartedAt"])
     finished = datetime.fromisoformat(doc["State"]["FinishedAt"])
     assert 2.9 <= (finished - started).total_seconds() < 15
@@ -368,7 +386,9 @@ async def test_timeout_kills_the_run(start_app, sim_config):
 
 
 @pytest.mark.parametrize("pull", ["never", "missing"])
-async def test_missing_image_fails_the_run(start_app, sim_config, pull):
+async def test_missing_image_fails_the_run(
+    start_app: StartApp, sim_config: Callable[..., Config], pull: str
+) -> None:
     """An absent, unpullable image fails the run at once with an error naming it, not queued."""
     image = f"precheck-missing-{uuid.uuid4().hex[:12]}:none"
     api = await start_app(sim_config(image=image, pull=pull))
@@ -392,7 +412,9 @@ async def test_missing_image_fails_the_run(start_app, sim_config, pull):
 # 8 ---------------------------------------------------------------------------------------------
 
 
-async def test_cancel_queued_then_running(start_app, sim_config):
+async def test_cancel_queued_then_running(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
     """A cancelled queued run never starts; a cancelled running one is killed, its log kept."""
     api = await start_app(sim_config(max_concurrent=1))
     first = await api.run(gds("chip_top", "hang"))
@@ -428,8 +450,8 @@ async def test_cancel_queued_then_running(start_app, sim_config):
 
 @pytest.mark.parametrize("max_concurrent", [1, 2])
 async def test_runs_start_first_in_first_out_within_the_limit(
-    start_app, sim_config, max_concurrent
-):
+    start_app: StartApp, sim_config: Callable[..., Config], max_concurrent: int
+) -> None:
     """Four queued runs start in queue order and never more than `max_concurrent` run at once."""
     api = await start_app(sim_config(max_concurrent=max_concurrent))
     ids = [await api.run(gds("chip_top", "step_sleep=0.05")) for _ in range(4)]
@@ -437,27 +459,27 @@ async def test_runs_start_first_in_first_out_within_the_limit(
         assert (await api.wait(run_id))["Status"] == "completed"
 
     events = await api.events()
-    queued = [r.event.run_id for r in events if r.type == "run.queued"]  # type: ignore[union-attr]
-    started = [r.event.run_id for r in events if r.type == "run.started"]  # type: ignore[union-attr]
+    queued = [r.event.run_id for r in events if isinstance(r.event, RunQueued)]
+    started = [r.event.run_id for r in events if isinstance(r.event, RunStarted)]
     assert queued == ids
     assert started == ids
-    running: set[str] = set()
+    running: set[str | None] = set()
     most = 0
     for r in events:
-        run_id = getattr(r.event, "run_id", None)
+        event_run_id = getattr(r.event, "run_id", None)
         if r.type == "run.started":
-            running.add(run_id)
+            running.add(event_run_id)
             most = max(most, len(running))
             assert len(running) <= max_concurrent, f"{running} at position {r.position}"
         elif r.type in ENDED:
-            running.discard(run_id)
+            running.discard(event_run_id)
     assert most == max_concurrent
 
 
 # 10 --------------------------------------------------------------------------------------------
 
 
-async def test_logs_outlive_the_container_and_page_in_order(start_app):
+async def test_logs_outlive_the_container_and_page_in_order(start_app: StartApp) -> None:
     """A 5000-line log pages back whole, in order, after the container is gone; stamps, tail."""
     api = await start_app()
     run_id = await api.run(gds("chip_top", "lines=5000"))
@@ -496,7 +518,7 @@ async def test_logs_outlive_the_container_and_page_in_order(start_app):
 # 11 --------------------------------------------------------------------------------------------
 
 
-async def test_progress_events_follow_the_steps(start_app):
+async def test_progress_events_follow_the_steps(start_app: StartApp) -> None:
     """A passing run records `run.progressed` for steps 1..16, in order, each once."""
     api = await start_app()
     run_id = await api.run(gds("chip_top"))
@@ -507,7 +529,9 @@ async def test_progress_events_follow_the_steps(start_app):
 # 12 --------------------------------------------------------------------------------------------
 
 
-async def test_wait_answers_when_the_run_ends_or_times_out(start_app, sim_config):
+async def test_wait_answers_when_the_run_ends_or_times_out(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
     """`/wait` answers when the run ends, with its exit code; a timeout on a hang is 408 JSON."""
     api = await start_app(sim_config(max_concurrent=2))
     run_id = await api.run(gds("chip_top", "sleep=1"))
@@ -533,7 +557,7 @@ async def test_wait_answers_when_the_run_ends_or_times_out(start_app, sim_config
 # 13 --------------------------------------------------------------------------------------------
 
 
-async def test_stats_of_running_and_finished_runs(start_app):
+async def test_stats_of_running_and_finished_runs(start_app: StartApp) -> None:
     """`/stats` gives Docker's stats of a running run's container, 409 once it has ended."""
     api = await start_app()
     run_id = await api.run(gds("chip_top", "hang"))
@@ -554,7 +578,9 @@ async def test_stats_of_running_and_finished_runs(start_app):
 # 14 --------------------------------------------------------------------------------------------
 
 
-async def test_stray_container_is_removed_at_start(start_app, sim_config, simulator_image):
+async def test_stray_container_is_removed_at_start(
+    start_app: StartApp, sim_config: Callable[..., Config], simulator_image: str
+) -> None:
     """At start, a container labelled as ours with no live run is removed and recorded."""
     config = sim_config()
     first = await start_app(config)
@@ -580,14 +606,17 @@ async def test_stray_container_is_removed_at_start(start_app, sim_config, simula
     api = await start_app(config)
     assert api.instance_id == instance
     removed = await api.wait_event("server.stray-container-removed")
-    assert removed.event.container_id == stray  # type: ignore[union-attr]
+    assert isinstance(removed.event, StrayContainerRemoved)
+    assert removed.event.container_id == stray
     assert await docker_inspect(stray) is None
 
 
 # 15 --------------------------------------------------------------------------------------------
 
 
-async def test_replay_equals_the_live_projections(start_app, sim_config):
+async def test_replay_equals_the_live_projections(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
     """After pass, failure, cancel and timeout, a replay of the log equals the live read models."""
     api = await start_app(sim_config(max_concurrent=4, timeout_minutes=0.05))
     passed = await api.run(gds("chip_top"))
