@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient
 
 from precheck.app import create_app
 from precheck.config import Config
+from tests.docker_fixtures import StartApp
 from tests.layouts import gds
+
+Client = TestClient[web.Request, web.Application]
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-async def scrape(client: Any) -> Samples:
+async def scrape(client: Client) -> Samples:
     """Every sample of `/metrics`, keyed by name and sorted labels; asserts the text format."""
     r = await client.get("/metrics")
     assert r.status == 200
@@ -40,7 +45,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-async def upload(client: Any, layout: bytes) -> str:
+async def upload(client: Client, layout: bytes) -> str:
     form = aiohttp.FormData()
     form.add_field("file", layout, filename="chip.gds")
     r = await client.post("/api/v1/uploads", data=form)
@@ -48,7 +53,7 @@ async def upload(client: Any, layout: bytes) -> str:
     return str((await r.json())["Id"])
 
 
-async def queue(client: Any, upload_id: str) -> str:
+async def queue(client: Client, upload_id: str) -> str:
     r = await client.post(
         "/api/v1/prechecks", json={"upload_id": upload_id, "top_cell": "chip_top"}
     )
@@ -57,7 +62,7 @@ async def queue(client: Any, upload_id: str) -> str:
 
 
 async def test_metrics_are_prometheus_text_with_every_family(
-    aiohttp_client: Any, config: Config
+    aiohttp_client: AiohttpClient, config: Config
 ) -> None:
     """The text parses, has HELP and TYPE lines, and every promised family is there."""
     client = await aiohttp_client(create_app(config, run_containers=False))
@@ -82,7 +87,9 @@ async def test_metrics_are_prometheus_text_with_every_family(
     assert value(samples, "precheck_events") == 1  # the instance was created
 
 
-async def test_metrics_follow_uploads_runs_and_cancels(aiohttp_client: Any, config: Config) -> None:
+async def test_metrics_follow_uploads_runs_and_cancels(
+    aiohttp_client: AiohttpClient, config: Config
+) -> None:
     """Runs by status, queue length, uploads, events and append latency move with each change."""
     client = await aiohttp_client(create_app(config, run_containers=False))
     before = await scrape(client)
@@ -116,7 +123,7 @@ async def test_metrics_follow_uploads_runs_and_cancels(aiohttp_client: Any, conf
 
 
 async def test_open_streams_count_live_sse_clients(
-    aiohttp_client: Any, make_config: Callable[..., Config]
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
 ) -> None:
     """An open SSE stream is counted while it is open and no longer once the client left."""
     config = make_config(server={"sse_heartbeat_seconds": 0.2})
@@ -139,7 +146,7 @@ async def test_open_streams_count_live_sse_clients(
 
 
 async def test_docker_reachable_is_0_while_the_engine_does_not_answer(
-    aiohttp_client: Any, make_config: Callable[..., Config]
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
 ) -> None:
     """With a supervisor whose Docker URL answers nothing, `precheck_docker_reachable` is 0."""
     with socket.socket() as s:  # a port nobody listens on
@@ -155,7 +162,7 @@ async def test_docker_reachable_is_0_while_the_engine_does_not_answer(
 
 
 @pytest.mark.docker
-async def test_a_finished_run_moves_completed_and_durations(start_app: Callable[..., Any]) -> None:
+async def test_a_finished_run_moves_completed_and_durations(start_app: StartApp) -> None:
     """With the simulator a completed run counts as completed, with its duration; Docker is up."""
     api = await start_app()
     async with asyncio.timeout(10):  # 0 until the supervisor has connected: watched from outside
