@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import hashlib
 import json
+import os
 import queue
 import re
 import shutil
@@ -38,7 +40,7 @@ LABEL_INSTANCE = "precheck.instance"
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 60
+    *args: str, cwd: Path | None = None, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`python -m precheck ARGS` with no terminal on stdin."""
     return subprocess.run(
@@ -48,6 +50,7 @@ def run_cli(
         stdin=subprocess.DEVNULL,
         timeout=timeout,
         cwd=cwd,
+        env=env,
     )
 
 
@@ -282,8 +285,10 @@ class Site:
         if mode == "server":
             self.server = ServerProcess(self.config, self.port, tmp_path / "server.log").start()
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, "--config", str(self.config), cwd=self.tmp, timeout=timeout)
+    def cli(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--config", str(self.config), cwd=self.tmp, timeout=timeout, env=env)
 
     def json(self, *args: str) -> Any:
         return json.loads(ok(self.cli(*args, "--json")))
@@ -563,7 +568,10 @@ def test_uploads_list_table_and_json(site: Site) -> None:
     assert docs[uploads[1]]["Runs"] == []
     if site.server is not None:
         served = {d["Id"]: d for d in site.server.request("GET", "/api/v1/uploads")}
-        strip = lambda d: {k: v for k, v in d.items() if k != "State"}  # noqa: E731
+
+        def strip(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in d.items() if k != "State"}
+
         assert {k: strip(v) for k, v in docs.items()} == {k: strip(v) for k, v in served.items()}
 
 
@@ -628,7 +636,14 @@ def test_events_follow_prints_new_events_as_they_happen(served: Site) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)  # type: ignore[union-attr]
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def read_lines() -> None:
+        for x in stdout:
+            lines.put(x)
+
+    reader = threading.Thread(target=read_lines, daemon=True)
     reader.start()
     try:
         time.sleep(
@@ -636,7 +651,7 @@ def test_events_follow_prints_new_events_as_they_happen(served: Site) -> None:
         )  # let it connect (an upload before would be printed too: it resumes by position)
         upload_id = served.server.upload(gds("chip_top"))
         deadline = time.monotonic() + 15
-        seen = []
+        seen: list[str] = []
         while True:
             remaining = deadline - time.monotonic()
             assert remaining > 0 and proc.poll() is None, f"no upload.received line; saw {seen}"
@@ -699,7 +714,9 @@ def test_runs_prune(site: Site) -> None:
     """`runs prune`: --dry-run only lists; --older-than and --status narrow; active runs stay."""
     ids = site.ids
     ended = {ids["done"], ids["failed"], ids["cancelled"]}
-    kept = lambda: all((site.data / "runs" / r).exists() for r in (ids["done"], ids["failed"]))  # noqa: E731
+
+    def kept() -> bool:
+        return all((site.data / "runs" / r).exists() for r in (ids["done"], ids["failed"]))
 
     assert set(site.json("runs", "prune", "--dry-run")) == ended
     assert "Would delete:" in ok(site.cli("runs", "prune", "--dry-run"))
@@ -756,6 +773,143 @@ def test_cleanup_lists_and_removes_a_stray_labelled_container(site: Site) -> Non
             assert doc["State"]["Status"] == "running"
     finally:
         subprocess.run(["docker", "rm", "-f", stray], capture_output=True)
+
+
+def _labelled_container(site: Site, run_id: str) -> str:
+    """A container labelled as this storage's, for run `run_id`, as the supervisor labels them."""
+    return subprocess.run(
+        ["docker", "create", "--label", f"{LABEL_INSTANCE}={site.ids['instance']}",
+         "--label", f"precheck.run={run_id}", site.ids["image"]],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def _exists(container_id: str) -> bool:
+    return subprocess.run(["docker", "inspect", container_id], capture_output=True).returncode == 0
+
+
+@pytest.mark.docker
+def test_cleanup_with_a_server_removes_through_it_and_records_each_container(
+    served: Site,
+) -> None:
+    """With a server on the folder, `cleanup` asks it: the server removes the stray and appends
+    `server.stray-container-removed` (actor `cli`, from 127.0.0.1); its running run's container
+    stays. The route answers only the CLI's admin token."""
+    assert served.server is not None
+    served.server.until_status(served.ids["active"], "running")
+    stray = _labelled_container(served, "gone")
+    settled = _labelled_container(served, served.ids["done"])  # a run that has ended for good
+    try:
+        req = urllib.request.Request(served.server.url + "/api/v1/cleanup", data=b"{}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 403 and _exists(stray)
+
+        out = ok(served.cli("cleanup"))
+        assert "Found 2 stray container(s)" in out and "Removed 2 container(s)" in out, out
+        assert not _exists(stray) and not _exists(settled)
+        removed = served.events("type = 'server.stray-container-removed'")
+        assert {e["data"]["container_id"] for e in removed} == {stray, settled}
+        assert {(e["metadata"]["actor"], e["metadata"]["client"]) for e in removed} == {
+            ("cli", "127.0.0.1")
+        }, "appended by the server for the CLI, not by the CLI itself"
+        doc = served.server.request("GET", f"/api/v1/prechecks/{served.ids['active']}")
+        assert doc["State"]["Status"] == "running", "the live run's container was left alone"
+        assert ok(served.cli("cleanup")).strip() == "No stray containers found"
+        assert len(served.events("type = 'server.stray-container-removed'")) == 2
+        assert ok(served.cli("verify"))
+    finally:
+        subprocess.run(["docker", "rm", "-f", stray, settled], capture_output=True)
+
+
+@pytest.mark.docker
+def test_cleanup_without_a_server_appends_each_removal_under_the_lock(local: Site) -> None:
+    """With no server, `cleanup` removes the strays and appends one event per container itself
+    (actor `cli`, client `local`); `--dry-run` appends nothing."""
+    head = local.head()
+    strays = {
+        _labelled_container(local, "gone"),
+        _labelled_container(local, local.ids["done"]),
+        # Nothing starts a queued run while no server runs: its container is a leftover.
+        _labelled_container(local, local.ids["active"]),
+    }
+    try:
+        assert "Found 3 stray container(s)" in ok(local.cli("cleanup", "--dry-run"))
+        assert local.head() == head and all(_exists(c) for c in strays)
+
+        assert "Removed 3 container(s)" in ok(local.cli("cleanup"))
+        assert not any(_exists(c) for c in strays)
+        removed = local.events("type = 'server.stray-container-removed'")
+        assert {e["data"]["container_id"] for e in removed} == strays
+        assert [e["position"] for e in removed] == [head + 1, head + 2, head + 3]
+        assert {(e["metadata"]["actor"], e["metadata"]["client"]) for e in removed} == {
+            ("cli", "local")
+        }
+        assert all(e["data"]["name"] for e in removed)
+        assert ok(local.cli("verify"))
+    finally:
+        subprocess.run(["docker", "rm", "-f", *strays], capture_output=True)
+
+
+@pytest.mark.docker
+def test_proxy_variables_do_not_reach_the_cli_calls_to_the_local_server(served: Site) -> None:
+    """A proxy named in the environment (here one that nothing answers) is not used for the
+    CLI's calls to the server on this machine: changes, verify and cleanup still work."""
+    assert served.server is not None
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        env[name] = env[name.upper()] = dead
+    done = served.ids["done"]
+    assert ok(served.cli("runs", "delete", done, "--force", env=env)).strip() == (
+        f"Deleted run {done}"
+    )
+    assert served.server.status(f"/api/v1/prechecks/{done}") == 404
+    pruned = json.loads(ok(served.cli("runs", "prune", "--dry-run", "--json", env=env)))
+    assert set(pruned) == {served.ids["failed"], served.ids["cancelled"]}
+    assert "running server at" in ok(served.cli("verify", env=env))
+    assert ok(served.cli("cleanup", "--dry-run", env=env)).strip() == "No stray containers found"
+
+
+@pytest.mark.docker
+def test_every_command_family_fails_with_one_prefixed_line(tmp_path: Path, local: Site) -> None:
+    """Each kind of failure, in every command family, exits non-zero with one stderr line that
+    starts `precheck-server: `: a bad config, no log, a locked folder, Docker unreachable, a
+    position past the log, a run the log does not have, a refused filter."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text(f'[server]\nstorage_path = "{tmp_path / "nothing"}"\n')
+    no_docker = tmp_path / "no-docker.toml"
+    no_docker.write_text(
+        f'[server]\nstorage_path = "{local.data}"\n\n'
+        f'[docker]\nurl = "unix://{tmp_path / "no-docker.sock"}"\n'
+    )
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked_config = tmp_path / "locked.toml"
+    locked_config.write_text(f'[server]\nstorage_path = "{locked}"\n')
+    cases: list[tuple[list[str], str]] = [
+        (["serve", "--config", str(tmp_path / "absent.toml")], "absent.toml"),
+        (["status", "--config", str(locked_config)], "server info cannot be read"),
+        (["runs", "list", "--config", str(empty)], "no event log here"),
+        (["runs", "inspect", "nosuchrun", "--config", str(local.config)], "No such precheck"),
+        (["runs", "delete", "x", "--force", "--config", str(empty)], "no event log here"),
+        (["runs", "prune", "--force", "--config", str(locked_config)], "server info cannot"),
+        (["uploads", "list", "--config", str(empty)], "no event log here"),
+        (["events", "--type", "run.exploded", "--config", str(local.config)], "unknown event"),
+        (["verify", "--config", str(empty)], "no event log here"),
+        (["replay", "--until", "100000", "--config", str(local.config)], "past the end"),
+        (["cleanup", "--config", str(no_docker)], "Docker"),
+    ]
+    fd = os.open(locked / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, with no server.json beside it
+        results = run_many([args for args, _ in cases], tmp_path)
+    finally:
+        os.close(fd)
+    for (args, words), r in zip(cases, results, strict=True):
+        line = failed(r)
+        assert line.startswith("precheck-server: ") and words in line, (args, line)
+        assert "Traceback" not in r.stderr
 
 
 # Serving ----------------------------------------------------------------------------------------
