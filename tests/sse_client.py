@@ -12,10 +12,11 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 import attrs
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
@@ -155,7 +156,11 @@ class SSEReader:
 
 @asynccontextmanager
 async def sse(
-    client: Any,
+    client: (
+        TestClient[web.Request, web.Application]
+        | TestClient[web.Request, None]
+        | aiohttp.ClientSession
+    ),
     path: str,
     *,
     params: Mapping[str, str] | None = None,

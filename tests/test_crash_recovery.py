@@ -10,15 +10,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from pytest_aiohttp import AiohttpClient
 
 from precheck import keys
 from precheck.app import create_app
+from precheck.config import Config
 from tests.layouts import gds
 
 pytestmark = pytest.mark.docker
@@ -134,7 +136,9 @@ class Http:
             assert r.status == 200, await r.text()
             return dict(await r.json())
 
-    async def until(self, run_id: str, predicate: Any, seconds: float = 30) -> dict[str, Any]:
+    async def until(
+        self, run_id: str, predicate: Callable[[dict[str, Any]], bool], seconds: float = 30
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             doc = await self.get(f"/api/v1/prechecks/{run_id}")
@@ -284,13 +288,18 @@ async def docker_proxy(docker_available: None) -> AsyncIterator[DockerProxy]:
 
 
 async def test_cut_docker_stream_is_resumed_and_a_run_that_ended_meanwhile_is_recorded(
-    aiohttp_client: Any, sim_config: Any, docker_proxy: DockerProxy, docker_instances: set[str]
+    aiohttp_client: AiohttpClient,
+    sim_config: Callable[..., Config],
+    docker_proxy: DockerProxy,
+    docker_instances: set[str],
 ) -> None:
     """Docker unreachable mid-run: health says so; on reconnect the run's end is recorded."""
     config = sim_config(url=f"tcp://127.0.0.1:{docker_proxy.port}")
     client = await aiohttp_client(create_app(config))
-    app = client.server.app
-    docker_instances.add(app[keys.PROJECTIONS].instance_id)
+    app = client.app
+    instance = app[keys.PROJECTIONS].instance_id
+    assert instance, "the app has no instance id"
+    docker_instances.add(instance)
     form = aiohttp.FormData()
     form.add_field("file", gds("chip_top", "sleep=1.5", "lines=50"), filename="chip.gds")
     upload = await (await client.post("/api/v1/uploads", data=form)).json()
