@@ -19,7 +19,19 @@ ensure_venv() {
       DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
       python3 -m venv "$VENV"
     fi
-    "$VENV/bin/python" -m pip install -q --upgrade pip
+    _quietly "$VENV/bin/python" -m pip install --upgrade pip
   fi
-  "$VENV/bin/python" -m pip install -q -c constraints.txt -e "$spec"
+  _quietly "$VENV/bin/python" -m pip install -c constraints.txt -e "$spec"
+}
+
+# Runs a command, showing its output only if it fails.
+_quietly() {
+  local out
+  out=$(mktemp)
+  if ! "$@" >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -f "$out"
+    return 1
+  fi
+  rm -f "$out"
 }
