@@ -30,17 +30,26 @@ def step(run: str, n: int) -> RunProgressed:
     return RunProgressed(run, n, 16, f"Step.{n}", T0)
 
 
-def subscription(store: EventStore, after: int) -> AsyncGenerator[RecordedEvent, None]:
-    """`store.subscribe(after)`, an async generator, so `aclosing` can close it early."""
-    events = store.subscribe(after)
-    assert isinstance(events, AsyncGenerator)
-    return events
+async def follow(store: EventStore, after: int) -> AsyncGenerator[RecordedEvent, None]:
+    """Every event after `after` as a live reader sees them: `read_from`, then `wait_beyond`
+    once caught up; ends when the store closes while the reader is caught up."""
+    position = after
+    while True:
+        batch = await store.read_from(position)
+        if not batch:
+            await store.wait_beyond(position)
+            if store.head <= position:
+                return  # woken by the close, not by a new event
+            continue
+        for r in batch:
+            yield r
+            position = r.position
 
 
 async def collect(store: EventStore, after: int, until: int) -> list[RecordedEvent]:
-    """Everything a subscription from `after` yields up to position `until`."""
+    """Everything a reader following from `after` gets up to position `until`."""
     seen: list[RecordedEvent] = []
-    async with aclosing(subscription(store, after)) as events:
+    async with aclosing(follow(store, after)) as events:
         async for r in events:
             seen.append(r)
             if r.position >= until:
@@ -135,6 +144,22 @@ class EventStoreContract:
         assert store.head == 1
         assert [r.event for r in await store.read()] == [won[0][0].event]
 
+    async def test_a_refused_append_fails_after_the_winner_is_applied(
+        self, store: EventStore
+    ) -> None:
+        """The losers of a race hear of it only once the winner's events are applied, so
+        deciding again they see the new version instead of the same stale one."""
+        seen_by_losers: list[tuple[int, int]] = []
+
+        async def race(i: int) -> None:
+            try:
+                await store.append([step("x", i)], META, expect={"run-x": 0})
+            except ConcurrencyError:
+                seen_by_losers.append((store.head, store.version_of("run-x")))
+
+        await asyncio.gather(*(race(i) for i in range(5)))
+        assert seen_by_losers == [(1, 1)] * 4
+
     async def test_concurrent_appends_share_transactions(self, store: EventStore) -> None:
         """Fifty concurrent appends all land, gap-free, in fewer commits than appends."""
         results = await asyncio.gather(*(store.append([step(f"w{i}", 1)], META) for i in range(50)))
@@ -176,12 +201,10 @@ class EventStoreContract:
         finally:
             await store.close()
 
-    # Subscriptions -----------------------------------------------------------------------------
+    # Following -------------------------------------------------------------------------------
 
-    async def test_subscription_catches_up_then_follows_racing_appends(
-        self, store: EventStore
-    ) -> None:
-        """Subscribers see every position after their start exactly once, in order, while
+    async def test_reader_catches_up_then_follows_racing_appends(self, store: EventStore) -> None:
+        """Readers see every position after their start exactly once, in order, while
         appends keep landing during their switch from history to live events."""
         for i in range(10):
             await store.append([step("history", 10 * i + j) for j in range(10)], META)
@@ -196,7 +219,7 @@ class EventStoreContract:
 
         async def slow_collect(after: int) -> list[int]:
             seen = []
-            async with aclosing(subscription(store, after)) as events:
+            async with aclosing(follow(store, after)) as events:
                 async for r in events:
                     seen.append(r.position)
                     await asyncio.sleep(0)  # a consumer slower than the writers
@@ -212,16 +235,16 @@ class EventStoreContract:
         for after, positions in zip(starts, seen, strict=True):
             assert positions == list(range(after + 1, total + 1))
 
-    async def test_subscription_yields_the_events_as_recorded(self, store: EventStore) -> None:
-        """A subscription yields the same recorded events that `read` returns."""
+    async def test_reader_gets_the_events_as_recorded(self, store: EventStore) -> None:
+        """`read_from` returns the same recorded events that `read` returns."""
         await store.append([step("a", 1), step("b", 1)], META)
         live = asyncio.create_task(collect(store, 0, 4))
         await asyncio.sleep(0)
         await store.append([step("a", 2), step("b", 2)], META)
         assert await asyncio.wait_for(live, 10) == await store.read()
 
-    async def test_subscriber_far_behind_gets_everything(self, store: EventStore) -> None:
-        """A subscriber more than `RECENT` events behind gets every event once, in order,
+    async def test_reader_far_behind_gets_everything(self, store: EventStore) -> None:
+        """A reader more than `RECENT` events behind gets every event once, in order,
         including those appended while it reads the old ones."""
         batches = EventStore.RECENT // 500 + 4
         for b in range(batches):
@@ -237,8 +260,8 @@ class EventStoreContract:
         assert [r.position for r in seen] == list(range(1, total + 1))
         assert [r.position for r in tail] == list(range(1001, total + 1))
 
-    async def test_subscription_ends_when_the_store_closes(self, path: Path) -> None:
-        """A caught-up subscriber's iteration ends when the store closes."""
+    async def test_caught_up_reader_is_woken_when_the_store_closes(self, path: Path) -> None:
+        """`wait_beyond` returns when the store closes, so a caught-up reader ends."""
         store = await self.open_store(path)
         await store.append([step("a", 1)], META)
         live = asyncio.create_task(collect(store, 0, 99))
@@ -246,18 +269,22 @@ class EventStoreContract:
         await store.close()
         assert [r.position for r in await asyncio.wait_for(live, 10)] == [1]
 
-    async def test_subscriber_behind_ends_when_the_store_closes(self, path: Path) -> None:
-        """A subscriber still reading history from the file ends, not fails, on close."""
+    async def test_reader_behind_gets_store_closed(self, path: Path) -> None:
+        """A reader still reading history from the file is told `StoreClosed` once the store
+        closes, not some error of the closed connection."""
         store = await self.open_store(path)
         for b in range(EventStore.RECENT // 1000 + 3):
             await store.append([step(f"s{b}", i) for i in range(1000)], META)
         seen = 0
-        async with aclosing(subscription(store, 0)) as events:
-            async for _ in events:
-                seen += 1
-                if seen == 10:
-                    await store.close()
+        with pytest.raises(StoreClosed):
+            async with aclosing(follow(store, 0)) as events:
+                async for _ in events:
+                    seen += 1
+                    if seen == 10:
+                        await store.close()
         assert 10 <= seen < store.head
+        with pytest.raises(StoreClosed):
+            await store.read()
 
     # Closing -----------------------------------------------------------------------------------
 
@@ -299,6 +326,22 @@ class TestSQLiteEventStore(EventStoreContract):
             mode = db.execute("PRAGMA journal_mode").fetchone()[0]
         assert rows == [(r.position, r.hash) for r in recorded]
         assert mode == "wal"
+
+    async def test_a_row_written_by_another_process_is_learnt_and_the_append_retried(
+        self, store: EventStore, path: Path
+    ) -> None:
+        """When another writer took the next position, the append fails on the file's own
+        constraint, is rolled back, and goes in after that row once the state is reloaded."""
+        await store.append([step("a", 1)], META)
+        with _raw(path) as db:
+            row = (2, "run-other", 1, "run.progressed", 1, "{}", "{}", "2026-01-01T00:00:00Z")
+            db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (*row, "h"))
+        [r] = await store.append([step("a", 2)], META)
+        assert (r.position, r.version) == (3, 2)
+        assert (store.head, store.version_of("run-other")) == (3, 1)
+        with _raw(path) as db:
+            positions = [p for (p,) in db.execute("SELECT position FROM events ORDER BY 1")]
+        assert positions == [1, 2, 3]
 
     @pytest.mark.parametrize(
         "sql",

@@ -1,10 +1,10 @@
 """The append-only event log in SQLite.
 
 One writer task owns all appends: concurrent `append` calls queue up and are written by one
-transaction (group commit), so a durable write costs one fsync per batch, not per event. The
-writer keeps the head position, the last chain hash and every stream's version in memory; the
-`UNIQUE(stream, version)` constraint and the integer primary key stay as the database's own
-guard against another writer.
+transaction (group commit, `precheck.storage.sqlite_writer`), so a durable write costs one fsync
+per batch, not per event. The store keeps the head position, the last chain hash and every
+stream's version in memory; the `UNIQUE(stream, version)` constraint and the integer primary key
+stay as the database's own guard against another writer.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import attrs
 
 from precheck.events.codec import decode, decode_metadata, encode, encode_metadata, iso
 from precheck.events.types import Event, Metadata, stream_of
+from precheck.storage.sqlite_writer import SQLiteWriter, connect
 
 log = logging.getLogger(__name__)
 
@@ -111,32 +112,53 @@ class _Append:
     events: Sequence[Event]
     metadata: Metadata
     expect: Mapping[str, int]
-    done: asyncio.Future[list[RecordedEvent]]
+
+
+Outcome = list[RecordedEvent] | ConcurrencyError
+
+
+class _Batch(NamedTuple):
+    """A batch as written: its rows, the events as recorded, the streams' new versions, and
+    per append (in order) its recorded events or why it was refused."""
+
+    rows: list[tuple[object, ...]]
+    recorded: list[RecordedEvent]
+    versions: dict[str, int]
+    outcomes: list[Outcome]
 
 
 Listener = Callable[[RecordedEvent], None]
 
 
 class EventStore:
-    """Append-only, hash-chained event log with group commit and catch-up subscriptions."""
+    """Append-only, hash-chained event log with group commit; live readers follow it with
+    `read_from` and `wait_beyond` (or `advanced_future`)."""
 
-    RECENT = 8192  # events kept in memory so live subscribers rarely read the file
+    RECENT = 8192  # events kept in memory so live readers rarely read the file
     MAX_BATCH = 2000
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        """Take over two open connections to `path`; call only from a running event loop."""
         self.path = path
         self._writer_db = writer
         self._reader_db = reader
-        self._pending: asyncio.Queue[_Append | None] = asyncio.Queue()
+        self._writer: SQLiteWriter[_Append, _Batch, list[RecordedEvent]] = SQLiteWriter(
+            writer,
+            self._write_batch,
+            self._after_commit,
+            name="event-store-writer",
+            max_batch=self.MAX_BATCH,
+            skip_abandoned=True,  # a caller that went away has nothing to write
+            failed=lambda e: StoreError(f"append failed: {e}"),
+            closed=lambda: StoreClosed("the event store is closed"),
+        )
         self._head = 0
         self._last_hash = GENESIS
         self._versions: dict[str, int] = {}
         self._recent: deque[RecordedEvent] = deque(maxlen=self.RECENT)
-        self._advanced = asyncio.Event()
-        self._advanced_f: asyncio.Future[None] | None = None
+        self._advanced: asyncio.Future[None] | None = None  # shared by every waiter
         self._listeners: list[Listener] = []
         self._closed = False
-        self._writer_task: asyncio.Task[None] | None = None
         self.append_observer: Callable[[float], None] | None = None  # seconds per append
 
     # Opening and closing ----------------------------------------------------------------------
@@ -145,17 +167,20 @@ class EventStore:
     async def open(cls, path: Path) -> EventStore:
         """Open (creating if needed) the log at `path` and start its writer."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
+        writer = await connect(path)
         try:
             await writer.executescript(SCHEMA)
             await writer.commit()
-            reader = await _connect(path)
+            reader = await connect(path)
         except BaseException:
             await writer.close()
             raise
         store = cls(path, writer, reader)
-        await store._load_state()
-        store._writer_task = asyncio.create_task(store._write_loop(), name="event-store-writer")
+        try:
+            await store._load_state()  # before anyone can append: the writer waits idle
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -163,13 +188,11 @@ class EventStore:
         if self._closed:
             return
         self._closed = True
-        await self._pending.put(None)
-        if self._writer_task is not None:
-            await self._writer_task
-        self._advanced.set()
-        self._resolve_advanced()
-        await self._writer_db.close()
-        await self._reader_db.close()
+        try:
+            await self._writer.close()  # writes what is queued, then closes the connection
+        finally:
+            self._wake()
+            await self._reader_db.close()
 
     async def _load_state(self) -> None:
         async with self._writer_db.execute(
@@ -215,84 +238,40 @@ class EventStore:
             return []
         loop = asyncio.get_running_loop()
         started = loop.time()
-        done: asyncio.Future[list[RecordedEvent]] = loop.create_future()
-        await self._pending.put(_Append(events, metadata, dict(expect or {}), done))
-        recorded = await done
+        recorded = await self._writer.submit(_Append(events, metadata, dict(expect or {})))
         if self.append_observer is not None:
             self.append_observer(loop.time() - started)
         return recorded
 
-    async def _write_loop(self) -> None:
-        while True:
-            first = await self._pending.get()
-            batch = [] if first is None else [first]
-            stop = first is None
-            while not self._pending.empty() and len(batch) < self.MAX_BATCH:
-                item = self._pending.get_nowait()
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-            if batch:
-                try:
-                    await self._write_batch(batch)
-                except Exception as e:  # a failed commit fails its appends, not the writer
-                    log.exception("event store: batch of %d appends failed", len(batch))
-                    for a in batch:
-                        if not a.done.done():
-                            a.done.set_exception(StoreError(f"append failed: {e}"))
-            if stop:
-                for a in _drain(self._pending):
-                    a.done.set_exception(StoreClosed("the event store is closed"))
-                return
-
-    async def _write_batch(self, batch: list[_Append]) -> None:
+    async def _write_batch(self, db: aiosqlite.Connection, batch: list[_Append]) -> _Batch:
+        """Insert the batch's accepted rows; the writer commits them."""
         for attempt in (1, 2):
-            accepted, rows, recorded, versions, rejected = self._prepare(batch)
-            if not rows:
-                _reject(rejected)
-                return
+            prepared = self._prepare(batch)
+            if not prepared.rows:
+                break
             try:
-                await self._writer_db.executemany(
-                    f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
+                await db.executemany(
+                    f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", prepared.rows
                 )
-                await self._writer_db.commit()
                 break
             except sqlite3.IntegrityError:
                 # Another process appended to the file: learn its state and decide again.
-                await self._writer_db.rollback()
+                await db.rollback()
                 if attempt == 2:
                     raise
                 await self._load_state()
-            except BaseException:
-                await self._writer_db.rollback()  # leave no transaction open behind a failure
-                raise
-        self._publish(accepted, recorded, versions)
-        # Refused only now, once the events that won are applied: a caller that decides again
-        # then sees them instead of the same stale state.
-        _reject(rejected)
+        return prepared
 
-    def _prepare(
-        self, batch: list[_Append]
-    ) -> tuple[
-        list[tuple[_Append, int]],
-        list[tuple[object, ...]],
-        list[RecordedEvent],
-        dict[str, int],
-        list[tuple[_Append, ConcurrencyError]],
-    ]:
+    def _prepare(self, batch: list[_Append]) -> _Batch:
         """Check expectations, number the rows and chain their hashes, without touching state."""
         versions: dict[str, int] = {}
         position, prev = self._head, self._last_hash
         now = datetime.now(UTC)
         now_text = iso(now)
-        accepted: list[tuple[_Append, int]] = []
         rows: list[tuple[object, ...]] = []
         recorded: list[RecordedEvent] = []
-        rejected: list[tuple[_Append, ConcurrencyError]] = []
+        outcomes: list[Outcome] = []
         for a in batch:
-            if a.done.done():  # the caller went away; nothing to write for it
-                continue
             wrong = [
                 (s, v, versions.get(s, self._versions.get(s, 0)))
                 for s, v in a.expect.items()
@@ -300,8 +279,8 @@ class EventStore:
             ]
             if wrong:
                 s, want, have = wrong[0]
-                rejected.append(
-                    (a, ConcurrencyError(f"stream {s} is at version {have}, expected {want}"))
+                outcomes.append(
+                    ConcurrencyError(f"stream {s} is at version {have}, expected {want}")
                 )
                 continue
             meta = encode_metadata(a.metadata)
@@ -319,15 +298,19 @@ class EventStore:
                 recorded.append(
                     RecordedEvent(position, stream, version, event, a.metadata, now, tag, prev)
                 )
-            accepted.append((a, start))
-        return accepted, rows, recorded, versions, rejected
+            outcomes.append(recorded[start:])
+        return _Batch(rows, recorded, versions, outcomes)
 
-    def _publish(
-        self,
-        accepted: list[tuple[_Append, int]],
-        recorded: list[RecordedEvent],
-        versions: dict[str, int],
-    ) -> None:
+    def _after_commit(self, batch: list[_Append], written: _Batch) -> list[Outcome]:
+        """Apply a committed batch (state, recent window, listeners, waiters) and hand back each
+        append's outcome. The writer settles the appends only after this: one refused fails
+        once the events that beat it are applied, so a caller that decides again sees them
+        instead of the same stale state."""
+        if written.recorded:
+            self._publish(written.recorded, written.versions)
+        return written.outcomes
+
+    def _publish(self, recorded: list[RecordedEvent], versions: dict[str, int]) -> None:
         self._versions.update(versions)
         self._head = recorded[-1].position
         self._last_hash = recorded[-1].hash
@@ -338,25 +321,29 @@ class EventStore:
                     listener(r)
                 except Exception:
                     log.exception("event store: listener failed on position %d", r.position)
-        for a, start in accepted:
-            if not a.done.done():
-                a.done.set_result(recorded[start : start + len(a.events)])
-        advanced, self._advanced = self._advanced, asyncio.Event()
-        advanced.set()
-        self._resolve_advanced()
+        self._wake()
 
-    def _resolve_advanced(self) -> None:
-        f, self._advanced_f = self._advanced_f, None
+    def _wake(self) -> None:
+        f, self._advanced = self._advanced, None
         if f is not None and not f.done():
             f.set_result(None)
 
     def advanced_future(self) -> asyncio.Future[None]:
-        """A future shared by every waiter, done when the head next moves (or the store closes)."""
-        if self._advanced_f is None:
-            self._advanced_f = asyncio.get_running_loop().create_future()
+        """A future shared by every waiter, done when the head next moves (or the store closes).
+
+        Wait on it with `asyncio.wait` (or `wait_beyond`), never by awaiting it in a task that
+        may be cancelled: that would cancel it for every other waiter too.
+        """
+        if self._advanced is None:
+            self._advanced = asyncio.get_running_loop().create_future()
             if self._closed:
-                self._advanced_f.set_result(None)
-        return self._advanced_f
+                self._advanced.set_result(None)
+        return self._advanced
+
+    async def wait_beyond(self, position: int) -> None:
+        """Return once the head is past `position` (or the store closes)."""
+        while self._head <= position and not self._closed:
+            await asyncio.wait((self.advanced_future(),))
 
     # Reading ----------------------------------------------------------------------------------
 
@@ -367,6 +354,8 @@ class EventStore:
         return [_row_to_event(r) for r in await self._rows(after, limit, stream)]
 
     async def _rows(self, after: int, limit: int, stream: str | None = None) -> list[sqlite3.Row]:
+        if self._closed:  # its file can no longer be read
+            raise StoreClosed("the event store is closed")
         if stream is None:
             sql = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
             args: tuple[object, ...] = (after, limit)
@@ -393,39 +382,23 @@ class EventStore:
                 yield _row_to_event(row)
             after = rows[-1][0]
 
-    async def subscribe(self, after: int = 0) -> AsyncIterator[RecordedEvent]:
-        """Every event after `after`: history first, then live ones, with no gap or duplicate.
-
-        Ends when the store closes. A slow consumer is never buffered for: it reads what it
-        missed from memory or from the file.
-        """
-        position = after
-        # Checked before reading history too: a closed store's file can no longer be read.
-        while not self._closed:
-            if position < self._head:
-                batch = self._from_recent(position) or await self.read(position, 1000)
-                for r in batch:
-                    yield r
-                    position = r.position
-                continue
-            await self.wait_beyond(position)
-
     async def read_from(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
-        """Committed events after `after` without waiting: from memory when recent enough."""
+        """Committed events after `after` without waiting: from memory when recent enough.
+
+        With `wait_beyond` (or `advanced_future`) this is how a live reader follows the log;
+        once the store is closed it raises `StoreClosed`.
+        """
+        if self._closed:
+            raise StoreClosed("the event store is closed")
         if after >= self._head:
             return []
-        return self._from_recent(after)[:limit] or await self.read(after, limit)
-
-    async def wait_beyond(self, position: int) -> None:
-        """Return once the head is past `position` (or the store closes)."""
-        while self._head <= position and not self._closed:
-            await self._advanced.wait()
-
-    def _from_recent(self, after: int) -> list[RecordedEvent]:
-        if not self._recent or self._recent[0].position > after + 1:
-            return []
-        start = after + 1 - self._recent[0].position
-        return list(islice(self._recent, start, start + 1000))
+        recent = self._recent
+        if recent and recent[0].position <= after + 1:
+            start = after + 1 - recent[0].position
+            batch = list(islice(recent, start, start + min(limit, 1000)))
+            if batch:
+                return batch
+        return await self.read(after, limit)
 
     async def verify_chain(self) -> ChainReport:
         """Recompute the hash chain over every row; name the first row that does not fit."""
@@ -462,27 +435,3 @@ def _row_to_event(row: Iterable[object]) -> RecordedEvent:
         tag,  # type: ignore[arg-type]
         hash_,  # type: ignore[arg-type]
     )
-
-
-def _reject(rejected: list[tuple[_Append, ConcurrencyError]]) -> None:
-    for a, error in rejected:
-        if not a.done.done():
-            a.done.set_exception(error)
-
-
-def _drain(q: asyncio.Queue[_Append | None]) -> list[_Append]:
-    items = []
-    while not q.empty():
-        item = q.get_nowait()
-        if item is not None:
-            items.append(item)
-    return items
-
-
-async def _connect(path: Path) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, timeout=30)
-    # WAL lets readers run beside the writer; FULL makes an acknowledged commit survive power loss.
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=FULL")
-    await db.execute("PRAGMA busy_timeout=30000")
-    return db

@@ -1,14 +1,13 @@
 """Captured container output, one row per line, kept in `precheck.db` beside the event log.
 
 Lines are not events: a noisy run prints millions, and they carry no decision. They are stored
-durably as they arrive (group commit, like the event store) so they outlive the container and
-a restart, and readers are woken when a run's log grows.
+durably as they arrive (group commit through `precheck.storage.sqlite_writer`, like the event
+store) so they outlive the container and a restart, and readers are woken when a run's log grows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import islice
@@ -17,7 +16,7 @@ from pathlib import Path
 import aiosqlite
 import attrs
 
-log = logging.getLogger(__name__)
+from precheck.storage.sqlite_writer import SQLiteWriter, connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_lines (
@@ -63,7 +62,14 @@ class Tail:
 class _Write:
     run_id: str
     lines: Sequence[OutputLine]
-    done: asyncio.Future[None]
+
+
+@attrs.define
+class _Delete:
+    run_id: str
+
+
+_INSERT = "INSERT OR IGNORE INTO log_lines VALUES (?,?,?,?,?,?)"
 
 
 class OutputLineStore:
@@ -83,13 +89,16 @@ class OutputLineStore:
         # Each line of the window as one ready SSE message, per (run, timestamps): shared by
         # every follower of the run, so a line is formatted once however many follow it.
         self._sse: dict[tuple[str, bool], deque[bytes]] = {}
-        self._writer_db = writer
         self._reader_db = reader
-        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._writer: SQLiteWriter[_Write | _Delete, None, None] = SQLiteWriter(
+            writer,
+            _write_batch,
+            self._after_commit,
+            name="log-store-writer",
+            closed=lambda: RuntimeError("the log store is closed"),
+        )
         self._last: dict[str, int] = {}
-        self._grew: dict[str, asyncio.Event] = {}
-        self._grew_f: dict[str, asyncio.Future[None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._grew: dict[str, asyncio.Future[None]] = {}  # per run, shared by its readers
         self._closed = False
 
     @classmethod
@@ -99,30 +108,28 @@ class OutputLineStore:
         `encoder` turns a line into the bytes followers are sent (SSE messages, from the web
         layer); `encoded_from` serves the window in that form.
         """
-        from precheck.events.store import _connect  # same pragmas as the event log
-
-        writer = await _connect(path)
-        await writer.executescript(SCHEMA)
-        await writer.commit()
-        store = cls(writer, await _connect(path), encoder)
-        store._task = asyncio.create_task(store._write_loop(), name="log-store-writer")
-        return store
+        writer = await connect(path)
+        try:
+            await writer.executescript(SCHEMA)
+            await writer.commit()
+            reader = await connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader, encoder)
 
     async def close(self) -> None:
         """Write what is queued and close."""
         if self._closed:
             return
         self._closed = True
-        await self._queue.put(None)
-        if self._task is not None:
-            await self._task
-        for ev in self._grew.values():
-            ev.set()
-        for f in self._grew_f.values():
-            if not f.done():
-                f.set_result(None)
-        await self._writer_db.close()
-        await self._reader_db.close()
+        try:
+            await self._writer.close()
+        finally:
+            for f in self._grew.values():
+                if not f.done():
+                    f.set_result(None)
+            await self._reader_db.close()
 
     async def tail(self, run_id: str) -> Tail:
         """Where the run's stored log ends (line 0 when it has none)."""
@@ -166,42 +173,13 @@ class OutputLineStore:
             raise RuntimeError("the log store is closed")
         if not published:
             self.publish(run_id, lines)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Write(run_id, lines, done))
-        await done
+        await self._writer.submit(_Write(run_id, lines))
 
-    async def _write_loop(self) -> None:
-        while True:
-            first = await self._queue.get()
-            batch = [] if first is None else [first]
-            stop = first is None
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
-                stop = stop or item is None
-                if item is not None:
-                    batch.append(item)
-            if batch:
-                rows = [
-                    (w.run_id, s.line, s.time, s.ts, s.stream, s.text)
-                    for w in batch
-                    for s in w.lines
-                ]
-                try:
-                    await self._writer_db.executemany(
-                        "INSERT OR IGNORE INTO log_lines VALUES (?,?,?,?,?,?)", rows
-                    )
-                    await self._writer_db.commit()
-                except Exception as e:
-                    log.exception("log store: writing %d lines failed", len(rows))
-                    for w in batch:
-                        if not w.done.done():
-                            w.done.set_exception(e)
-                else:
-                    for w in batch:
-                        if not w.done.done():
-                            w.done.set_result(None)
-            if stop:
-                return
+    def _after_commit(self, batch: list[_Write | _Delete], written: None) -> list[None]:
+        for w in batch:
+            if isinstance(w, _Delete):
+                self._last.pop(w.run_id, None)
+        return [None] * len(batch)
 
     def _remember(self, run_id: str, lines: Sequence[OutputLine]) -> None:
         recent = self._recent.pop(run_id, None) or deque(maxlen=self.RECENT)
@@ -253,18 +231,17 @@ class OutputLineStore:
         return lines
 
     def _wake(self, run_id: str) -> None:
-        ev = self._grew.pop(run_id, None)
-        if ev is not None:
-            ev.set()
-        f = self._grew_f.pop(run_id, None)
+        f = self._grew.pop(run_id, None)
         if f is not None and not f.done():
             f.set_result(None)
 
     def grew_future(self, run_id: str) -> asyncio.Future[None]:
-        """A future shared by every reader of the run, done when its log next grows."""
-        f = self._grew_f.get(run_id)
+        """A future shared by every reader of the run, done when its log next grows (or the
+        store closes). Wait on it with `asyncio.wait`, never by awaiting it in a task that may
+        be cancelled: that would cancel it for every other reader too."""
+        f = self._grew.get(run_id)
         if f is None:
-            f = self._grew_f[run_id] = asyncio.get_running_loop().create_future()
+            f = self._grew[run_id] = asyncio.get_running_loop().create_future()
             if self._closed:
                 f.set_result(None)
         return f
@@ -276,7 +253,7 @@ class OutputLineStore:
     async def wait_for_line(self, run_id: str, after: int) -> None:
         """Return once the run has a line after `after` (or the store closes)."""
         while self._last.get(run_id, 0) <= after and not self._closed:
-            await self._grew.setdefault(run_id, asyncio.Event()).wait()
+            await asyncio.wait((self.grew_future(run_id),))
 
     def wake_all(self, run_id: str) -> None:
         """Wake readers of a run (its log will not grow: it ended)."""
@@ -320,8 +297,22 @@ class OutputLineStore:
         return [OutputLine(*r) for r in rows], more
 
     async def delete_run(self, run_id: str) -> None:
-        """Drop a retired run's lines (after the event that retired it)."""
+        """Drop a retired run's lines (after the event that retired it), through the writer:
+        in order with the writes queued before it, and durable when this returns."""
         self._drop_sse(run_id)
-        await self._writer_db.execute("DELETE FROM log_lines WHERE run_id = ?", (run_id,))
-        await self._writer_db.commit()
-        self._last.pop(run_id, None)
+        await self._writer.submit(_Delete(run_id))
+
+
+async def _write_batch(db: aiosqlite.Connection, batch: list[_Write | _Delete]) -> None:
+    """Insert the batch's lines, and delete the runs it retires in their place in the order."""
+    rows: list[tuple[object, ...]] = []
+    for w in batch:
+        if isinstance(w, _Write):
+            rows.extend((w.run_id, s.line, s.time, s.ts, s.stream, s.text) for s in w.lines)
+        else:
+            if rows:
+                await db.executemany(_INSERT, rows)
+                rows = []
+            await db.execute("DELETE FROM log_lines WHERE run_id = ?", (w.run_id,))
+    if rows:
+        await db.executemany(_INSERT, rows)
