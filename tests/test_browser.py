@@ -45,13 +45,10 @@ def chromium() -> tuple[Path, Path]:
     return CHROMIUM, CHROMEDRIVER
 
 
-def _drive(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, Any]:
-    """Do what a user does on the page; what was seen. Blocking: run in a thread."""
+def _browser(profile: Path) -> Any:
+    """A headless Chromium driven by selenium, with no network of its own."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -69,18 +66,33 @@ def _drive(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, 
         "--window-size=1280,1400",
     ):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def _drive(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, Any]:
+    """Do what a user does on the page; what was seen. Blocking: run in a thread."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(profile)
     seen: dict[str, Any] = {}
     try:
         wait = WebDriverWait(driver, WAIT)
         find = driver.find_element
         driver.get(base_url)
 
-        # The API wants a key: the page asks for it.
+        # The API wants a key: the page asks for it; a wrong one is refused in other words.
         wait.until(ec.visibility_of_element_located((By.ID, "key-form")))
+        seen["asked"] = find(By.ID, "key-why").text
+        find(By.ID, "key").send_keys("not-the-key")
+        find(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "key-why"), "refused"))
         find(By.ID, "key").send_keys(KEY)
         find(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
         wait.until(ec.invisibility_of_element_located((By.ID, "key-form")))
+
+        seen["status_after_good_key"] = find(By.ID, "upload-status").text
 
         # Upload through the file input; the status line reports it.
         find(By.ID, "file").send_keys(str(layout))
@@ -151,6 +163,8 @@ async def test_page_follows_a_run_live(
         asyncio.to_thread(_drive, str(api.client.make_url("/")), layout, profile, shot), 60
     )
 
+    assert seen["asked"] == "an API key is needed"
+    assert seen["status_after_good_key"] == "", "a message asking for a key outlives the key"
     assert seen["upload_status"].startswith("uploaded chip_top.gds"), seen["upload_status"]
     assert not seen["upload_error"]
     run_id = seen["run_id"]
@@ -176,3 +190,90 @@ async def test_page_follows_a_run_live(
 
     assert shot.stat().st_size > 1000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _watch_home(base_url: str, profile: Path, start_runs: Callable[[], str]) -> dict[str, Any]:
+    """Keep the home page open while runs are started; the statuses one row showed, in order,
+    then open an unknown run id. Blocking: run in a thread."""
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(profile)
+    seen: dict[str, Any] = {"statuses": []}
+    try:
+        wait = WebDriverWait(driver, WAIT)
+        driver.get(base_url)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "live"))
+        # The browser itself checks the top cell's pattern (an invalid pattern is ignored).
+        seen["pattern_checks"] = driver.execute_script(
+            "const i = document.getElementById('top-cell'); i.value = '9bad';"
+            "const bad = i.validity.patternMismatch; i.value = 'chip_top';"
+            "return [bad, i.validity.patternMismatch];"
+        )
+        run_id = start_runs()
+        # Read in one script: the list is rebuilt as events arrive.
+        read = "const b = document.querySelector(arguments[0]); return b ? b.textContent : null;"
+        row = f"#runs tr[data-id='{run_id}']"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            status = driver.execute_script(read, f"{row} .badge")
+            if status and (not seen["statuses"] or seen["statuses"][-1] != status):
+                seen["statuses"].append(status)
+            if status in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # the list is refreshed once more after the last event
+        seen["summary"] = driver.execute_script(read, "#queue-summary")
+        seen["failure_cell"] = driver.execute_script(read, f"{row} td:nth-child(6)")
+
+        # A run page, then an id that is no run: "not found", nothing of the previous run.
+        driver.get(f"{base_url}#/runs/{run_id}")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-summary"), "chip_top"))
+        driver.get(f"{base_url}#/runs/0123456789abcdef")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "not found"))
+        seen["missing"] = {
+            "id": driver.find_element(By.ID, "run-id").text,
+            "summary": driver.find_element(By.ID, "run-summary").text,
+            "conn": driver.find_element(By.ID, "conn").text,
+        }
+    finally:
+        driver.quit()
+    return seen
+
+
+async def test_home_page_stays_true_through_a_runs_life(
+    chromium: tuple[Path, Path],
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    """Without a reload the row goes queued -> running -> failed with its reason; an unknown
+    run id shows "not found"; the page's patterns are valid."""
+    api = await start_app(sim_config())
+    loop = asyncio.get_running_loop()
+
+    async def start_two() -> str:
+        await api.run(gds("chip_top", "step_sleep=0.3"))
+        return await api.run(gds("chip_top", "step_sleep=0.2", "fail=KLayout.CheckSize"))
+
+    def start_runs() -> str:
+        return asyncio.run_coroutine_threadsafe(start_two(), loop).result(30)
+
+    seen = await asyncio.wait_for(
+        asyncio.to_thread(
+            _watch_home, str(api.client.make_url("/")), tmp_path / "profile", start_runs
+        ),
+        120,
+    )
+    assert seen["pattern_checks"] == [True, False]
+    assert seen["statuses"] == ["queued", "running", "failed"], seen["statuses"]
+    assert seen["failure_cell"].startswith("design: "), seen["failure_cell"]
+    assert seen["failure_cell"].endswith("(KLayout.CheckSize)"), seen["failure_cell"]
+    assert seen["summary"].startswith("0 queued, 0 running"), seen["summary"]
+    assert seen["missing"]["id"] == "0123456789abcdef"
+    assert "chip_top" not in seen["missing"]["summary"]
+    assert "No such precheck" in seen["missing"]["summary"]
+    assert seen["missing"]["conn"] == "not found"

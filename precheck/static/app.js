@@ -5,6 +5,13 @@ const $ = (id) => document.getElementById(id);
 const KEY = "precheck.apiKey";
 let source = null; // the one open EventSource
 
+// The type tags of the events the home page follows, as the server sends them on the audit
+// feed (`event:` of each message). tests/test_page.py checks these lists against the code's.
+const RUN_EVENTS = ["run.queued", "run.started", "run.progressed", "run.cancel-requested",
+  "run.timed-out", "run.exited", "run.outputs-stored", "run.finished", "run.cancelled",
+  "run.failed-to-start", "run.deleted"];
+const UPLOAD_EVENTS = ["upload.received", "upload.expired", "upload.deleted"];
+
 function apiKey() { return sessionStorage.getItem(KEY) || ""; }
 
 function headers(extra = {}) {
@@ -14,7 +21,7 @@ function headers(extra = {}) {
 
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
-  if (response.status === 401) { askForKey(); throw new Error("an API key is needed"); }
+  if (response.status === 401) { askForKey(body401(apiKey())); throw new Error(body401(apiKey())); }
   const body = response.headers.get("Content-Type")?.includes("json") ? await response.json() : null;
   if (!response.ok) throw new Error(body?.message || `${response.status} ${response.statusText}`);
   return body;
@@ -43,8 +50,11 @@ function closeStream(label = "offline") {
   $("conn").classList.remove("live");
 }
 
-function askForKey() {
+function body401(key) { return key ? "that API key was refused: enter another" : "an API key is needed"; }
+
+function askForKey(why) {
   $("key-form").hidden = false;
+  $("key-why").textContent = why;
   $("key").focus();
 }
 
@@ -54,6 +64,8 @@ $("key-form").addEventListener("submit", (e) => {
   $("key").value = "";
   $("key-form").hidden = true;
   $("forget-key").hidden = false;
+  // Messages that asked for a key are out of date now.
+  for (const id of ["upload-status", "run-status"]) setStatus($(id), "");
   route();
 });
 $("forget-key").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
@@ -73,19 +85,22 @@ $("upload-form").addEventListener("submit", (e) => {
   for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
   const bar = $("upload-progress");
   bar.hidden = false;
+  bar.classList.remove("error");
   bar.value = 0;
+  setStatus($("upload-status"), "");
+  const failed = (text) => { bar.hidden = true; setStatus($("upload-status"), text, true); };
   xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) bar.value = (100 * ev.loaded) / ev.total; };
   xhr.onload = () => {
     let body = {};
     try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-    if (xhr.status === 401) { askForKey(); setStatus($("upload-status"), "an API key is needed", true); return; }
-    if (xhr.status !== 200) { setStatus($("upload-status"), body.message || `upload failed (${xhr.status})`, true); return; }
+    if (xhr.status === 401) { askForKey(body401(apiKey())); failed(body401(apiKey())); return; }
+    if (xhr.status !== 200) { failed(body.message || `upload failed (${xhr.status})`); return; }
     bar.value = 100;
     setStatus($("upload-status"), `uploaded ${body.Name}: ${body.Size} bytes, sha256 ${body.Checksums.sha256.slice(0, 12)}…`);
     if (!$("top-cell").value) $("top-cell").value = body.Name.split(".")[0].replace(/[^A-Za-z0-9_$-]/g, "_");
     loadUploads(body.Id);
   };
-  xhr.onerror = () => setStatus($("upload-status"), "upload failed: connection lost", true);
+  xhr.onerror = () => failed("upload failed: connection lost");
   xhr.send(form);
 });
 
@@ -102,6 +117,7 @@ async function loadUploads(select) {
 
 $("run-form").addEventListener("submit", async (e) => {
   e.preventDefault();
+  setStatus($("run-status"), "");
   try {
     const run = await api("/api/v1/prechecks", {
       method: "POST",
@@ -121,6 +137,13 @@ function progressText(doc) {
   return doc.Progress ? `step ${doc.Progress.Step} of ${doc.Progress.Total}: ${doc.Progress.Name}` : "";
 }
 
+// A failed run's class (design: the layout; system: worth retrying) and reason.
+function failureText(doc) {
+  if (doc.State.Status !== "failed") return "";
+  const r = doc.Result;
+  return `${r?.Classification || "system"}: ${doc.State.Error}${r?.FailedStep ? ` (${r.FailedStep})` : ""}`;
+}
+
 async function loadRuns() {
   const [runs, queue] = await Promise.all([api("/api/v1/prechecks"), api("/api/v1/queue")]);
   $("queue-summary").textContent = `${queue.queued} queued, ${queue.running} running of ${queue.max_concurrent}`;
@@ -130,7 +153,7 @@ async function loadRuns() {
     const tr = body.insertRow();
     tr.dataset.id = r.Id;
     const cells = [r.Id.slice(0, 12), r.Config.Labels.top_cell, "", r.Queue.Position ?? "", progressText(r),
-      new Date(r.Created).toLocaleString()];
+      failureText(r), new Date(r.Created).toLocaleString()];
     cells.forEach((text, i) => { tr.insertCell().textContent = text; });
     const badge = document.createElement("span");
     badge.className = `badge ${r.State.Status}`;
@@ -148,11 +171,10 @@ async function showHome() {
   $("run-page").hidden = true;
   await Promise.all([loadUploads(), loadRuns()]);
   const feed = await api("/api/v1/events?limit=1&type=run.");
-  // Follow run events from now on; the list is refreshed from the API on each.
-  openStream(`/api/v1/events?follow=1&type=run.&lastEventId=${feed.head}`, {
-    message: refreshSoon,
-    ...Object.fromEntries(["run.queued", "run.started", "run.progressed", "run.finished", "run.cancelled",
-      "run.failed-to-start", "run.cancel-requested", "run.timed-out"].map((t) => [t, refreshSoon])),
+  // Follow run and upload events from now on; the lists are refreshed from the API on each.
+  openStream(`/api/v1/events?follow=1&type=run.&type=upload.&lastEventId=${feed.head}`, {
+    ...Object.fromEntries(RUN_EVENTS.map((t) => [t, refreshSoon])),
+    ...Object.fromEntries(UPLOAD_EVENTS.map((t) => [t, () => loadUploads($("upload-id").value).catch(() => {})])),
   });
 }
 
@@ -235,13 +257,28 @@ function appendLog(text) {
   if ($("autoscroll").checked) log.scrollTop = log.scrollHeight;
 }
 
-function showRun(id) {
+async function showRun(id) {
   $("home").hidden = true;
   $("run-page").hidden = false;
+  // Nothing of the page shown before stays: a wrong id must not show the previous run.
+  $("run-id").textContent = id;
+  $("run-state").textContent = "";
+  $("run-state").className = "badge";
+  $("run-summary").textContent = "";
+  $("run-step").textContent = "";
   $("log").textContent = "";
   $("verdict").hidden = true;
   $("render").hidden = true;
   $("run-progress").value = 0;
+  try {
+    showDocument(await api(`/api/v1/prechecks/${id}`));
+  } catch (err) {
+    closeStream("not found");
+    $("run-state").textContent = "not found";
+    $("run-state").className = "badge missing";
+    $("run-summary").textContent = `${err.message}. It may have been deleted; see the list of runs.`;
+    return;
+  }
   // One connection carries the run's changes and its log; on a drop the browser resumes it
   // with Last-Event-ID, so no line is lost or shown twice.
   openStream(`/api/v1/prechecks/${id}/events?follow=1&logs=1`, {
@@ -258,8 +295,8 @@ function showRun(id) {
 }
 
 function route() {
-  const m = location.hash.match(/^#\/runs\/([0-9a-f]+)/);
-  if (m) showRun(m[1]);
+  const m = location.hash.match(/^#\/runs\/([^/?#]+)/);
+  if (m) showRun(decodeURIComponent(m[1]));
   else showHome().catch((err) => setStatus($("upload-status"), err.message, true));
 }
 
