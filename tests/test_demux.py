@@ -1,0 +1,217 @@
+"""Docker's multiplexed log stream (8-byte frame headers, stream 1/2, timestamps) split into lines.
+
+Driven through `_demux_lines`, the seam `Engine.logs` reads the HTTP body with: a real aiohttp
+`StreamReader` is fed the bytes in chunks, as a response body would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+from aiohttp.base_protocol import BaseProtocol
+
+from precheck.runner.engine import ContainerLine, _demux_lines, _docker_since, parse_docker_time
+
+T1 = "2026-01-02T03:04:05.123456789Z"
+T2 = "2026-01-02T03:04:05.5Z"
+T3 = "2026-01-02T03:04:06Z"
+
+
+class OpenConnection(BaseProtocol):
+    """aiohttp's protocol for a connection that stays open until the body is fed its end."""
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    """One frame: stream byte, three zero bytes, big-endian payload size, then the payload."""
+    return struct.pack(">BxxxL", kind, len(payload)) + payload
+
+
+def stamped(stamp: str, text: str) -> bytes:
+    return f"{stamp} {text}".encode()
+
+
+async def demux(chunks: list[bytes]) -> list[ContainerLine]:
+    """The lines `_demux_lines` reads from a body arriving as `chunks`, one loop turn apart."""
+    loop = asyncio.get_running_loop()
+    body = aiohttp.StreamReader(OpenConnection(loop), 1 << 16, loop=loop)
+
+    async def send() -> None:
+        for chunk in chunks:
+            body.feed_data(chunk)
+            await asyncio.sleep(0)
+        body.feed_eof()
+
+    sender = asyncio.create_task(send())
+    try:
+        return [line async for line in _demux_lines(body)]
+    finally:
+        await sender
+
+
+def triples(lines: list[ContainerLine]) -> list[tuple[str, str, str]]:
+    return [(x.stream, x.time_text, x.text) for x in lines]
+
+
+SAMPLE = b"".join(
+    [
+        frame(1, stamped(T1, "PDK_ROOT = /workspace/gf180mcu\n")),
+        frame(2, stamped(T1, "warning: µm rounding\n")),
+        frame(1, stamped(T2, "two\n") + stamped(T2, "lines in one frame\n")),
+        frame(1, b""),
+        frame(2, stamped(T3, "Error: ünïcode ✓ split")),
+        frame(2, b" across frames\r\n"),
+        frame(1, stamped(T3, "Precheck successfully completed.\n")),
+    ]
+)
+SAMPLE_LINES = [
+    ("stdout", T1, "PDK_ROOT = /workspace/gf180mcu"),
+    ("stderr", T1, "warning: µm rounding"),
+    ("stdout", T2, "two"),
+    ("stdout", T2, "lines in one frame"),
+    ("stderr", T3, "Error: ünïcode ✓ split across frames"),
+    ("stdout", T3, "Precheck successfully completed."),
+]
+
+
+async def test_frames_become_timestamped_lines() -> None:
+    """Each newline-ended line becomes one line with its stream, Docker's time text and text."""
+    lines = await demux([SAMPLE])
+    assert triples(lines) == SAMPLE_LINES
+    assert lines[0].time == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    assert lines[2].time == datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
+    assert lines[4].time == datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC)
+
+
+async def test_split_into_two_chunks_at_every_offset() -> None:
+    """The same lines come out wherever the body is cut in two, headers and UTF-8 included."""
+    for cut in range(1, len(SAMPLE)):
+        assert triples(await demux([SAMPLE[:cut], SAMPLE[cut:]])) == SAMPLE_LINES, cut
+
+
+async def test_one_byte_chunks() -> None:
+    """The same lines come out when the body arrives one byte at a time."""
+    lines = await demux([SAMPLE[i : i + 1] for i in range(len(SAMPLE))])
+    assert triples(lines) == SAMPLE_LINES
+
+
+async def test_a_line_spread_over_many_frames() -> None:
+    """A line sent in many frames (a multibyte character cut between two) is one line."""
+    text = ("é" * 3000 + "x") * 10
+    payload = stamped(T1, text) + b"\n"
+    step = 997  # odd: cuts through the two-byte characters
+    frames = [frame(1, payload[i : i + step]) for i in range(0, len(payload), step)]
+    assert len(frames) > 60
+    lines = await demux([b"".join(frames)])
+    assert triples(lines) == [("stdout", T1, text)]
+
+
+async def test_stdout_and_stderr_interleaved_keep_their_own_partial_lines() -> None:
+    """Half a stdout line, then stderr lines, then the rest of stdout: no mixing of streams."""
+    body = b"".join(
+        [
+            frame(1, stamped(T1, "out: beginning")),
+            frame(2, stamped(T1, "err: one\n") + stamped(T2, "err: two")),
+            frame(1, b" and end\n" + stamped(T2, "out: next\n")),
+            frame(2, b" ends\n"),
+        ]
+    )
+    assert triples(await demux([body])) == [
+        ("stderr", T1, "err: one"),
+        ("stdout", T1, "out: beginning and end"),
+        ("stdout", T2, "out: next"),
+        ("stderr", T2, "err: two ends"),
+    ]
+
+
+async def test_final_lines_without_newline_are_kept() -> None:
+    """Last lines without a newline on both streams still come out, stdout's first."""
+    body = frame(2, stamped(T2, "err tail")) + frame(1, stamped(T1, "done\n") + stamped(T3, "tail"))
+    assert triples(await demux([body])) == [
+        ("stdout", T1, "done"),
+        ("stdout", T3, "tail"),
+        ("stderr", T2, "err tail"),
+    ]
+
+
+async def test_empty_frames_change_nothing() -> None:
+    """Empty frames, between lines or inside a half line, add no line and lose nothing."""
+    body = b"".join(
+        [
+            frame(1, b""),
+            frame(1, stamped(T1, "half")),
+            frame(1, b""),
+            frame(2, b""),
+            frame(1, b" line\n"),
+            frame(1, b""),
+        ]
+    )
+    assert triples(await demux([body])) == [("stdout", T1, "half line")]
+    assert await demux([frame(1, b"") * 5]) == []
+    assert await demux([]) == []
+
+
+async def test_empty_lines_and_carriage_returns() -> None:
+    """An empty line keeps its timestamp and empty text; a trailing carriage return is dropped."""
+    body = frame(1, stamped(T1, "\n") + stamped(T2, "crlf\r\n") + stamped(T3, "a\rb\n"))
+    assert triples(await demux([body])) == [
+        ("stdout", T1, ""),
+        ("stdout", T2, "crlf"),
+        ("stdout", T3, "a\rb"),
+    ]
+
+
+async def test_body_cut_inside_a_header_ends_with_what_was_complete() -> None:
+    """A body that ends part way through a frame header ends the lines; partial ones are kept."""
+    body = frame(1, stamped(T1, "whole\n") + stamped(T2, "partial")) + frame(2, b"xyz")[:5]
+    assert triples(await demux([body])) == [("stdout", T1, "whole"), ("stdout", T2, "partial")]
+
+
+async def test_body_cut_inside_a_payload_raises() -> None:
+    """A body that ends part way through a frame's payload raises an end-of-file error."""
+    body = frame(1, stamped(T1, "whole\n")) + frame(1, stamped(T2, "never finished\n"))[:-4]
+    seen: list[ContainerLine] = []
+    loop = asyncio.get_running_loop()
+    reader = aiohttp.StreamReader(OpenConnection(loop), 1 << 16, loop=loop)
+    reader.feed_data(body)
+    reader.feed_eof()
+    with pytest.raises(EOFError):
+        async for line in _demux_lines(reader):
+            seen.append(line)
+    assert triples(seen) == [("stdout", T1, "whole")]
+
+
+async def test_unknown_stream_number_complete_lines_count_as_stdout() -> None:
+    """Complete lines on a stream number other than 1 or 2 are reported as stdout."""
+    body = frame(0, stamped(T1, "stdin?\n")) + frame(3, stamped(T2, "system?\n"))
+    assert triples(await demux([body])) == [("stdout", T1, "stdin?"), ("stdout", T2, "system?")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=KeyError,
+    reason="known bug: a partial line left on an unknown stream number has no stream name",
+)
+async def test_unknown_stream_number_with_final_partial_line() -> None:
+    """A last line without newline on an unknown stream number comes out as stdout."""
+    body = frame(1, stamped(T1, "ok\n")) + frame(3, stamped(T2, "no newline"))
+    assert triples(await demux([body])) == [("stdout", T1, "ok"), ("stdout", T2, "no newline")]
+
+
+def test_docker_time_text_to_datetime_and_since() -> None:
+    """Docker's nanosecond times: kept to microseconds as datetimes, exactly as `since` text."""
+    assert parse_docker_time(T1) == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    assert parse_docker_time(T3) == datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC)
+    assert parse_docker_time("") == datetime(1, 1, 1, tzinfo=UTC)
+    assert parse_docker_time("0001-01-01T00:00:00Z") == datetime(1, 1, 1, tzinfo=UTC)
+    seconds = int(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp())
+    assert _docker_since(T1) == f"{seconds}.123456789"
+    assert _docker_since(T2) == f"{seconds}.500000000"
+    assert _docker_since(T3) == f"{seconds + 1}.000000000"
