@@ -30,7 +30,6 @@ from precheck.events.types import (
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.runner.container_spec import (
-    LABEL_INSTANCE,
     LABEL_RUN,
     container_name,
     container_spec,
@@ -47,8 +46,6 @@ from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
 
 log = logging.getLogger(__name__)
-
-__all__ = ["LABEL_INSTANCE", "Supervisor"]
 
 CAPTURE_GRACE = 30.0  # seconds to wait for the last log lines after a container died
 
@@ -382,6 +379,11 @@ class Supervisor:
                 # Its container is gone: a running run fails as a system failure, an exited
                 # one is settled without outputs.
                 self._finish_soon(run.id)
+
+    def busy_run_ids(self) -> frozenset[str]:
+        """Runs whose containers the supervisor is creating or finishing right now: what it
+        holds besides the projections, which a cleanup must not take from it."""
+        return frozenset(self._starting) | frozenset(self._finishing)
 
     # Reading for the API -----------------------------------------------------------------------
 

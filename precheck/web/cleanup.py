@@ -19,6 +19,7 @@ from precheck.errors import Invalid
 from precheck.events.types import Event
 from precheck.ops.strays import container_document, find_strays, is_stray, remove_strays
 from precheck.ops.writes import ADMIN_HEADER
+from precheck.runner.container_spec import LABEL_RUN
 from precheck.runner.engine import ContainerState
 from precheck.runner.supervisor import Supervisor
 from precheck.web.context import metadata
@@ -46,9 +47,12 @@ def _dry_run(raw: bytes) -> bool:
 def live_container_owned(supervisor: Supervisor, container: ContainerState) -> bool:
     """Does a run the supervisor is starting, running or finishing own this container?
 
-    A reading of the supervisor's projections: an unsettled run owns its recorded container,
-    and a queued one the container the supervisor may be creating for it right now.
+    An unsettled run owns its recorded container, and a queued one the container the
+    supervisor may be creating for it right now; a run being finished keeps its container
+    until the supervisor removes it.
     """
+    if container.labels.get(LABEL_RUN, "") in supervisor.busy_run_ids():
+        return True
     return not is_stray(container, supervisor.state, server_running=True)
 
 
