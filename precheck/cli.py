@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import secrets
 import signal
 import sys
@@ -24,6 +25,8 @@ from precheck.config import Config, ConfigError, load_config
 from precheck.domain.status import ENDED, STATUSES, RunStatus
 from precheck.errors import PrecheckError
 from precheck.ops.errors import OpsError, UsageError
+
+log = logging.getLogger("precheck.server")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -142,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--name", default="", help="the key's name, recorded as the actor of its requests"
     )
+    _config_option(gen)  # accepted like every command's; generating a key reads no config
     gen.set_defaults(handler=_apikey_generate)
 
     events = _command(commands, "events", _events, "print the event log (audit)", json_out=True)
@@ -176,8 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+def _load(args: argparse.Namespace, *, expand_secrets: bool = False) -> Config:
+    # Only serving checks API keys: other commands don't need their `${ENV}` values set.
+    return load_config(args.config, expand_secrets=expand_secrets)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> None:
@@ -213,7 +218,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from precheck.service.diagnostics import setup_logging
     from precheck.web.access_log import AccessLogger
 
-    config = _load(args)
+    config = _load(args, expand_secrets=True)
     setup_logging(args.log_format)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
@@ -233,6 +238,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await runner.setup()
         try:
             await web.TCPSite(runner, host or None, port).start()
+            log.info("listening on http://%s:%d (the page at /, the API description at /docs)",
+                     local, port)  # fmt: skip
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -154,19 +154,26 @@ def _bool(v: Any) -> bool:
 _converter = _make_converter()
 
 
-def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
-    """Structure a parsed TOML document into a `Config`, or raise `ConfigError`."""
+def parse_config(
+    raw: dict[str, Any], source: str = "<config>", *, expand_secrets: bool = True
+) -> Config:
+    """Structure a parsed TOML document into a `Config`, or raise `ConfigError`.
+
+    With `expand_secrets=False` API keys given as `${ENV}` are left unexpanded: what only the
+    server needs (to check keys) is not asked of an operator's shell that merely reads.
+    """
     try:
         config = _converter.structure(raw, Config)
     except cattrs.BaseValidationError as e:
         raise ConfigError(f"{source}: {_first_problem(e)}") from None
-    config = _expand_keys(config, source)
+    if expand_secrets:
+        config = _expand_keys(config, source)
     _validate(config, source)
     return config
 
 
-def load_config(path: Path) -> Config:
-    """Read and check the config file at `path`."""
+def load_config(path: Path, *, expand_secrets: bool = True) -> Config:
+    """Read and check the config file at `path` (`expand_secrets`: see `parse_config`)."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -175,7 +182,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse_config(raw, str(path))
+    return parse_config(raw, str(path), expand_secrets=expand_secrets)
 
 
 def _first_problem(e: cattrs.BaseValidationError) -> str:

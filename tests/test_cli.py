@@ -939,4 +939,26 @@ def test_serve_log_format_json_writes_json_lines(local: Site) -> None:
     entries = [json.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     assert any(e["message"].startswith("replayed ") for e in entries)
+    assert any(e["message"].startswith(f"listening on {server.url} ") for e in entries), lines
     assert any('"GET /api/v1/queue" 200' in e["message"] for e in entries), lines
+
+
+async def test_reading_commands_need_no_server_secrets(tmp_path: Path) -> None:
+    """A `${ENV}` key whose variable is unset stops `serve`, not the commands that only read."""
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        f'[server]\nstorage_path = "{tmp_path / "data"}"\n'
+        "[auth]\nrequired = false\n"
+        '[[auth.api_keys]]\nname = "ci"\nkey = "${PRECHECK_TEST_UNSET_VARIABLE}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PRECHECK_TEST_UNSET_VARIABLE"}
+    await _queue_without_server(load_config(config_file, expand_secrets=False), gds())
+    cfg = ["--config", str(config_file)]
+    for command in (["status"], ["runs", "list"], ["uploads", "list"], ["verify"]):
+        result = await asyncio.to_thread(run_cli, *command, *cfg, cwd=tmp_path, env=env)
+        assert result.returncode == 0, (command, result.stderr)
+    generated = await asyncio.to_thread(run_cli, "apikey", "generate", *cfg, env=env)
+    assert generated.returncode == 0 and "ws_key_" in generated.stdout, generated.stderr
+    served = await asyncio.to_thread(run_cli, "serve", *cfg, "--port", "0", env=env, timeout=20)
+    assert served.returncode == 1
+    assert "PRECHECK_TEST_UNSET_VARIABLE is not set" in one_line(served.stderr)
