@@ -311,6 +311,9 @@ async def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+RUN_COLUMNS = ["id", "status", "queue", "step", "top cell", "created", "why it failed"]
+
+
 def _run_rows(runs: list[Any], state: Any) -> list[list[str]]:
     from precheck.events.codec import iso
 
@@ -318,10 +321,17 @@ def _run_rows(runs: list[Any], state: Any) -> list[list[str]]:
     for r in runs:
         pos = state.queue.position(r.id)
         progress = f"{r.progress.step}/{r.progress.total}" if r.progress else ""
-        rows.append(
-            [r.id, r.status, str(pos or ""), progress, r.top_cell, iso(r.created)[:19] + "Z"]
-        )
+        why = ""
+        if r.status == RunStatus.FAILED:
+            kind = r.result.classification if r.result and r.result.classification else "system"
+            why = _clip(f"{kind}: {r.error}", 70)
+        created = iso(r.created)[:19] + "Z"
+        rows.append([r.id, r.status, str(pos or ""), progress, r.top_cell, created, why])
     return rows
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _documents(runs: list[Any], state: Any, config: Config) -> list[dict[str, Any]]:
@@ -342,7 +352,7 @@ async def _runs_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_documents(runs, state, config))
     else:
-        _table(_run_rows(runs, state), ["id", "status", "queue", "step", "top cell", "created"])
+        _table(_run_rows(runs, state), RUN_COLUMNS)
     return EXIT_OK
 
 
@@ -508,7 +518,7 @@ async def _replay(args: argparse.Namespace) -> int:
         ["id", "name", "size", "state", "runs"],
     )
     print(f"\nRuns ({len(runs)}):")
-    _table(_run_rows(runs, state), ["id", "status", "queue", "step", "top cell", "created"])
+    _table(_run_rows(runs, state), RUN_COLUMNS)
     return EXIT_OK
 
 

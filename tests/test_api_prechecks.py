@@ -18,6 +18,7 @@ from precheck import keys
 from precheck.app import create_app
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
+from precheck.storage.output_lines import OutputLine
 from tests.layouts import gds, oasis
 
 Client = TestClient[web.Request, web.Application]
@@ -357,3 +358,48 @@ async def test_prune_refuses_a_malformed_status_and_deletes_nothing(
     assert "message" in await r.json()
     assert client.app[keys.STORE].head == head
     assert (await client.get(f"/api/v1/prechecks/{run['Id']}")).status == 200
+
+
+async def test_rerun_queues_the_same_upload_and_parameters_again(client: Client) -> None:
+    """`/rerun` makes a new run with the same upload, top cell, die id, slot and cob; once the
+    upload is gone it answers 404."""
+    up = await upload(client)
+    first = await create(client, up["Id"], die_id="AB12CD34", slot="0p5x1", cob=True)
+    r = await client.post(f"/api/v1/prechecks/{first['Id']}/rerun")
+    assert r.status == 200, await r.text()
+    again = await r.json()
+    assert again["Id"] != first["Id"]
+    assert again["State"]["Status"] == "queued"
+    assert again["Config"]["Labels"] == first["Config"]["Labels"]
+    assert again["Config"]["Cmd"][-1] == again["Id"]  # its own run tag
+    assert again["Queue"]["Position"] == 2
+    for run in (first, again):
+        assert (await client.delete(f"/api/v1/prechecks/{run['Id']}")).status == 200
+    assert (await client.delete(f"/api/v1/uploads/{up['Id']}")).status == 200
+    r = await client.post(f"/api/v1/prechecks/{first['Id']}/rerun")
+    assert r.status == 404, await r.text()
+    assert "upload" in (await r.json())["message"]
+    missing = await client.post("/api/v1/prechecks/0123456789abcdef/rerun")
+    assert missing.status == 404
+
+
+async def test_the_raw_log_is_a_text_download(client: Client) -> None:
+    """`/logs?format=text` streams every stored line as text, with timestamps on request."""
+    run = await create(client, (await upload(client))["Id"])
+    store = client.app[keys.OUTPUT_LINES]
+    lines = [
+        OutputLine(i, f"2026-11-26T12:00:{i % 60:02d}.000000001Z", 0.0, "stdout", f"line {i} é")
+        for i in range(1, 25001)
+    ]
+    await store.append(run["Id"], lines)
+    r = await client.get(f"/api/v1/prechecks/{run['Id']}/logs", params={"format": "text"})
+    assert r.status == 200
+    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert f'filename="precheck-{run["Id"]}.log"' in r.headers["Content-Disposition"]
+    assert await r.text() == "".join(f"line {i} é\n" for i in range(1, 25001))
+    r = await client.get(
+        f"/api/v1/prechecks/{run['Id']}/logs", params={"format": "text", "timestamps": "1"}
+    )
+    assert (await r.text()).splitlines()[1] == "2026-11-26T12:00:02.000000001Z line 2 é"
+    bad = await client.get(f"/api/v1/prechecks/{run['Id']}/logs", params={"format": "xml"})
+    assert bad.status == 400

@@ -527,6 +527,10 @@ def test_runs_list_table_json_and_status_filter(site: Site) -> None:
     assert table[0].split()[:3] == ["ID", "STATUS", "QUEUE"]
     listed = [line.split()[0] for line in table[1:]]
     assert listed == [ids["active"], ids["cancelled"], ids["failed"], ids["done"]]
+    assert table[0].rstrip().endswith("WHY IT FAILED")
+    why = {line.split()[0]: line[table[0].index("WHY IT FAILED") :] for line in table[1:]}
+    assert why[ids["failed"]].startswith("design: the precheck failed"), why
+    assert why[ids["done"]] == why[ids["cancelled"]] == ""
 
     docs = site.json("runs", "list")
     assert [d["Id"] for d in docs] == listed

@@ -102,6 +102,8 @@ class LiveApp:
         while len(ended) < 2:
             ended.append(self.queue(self.upload(gds("chip_top"))))
             self.request("DELETE", f"/api/v1/prechecks/{ended[-1]}")
+        # Runs made by generated requests (a rerun) are not in run_upload: read theirs.
+        self.run_upload.update({r["Id"]: r["Config"]["Labels"]["upload_id"] for r in runs})
         used = [self.run_upload[r] for r in queued[:1] + ended[:1]]
         return {
             "run_id": queued[:2] + ended[:2],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from precheck import keys
+from precheck.errors import Invalid
 from precheck.projections.runs import RunRecord
 from precheck.web.follow import follow
 from precheck.web.lookup import find_run
@@ -24,6 +25,11 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     run = find_run(request)
     if wants_stream(request):
         return await _follow_logs(request, run)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "text"):
+        raise Invalid("format: expected json or text")
+    if fmt == "text":
+        return await _raw_log(request, run)
     since = query_float(request, "since", 0.0)
     tail = query_int(request, "tail", None, low=0)
     after_line = query_int(request, "after_line", 0, low=0) or 0
@@ -42,6 +48,29 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
             "has_more": more,
         }
     )
+
+
+async def _raw_log(request: web.Request, run: RunRecord) -> web.StreamResponse:
+    """The whole captured log as a plain text download, streamed page by page."""
+    stamps = query_bool(request, "timestamps")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="precheck-{run.id}.log"',
+        }
+    )
+    await response.prepare(request)
+    store, after = request.app[keys.OUTPUT_LINES], 0
+    while True:
+        lines, more = await store.read(run.id, after_line=after, limit=MAX_LINES)
+        if lines:
+            text = "".join(f"{s.time} {s.text}\n" if stamps else f"{s.text}\n" for s in lines)
+            await response.write(text.encode("utf-8", "replace"))
+            after = lines[-1].line
+        if not lines or not more:
+            break
+    await response.write_eof()
+    return response
 
 
 async def _follow_logs(request: web.Request, run: RunRecord) -> web.StreamResponse:

@@ -65,6 +65,20 @@ async def get_precheck(request: web.Request) -> web.Response:
     return _document(request, find_run(request))
 
 
+async def rerun_precheck(request: web.Request) -> web.Response:
+    """Queue a new run of the same upload with the same parameters (while the upload exists)."""
+    app = request.app
+    run = find_run(request)
+    run_id = uuid.uuid4().hex
+    await app[keys.HANDLER].handle(
+        QueueRun(
+            run_id, run.upload_id, run.top_cell, run.die_id, run.slot, run.cob, app[keys.CLOCK]()
+        ),
+        metadata(request),
+    )
+    return _document(request, app[keys.PROJECTIONS].runs.by_id[run_id])
+
+
 async def cancel_precheck(request: web.Request) -> web.Response:
     """Cancel a queued run at once; a running one is killed, answered once it is recorded.
 
@@ -121,3 +135,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/prechecks", list_prechecks)
     app.router.add_get("/api/v1/prechecks/{run_id}", get_precheck)
     app.router.add_delete("/api/v1/prechecks/{run_id}", cancel_precheck)
+    app.router.add_post("/api/v1/prechecks/{run_id}/rerun", rerun_precheck)
