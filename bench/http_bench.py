@@ -6,7 +6,7 @@
 (b) A 1 GiB GDS upload as a raw body; prints MB/s (target >= 200) and how much the server
     process's resident memory grew (target < 64 MB).
 
-Run: `python bench/http_bench.py` (about a minute). Load comes from a separate process: a
+Run: `python -m bench.http_bench` (about a minute). Load comes from a separate process: a
 native load generator when one is installed, otherwise a small aiohttp one. Servers run
 without a supervisor, so no run starts while they are measured. Temp files are removed at exit.
 """
@@ -15,23 +15,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import hashlib
 import json
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.harness import (
+    ROOT,
+    config_text,
+    curl_post,
+    free_port,
+    machine_line,
+    proc_cpu,
+    proc_memory,
+    temp_folder,
+    verdict,
+    write_layout,
+)
+
+if TYPE_CHECKING:
+    from precheck.events.types import Event
 
 RUNS = 10_000
 CONNECTIONS = 32
@@ -47,19 +59,9 @@ ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'  # as `precheck-server serve` logs
 # Servers ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_config(path: Path, storage: Path, port: int) -> None:
-    path.write_text(
-        "[server]\n"
-        f'host = "127.0.0.1"\nport = {port}\nstorage_path = "{storage}"\n'
-        "upload_expiry_minutes = 10080\nmax_upload_mb = 2048\n",
-        encoding="utf-8",
-    )
+def this_module(*args: str) -> list[str]:
+    """The command that runs this script with `args`, in a new process."""
+    return [sys.executable, "-m", "bench.http_bench", *args]
 
 
 class Server:
@@ -69,7 +71,7 @@ class Server:
         self.port = port
         self.log = log
         self._out = log.open("wb")
-        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT)
         self.base = f"http://127.0.0.1:{port}"
 
     def wait_ready(self, path: str, timeout: float = 60) -> None:
@@ -88,17 +90,11 @@ class Server:
 
     def memory(self) -> dict[str, int]:
         """VmRSS and VmHWM of the server process, in bytes."""
-        found = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                found[name] = int(value.split()[0]) * 1024
-        return found
+        return proc_memory(self.proc.pid)
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the server process has used."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -114,9 +110,10 @@ class Server:
 def precheck_server(tmp: Path, storage: Path, name: str) -> Server:
     port = free_port()
     config = tmp / f"{name}.toml"
-    write_config(config, storage, port)
-    argv = [sys.executable, __file__, "--precheck-server", str(config)]
-    return Server(argv, port, tmp / f"{name}.log")
+    server = {"host": "127.0.0.1", "port": port, "storage_path": str(storage)}
+    server |= {"upload_expiry_minutes": 10080, "max_upload_mb": 2048}
+    config.write_text(config_text(server), encoding="utf-8")
+    return Server(this_module("--precheck-server", str(config)), port, tmp / f"{name}.log")
 
 
 def run_precheck_server(config_path: Path) -> None:
@@ -144,7 +141,7 @@ def bare_server(tmp: Path, body: bytes) -> Server:
     port = free_port()
     body_file = tmp / "bare-body.json"
     body_file.write_bytes(body)
-    argv = [sys.executable, __file__, "--bare-server", str(port), str(body_file)]
+    argv = this_module("--bare-server", str(port), str(body_file))
     return Server(argv, port, tmp / "bare.log")
 
 
@@ -215,13 +212,13 @@ async def build_log(storage: Path, runs: int) -> tuple[str, int]:
         # The events come from `decide`, as through the API, but are committed in large
         # batches: one durable commit per request would only make the setup slow.
         ids = [uuid.uuid4().hex for _ in range(runs)]
-        queued = []
+        queued: list[Event] = []
         for run_id in ids:
             cmd = QueueRun(run_id, upload_id, "chip_top", "FFFFFFFF", "1x1", False, now)
             queued.extend(decide(cmd, state).events)
         for chunk in _chunks(queued, 1000):
             await store.append(chunk, meta)
-        cancels = []
+        cancels: list[Event] = []
         for run_id in ids[::2]:
             cancels.extend(decide(CancelRun(run_id, now), state).events)
         for chunk in _chunks(cancels, 1000):
@@ -233,7 +230,7 @@ async def build_log(storage: Path, runs: int) -> tuple[str, int]:
         await store.close()
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
+def _chunks(items: list[Event], size: int) -> Iterator[list[Event]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -257,10 +254,11 @@ def load(url: str, seconds: float) -> tuple[float, int]:
             print(f"    wrk: {errors.group(0)}")
         return rps, int(bad.group(1)) if bad else 0
     out = subprocess.run(
-        [sys.executable, __file__, "--load", url, str(CONNECTIONS), str(seconds)],
+        this_module("--load", url, str(CONNECTIONS), str(seconds)),
         capture_output=True,
         text=True,
         check=True,
+        cwd=ROOT,
     ).stdout
     result = json.loads(out)
     return result["rps"], result["bad"]
@@ -346,7 +344,7 @@ def bench_get(tmp: Path) -> None:
         ("bare aiohttp", "bare", bare_rps),
     ):
         print(f"    {label + ':':17}{rps:10.0f} requests/s  (rounds: {_list(rates[name])})")
-    print(f"    ratio: {ratio:.2f} (target >= 0.5) {'OK' if ratio >= 0.5 else 'MISSED'}")
+    print(f"    ratio: {ratio:.2f} (target >= 0.5) {verdict(ratio >= 0.5, 'OK', 'MISSED')}")
 
 
 def _list(values: list[float]) -> str:
@@ -358,46 +356,16 @@ def _list(values: list[float]) -> str:
 
 def make_layout(path: Path, size: int) -> str:
     """A GDS header then filler, `size` bytes on disk; its sha256."""
-    digest = hashlib.sha256()
     block = bytes(range(256)) * 4096  # 1 MiB of filler that does not compress to nothing
-    with path.open("wb") as f:
-        first = GDS_HEADER + block[len(GDS_HEADER) :]
-        f.write(first)
-        digest.update(first)
-        left = size - len(first)
-        while left > 0:
-            piece = block[: min(left, len(block))]
-            f.write(piece)
-            digest.update(piece)
-            left -= len(piece)
-        # On disk before the clock starts, so the upload does not wait on this file's writeback.
-        f.flush()
-        os.fsync(f.fileno())
-    return digest.hexdigest()
+    first = GDS_HEADER + block[len(GDS_HEADER) :]
+    # On disk before the clock starts, so the upload does not wait on this file's writeback.
+    return write_layout(path, first, block, size, fsync=True)
 
 
 def post_file(url: str, path: Path) -> tuple[int, bytes]:
     """POST `path` as a raw body, streamed from disk by a separate client process."""
     if shutil.which("curl"):
-        out = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "-X",
-                "POST",
-                "-T",
-                str(path),
-                "-H",
-                "Expect:",
-                "-H",
-                "Content-Type: application/octet-stream",
-                "-w",
-                "\n%{http_code}",
-                url,
-            ],
-            capture_output=True,
-            check=True,
-        ).stdout
+        out = subprocess.run(curl_post(path, url), capture_output=True, check=True).stdout
         body, _, code = out.rpartition(b"\n")
         return int(code), body
     req = urllib.request.Request(
@@ -449,17 +417,21 @@ def bench_upload(tmp: Path) -> None:
     growth = (after["VmHWM"] - before["VmRSS"]) / 1e6
     print(
         f"    throughput (median): {rate:.0f} MB/s ({rate * 1e6 / (1 << 20):.0f} MiB/s)"
-        f" (target >= 200) {'OK' if rate >= 200 else 'MISSED'}"
+        f" (target >= 200) {verdict(rate >= 200, 'OK', 'MISSED')}"
     )
     print(
         f"    server memory: VmRSS {before['VmRSS'] / 1e6:.1f} -> {after['VmRSS'] / 1e6:.1f} MB,"
         f" VmHWM {before['VmHWM'] / 1e6:.1f} -> {after['VmHWM'] / 1e6:.1f} MB"
     )
-    print(f"    peak RSS growth: {growth:.1f} MB (target < 64) {'OK' if growth < 64 else 'MISSED'}")
+    print(
+        f"    peak RSS growth: {growth:.1f} MB (target < 64) {verdict(growth < 64, 'OK', 'MISSED')}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.http_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--precheck-server", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "BODY"), help=argparse.SUPPRESS)
     parser.add_argument(
@@ -476,17 +448,12 @@ def main() -> None:
     if args.load:
         run_load(args.load[0], int(args.load[1]), float(args.load[2]))
         return
-    tmp = Path(tempfile.mkdtemp(prefix="precheck-bench-"))
-    try:
-        load1 = os.getloadavg()[0]
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load1:.1f}")
+    with temp_folder("precheck-bench-") as tmp:
+        print(machine_line())
         if args.only in (None, "get"):
             bench_get(tmp)
         if args.only in (None, "upload"):
             bench_upload(tmp)
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@
 
 Parts 1 and 3 run the app in this process (`web.AppRunner` + `TCPSite` on 127.0.0.1).
 
-Run: `python bench/sse_bench.py` (about 2 minutes; `--only N` for one part, `--client-procs K`
+Run: `python -m bench.sse_bench` (about 2 minutes; `--only N` for one part, `--client-procs K`
 for part 2, `--profile` runs part 2's server under cProfile and prints where its time went).
 Builds the simulator under a private tag and removes the tag, the containers and the temp dirs
 at exit.
@@ -39,61 +39,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import calendar
 import contextlib
+import functools
 import hashlib
-import importlib.util
 import io
 import json
-import math
 import multiprocessing
-import os
 import pstats
 import resource
-import shutil
-import signal
-import socket
-import statistics
 import struct
-import subprocess
-import sys
-import tempfile
 import time
 import traceback
 import uuid
 from array import array
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import aiodocker
+import aiohttp
+import numpy as np
 
-import aiodocker  # noqa: E402
-import aiohttp  # noqa: E402
-import numpy as np  # noqa: E402
-from aiohttp import web  # noqa: E402
-
-from precheck import keys  # noqa: E402
-from precheck.app import create_app  # noqa: E402
-from precheck.config import parse_config  # noqa: E402
-from precheck.events.store import RecordedEvent  # noqa: E402
-from precheck.events.types import RunExited, RunOutputsStored  # noqa: E402
-
-
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-layouts = _load("bench_layouts", ROOT / "tests" / "layouts.py")
-sse_client = _load("bench_sse_client", ROOT / "tests" / "sse_client.py")
+from bench.harness import (
+    LONG,
+    DockerWatch,
+    LocalServer,
+    Results,
+    ServerProcess,
+    bench_config,
+    docker_section,
+    docker_time,
+    local_app,
+    med,
+    ms,
+    proc_cpu,
+    proc_memory,
+    rank_index,
+    run_parts,
+    verdict,
+)
+from precheck import keys
+from precheck.events.store import RecordedEvent
+from precheck.events.types import RunExited, RunOutputsStored
+from tests import layouts, sse_client
 
 LATENCY_RUNS = 3
 MANY_CLIENTS = 500
@@ -102,42 +91,16 @@ END_RUNS = 20
 END_WARMUP = 1
 TOKEN = uuid.uuid4().hex[:10]
 PREFIX = f"precheck-ssebench-{TOKEN}-"  # container names of every run this bench causes
-LONG = aiohttp.ClientTimeout(total=None, sock_read=None)
 FINAL = ("completed", "failed", "cancelled")
 
 
 # Small helpers ---------------------------------------------------------------------------------
 
 
-def docker_time(text: str) -> float:
-    """Docker's RFC 3339 UTC text with nanoseconds as unix seconds (float, ~0.1 us precision)."""
-    head, _, frac = text.rstrip("Z").partition(".")
-    seconds = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-    return seconds + int((frac + "000000000")[:9]) / 1e9
-
-
 def pct(values: Any, p: float) -> float:
-    """Nearest-rank percentile."""
+    """Nearest-rank percentile, over numpy arrays of up to millions of deliveries."""
     s = np.sort(np.asarray(values, dtype=float))
-    return float(s[max(0, math.ceil(p / 100 * len(s)) - 1)])
-
-
-def med(values: Any) -> float:
-    return float(statistics.median(list(values)))
-
-
-def ms(x: float) -> str:
-    return f"{x * 1000:8.1f} ms"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return float(s[rank_index(len(s), p)])
 
 
 def raise_fd_limit() -> int:
@@ -146,38 +109,6 @@ def raise_fd_limit() -> int:
     if want != soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return want
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0]) * 1024
-    return found
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def bench_config(storage: Path, image: str) -> Any:
-    raw = {
-        "server": {
-            "storage_path": str(storage),
-            "upload_expiry_minutes": 1440,
-            "max_concurrent": 1,
-        },
-        "docker": {
-            "image": image,
-            "pull": "never",
-            "container_prefix": PREFIX,
-            "memory_limit": "1g",
-        },
-    }
-    return parse_config(raw, "sse-bench")
 
 
 async def read_docker_log(
@@ -209,131 +140,12 @@ async def read_docker_log(
     return attached
 
 
-# Watching Docker from outside ------------------------------------------------------------------
-
-
-class DockerWatch:
-    """Our own subscription to Docker's container events for one label."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.docker = aiodocker.Docker()
-        self.at: dict[str, dict[str, float]] = defaultdict(dict)  # run -> action -> timeNano (s)
-        self.container: dict[str, str] = {}
-        self._waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        info = await self.docker._query_json("info")
-        since = f"{docker_time(info['SystemTime']) - 1:.6f}"
-        ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._follow(since, ready))
-        await ready
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await self.docker.close()
-
-    async def _follow(self, since: str, ready: asyncio.Future[None]) -> None:
-        filters = {
-            "type": ["container"],
-            "label": [self.label],
-            "event": ["start", "die", "destroy"],
-        }
-        params = {"filters": json.dumps(filters), "since": since}
-        async with self.docker._query("events", params=params, timeout=LONG) as response:
-            ready.set_result(None)
-            async for raw in response.content:
-                if not raw.strip():
-                    continue
-                event = json.loads(raw)
-                attributes = (event.get("Actor") or {}).get("Attributes") or {}
-                run_id = attributes.get("precheck.run")
-                action = event.get("Action") or event.get("status")
-                if not run_id or action not in ("start", "die", "destroy"):
-                    continue
-                self.at[run_id][action] = event["timeNano"] / 1e9
-                self.container[run_id] = event["Actor"]["ID"]
-                f = self._waiters.pop((run_id, action), None)
-                if f is not None and not f.done():
-                    f.set_result(None)
-
-    async def wait(self, run_id: str, action: str, seconds: float = 120) -> None:
-        if action in self.at.get(run_id, {}):
-            return
-        f = self._waiters.setdefault((run_id, action), asyncio.get_running_loop().create_future())
-        await asyncio.wait_for(asyncio.shield(f), seconds)
-
-
-# The app in this process -----------------------------------------------------------------------
-
-
-class LocalServer:
-    def __init__(self, config: Any) -> None:
-        self.app = create_app(config)
-        self.runner = web.AppRunner(self.app, access_log=None)
-        self.base = ""
-        self.session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> LocalServer:
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.base = f"http://127.0.0.1:{port}"
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
-        supervisor = self.app[keys.SUPERVISOR]
-        for _ in range(200):
-            if supervisor.docker_reachable:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise RuntimeError(f"supervisor cannot reach Docker: {supervisor.docker_error}")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.session is not None:
-            await self.session.close()
-        await self.runner.cleanup()
-
-    @property
-    def instance(self) -> str:
-        return str(self.app[keys.PROJECTIONS].instance_id)
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        assert self.session is not None
-        async with self.session.request(method, self.base + path, **kwargs) as r:
-            body = await r.read()
-            if r.status >= 300:
-                raise RuntimeError(f"{method} {path}: {r.status} {body[:300]!r}")
-            return json.loads(body)
-
-    async def upload(self, data: bytes, name: str = "chip_top.gds") -> str:
-        doc = await self.call(
-            "POST", f"/api/v1/uploads?name={name}", data=data,
-            headers={"Content-Type": "application/octet-stream"},
-        )  # fmt: skip
-        return str(doc["Id"])
-
-    async def queue(self, upload_id: str, top: str = "chip_top") -> str:
-        doc = await self.call(
-            "POST", "/api/v1/prechecks", json={"upload_id": upload_id, "top_cell": top}
-        )
-        return str(doc["Id"])
-
-
 async def with_local(
     tmp: Path, image: str, name: str, body: Callable[[LocalServer, DockerWatch], Awaitable[None]]
 ) -> None:
-    async with LocalServer(bench_config(tmp / f"{name}-data", image)) as server:
-        watch = DockerWatch(f"precheck.instance={server.instance}")
-        await watch.start()
-        try:
-            await body(server, watch)
-        finally:
-            await watch.close()
+    config = bench_config(tmp / f"{name}-data", image, PREFIX, "sse-bench", max_concurrent=1)
+    async with local_app(config) as (server, watch):
+        await body(server, watch)
 
 
 # 1. Line -> SSE client --------------------------------------------------------------------------
@@ -388,6 +200,7 @@ async def _observe(conn: Any) -> None:
                             if m.event == "end":
                                 end.append(json.loads(m.data))
                                 break
+                            assert m.id is not None, "a log line without its id"
                             got.append((int(m.id), m.data, t))
                 return attached
 
@@ -402,16 +215,28 @@ async def _observe(conn: Any) -> None:
         await docker.close()
 
 
-def observer_process(conn: Any) -> None:
+def child_main(conn: Any, main: Coroutine[Any, Any, None]) -> None:
+    """Run a child process's `main`; its failure goes back through the pipe."""
     try:
-        asyncio.run(_observe(conn))
+        asyncio.run(main)
     except BaseException:
         conn.send(("failed", traceback.format_exc()))
     finally:
         conn.close()
 
 
-async def bench_latency(tmp: Path, image: str, results: dict[str, list[str]], args: Any) -> None:
+def end_child(p: Any) -> None:
+    p.join(10)
+    if p.is_alive():
+        p.kill()
+        p.join()
+
+
+def observer_process(conn: Any) -> None:
+    child_main(conn, _observe(conn))
+
+
+async def bench_latency(tmp: Path, image: str, results: Results, args: Any) -> None:
     ctx = multiprocessing.get_context("spawn")
     parent_end, child_end = ctx.Pipe()
     observer = ctx.Process(target=observer_process, args=(child_end,), daemon=True)
@@ -489,10 +314,7 @@ async def bench_latency(tmp: Path, image: str, results: dict[str, list[str]], ar
         with contextlib.suppress(Exception):
             parent_end.send(("stop",))
         parent_end.close()
-        observer.join(10)
-        if observer.is_alive():
-            observer.kill()
-            observer.join()
+        end_child(observer)
 
 
 # 2. 500 clients, 10,000 lines ------------------------------------------------------------------
@@ -620,38 +442,24 @@ async def recv(conn: Any, deadline: float) -> Any:
 
 def client_process(conn: Any, count: int) -> None:
     """A client process: `count` SSE clients on one URL, each checked and timed."""
-    try:
-        asyncio.run(_client_main(conn, count))
-    except BaseException:
-        conn.send(("failed", traceback.format_exc()))
-    finally:
-        conn.close()
+    child_main(conn, _client_main(conn, count))
 
 
-async def bench_many(tmp: Path, image: str, results: dict[str, list[str]], args: Any) -> None:
+async def bench_many(tmp: Path, image: str, results: Results, args: Any) -> None:
     procs_n = args.client_procs
     per = [MANY_CLIENTS // procs_n + (i < MANY_CLIENTS % procs_n) for i in range(procs_n)]
-    port = free_port()
-    storage = tmp / "many-data"
-    config = tmp / "many.toml"
-    config.write_text(
-        "[server]\n"
-        f'host = "127.0.0.1"\nport = {port}\nstorage_path = "{storage}"\n'
-        "upload_expiry_minutes = 60\nmax_concurrent = 1\n"
-        "[docker]\n"
-        f'image = "{image}"\npull = "never"\nmemory_limit = "1g"\ncontainer_prefix = "{PREFIX}"\n',
-        encoding="utf-8",
-    )
     top = f"bench_{TOKEN}"  # a unique top cell: its label selects this run's Docker events
-    log_path = tmp / "many-server.log"
     prof_path = tmp / "many-server.prof"
-    out = log_path.open("wb")
-    command = [sys.executable]
-    if args.profile:
-        command += ["-m", "cProfile", "-o", str(prof_path)]
-    command += ["-m", "precheck", "serve", "--config", str(config)]
-    proc = await asyncio.create_subprocess_exec(
-        *command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+    server = await ServerProcess.start(
+        tmp,
+        "many",
+        {
+            "storage_path": str(tmp / "many-data"),
+            "upload_expiry_minutes": 60,
+            "max_concurrent": 1,
+        },
+        docker_section(image, PREFIX),
+        profile_to=prof_path if args.profile else None,
     )
     ctx = multiprocessing.get_context("spawn")
     deadline = time.monotonic() + 240
@@ -666,29 +474,18 @@ async def bench_many(tmp: Path, image: str, results: dict[str, list[str]], args:
     watch = DockerWatch(f"precheck.top_cell={top}")
     await watch.start()
     docker = aiodocker.Docker()
-    base = f"http://127.0.0.1:{port}"
+    base = server.base
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-            for _ in range(600):
-                if proc.returncode is not None:
-                    raise RuntimeError(f"server exited:\n{log_path.read_text(errors='replace')}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(base + "/health") as r:
-                        health = await r.json()
-                        if r.status == 200 and (health.get("docker") or {}).get("reachable"):
-                            break
-                await asyncio.sleep(0.05)
-            else:
-                raise RuntimeError("the server did not become ready")
-            await asyncio.sleep(0.5)  # let the supervisor settle
+            await server.wait_ready(session)
             layout = layouts.gds(top, "sleep=3", f"lines={MANY_LINES}")
             async with session.post(
                 base + "/api/v1/uploads?name=many.gds", data=layout,
                 headers={"Content-Type": "application/octet-stream"},
             ) as r:  # fmt: skip
                 upload_id = (await r.json())["Id"]
-            before = proc_status(proc.pid)
-            cpu_before = proc_cpu(proc.pid)
+            before = proc_memory(server.pid)
+            cpu_before = proc_cpu(server.pid)
             t_queue = time.time()
             async with session.post(
                 base + "/api/v1/prechecks", json={"upload_id": upload_id, "top_cell": top}
@@ -713,8 +510,8 @@ async def bench_many(tmp: Path, image: str, results: dict[str, list[str]], args:
             for d in done:
                 if d[0] != "done":
                     raise RuntimeError(f"client process failed:\n{d[1]}")
-            after = proc_status(proc.pid)
-            cpu_server = proc_cpu(proc.pid) - cpu_before
+            after = proc_memory(server.pid)
+            cpu_server = proc_cpu(server.pid) - cpu_before
             async with session.get(base + f"/api/v1/prechecks/{run_id}") as r:
                 doc = await r.json()
     finally:
@@ -724,19 +521,9 @@ async def bench_many(tmp: Path, image: str, results: dict[str, list[str]], args:
             with contextlib.suppress(Exception):
                 c.send(("stop",))
             c.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 60)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        out.close()
+        await server.stop(60)
         for p in children:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
+            end_child(p)
 
     # Check every client against Docker's own log.
     expect_hash = hashlib.sha256()
@@ -858,7 +645,7 @@ class EndProbe:
             self.stored[r.event.run_id] = time.time()
 
 
-async def bench_end(tmp: Path, image: str, results: dict[str, list[str]], args: Any) -> None:
+async def bench_end(tmp: Path, image: str, results: Results, args: Any) -> None:
     async def body(server: LocalServer, watch: DockerWatch) -> None:
         probe = EndProbe(server)
         upload = await server.upload(layouts.gds("chip_top"))
@@ -971,75 +758,26 @@ async def bench_end(tmp: Path, image: str, results: dict[str, list[str]], args: 
     await with_local(tmp, image, "end", body)
 
 
-# Setup and cleanup -----------------------------------------------------------------------------
-
-
-def build_image(tag: str, log: Path) -> None:
-    with log.open("wb") as err:
-        r = subprocess.run(
-            ["bash", str(ROOT / "simulator" / "build.sh"), tag],
-            stdout=subprocess.PIPE, stderr=err, timeout=300,
-        )  # fmt: skip
-    if r.returncode != 0:
-        raise RuntimeError(f"simulator build failed:\n{log.read_text(errors='replace')[-2000:]}")
-
-
-def remove_containers() -> int:
-    r = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"name={PREFIX}"], capture_output=True, text=True
-    )
-    ids = r.stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
-    return len(ids)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sse_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--only", type=int, choices=(1, 2, 3), action="append")
     parser.add_argument("--image", help="use this simulator tag instead of building one")
     parser.add_argument("--client-procs", type=int, default=2, choices=(1, 2, 3, 4))
     parser.add_argument("--profile", action="store_true", help="part 2's server under cProfile")
     args = parser.parse_args()
-    parts = args.only or [1, 2, 3]
     fds = raise_fd_limit()
-    tmp = Path(tempfile.mkdtemp(prefix="precheck-sse-bench-"))
-    tag = args.image or f"precheck-simulator:ssebench-{TOKEN}"
-    results: dict[str, list[str]] = {}
-    failed = False
-    t_all = time.monotonic()
-    try:
-        print(
-            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, aiohttp"
-            f" {aiohttp.__version__}, fd limit {fds}, load average {os.getloadavg()[0]:.1f}"
-            " (other work on this machine adds noise)"
-        )
-        if not args.image:
-            t = time.monotonic()
-            build_image(tag, tmp / "build.log")
-            print(f"simulator image {tag} built in {time.monotonic() - t:.1f} s")
-        benches = {1: bench_latency, 2: bench_many, 3: bench_end}
-        for n in parts:
-            try:
-                asyncio.run(benches[n](tmp, tag, results, args))
-            except Exception:
-                failed = True
-                print(f"{n}. FAILED:\n{traceback.format_exc()}")
-            sys.stdout.flush()
-    finally:
-        n = remove_containers()
-        if n:
-            print(f"removed {n} leftover container(s)")
-        if not args.image:
-            subprocess.run(["docker", "rmi", tag], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    print("summary:")
-    for lines in results.values():
-        for line in lines:
-            print(f"   {line}")
-    print(f"total {time.monotonic() - t_all:.0f} s, load average now {os.getloadavg()[0]:.1f}")
-    if failed:
-        sys.exit(1)
+    parts = {1: bench_latency, 2: bench_many, 3: bench_end}
+    run_parts(
+        args.only or [1, 2, 3],
+        {n: functools.partial(bench, args=args) for n, bench in parts.items()},
+        image=args.image,
+        tag=f"precheck-simulator:ssebench-{TOKEN}",
+        tmp_prefix="precheck-sse-bench-",
+        container_filters=(f"name={PREFIX}",),
+        machine=(f"fd limit {fds}",),
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
     into empty `Projections`; prints events/s (target >= 100,000), split into reading and
     decoding the rows and applying them, and how long building the file took.
 
-Run: `python bench/store_bench.py` (about a minute); `--profile` prints where replay time goes.
+Run: `python -m bench.store_bench` (about a minute); `--profile` prints where replay time goes.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import asyncio
 import cProfile
 import pstats
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.harness import Timer, temp_folder
 from precheck.events.codec import encode, encode_metadata, iso
 from precheck.events.store import GENESIS, EventStore, chain_hash
 from precheck.events.types import (
@@ -45,18 +45,6 @@ REPLAY_EVENTS = 1_000_000
 T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
 META = Metadata("bench", "127.0.0.1", "req-0123456789abcdef")
 SUPERVISOR = Metadata("supervisor")
-
-
-class Timer:
-    """Wall and CPU seconds of a block; CPU time shows when other processes took the cores."""
-
-    def __enter__(self) -> Timer:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
 
 
 # (a) Appends ----------------------------------------------------------------------------------
@@ -113,6 +101,9 @@ def history(n: int) -> Iterator[tuple[list[Event], Metadata]]:
         out = OutputFile("output/layout.gds.gz", 1234567, digest)
         ok = job % 4 != 0
         client = [Metadata("bench", "127.0.0.1", f"req-{job:07d}-{k}") for k in (1, 2)]
+        steps: list[tuple[list[Event], Metadata]] = [
+            ([RunProgressed(r, s, 16, f"KLayout.Step{s}", at)], SUPERVISOR) for s in range(1, 17)
+        ]
         appends: list[tuple[list[Event], Metadata]] = [
             (
                 [
@@ -149,10 +140,7 @@ def history(n: int) -> Iterator[tuple[list[Event], Metadata]]:
                 client[1],
             ),
             ([RunStarted(r, digest, "precheck:latest", "sha256:" + "e" * 64, at)], SUPERVISOR),
-            *(
-                ([RunProgressed(r, s, 16, f"KLayout.Step{s}", at)], SUPERVISOR)
-                for s in range(1, 17)
-            ),
+            *steps,
             (
                 [
                     RunFinished(
@@ -259,15 +247,16 @@ async def bench_replay(folder: Path, n: int, profile: bool) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="store-bench-", dir=args.dir) as tmp:
-        folder = Path(tmp)
+    with temp_folder("store-bench-", args.dir) as folder:
         if not args.skip_appends:
             await bench_appends(folder)
         await bench_replay(folder, args.events, args.profile)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.store_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--events", type=int, default=REPLAY_EVENTS, help="events to replay")
     parser.add_argument("--profile", action="store_true", help="profile the replay")
     parser.add_argument("--skip-appends", action="store_true", help="only run the replay")

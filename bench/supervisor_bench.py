@@ -21,7 +21,7 @@
 
 For 1-3 the app runs in this process (`web.AppRunner` + `TCPSite` on 127.0.0.1).
 
-Run: `python bench/supervisor_bench.py` (about 2-3 minutes; `--only N` for one part).
+Run: `python -m bench.supervisor_bench` (about 2-3 minutes; `--only N` for one part).
 Builds the simulator under a private tag and removes the tag, the containers and the temp dirs
 at exit.
 """
@@ -30,53 +30,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import calendar
-import contextlib
 import hashlib
-import importlib.util
 import itertools
 import json
-import math
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import traceback
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import aiodocker
+import aiohttp
 
-import aiodocker  # noqa: E402
-import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
-
-from precheck import keys  # noqa: E402
-from precheck.app import create_app  # noqa: E402
-from precheck.config import parse_config  # noqa: E402
-from precheck.events.store import RecordedEvent  # noqa: E402
-from precheck.events.types import RunExited, RunOutputsStored, RunStarted  # noqa: E402
-
-
-def _load_layouts() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_layouts", ROOT / "tests" / "layouts.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-layouts = _load_layouts()
+from bench.harness import (
+    DockerWatch,
+    LocalServer,
+    Results,
+    ServerProcess,
+    bench_config,
+    curl_post,
+    docker_section,
+    docker_time,
+    local_app,
+    ms,
+    pct,
+    proc_memory,
+    run_parts,
+    verdict,
+    write_layout,
+)
+from precheck import keys
+from precheck.events.store import RecordedEvent
+from precheck.events.types import RunExited, RunOutputsStored, RunStarted
+from precheck.runner.container_spec import container_spec
+from tests import layouts
 
 EXIT_RUNS = 30
 EXIT_WARMUP = 1
@@ -86,136 +75,6 @@ BIG_BYTES = 1 << 30
 TOKEN = uuid.uuid4().hex[:10]
 PREFIX = f"precheck-bench-{TOKEN}-"  # container names of every run this bench causes
 BARE_LABEL = "precheck.bench-bare"
-LONG = aiohttp.ClientTimeout(total=None, sock_read=None)
-
-
-# Small helpers ---------------------------------------------------------------------------------
-
-
-def docker_time(text: str) -> float:
-    """Docker's RFC 3339 UTC text with nanoseconds as unix seconds (float, ~0.1 us precision)."""
-    head, _, frac = text.rstrip("Z").partition(".")
-    seconds = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-    return seconds + int((frac + "000000000")[:9]) / 1e9
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p99 of 30 samples is the largest)."""
-    s = sorted(values)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
-
-
-def ms(x: float) -> str:
-    return f"{x * 1000:8.1f} ms"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def bench_config(storage: Path, image: str, **server: Any) -> Any:
-    raw = {
-        "server": {"storage_path": str(storage), "upload_expiry_minutes": 1440, **server},
-        "docker": {
-            "image": image,
-            "pull": "never",
-            "container_prefix": PREFIX,
-            "memory_limit": "1g",
-        },
-    }
-    return parse_config(raw, "supervisor-bench")
-
-
-# Watching Docker from outside ------------------------------------------------------------------
-
-
-class DockerWatch:
-    """Our own subscription to Docker's events for one label; times per run and action."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.docker = aiodocker.Docker()
-        self.at: dict[str, dict[str, float]] = defaultdict(dict)  # run -> action -> timeNano (s)
-        self.seen: dict[str, dict[str, float]] = defaultdict(dict)  # run -> action -> received
-        self.started_at: dict[str, float] = {}  # run -> inspected State.StartedAt
-        self.container: dict[str, str] = {}
-        self._waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._inspects: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        info = await self.docker._query_json("info")
-        since = f"{docker_time(info['SystemTime']) - 1:.6f}"
-        ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._follow(since, ready))
-        await ready
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        for t in list(self._inspects):
-            t.cancel()
-        await asyncio.gather(*self._inspects, return_exceptions=True)
-        await self.docker.close()
-
-    async def _follow(self, since: str, ready: asyncio.Future[None]) -> None:
-        filters = {
-            "type": ["container"],
-            "label": [self.label],
-            "event": ["start", "die", "destroy"],
-        }
-        params = {"filters": json.dumps(filters), "since": since}
-        async with self.docker._query("events", params=params, timeout=LONG) as response:
-            ready.set_result(None)
-            async for raw in response.content:
-                if not raw.strip():
-                    continue
-                received = time.time()
-                event = json.loads(raw)
-                attributes = (event.get("Actor") or {}).get("Attributes") or {}
-                run_id = attributes.get("precheck.run")
-                action = event.get("Action") or event.get("status")
-                if not run_id or action not in ("start", "die", "destroy"):
-                    continue
-                self.at[run_id][action] = event["timeNano"] / 1e9
-                self.seen[run_id][action] = received
-                self.container[run_id] = event["Actor"]["ID"]
-                if action == "start":
-                    t = asyncio.create_task(self._inspect_start(run_id, event["Actor"]["ID"]))
-                    self._inspects.add(t)
-                    t.add_done_callback(self._inspects.discard)
-                else:
-                    self._fire(run_id, action)
-
-    async def _inspect_start(self, run_id: str, container_id: str) -> None:
-        try:
-            info = await self.docker._query_json(f"containers/{container_id}/json")
-            self.started_at[run_id] = docker_time(info["State"]["StartedAt"])
-        except aiodocker.DockerError:
-            pass  # removed already: fall back to the start event's time
-        self._fire(run_id, "start")
-
-    def _fire(self, run_id: str, action: str) -> None:
-        f = self._waiters.pop((run_id, action), None)
-        if f is not None and not f.done():
-            f.set_result(None)
-
-    async def wait(self, run_id: str, action: str, seconds: float = 120) -> None:
-        if action in self.at.get(run_id, {}) and (action != "start" or run_id in self.started_at):
-            return
-        f = self._waiters.setdefault((run_id, action), asyncio.get_running_loop().create_future())
-        await asyncio.wait_for(asyncio.shield(f), seconds)
-
-    def start_time(self, run_id: str) -> float:
-        return self.started_at.get(run_id) or self.at[run_id]["start"]
 
 
 # Timing the supervisor's own steps --------------------------------------------------------------
@@ -240,7 +99,8 @@ class Probe:
         for name in ("put_archive", "start", "inspect", "remove"):
             self._wrap(engine, name, lambda a, r: self.run_of.get(a[0], "?"))
         self._wrap(supervisor, "_image", lambda a, r: "_any", name_as="image")
-        self._wrap(supervisor, "_facts", lambda a, r: a[0].id, name_as="facts")
+        # The run's end holds the supervisor's `_facts` already bound: wrap its own reference.
+        self._wrap(supervisor.run_end, "facts_of", lambda a, r: a[0].id, name_as="facts")
 
     def _wrap(
         self,
@@ -263,7 +123,8 @@ class Probe:
             finally:
                 self._note(name_as or name, t0, args, result, key, bind)
 
-        setattr(obj, name, wrapper)
+        # On the instance, frozen classes too (`RunEnd` is): the wrapper only observes.
+        object.__setattr__(obj, name, wrapper)
 
     def _note(
         self,
@@ -314,89 +175,18 @@ class Applied:
             self.started[r.event.run_id] = (time.time(), r)
 
 
-# The app in this process -----------------------------------------------------------------------
-
-
-class LocalServer:
-    def __init__(self, config: Any) -> None:
-        self.config = config
-        self.app = create_app(config)
-        self.runner = web.AppRunner(self.app, access_log=None)
-        self.base = ""
-        self.session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> LocalServer:
-        await self.runner.setup()
-        port = free_port()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
-        await site.start()
-        self.base = f"http://127.0.0.1:{port}"
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
-        supervisor = self.app[keys.SUPERVISOR]
-        for _ in range(200):
-            if supervisor.docker_reachable:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise RuntimeError(f"supervisor cannot reach Docker: {supervisor.docker_error}")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.session is not None:
-            await self.session.close()
-        await self.runner.cleanup()
-
-    @property
-    def instance(self) -> str:
-        return str(self.app[keys.PROJECTIONS].instance_id)
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        assert self.session is not None
-        async with self.session.request(method, self.base + path, **kwargs) as r:
-            body = await r.read()
-            if r.status >= 300:
-                raise RuntimeError(f"{method} {path}: {r.status} {body[:300]!r}")
-            return json.loads(body)
-
-    async def upload(self, data: bytes, name: str = "chip_top.gds") -> str:
-        doc = await self.call(
-            "POST",
-            f"/api/v1/uploads?name={name}",
-            data=data,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        return str(doc["Id"])
-
-    async def queue(self, upload_id: str, top: str = "chip_top") -> str:
-        doc = await self.call(
-            "POST", "/api/v1/prechecks", json={"upload_id": upload_id, "top_cell": top}
-        )
-        return str(doc["Id"])
-
-    async def wait(self, run_id: str, seconds: float = 120) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(
-            "POST", f"/api/v1/prechecks/{run_id}/wait?timeout={seconds}"
-        )
-        return result
-
-
 async def with_local(
     tmp: Path,
     image: str,
     name: str,
     body: Callable[[LocalServer, DockerWatch, Probe, Applied], Awaitable[None]],
 ) -> None:
-    config = bench_config(tmp / f"{name}-data", image, max_concurrent=1)
-    async with LocalServer(config) as server:
+    config = bench_config(tmp / f"{name}-data", image, PREFIX, "supervisor-bench", max_concurrent=1)
+    async with local_app(config, inspect_start=True) as (server, watch):
         applied = Applied()
         server.app[keys.STORE].add_listener(applied)  # after the projections' own listener
         probe = Probe(server.app[keys.SUPERVISOR])
-        watch = DockerWatch(f"precheck.instance={server.instance}")
-        await watch.start()
-        try:
-            await body(server, watch, probe, applied)
-        finally:
-            await watch.close()
+        await body(server, watch, probe, applied)
 
 
 # 1. Exit -> final state ------------------------------------------------------------------------
@@ -443,7 +233,7 @@ def print_split(title: str, splits: list[dict[str, float]]) -> None:
         print(f"      {k:42s} {ms(statistics.median(vals))}  {ms(pct(vals, 99))}{n}")
 
 
-async def bench_exit(tmp: Path, image: str, results: dict[str, list[str]]) -> None:
+async def bench_exit(tmp: Path, image: str, results: Results) -> None:
     async def body(server: LocalServer, watch: DockerWatch, probe: Probe, applied: Applied) -> None:
         upload = await server.upload(layouts.gds("chip_top"))
         runs: list[str] = []
@@ -491,7 +281,7 @@ async def bench_exit(tmp: Path, image: str, results: dict[str, list[str]]) -> No
 # 2. Hand-off -----------------------------------------------------------------------------------
 
 
-async def bench_handoff(tmp: Path, image: str, results: dict[str, list[str]]) -> None:
+async def bench_handoff(tmp: Path, image: str, results: Results) -> None:
     async def body(server: LocalServer, watch: DockerWatch, probe: Probe, applied: Applied) -> None:
         upload = await server.upload(layouts.gds("chip_top"))
         # Warm-up run so the first pair does not pay for a cold engine.
@@ -538,8 +328,10 @@ async def bench_handoff(tmp: Path, image: str, results: dict[str, list[str]]) ->
         docker = aiodocker.Docker()
         bare, bare_create = [], []
         try:
-            spec = server.app[keys.SUPERVISOR].container_spec(
-                server.app[keys.PROJECTIONS].runs.by_id[runs[0]]
+            spec = container_spec(
+                server.app[keys.PROJECTIONS].runs.by_id[runs[0]],
+                server.app[keys.CONFIG].docker,
+                server.instance,
             )
             spec = dict(spec, Cmd=["true"], Labels={BARE_LABEL: TOKEN})
             for i in range(BARE_TRIES + 1):
@@ -592,7 +384,7 @@ async def bench_handoff(tmp: Path, image: str, results: dict[str, list[str]]) ->
 # 3. Log latency --------------------------------------------------------------------------------
 
 
-async def bench_logs(tmp: Path, image: str, results: dict[str, list[str]]) -> None:
+async def bench_logs(tmp: Path, image: str, results: Results) -> None:
     async def body(server: LocalServer, watch: DockerWatch, probe: Probe, applied: Applied) -> None:
         logs = server.app[keys.OUTPUT_LINES]
         upload = await server.upload(layouts.gds("chip_top", "step_sleep=0.2"))
@@ -653,96 +445,37 @@ async def bench_logs(tmp: Path, image: str, results: dict[str, list[str]]) -> No
 # 4. 1 GiB layout through a whole run -----------------------------------------------------------
 
 
-def make_big_layout(path: Path, size: int, top: str) -> str:
-    """`tests.layouts.gds` header, then filler to `size` bytes; its sha256."""
-    head = layouts.gds(top)
-    line = (bytes(range(32, 127)) * 44)[:4095] + b"\n"  # text lines of 4 KiB: cheap to grep
-    block = line * 256
-    digest = hashlib.sha256()
-    with path.open("wb") as f:
-        f.write(head)
-        digest.update(head)
-        left = size - len(head)
-        while left > 0:
-            piece = block[: min(left, len(block))]
-            f.write(piece)
-            digest.update(piece)
-            left -= len(piece)
-    return digest.hexdigest()
-
-
-def proc_memory(pid: int) -> dict[str, int]:
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0]) * 1024
-    return found
-
-
-async def bench_big(tmp: Path, image: str, results: dict[str, list[str]]) -> None:
-    port = free_port()
-    storage = tmp / "big-data"
-    config = tmp / "big.toml"
-    config.write_text(
-        "[server]\n"
-        f'host = "127.0.0.1"\nport = {port}\nstorage_path = "{storage}"\n'
-        "max_upload_mb = 2048\nupload_expiry_minutes = 60\nmax_concurrent = 1\n"
-        "[docker]\n"
-        f'image = "{image}"\npull = "never"\nmemory_limit = "4g"\ncontainer_prefix = "{PREFIX}"\n',
-        encoding="utf-8",
-    )
+async def bench_big(tmp: Path, image: str, results: Results) -> None:
     layout = tmp / "big.gds"
     top = f"bench_{TOKEN}"  # a unique top cell: its label selects this run's Docker events
     t0 = time.monotonic()
-    sha = make_big_layout(layout, BIG_BYTES, top)
+    head = layouts.gds(top)
+    line = (bytes(range(32, 127)) * 44)[:4095] + b"\n"  # text lines of 4 KiB: cheap to grep
+    sha = write_layout(layout, head, line * 256, BIG_BYTES)
     print("4. 1 GiB layout through a whole run (server process: python -m precheck serve)")
     print(f"   layout written in {time.monotonic() - t0:.1f} s, sha256 {sha[:16]}...")
-    log_path = tmp / "big-server.log"
-    out = log_path.open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "precheck",
-        "serve",
-        "--config",
-        str(config),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
+    server = await ServerProcess.start(
+        tmp,
+        "big",
+        {
+            "storage_path": str(tmp / "big-data"),
+            "max_upload_mb": 2048,
+            "upload_expiry_minutes": 60,
+            "max_concurrent": 1,
+        },
+        docker_section(image, PREFIX, memory_limit="4g"),
     )
-    base = f"http://127.0.0.1:{port}"
-    watch = DockerWatch(f"precheck.top_cell={top}")
+    base = server.base
+    watch = DockerWatch(f"precheck.top_cell={top}", inspect_start=True)
     await watch.start()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
-            for _ in range(600):
-                if proc.returncode is not None:
-                    raise RuntimeError(f"server exited:\n{log_path.read_text(errors='replace')}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(base + "/health") as r:
-                        health = await r.json()
-                        if r.status == 200 and (health.get("docker") or {}).get("reachable"):
-                            break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # let the supervisor connect and settle
-            before = proc_memory(proc.pid)
+            await server.wait_ready(session)
+            before = proc_memory(server.pid)
 
             t = time.monotonic()
             curl = await asyncio.create_subprocess_exec(
-                "curl",
-                "-sS",
-                "-X",
-                "POST",
-                "-T",
-                str(layout),
-                "-H",
-                "Expect:",
-                "-H",
-                "Content-Type: application/octet-stream",
-                "-w",
-                "\n%{http_code}",
-                base + "/api/v1/uploads?name=big.gds",
+                *curl_post(layout, base + "/api/v1/uploads?name=big.gds"),
                 stdout=asyncio.subprocess.PIPE,
             )
             raw, _ = await curl.communicate()
@@ -778,18 +511,11 @@ async def bench_big(tmp: Path, image: str, results: dict[str, list[str]]) -> Non
                     digest.update(chunk)
                     size += len(chunk)
             t_download = time.monotonic() - t
-            after = proc_memory(proc.pid)
+            after = proc_memory(server.pid)
             await watch.wait(run_id, "die")
     finally:
         await watch.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        out.close()
+        await server.stop(30)
     same = digest.hexdigest() == sha and size == BIG_BYTES
     created = docker_time(doc["Created"])
     start, die = watch.start_time(run_id), watch.at[run_id]["die"]
@@ -821,74 +547,21 @@ async def bench_big(tmp: Path, image: str, results: dict[str, list[str]]) -> Non
     ]
 
 
-# Setup and cleanup -----------------------------------------------------------------------------
-
-
-def build_image(tag: str, log: Path) -> None:
-    with log.open("wb") as err:
-        r = subprocess.run(
-            ["bash", str(ROOT / "simulator" / "build.sh"), tag],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            timeout=300,
-        )
-    if r.returncode != 0:
-        raise RuntimeError(f"simulator build failed:\n{log.read_text(errors='replace')[-2000:]}")
-
-
-def remove_containers() -> int:
-    ids: set[str] = set()
-    for f in (f"name={PREFIX}", f"label={BARE_LABEL}={TOKEN}"):
-        r = subprocess.run(["docker", "ps", "-aq", "--filter", f], capture_output=True, text=True)
-        ids.update(r.stdout.split())
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
-    return len(ids)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.supervisor_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--only", type=int, choices=(1, 2, 3, 4), action="append")
     parser.add_argument("--image", help="use this simulator tag instead of building one")
     args = parser.parse_args()
-    parts = args.only or [1, 2, 3, 4]
-    tmp = Path(tempfile.mkdtemp(prefix="precheck-supervisor-bench-"))
-    tag = args.image or f"precheck-simulator:bench-{TOKEN}"
-    results: dict[str, list[str]] = {}
-    failed = False
-    t_all = time.monotonic()
-    try:
-        print(
-            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, aiohttp"
-            f" {aiohttp.__version__}, load average {os.getloadavg()[0]:.1f}"
-            " (other work on this machine adds noise)"
-        )
-        if not args.image:
-            t = time.monotonic()
-            build_image(tag, tmp / "build.log")
-            print(f"simulator image {tag} built in {time.monotonic() - t:.1f} s")
-        benches = {1: bench_exit, 2: bench_handoff, 3: bench_logs, 4: bench_big}
-        for n in parts:
-            try:
-                asyncio.run(benches[n](tmp, tag, results))
-            except Exception:
-                failed = True
-                print(f"{n}. FAILED:\n{traceback.format_exc()}")
-            sys.stdout.flush()
-    finally:
-        n = remove_containers()
-        if n:
-            print(f"removed {n} leftover container(s)")
-        if not args.image:
-            subprocess.run(["docker", "rmi", tag], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    print("summary:")
-    for lines in results.values():
-        for line in lines:
-            print(f"   {line}")
-    print(f"total {time.monotonic() - t_all:.0f} s, load average now {os.getloadavg()[0]:.1f}")
-    if failed:
-        sys.exit(1)
+    run_parts(
+        args.only or [1, 2, 3, 4],
+        {1: bench_exit, 2: bench_handoff, 3: bench_logs, 4: bench_big},
+        image=args.image,
+        tag=f"precheck-simulator:bench-{TOKEN}",
+        tmp_prefix="precheck-supervisor-bench-",
+        container_filters=(f"name={PREFIX}", f"label={BARE_LABEL}={TOKEN}"),
+    )
 
 
 if __name__ == "__main__":
