@@ -284,6 +284,9 @@ class Site:
         self.server: ServerProcess | None = None
         if mode == "server":
             self.server = ServerProcess(self.config, self.port, tmp_path / "server.log").start()
+            # The server starts the queued run at once; wait for it, so that documents read
+            # by the CLI and by the server see the same queue.
+            self.server.until_status(template["active"], "running")
 
     def cli(
         self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
