@@ -263,7 +263,7 @@ async def test_bad_create_requests_are_refused_without_events(client: Client) ->
         assert isinstance(doc.get("message"), str) and doc["message"], why
         assert store.head == head, why
     r = await client.post("/api/v1/prechecks", json={"upload_id": "gone", "top_cell": "x"})
-    assert await r.json() == {"message": "No such upload: gone"}
+    assert await r.json() == {"message": "No such upload: gone", "detail": "No such upload: gone"}
 
 
 async def test_type_errors_name_the_field(client: Client) -> None:
@@ -298,7 +298,10 @@ async def test_get_unknown_run_is_404(client: Client) -> None:
     """An unknown run id answers 404 with the plan's message."""
     r = await client.get("/api/v1/prechecks/nope")
     assert r.status == 404
-    assert await r.json() == {"message": "No such precheck: nope"}
+    assert await r.json() == {
+        "message": "No such precheck: nope",
+        "detail": "No such precheck: nope",
+    }
 
 
 async def test_cancel_queued_run(client: Client) -> None:
@@ -325,7 +328,10 @@ async def test_cancel_queued_run(client: Client) -> None:
 
     r = await client.delete("/api/v1/prechecks/unknown-run")
     assert r.status == 404
-    assert await r.json() == {"message": "No such precheck: unknown-run"}
+    assert await r.json() == {
+        "message": "No such precheck: unknown-run",
+        "detail": "No such precheck: unknown-run",
+    }
     assert client.app[keys.STORE].head == head
     # The server's own start event aside, the log holds exactly what the requests did.
     types = [

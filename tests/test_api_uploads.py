@@ -276,7 +276,10 @@ async def test_get_unknown_upload_is_404(client: Client) -> None:
     """An unknown id answers 404 with the plan's message."""
     r = await client.get("/api/v1/uploads/nope123")
     assert r.status == 404
-    assert await r.json() == {"message": "No such upload: nope123"}
+    assert await r.json() == {
+        "message": "No such upload: nope123",
+        "detail": "No such upload: nope123",
+    }
 
 
 async def test_delete_removes_files_then_404(client: Client) -> None:
@@ -293,7 +296,10 @@ async def test_delete_removes_files_then_404(client: Client) -> None:
     assert r.status == 404
     r = await client.delete(f"/api/v1/uploads/{doc['Id']}")
     assert r.status == 404
-    assert await r.json() == {"message": f"No such upload: {doc['Id']}"}
+    assert await r.json() == {
+        "message": f"No such upload: {doc['Id']}",
+        "detail": f"No such upload: {doc['Id']}",
+    }
     assert (await (await client.get("/api/v1/uploads")).json()) == []
 
 
@@ -364,7 +370,10 @@ async def test_expiry_retires_unused_upload_and_marks_used_one(
     assert sorted(expired_ids) == sorted([lone["Id"], used["Id"]])
     r = await client.get(f"/api/v1/uploads/{lone['Id']}")
     assert r.status == 404
-    assert await r.json() == {"message": f"No such upload: {lone['Id']}"}
+    assert await r.json() == {
+        "message": f"No such upload: {lone['Id']}",
+        "detail": f"No such upload: {lone['Id']}",
+    }
     # The folder goes after the event, in a thread; no event says when, so watch the disk.
     async with asyncio.timeout(5):
         while (uploads / lone["Id"]).exists():  # noqa: ASYNC110

@@ -13,7 +13,7 @@ from precheck.domain.run_end import GONE, ContainerExit, CopiedOut, exit_events,
 from precheck.domain.status import RunStatus
 from precheck.domain.verdict import OutputFacts
 from precheck.events.types import OutputFile, RunCancelled, RunExited, RunOutputsStored
-from precheck.projections.runs import InputFile, RunRecord
+from precheck.projections.runs import InputFile, RunRecord, RunResult
 from precheck.runner.container_spec import (
     LABEL_INSTANCE,
     LABEL_RUN,
@@ -114,7 +114,7 @@ def test_an_exit_already_recorded_adds_nothing() -> None:
 
 def test_stored_events_name_the_first_step_that_did_not_complete() -> None:
     """A failed run's failed step is the first announced one without `state_out.json`."""
-    run = _run(status=RunStatus.FAILED)
+    run = _run(status=RunStatus.FINISHING, result=RunResult(passed=False))
     facts = _facts(_step(1, "KLayout.CheckTopLevel", run), _step(2, "KLayout.CheckSize", run))
     output = OutputFile("output/chip_top.gds", 10, "a" * 64)
     report = OutputFile("run/reports/drc.json", 5, "b" * 64)
@@ -126,8 +126,8 @@ def test_stored_events_name_the_first_step_that_did_not_complete() -> None:
 
 
 def test_stored_events_of_a_completed_run_name_no_step() -> None:
-    """A completed run has no failed step even if folders are missing."""
-    run = _run(status=RunStatus.COMPLETED)
+    """A passed run has no failed step even if folders are missing."""
+    run = _run(status=RunStatus.FINISHING, result=RunResult(passed=True))
     [e] = stored_events(run, _facts(_step(1, "KLayout.CheckTopLevel", run)), None, NOW)
     assert e == RunOutputsStored(run.id, None, (), {}, None, NOW)
 

@@ -186,7 +186,9 @@ async def test_logs_stream_resume_tail_since_timestamps(start_app: StartApp) -> 
     assert [m.event for m in lines] == ["message"] * len(expected)
     assert [m.data for m in lines] == expected
     assert [m.id for m in lines] == [str(n) for n in range(1, len(expected) + 1)]
-    assert json.loads(got[-1].data) == {"StatusCode": 0, "Status": "completed"}
+    # A log ends when the container stops: the outputs may still be being stored.
+    end = json.loads(got[-1].data)
+    assert end["StatusCode"] == 0 and end["Status"] in ("finishing", "completed"), end
     assert got[-1].id == str(len(expected))
 
     # After the end: a reconnect with the last id gets 204.

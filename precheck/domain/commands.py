@@ -197,6 +197,11 @@ def _cancel(c: CancelRun, state: Projections) -> Decision:
         if run.cancel_requested:
             return Decision((), expect)
         return Decision((RunCancelRequested(run.id, c.now),), expect)
+    if run.status == RunStatus.FINISHING:
+        raise Conflict(
+            f"precheck {c.run_id} has stopped and its outputs are being stored; "
+            "it cannot be cancelled"
+        )
     raise Conflict(f"precheck {c.run_id} has already ended ({run.status}); it cannot be cancelled")
 
 

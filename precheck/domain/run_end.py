@@ -83,7 +83,8 @@ def stored_events(
     if run.settled:
         return []
     completed = copied.completed_folders if copied is not None else frozenset()
-    step = failed_step(facts.steps, completed) if run.status == RunStatus.FAILED else None
+    failed = run.result is not None and not run.result.passed
+    step = failed_step(facts.steps, completed) if failed else None
     if copied is None:
         return [RunOutputsStored(run.id, None, (), {}, step, now)]
     return [RunOutputsStored(run.id, copied.output, copied.files, copied.metrics, step, now)]

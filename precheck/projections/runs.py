@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from precheck.domain.status import ACTIVE, RunStatus
+from precheck.domain.status import ACTIVE, ENDED, RunStatus
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
     OutputFile,
@@ -185,8 +185,9 @@ def _exited(e: RunExited) -> dict[str, Any]:
         deferred_errors=e.deferred_errors,
         oom_killed=e.oom_killed,
     )
+    # The verdict is known, the outputs not yet stored: not final until `RunOutputsStored`.
     return dict(
-        status=RunStatus(e.status),
+        status=RunStatus.FINISHING,
         finished_at=e.finished_at,
         exit_code=e.exit_code,
         error=e.error,
@@ -196,7 +197,9 @@ def _exited(e: RunExited) -> dict[str, Any]:
 
 def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
     result = run.result or RunResult(passed=False)
+    ended = run.status if run.status in ENDED else None
     return dict(
+        status=ended or (RunStatus.COMPLETED if result.passed else RunStatus.FAILED),
         output=e.output,
         files=e.files,
         settled=True,

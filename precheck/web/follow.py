@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from precheck import keys
-from precheck.domain.status import ENDED, RunStatus
+from precheck.domain.status import ACTIVE, RunStatus
 from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
@@ -92,7 +92,8 @@ class RunFollower:
     def _ended(self, run: RunRecord) -> bool:
         """Nothing more to send: a log ends with the container (every line is captured by
         then); the run's changes end once its outputs are stored too."""
-        return run.settled if self.events else run.status in ENDED
+        # A log is complete once the container stopped; the run's changes once it is final.
+        return run.settled if self.events else run.status not in ACTIVE
 
     def _run(self) -> RunRecord:
         run = self.past.get(self.run_id)

@@ -34,8 +34,11 @@ STATUS: list[tuple[type[Exception], int]] = [
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """The plan's error shape: `{"message": ...}` with an HTTP status."""
-    return web.json_response({"message": message}, status=status, headers=headers)
+    """The error shape: `{"message": ...}` as the plan says, with the same text as `detail`,
+    which clients written for the plan's framework read."""
+    return web.json_response(
+        {"message": message, "detail": message}, status=status, headers=headers
+    )
 
 
 @web.middleware

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from precheck.config import Config
-from precheck.domain.status import RunStatus
+from precheck.domain.status import ENDED, RunStatus
 from precheck.events.codec import iso, to_jsonable
 from precheck.events.store import RecordedEvent
 from precheck.projections import Projections
@@ -60,7 +60,10 @@ def run_document(
             "OOMKilled": bool(v and v.oom_killed),
             "StartedAt": _time(run.started_at),
             "FinishedAt": _time(run.finished_at),
-            "ExitCode": run.exit_code or 0,
+            # Docker's 0 while it has not run; -1 for a run that ended without running, as /wait.
+            "ExitCode": run.exit_code
+            if run.exit_code is not None
+            else (-1 if run.status in ENDED else 0),
             "Error": run.error,
             "CancelRequested": run.cancel_requested,
         },
