@@ -277,3 +277,332 @@ async def test_home_page_stays_true_through_a_runs_life(
     assert "chip_top" not in seen["missing"]["summary"]
     assert "No such precheck" in seen["missing"]["summary"]
     assert seen["missing"]["conn"] == "not found"
+
+
+# The run page: steps, times, log viewer, actions -------------------------------------------------
+
+STEPS_JS = (
+    "return Array.from(document.querySelectorAll('#steps li')).map(li => ["
+    "li.querySelector('.name').textContent, li.dataset.state, li.querySelector('.time').textContent"
+    "]);"
+)
+# The highlighted line (`.target` for the address's line, `.current` for the search's): its
+# number, text, and whether it is inside the log's visible area.
+LINE_JS = (
+    "const el = document.querySelector(arguments[0]); if (!el) return null;"
+    "const log = document.getElementById('log').getBoundingClientRect();"
+    "const r = el.getBoundingClientRect();"
+    "return [Number(el.querySelector('.ln').dataset.n), el.textContent,"
+    " r.top >= log.top && r.bottom <= log.bottom];"
+)
+
+
+def _states(driver: Any) -> list[str]:
+    return [state for _, state, _ in driver.execute_script(STEPS_JS)]
+
+
+def _use_run_page(base_url: str, profile: Path, run_id: str, shots: Path) -> dict[str, Any]:
+    """Watch a run that passes on its page, then use its log viewer. Blocking: run in a thread."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(profile)
+    seen: dict[str, Any] = {}
+    try:
+        wait = WebDriverWait(driver, WAIT)
+        find = driver.find_element
+        page = f"{base_url}#/runs/{run_id}"
+        driver.get(page)
+
+        # While it runs: a step running, the others waiting, the clock ticking, Cancel offered.
+        wait.until(lambda d: "running" in _states(d))
+        seen["running_states"] = set(_states(driver))
+        seen["cancel_while_running"] = find(By.ID, "cancel-run").is_displayed()
+        seen["rerun_while_running"] = find(By.ID, "rerun").is_displayed()
+        before = find(By.ID, "run-elapsed").text
+        wait.until(lambda d: d.find_element(By.ID, "run-elapsed").text != before)
+        seen["elapsed"] = [before, find(By.ID, "run-elapsed").text]
+
+        # At the end: every step done, each with its time; the times of the run.
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "completed"))
+        wait.until(lambda d: _states(d) == ["done"] * 16)
+        wait.until(ec.visibility_of_element_located((By.ID, "verdict")))
+        seen["steps"] = driver.execute_script(STEPS_JS)
+        seen["times"] = {
+            k: find(By.ID, f"run-{k}").text for k in ("created", "started", "finished", "elapsed")
+        }
+        seen["cancel_at_end"] = find(By.ID, "cancel-run").is_displayed()
+        seen["rerun_at_end"] = find(By.ID, "rerun").is_displayed()
+        seen["raw_log"] = {
+            "href": find(By.ID, "raw-log").get_attribute("href"),
+            "download": find(By.ID, "raw-log").get_attribute("download"),
+        }
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#downloads a")) >= 3)
+        seen["downloads"] = [
+            (a.get_attribute("href"), a.get_attribute("download"))
+            for a in driver.find_elements(By.CSS_SELECTOR, "#downloads a")
+        ]
+        seen["log_lines"] = driver.execute_script(
+            "return document.querySelectorAll('#log .line').length"
+        )
+
+        # Search: matches are counted and highlighted; Enter goes to the next one.
+        box = find(By.ID, "log-search")
+        box.send_keys("noise 7")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "of"))
+        seen["search_count"] = find(By.ID, "search-count").text
+        seen["search_line"] = driver.execute_script(LINE_JS, "#log .line.current")
+        seen["search_marks"] = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#log mark')).map(m => m.textContent)"
+        )
+        seen["follow_after_search"] = find(By.ID, "autoscroll").is_selected()
+        driver.execute_script("window.scrollTo(0, 0)")
+        assert driver.save_screenshot(str(shots / "run-page.png")), "no screenshot written"
+        box.clear()
+        box.send_keys("noise")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "of 20"))
+        box.send_keys("\n")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "2 of 20"))
+        seen["search_next"] = driver.execute_script(LINE_JS, "#log .line.current")
+        find(By.ID, "search-prev").click()
+        find(By.ID, "search-prev").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "20 of 20"))
+        seen["search_wrapped"] = driver.execute_script(LINE_JS, "#log .line.current")
+        box.clear()
+        box.send_keys("\n")
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#log mark"))
+
+        # Folding the Magic DRC step hides its lines, not its own line.
+        section = "#log .sec[data-step='12']"
+        noise = find(By.XPATH, "//div[@id='log']//div[contains(@class,'line')][.='noise 3\n']")
+        find(By.CSS_SELECTOR, f"{section} .fold").click()
+        seen["folded"] = [
+            noise.is_displayed(),
+            find(By.CSS_SELECTOR, f"{section} .head").is_displayed(),
+        ]
+        find(By.CSS_SELECTOR, f"{section} .fold").click()
+        seen["unfolded"] = noise.is_displayed()
+
+        # A line number is a link: clicking it puts the line in the address and marks it.
+        find(By.CSS_SELECTOR, "#log .ln[data-n='3']").click()
+        wait.until(lambda d: d.current_url.endswith("/L3"))
+        seen["clicked_line"] = driver.execute_script(LINE_JS, "#log .line.target")
+
+        # Opening an address with a line marks that line and scrolls it into sight.
+        driver.get(f"{page}/L5")
+        driver.refresh()
+        wait.until(lambda d: d.execute_script(LINE_JS, "#log .line.target"))
+        seen["opened_line"] = driver.execute_script(LINE_JS, "#log .line.target")
+        seen["follow_with_line"] = find(By.ID, "autoscroll").is_selected()
+
+        # A narrow screen: nothing wider than the window.
+        driver.set_window_size(400, 1000)
+        wait.until(lambda d: d.execute_script("return window.innerWidth") <= 400)
+        seen["narrow_overflow"] = driver.execute_script(
+            "return document.documentElement.scrollWidth - window.innerWidth"
+        )
+        driver.execute_script("window.scrollTo(0, 0)")
+        assert driver.save_screenshot(str(shots / "run-page-narrow.png"))
+    finally:
+        driver.quit()
+    return seen
+
+
+async def test_run_page_shows_steps_times_and_a_log_to_search_and_link(
+    chromium: tuple[Path, Path],
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    """A passing run's page: steps as they go, then 16 done with times; the elapsed time
+    ticks; search, fold, line links and the raw log link work."""
+    api = await start_app(sim_config())
+    run_id = await api.run(gds("chip_top", "step_sleep=0.4", "lines=20"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    seen = await asyncio.wait_for(
+        asyncio.to_thread(
+            _use_run_page, str(api.client.make_url("/")), tmp_path / "profile", run_id, ARTIFACTS
+        ),
+        120,
+    )
+    assert "running" in seen["running_states"] and "waiting" in seen["running_states"], seen
+    assert seen["cancel_while_running"] and not seen["rerun_while_running"]
+    assert seen["elapsed"][0] != seen["elapsed"][1]
+
+    run = await api.get(run_id)
+    lines = (await api.logs(run_id))["lines"]
+    steps = [line.split("'")[1] for line in lines if line.startswith("Running '")]
+    assert [name for name, _, _ in seen["steps"]] == steps
+    assert all(time.endswith("s") for _, _, time in seen["steps"]), seen["steps"]
+    assert all(seen["times"][k] != "\u2013" for k in seen["times"]), seen["times"]
+    assert run["State"]["Status"] == "completed"
+    assert not seen["cancel_at_end"] and seen["rerun_at_end"]
+    assert seen["log_lines"] == len(lines)
+
+    # The raw log is a link to the whole log as text; every download is a real link.
+    assert seen["raw_log"]["href"].endswith(f"/api/v1/prechecks/{run_id}/logs?format=text")
+    assert seen["raw_log"]["download"] == f"precheck-{run_id}.log"
+    r = await api.client.get(f"/api/v1/prechecks/{run_id}/logs", params={"format": "text"})
+    assert await r.text() == "".join(line + "\n" for line in lines)
+    for href, name in seen["downloads"]:
+        assert "/api/v1/" in href and name, seen["downloads"]
+
+    number = lines.index("noise 7") + 1
+    assert seen["search_count"] == "1 of 1"
+    assert seen["search_line"] == [number, "noise 7\n", True]
+    assert seen["search_marks"] == ["noise 7"]
+    assert seen["follow_after_search"] is False, "looking at a match stops following the end"
+    assert seen["search_next"][:2] == [lines.index("noise 2") + 1, "noise 2\n"]
+    assert seen["search_wrapped"][:2] == [lines.index("noise 20") + 1, "noise 20\n"]
+
+    assert seen["folded"] == [False, True]
+    assert seen["unfolded"] is True
+
+    assert seen["clicked_line"][:2] == [3, lines[2] + "\n"]
+    assert seen["opened_line"] == [5, lines[4] + "\n", True]
+    assert seen["follow_with_line"] is False
+    assert seen["narrow_overflow"] <= 0, "the narrow page scrolls sideways"
+
+
+def _fail_and_rerun(
+    base_url: str, profile: Path, run_id: str, delete_upload: Callable[[], None]
+) -> dict[str, Any]:
+    """A run failing at its third step; re-run it, then re-run once its upload is gone.
+    Blocking: run in a thread."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(profile)
+    seen: dict[str, Any] = {}
+    try:
+        wait = WebDriverWait(driver, WAIT)
+        find = driver.find_element
+        driver.get(f"{base_url}#/runs/{run_id}")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "failed"))
+        wait.until(lambda d: "failed" in _states(d))
+        wait.until(ec.visibility_of_element_located((By.ID, "rerun")))
+        seen["steps"] = driver.execute_script(STEPS_JS)
+
+        find(By.ID, "rerun").click()
+        wait.until(lambda d: not d.current_url.endswith(run_id))
+        seen["new_id"] = driver.current_url.rsplit("/", 1)[1]
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-summary"), "chip_top"))
+        seen["new_run_id_shown"] = find(By.ID, "run-id").text
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "failed"))
+        wait.until(lambda d: "failed" in _states(d))
+        seen["new_steps"] = _states(driver)
+
+        # With the upload gone a re-run cannot be: the page says so and stays.
+        delete_upload()
+        wait.until(ec.visibility_of_element_located((By.ID, "rerun")))
+        find(By.ID, "rerun").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-action-status"), "re-run"))
+        status = find(By.ID, "run-action-status")
+        seen["rerun_refused"] = [status.text, "error" in (status.get_attribute("class") or "")]
+        seen["url_after_refusal"] = driver.current_url
+    finally:
+        driver.quit()
+    return seen
+
+
+async def test_run_page_shows_the_failed_step_and_re_runs(
+    chromium: tuple[Path, Path],
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    """Steps 1-2 done, 3 failed, the rest not reached; Re-run opens the new run's page with the
+    same parameters; with the upload deleted Re-run says why it cannot."""
+    api = await start_app(sim_config())
+    body = gds("chip_top", "step_sleep=0.05", "fail=KLayout.CheckSize")
+    upload_id = await api.upload(body, "chip_top.gds")
+    run = await api.create(upload_id, die_id="ABCD1234", slot="0p5x1")
+    loop = asyncio.get_running_loop()
+
+    async def delete() -> None:
+        r = await api.client.delete(f"/api/v1/uploads/{upload_id}")
+        assert r.status == 200, await r.text()
+
+    def delete_upload() -> None:
+        asyncio.run_coroutine_threadsafe(delete(), loop).result(30)
+
+    seen = await asyncio.wait_for(
+        asyncio.to_thread(
+            _fail_and_rerun,
+            str(api.client.make_url("/")),
+            tmp_path / "profile",
+            run["Id"],
+            delete_upload,
+        ),
+        120,
+    )
+    assert [s[1] for s in seen["steps"]] == ["done", "done", "failed"] + ["not-reached"] * 13
+    assert seen["steps"][2][0] == "KLayout.CheckSize"
+    assert seen["steps"][3][0] == "KLayout.GenerateID", "steps not reached are named too"
+    assert seen["new_id"] != run["Id"]
+    assert seen["new_run_id_shown"] == seen["new_id"]
+    new = await api.get(seen["new_id"])
+    assert new["Config"]["Labels"] == run["Config"]["Labels"]
+    assert seen["new_steps"][:3] == ["done", "done", "failed"]
+    text, is_error = seen["rerun_refused"]
+    assert text.startswith("could not re-run: ") and "Upload the layout again" in text, text
+    assert is_error
+    assert seen["url_after_refusal"].endswith(seen["new_id"])
+
+
+def _cancel(base_url: str, profile: Path, run_id: str) -> dict[str, Any]:
+    """Cancel a running run from its page: once changing one's mind, then for real."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(profile)
+    seen: dict[str, Any] = {}
+    try:
+        wait = WebDriverWait(driver, WAIT)
+        find = driver.find_element
+        driver.get(f"{base_url}#/runs/{run_id}")
+        wait.until(lambda d: "running" in _states(d))
+        find(By.ID, "cancel-run").click()
+        wait.until(ec.alert_is_present())
+        seen["question"] = driver.switch_to.alert.text
+        driver.switch_to.alert.dismiss()
+        seen["after_dismiss"] = find(By.ID, "run-state").text
+        find(By.ID, "cancel-run").click()
+        wait.until(ec.alert_is_present())
+        driver.switch_to.alert.accept()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "cancelled"))
+        wait.until(lambda d: "cancelled" in _states(d))
+        wait.until(ec.visibility_of_element_located((By.ID, "rerun")))
+        seen["steps"] = _states(driver)
+        seen["cancel_shown"] = find(By.ID, "cancel-run").is_displayed()
+        seen["verdict"] = find(By.ID, "verdict-text").text
+    finally:
+        driver.quit()
+    return seen
+
+
+async def test_run_page_cancels_a_running_run(
+    chromium: tuple[Path, Path],
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    """Cancel asks first; confirmed, the run is cancelled and its step shows it."""
+    api = await start_app(sim_config())
+    run_id = await api.run(gds("chip_top", "step_sleep=1"))
+    seen = await asyncio.wait_for(
+        asyncio.to_thread(_cancel, str(api.client.make_url("/")), tmp_path / "profile", run_id),
+        120,
+    )
+    assert run_id[:12] in seen["question"]
+    assert seen["after_dismiss"] == "running"
+    assert (await api.get(run_id))["State"]["Status"] == "cancelled"
+    states = seen["steps"]
+    assert states.count("cancelled") == 1, states
+    assert set(states[: states.index("cancelled")]) <= {"done"}, states
+    assert set(states[states.index("cancelled") + 1 :]) == {"not-reached"}, states
+    assert not seen["cancel_shown"]
+    assert seen["verdict"] == "Cancelled."

@@ -9,7 +9,7 @@ let source = null; // the one open EventSource
 // feed (`event:` of each message). tests/test_page.py checks these lists against the code's.
 const RUN_EVENTS = ["run.queued", "run.started", "run.progressed", "run.cancel-requested",
   "run.timed-out", "run.exited", "run.outputs-stored", "run.finished", "run.cancelled",
-  "run.failed-to-start", "run.deleted"];
+  "run.failed-to-start", "run.finish-failed", "run.deleted"];
 const UPLOAD_EVENTS = ["upload.received", "upload.expired", "upload.deleted"];
 
 function apiKey() { return sessionStorage.getItem(KEY) || ""; }
@@ -23,7 +23,11 @@ async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
   if (response.status === 401) { askForKey(body401(apiKey())); throw new Error(body401(apiKey())); }
   const body = response.headers.get("Content-Type")?.includes("json") ? await response.json() : null;
-  if (!response.ok) throw new Error(body?.message || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const err = new Error(body?.message || `${response.status} ${response.statusText}`);
+    err.status = response.status;
+    throw err;
+  }
   return body;
 }
 
@@ -65,8 +69,8 @@ $("key-form").addEventListener("submit", (e) => {
   $("key-form").hidden = true;
   $("forget-key").hidden = false;
   // Messages that asked for a key are out of date now.
-  for (const id of ["upload-status", "run-status"]) setStatus($(id), "");
-  route();
+  for (const id of ["upload-status", "run-status", "run-action-status"]) setStatus($(id), "");
+  route(true);
 });
 $("forget-key").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
 
@@ -179,8 +183,82 @@ async function showHome() {
 }
 
 // Run page ------------------------------------------------------------------------------------
+// A run's page is built from its one stream: the document on each change, the log line by line.
+// Lines go into the page in batches, once a frame; the steps list is made from the step lines.
+
+const ENDED = new Set(["completed", "failed", "cancelled"]);
+// The precheck's steps in order, as names for the steps its log has not announced yet (with
+// chip-on-board checks the pad mask check follows the size check). The log's own lines win.
+const STEP_IDS = ["KLayout.ReadLayout", "KLayout.CheckTopLevel", "KLayout.CheckSize",
+  "KLayout.GenerateID", "KLayout.Render", "KLayout.Density", "Checker.KLayoutDensity",
+  "KLayout.ZeroArea", "Checker.ZeroArea", "KLayout.Antenna", "Checker.KLayoutAntenna", "Magic.DRC",
+  "Checker.MagicDRC", "KLayout.DRC", "Checker.KLayoutDRC", "KLayout.WriteLayout"];
+// `Running 'KLayout.CheckSize' at 'runs/<tag>/03-klayout-checksize'…` starts step 3.
+const STEP_LINE = /Running '([A-Za-z0-9_.]+)' at '[^']*?(\d+)-[^'/]+'/;
+// With `timestamps=1` a log message starts with the time the line was written.
+const STAMP = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)) /;
+const CHUNK = 200; // log lines per block; blocks out of sight are not laid out
+const BATCH = 5000; // log lines added to the page per frame at most
+const MARKED = 5000; // search matches highlighted at once at most (all are counted)
+const STATE_TEXT = { done: "done", running: "running", failed: "failed", cancelled: "cancelled",
+  waiting: "waiting", "not-reached": "not reached", skipped: "skipped" };
+
+let view = null; // the run page shown: its state, made anew on each visit
+
+function newView(id) {
+  return {
+    id,
+    base: `/api/v1/prechecks/${encodeURIComponent(id)}`,
+    doc: null,
+    texts: [], // line number -> text
+    els: [], // line number -> its element
+    last: 0, // the last line number shown
+    pending: [], // [line number, text, arrival time] not in the page yet
+    scheduled: false,
+    stamped: null, // whether the stream's lines carry their time (known from the first)
+    section: null, // the log section lines are added to: {el, chunk, size}
+    steps: new Map(), // step number -> {name, line, stamp, arrived}
+    stepAt: new Map(), // step number -> when it began, from the run's events
+    stepsKey: "",
+    target: null, // the line the address points at
+    targetEl: null,
+    search: { q: "", re: null, matches: [], marked: new Set(), index: -1, current: null },
+    autoTop: -1, // where following the end last scrolled the log to
+    timer: null,
+  };
+}
+
+function leaveRun() {
+  if (view) clearInterval(view.timer);
+  view = null;
+}
+
+// A time the API wrote (Docker's zero time is "never"), in ms.
+function ms(iso) {
+  if (!iso || iso.startsWith("0001-")) return null;
+  const t = Date.parse(iso.replace(/(\.\d{3})\d+/, "$1"));
+  return Number.isNaN(t) ? null : t;
+}
+
+function duration(t, whole = false) {
+  if (t == null || t < 0) return "";
+  if (t < 10000 && !whole) return `${(t / 1000).toFixed(1)}s`;
+  const s = Math.floor(t / 1000);
+  const pad = (x) => String(x).padStart(2, "0");
+  const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60;
+  if (h) return `${h}h ${pad(m)}m ${pad(s % 60)}s`;
+  return m ? `${m}m ${pad(s % 60)}s` : `${s}s`;
+}
+
+function showTime(el, t) {
+  el.textContent = t == null ? "–" : new Date(t).toLocaleString([], { dateStyle: "short", timeStyle: "medium" });
+  el.title = t == null ? "" : new Date(t).toISOString();
+}
 
 function showDocument(doc) {
+  const v = view;
+  if (!v || doc.Id !== v.id) return;
+  v.doc = doc;
   $("run-id").textContent = doc.Id;
   const state = $("run-state");
   state.textContent = doc.State.Status;
@@ -195,29 +273,431 @@ function showDocument(doc) {
     $("run-progress").value = doc.Progress.Step;
   }
   $("run-step").textContent = progressText(doc);
+  const live = doc.State.Status === "queued" || doc.State.Status === "running";
+  $("cancel-run").hidden = !live;
+  $("rerun").hidden = !ENDED.has(doc.State.Status);
+  showTimes(v);
+  showSteps(v);
 }
 
-async function download(path, name) {
-  const response = await fetch(path, { headers: headers() });
-  if (!response.ok) return;
-  const url = URL.createObjectURL(await response.blob());
-  const a = Object.assign(document.createElement("a"), { href: url, download: name });
-  a.click();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
+function showTimes(v) {
+  const doc = v.doc;
+  if (!doc) return;
+  const created = ms(doc.Created), started = ms(doc.State.StartedAt), finished = ms(doc.State.FinishedAt);
+  showTime($("run-created"), created);
+  showTime($("run-started"), started);
+  showTime($("run-finished"), finished);
+  let label = "Elapsed", value = "–";
+  if (doc.State.Status === "queued") {
+    label = "Waiting";
+    if (created != null) value = duration(Date.now() - created, true);
+  } else if (started != null) {
+    const end = finished ?? (ENDED.has(doc.State.Status) ? null : Date.now());
+    if (end != null) value = duration(end - started, true);
+  }
+  $("run-elapsed-label").textContent = label;
+  $("run-elapsed").textContent = value;
+}
+
+function tick(v) {
+  if (view !== v) { clearInterval(v.timer); return; }
+  showTimes(v);
+  showSteps(v);
+  if (v.doc && ENDED.has(v.doc.State.Status)) clearInterval(v.timer);
+}
+
+// Steps ---------------------------------------------------------------------------------------
+
+function stepNames(doc, total) {
+  const ids = doc?.Config.Labels.cob === "true"
+    ? [...STEP_IDS.slice(0, 3), "KLayout.CheckPadMask", ...STEP_IDS.slice(3)] : STEP_IDS;
+  return ids.length === total ? ids : [];
+}
+
+// When step `n` began: the log's own time, else the run's events, else when its line came.
+function stepStart(v, n) {
+  const s = v.steps.get(n);
+  return s.stamp ?? v.stepAt.get(n) ?? s.arrived;
+}
+
+function stepRows(v) {
+  const doc = v.doc;
+  const status = doc?.State.Status ?? "queued";
+  const ended = ENDED.has(status);
+  const seen = [...v.steps.keys()].sort((a, b) => a - b);
+  const last = seen.length ? seen[seen.length - 1] : 0;
+  const total = Math.max(doc?.Progress?.Total || (doc?.Config.Labels.cob === "true" ? 17 : 16), last);
+  const names = stepNames(doc, total);
+  const failed = doc?.Result?.FailedStep;
+  const failedSeen = Boolean(failed) && seen.some((n) => v.steps.get(n).name === failed);
+  const finished = ms(doc?.State.FinishedAt);
+  const rows = [];
+  for (let n = 1; n <= total; n++) {
+    const s = v.steps.get(n);
+    if (!s) {
+      const state = n < last ? "skipped" : ended ? "not-reached" : "waiting";
+      rows.push({ n, name: names[n - 1] || `step ${n}`, state, line: null, time: null });
+      continue;
+    }
+    let state = "done";
+    if (!ended) {
+      if (n === last) state = status === "running" ? "running" : "done";
+    } else if (failedSeen ? s.name === failed : n === last && status !== "completed") {
+      state = status === "cancelled" ? "cancelled" : "failed";
+    }
+    const next = seen.find((m) => m > n);
+    const start = stepStart(v, n);
+    const end = next ? stepStart(v, next) : ended ? finished : Date.now();
+    rows.push({ n, name: s.name, state, line: s.line, time: start != null && end != null ? end - start : null });
+  }
+  return rows;
+}
+
+function showSteps(v) {
+  if (view !== v) return;
+  const rows = stepRows(v);
+  const key = JSON.stringify(rows.map((r) => [r.name, r.state, r.line, duration(r.time)]));
+  if (key === v.stepsKey) return;
+  v.stepsKey = key;
+  const list = $("steps");
+  list.replaceChildren(...rows.map((r) => {
+    const li = document.createElement("li");
+    li.className = `step ${r.state}`;
+    li.dataset.state = r.state;
+    li.dataset.step = r.n;
+    const icon = Object.assign(document.createElement("span"), { className: "icon", title: STATE_TEXT[r.state] });
+    const name = r.line
+      ? Object.assign(document.createElement("a"), { href: `#/runs/${encodeURIComponent(v.id)}/L${r.line}` })
+      : document.createElement("span");
+    name.className = "name";
+    name.textContent = r.name;
+    const state = Object.assign(document.createElement("span"), { className: "state", textContent: STATE_TEXT[r.state] });
+    const time = Object.assign(document.createElement("span"), { className: "time", textContent: duration(r.time) });
+    li.append(icon, name, state, time);
+    return li;
+  }));
+}
+
+async function loadStepTimes(v) {
+  try {
+    for (const e of await api(`${v.base}/events`)) {
+      if (e.type !== "run.progressed") continue;
+      const t = ms(e.data?.at ?? e.time);
+      if (t != null && !v.stepAt.has(e.data.step)) v.stepAt.set(e.data.step, t);
+    }
+    showSteps(v);
+  } catch { /* the steps keep the times their lines came at */ }
+}
+
+// Log -----------------------------------------------------------------------------------------
+
+function onLogMessage(v, e) {
+  if (view !== v) return;
+  // The message id is "<position>:<line number>".
+  let n = Number(e.lastEventId.split(":").pop());
+  if (!Number.isInteger(n) || n <= 0) n = (v.pending.length ? v.pending[v.pending.length - 1][0] : v.last) + 1;
+  v.pending.push([n, e.data, Date.now()]);
+  scheduleFlush(v);
+}
+
+function scheduleFlush(v) {
+  if (v.scheduled) return;
+  v.scheduled = true;
+  const run = () => {
+    if (!v.scheduled) return;
+    v.scheduled = false;
+    flush(v);
+  };
+  requestAnimationFrame(run);
+  setTimeout(run, 250); // a hidden tab has no frames: its log still grows
+}
+
+function flush(v) {
+  if (view !== v) return;
+  const batch = v.pending.splice(0, BATCH);
+  if (v.pending.length) scheduleFlush(v);
+  const fresh = [];
+  let stepsChanged = false;
+  for (const [n, raw, arrived] of batch) {
+    if (n <= v.last) continue; // already shown
+    let text = raw, stamp = null;
+    if (v.stamped === null) v.stamped = STAMP.test(raw);
+    if (v.stamped) {
+      const m = STAMP.exec(raw);
+      if (m) { stamp = ms(m[1]); text = raw.slice(m[0].length); }
+    }
+    const found = STEP_LINE.exec(text);
+    const step = found ? Number(found[2]) : 0;
+    if (step && !v.steps.has(step)) {
+      v.steps.set(step, { name: found[1], line: n, stamp, arrived });
+      stepsChanged = true;
+    }
+    v.texts[n] = text;
+    v.last = n;
+    addLine(v, n, text, step);
+    fresh.push(n);
+  }
+  if (!fresh.length) return;
+  $("log-count").textContent = `${v.last} ${v.last === 1 ? "line" : "lines"}`;
+  if (v.search.re) searchLines(v, fresh);
+  if (stepsChanged) showSteps(v);
+  if (v.target && !v.targetEl && v.els[v.target]) goToLine(v, v.target);
+  else if ($("autoscroll").checked) toBottom(v);
+}
+
+// Each step line starts a section of the log that can be folded; its lines go in blocks.
+function addLine(v, n, text, step) {
+  if (step || !v.section) {
+    const el = document.createElement("div");
+    el.className = step ? "sec step" : "sec";
+    if (step) el.dataset.step = step;
+    $("log").append(el);
+    v.section = { el, chunk: null, size: 0 };
+  }
+  const line = document.createElement("div");
+  line.className = step ? "line head" : "line";
+  const number = document.createElement("a");
+  number.className = "ln";
+  number.href = `#/runs/${encodeURIComponent(v.id)}/L${n}`;
+  number.dataset.n = n;
+  line.append(number);
+  if (step) {
+    const fold = document.createElement("button");
+    fold.type = "button";
+    fold.className = "fold";
+    fold.title = "fold this step";
+    fold.setAttribute("aria-expanded", "true");
+    line.append(fold);
+  }
+  line.append(text + "\n");
+  const sec = v.section;
+  if (step) {
+    sec.el.append(line); // the step's own line stays in sight when it is folded
+  } else {
+    if (!sec.chunk || sec.size >= CHUNK) {
+      sec.chunk = document.createElement("div");
+      sec.chunk.className = "chunk";
+      sec.el.append(sec.chunk);
+      sec.size = 0;
+    }
+    sec.chunk.append(line);
+    sec.size++;
+  }
+  v.els[n] = line;
+}
+
+function toBottom(v) {
+  const log = $("log");
+  log.scrollTop = log.scrollHeight;
+  v.autoTop = log.scrollTop;
+}
+
+function setFolded(sec, folded) {
+  sec.classList.toggle("folded", folded);
+  const button = sec.querySelector(".fold");
+  if (button) {
+    button.setAttribute("aria-expanded", String(!folded));
+    button.title = folded ? "unfold this step" : "fold this step";
+  }
+}
+
+function showLine(el) {
+  const sec = el.closest(".sec");
+  if (sec?.classList.contains("folded")) setFolded(sec, false);
+  $("autoscroll").checked = false;
+  el.scrollIntoView({ block: "center" });
+}
+
+// The line the address names (#/runs/<id>/L<n>): highlighted and in sight once it is there.
+function goToLine(v, n) {
+  v.target = n;
+  const el = v.els[n];
+  if (!el) return;
+  v.targetEl?.classList.remove("target");
+  v.targetEl = el;
+  el.classList.add("target");
+  showLine(el);
+}
+
+// Search --------------------------------------------------------------------------------------
+
+function paint(v, n, re) {
+  const el = v.els[n];
+  if (!el) return;
+  const keep = el.classList.contains("head") ? 2 : 1; // the number (and the fold button)
+  while (el.childNodes.length > keep) el.lastChild.remove();
+  const text = v.texts[n] + "\n";
+  el.classList.toggle("match", Boolean(re));
+  if (!re) { el.append(text); return; }
+  let at = 0;
+  re.lastIndex = 0; // matchAll starts where the last test stopped
+  for (const m of text.matchAll(re)) {
+    if (m.index > at) el.append(text.slice(at, m.index));
+    el.append(Object.assign(document.createElement("mark"), { textContent: m[0] }));
+    at = m.index + m[0].length;
+  }
+  if (at < text.length) el.append(text.slice(at));
+}
+
+function searchLines(v, numbers) {
+  const s = v.search;
+  for (const n of numbers) {
+    const text = v.texts[n];
+    s.re.lastIndex = 0;
+    if (text === undefined || !s.re.test(text)) continue;
+    s.matches.push(n);
+    if (s.marked.size < MARKED) { paint(v, n, s.re); s.marked.add(n); }
+  }
+  showMatchCount(v);
+}
+
+function setQuery(v, q) {
+  const s = v.search;
+  if (q === s.q) return false;
+  for (const n of s.marked) paint(v, n, null);
+  s.current?.classList.remove("current");
+  Object.assign(s, { q, re: q ? new RegExp(q.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"), "gi") : null,
+    matches: [], marked: new Set(), index: -1, current: null });
+  if (s.re) {
+    const all = [];
+    for (let n = 1; n <= v.last; n++) all.push(n);
+    searchLines(v, all);
+  }
+  showMatchCount(v);
+  return true;
+}
+
+function goToMatch(v, delta) {
+  const s = v.search;
+  if (!s.matches.length) return;
+  s.index = (s.index + delta + s.matches.length) % s.matches.length;
+  const n = s.matches[s.index];
+  if (!s.marked.has(n)) { paint(v, n, s.re); s.marked.add(n); }
+  s.current?.classList.remove("current");
+  s.current = v.els[n];
+  s.current.classList.add("current");
+  showLine(s.current);
+  showMatchCount(v);
+}
+
+function showMatchCount(v) {
+  const s = v.search;
+  let text = "";
+  if (s.re) {
+    if (!s.matches.length) text = "no match";
+    else if (s.index < 0) text = `${s.matches.length} ${s.matches.length === 1 ? "match" : "matches"}`;
+    else text = `${s.index + 1} of ${s.matches.length}`;
+  }
+  $("search-count").textContent = text;
+}
+
+let searchTimer = null;
+function searchNow(delta) {
+  clearTimeout(searchTimer);
+  const v = view;
+  if (!v) return;
+  const changed = setQuery(v, $("log-search").value);
+  if (changed) v.search.index = delta < 0 ? 0 : -1;
+  goToMatch(v, delta);
+}
+$("log-search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => searchNow(1), 200);
+});
+$("log-search").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && e.shiftKey) { e.preventDefault(); searchNow(-1); }
+  if (e.key === "Escape") { $("log-search").value = ""; searchNow(1); }
+});
+$("search-form").addEventListener("submit", (e) => { e.preventDefault(); searchNow(1); });
+$("search-prev").addEventListener("click", () => searchNow(-1));
+
+$("log").addEventListener("click", (e) => {
+  const fold = e.target.closest(".fold");
+  if (!fold) return;
+  const sec = fold.closest(".sec");
+  setFolded(sec, !sec.classList.contains("folded"));
+});
+$("fold-all").addEventListener("click", () => { for (const s of $("log").querySelectorAll(".sec.step")) setFolded(s, true); });
+$("unfold-all").addEventListener("click", () => { for (const s of $("log").querySelectorAll(".sec.step")) setFolded(s, false); });
+// Scrolling up stops following the end; scrolling back down to it follows again.
+$("log").addEventListener("scroll", () => {
+  const log = $("log");
+  if (!view || Math.abs(log.scrollTop - view.autoTop) < 2) return;
+  $("autoscroll").checked = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+});
+$("autoscroll").addEventListener("change", () => { if ($("autoscroll").checked && view) toBottom(view); });
+
+// Actions and downloads -----------------------------------------------------------------------
+
+$("cancel-run").addEventListener("click", async () => {
+  const v = view;
+  if (!v || !confirm(`Cancel run ${v.id.slice(0, 12)}?`)) return;
+  const button = $("cancel-run");
+  button.disabled = true;
+  setStatus($("run-action-status"), "cancelling…");
+  try {
+    const body = await api(v.base, { method: "DELETE" });
+    if (view === v) setStatus($("run-action-status"), body?.message || "cancel requested");
+  } catch (err) {
+    if (view === v) setStatus($("run-action-status"), `could not cancel: ${err.message}`, true);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$("rerun").addEventListener("click", async () => {
+  const v = view;
+  if (!v) return;
+  const button = $("rerun");
+  button.disabled = true;
+  setStatus($("run-action-status"), "starting a new run…");
+  try {
+    const doc = await api(`${v.base}/rerun`, { method: "POST" });
+    location.hash = `#/runs/${doc.Id}`;
+  } catch (err) {
+    let text = `could not re-run: ${err.message}`;
+    if (err.status === 404 || err.status === 410) text += ". Upload the layout again to check it.";
+    if (view === v) setStatus($("run-action-status"), text, true);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+// Downloads are plain links; with a key they are fetched with it and saved from memory.
+document.addEventListener("click", (e) => {
+  const a = e.target.closest?.("a[download]");
+  const path = a?.getAttribute("href") || "";
+  if (!a || !apiKey() || !path.startsWith("/api/") || e.button !== 0) return;
+  e.preventDefault();
+  saveWithKey(path, a.getAttribute("download"));
+});
+
+async function saveWithKey(path, name) {
+  try {
+    const response = await fetch(path, { headers: headers() });
+    if (response.status === 401) { askForKey(body401(apiKey())); throw new Error(body401(apiKey())); }
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const given = response.headers.get("Content-Disposition")?.match(/filename="?([^";]+)"?/)?.[1];
+    const url = URL.createObjectURL(await response.blob());
+    const a = Object.assign(document.createElement("a"), { href: url, download: name || given || "download" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (err) {
+    setStatus($("run-action-status"), `download failed: ${err.message}`, true);
+  }
 }
 
 function link(text, path, name) {
   const li = document.createElement("li");
-  const a = Object.assign(document.createElement("a"), { href: "#", textContent: text });
-  a.onclick = (e) => { e.preventDefault(); download(path, name); };
-  li.append(a);
+  li.append(Object.assign(document.createElement("a"), { href: path, download: name, textContent: text }));
   return li;
 }
 
-async function showVerdict(doc) {
+async function showVerdict(v, doc) {
   const r = doc.Result;
-  const box = $("verdict");
-  box.hidden = false;
+  $("verdict").hidden = false;
   let text;
   if (doc.State.Status === "completed") text = "Passed: the layout passed every check.";
   else if (doc.State.Status === "cancelled") text = "Cancelled.";
@@ -228,78 +708,104 @@ async function showVerdict(doc) {
   $("verdict-text").textContent = text;
   const metrics = $("metrics").tBodies[0];
   metrics.innerHTML = "";
-  for (const [k, v] of Object.entries(r?.Metrics || {})) {
+  for (const [k, value] of Object.entries(r?.Metrics || {})) {
     const tr = metrics.insertRow();
     tr.insertCell().textContent = k;
-    tr.insertCell().textContent = v;
+    tr.insertCell().textContent = value;
   }
   const list = $("downloads");
   list.innerHTML = "";
-  const base = `/api/v1/prechecks/${doc.Id}`;
   if (doc.Output.Available) {
     list.append(link(`output layout ${doc.Output.Filename}${doc.Output.Passed ? "" : " (from a failed run)"}`,
-      `${base}/output`, doc.Output.Filename));
+      `${v.base}/output`, doc.Output.Filename));
   }
-  try {
-    for (const rep of await api(`${base}/reports`)) list.append(link(`report ${rep.Name}`, `${base}/reports/${rep.Name}`, rep.Name));
-  } catch { /* no reports */ }
-  list.append(link("debug tarball", `/api/v1/debug/prechecks/${doc.Id}`, `precheck-${doc.Id}.tar.gz`));
-  const png = await fetch(`${base}/render`, { headers: headers() });
-  if (png.ok) {
-    $("render").src = URL.createObjectURL(await png.blob());
+  let reports = [];
+  try { reports = await api(`${v.base}/reports`); } catch { /* no reports */ }
+  if (view !== v) return;
+  for (const rep of reports) {
+    list.append(link(`report ${rep.Name}`, `${v.base}/reports/${encodeURIComponent(rep.Name)}`, rep.Name));
+  }
+  list.append(link("debug tarball", `/api/v1/debug/prechecks/${encodeURIComponent(doc.Id)}`, `precheck-${doc.Id}.tar.gz`));
+  const png = await fetch(`${v.base}/render`, { headers: headers() });
+  if (png.ok && view === v) {
+    const url = URL.createObjectURL(await png.blob());
+    $("render").src = url;
+    $("render-link").href = url;
     $("render").hidden = false;
+    $("render-link").hidden = false;
   }
 }
 
-function appendLog(text) {
-  const log = $("log");
-  log.append(text + "\n");
-  if ($("autoscroll").checked) log.scrollTop = log.scrollHeight;
-}
-
-async function showRun(id) {
+async function showRun(id, line) {
+  leaveRun();
+  const v = (view = newView(id));
+  v.target = line || null;
   $("home").hidden = true;
   $("run-page").hidden = false;
   // Nothing of the page shown before stays: a wrong id must not show the previous run.
   $("run-id").textContent = id;
   $("run-state").textContent = "";
   $("run-state").className = "badge";
-  $("run-summary").textContent = "";
-  $("run-step").textContent = "";
-  $("log").textContent = "";
+  for (const el of ["run-summary", "run-step", "log-count", "search-count"]) $(el).textContent = "";
+  for (const el of ["run-created", "run-started", "run-finished", "run-elapsed"]) $(el).textContent = "–";
+  $("run-elapsed-label").textContent = "Elapsed";
+  setStatus($("run-action-status"), "");
+  $("log").replaceChildren();
+  $("steps").replaceChildren();
+  $("log-search").value = "";
+  $("autoscroll").checked = !line;
+  $("cancel-run").hidden = true;
+  $("rerun").hidden = true;
   $("verdict").hidden = true;
   $("render").hidden = true;
+  $("render-link").hidden = true;
   $("run-progress").value = 0;
+  $("raw-log").href = `${v.base}/logs?format=text`;
+  $("raw-log").download = `precheck-${id}.log`;
   try {
-    showDocument(await api(`/api/v1/prechecks/${id}`));
+    const doc = await api(v.base);
+    if (view !== v) return;
+    showDocument(doc);
   } catch (err) {
+    if (view !== v) return;
     closeStream("not found");
     $("run-state").textContent = "not found";
     $("run-state").className = "badge missing";
     $("run-summary").textContent = `${err.message}. It may have been deleted; see the list of runs.`;
     return;
   }
+  v.timer = setInterval(() => tick(v), 1000);
+  loadStepTimes(v);
   // One connection carries the run's changes and its log; on a drop the browser resumes it
   // with Last-Event-ID, so no line is lost or shown twice.
-  openStream(`/api/v1/prechecks/${id}/events?follow=1&logs=1`, {
+  openStream(`${v.base}/events?follow=1&logs=1&timestamps=1`, {
     status: (e) => showDocument(JSON.parse(e.data)),
     progress: (e) => showDocument(JSON.parse(e.data)),
-    log: (e) => appendLog(e.data),
+    log: (e) => onLogMessage(v, e),
     end: (e) => {
+      if (view !== v) return;
       const doc = JSON.parse(e.data);
       showDocument(doc);
       closeStream("run ended");
-      showVerdict(doc);
+      showVerdict(v, doc);
+      loadStepTimes(v); // the exact times of the steps whose lines came as the run went
     },
   });
 }
 
-function route() {
-  const m = location.hash.match(/^#\/runs\/([^/?#]+)/);
-  if (m) showRun(decodeURIComponent(m[1]));
-  else showHome().catch((err) => setStatus($("upload-status"), err.message, true));
+function route(reload = false) {
+  const m = location.hash.match(/^#\/runs\/([^/?#]+)(?:\/L(\d+))?/);
+  if (m) {
+    const id = decodeURIComponent(m[1]);
+    const line = m[2] ? Number(m[2]) : null;
+    if (!reload && view && view.id === id && view.doc) { if (line) goToLine(view, line); return; }
+    showRun(id, line);
+  } else {
+    leaveRun();
+    showHome().catch((err) => setStatus($("upload-status"), err.message, true));
+  }
 }
 
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => route());
 if (apiKey()) $("forget-key").hidden = false;
 route();
