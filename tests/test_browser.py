@@ -66,6 +66,10 @@ def _browser(profile: Path) -> Any:
         "--window-size=1280,1400",
     ):
         options.add_argument(arg)
+    # Saved downloads stay in the test's own folder.
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(profile / "downloads")}
+    )
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
@@ -133,6 +137,17 @@ def _drive(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, 
         ]
         seen["log"] = find(By.ID, "log").get_attribute("textContent")
         seen["url"] = driver.current_url
+
+        # With a key, a download link is fetched with it and saved: the raw log, whole.
+        driver.execute_script(
+            "window.saved = []; const make = URL.createObjectURL;"
+            "URL.createObjectURL = (b) => { window.saved.push(b.size); return make(b); };"
+        )
+        find(By.ID, "raw-log").click()
+        wait.until(lambda d: d.execute_script("return window.saved.length"))
+        seen["raw_log_saved"] = driver.execute_script("return window.saved")
+        seen["raw_log_status"] = find(By.ID, "run-action-status").text
+        seen["url_after_download"] = driver.current_url
         assert driver.save_screenshot(str(shot)), "the screenshot was not written"
     finally:
         driver.quit()
@@ -187,6 +202,9 @@ async def test_page_follows_a_run_live(
     lines = (await r.json())["lines"]
     assert [f"noise {i}" for i in range(1, 21)] == [x for x in lines if x.startswith("noise ")]
     assert seen["log"] == "".join(line + "\n" for line in lines)
+    assert seen["raw_log_saved"] == [len(seen["log"].encode())], seen["raw_log_saved"]
+    assert seen["raw_log_status"] == ""
+    assert seen["url_after_download"] == seen["url"]
 
     assert shot.stat().st_size > 1000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -484,6 +502,8 @@ def _fail_and_rerun(
         wait.until(lambda d: "failed" in _states(d))
         wait.until(ec.visibility_of_element_located((By.ID, "rerun")))
         seen["steps"] = driver.execute_script(STEPS_JS)
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "run-page-failed.png"))
 
         find(By.ID, "rerun").click()
         wait.until(lambda d: not d.current_url.endswith(run_id))
@@ -564,7 +584,9 @@ def _cancel(base_url: str, profile: Path, run_id: str) -> dict[str, Any]:
         wait = WebDriverWait(driver, WAIT)
         find = driver.find_element
         driver.get(f"{base_url}#/runs/{run_id}")
-        wait.until(lambda d: "running" in _states(d))
+        wait.until(lambda d: _states(d)[:2] == ["done", "running"])
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "run-page-running.png"))
         find(By.ID, "cancel-run").click()
         wait.until(ec.alert_is_present())
         seen["question"] = driver.switch_to.alert.text
@@ -606,3 +628,63 @@ async def test_run_page_cancels_a_running_run(
     assert set(states[states.index("cancelled") + 1 :]) == {"not-reached"}, states
     assert not seen["cancel_shown"]
     assert seen["verdict"] == "Cancelled."
+
+
+def _big_log(base_url: str, profile: Path, run_id: str, total: int) -> dict[str, Any]:
+    """Open the page of a run with a long log; how long the page took. Blocking: in a thread."""
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(profile)
+    seen: dict[str, Any] = {}
+    try:
+        wait = WebDriverWait(driver, 60)
+        start = time.monotonic()
+        driver.get(f"{base_url}#/runs/{run_id}")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "log-count"), f"{total} lines"))
+        seen["load_seconds"] = time.monotonic() - start
+        # The page answers at once: a script run now is not stuck behind the log.
+        start = time.monotonic()
+        driver.execute_script("return 1")
+        seen["script_seconds"] = time.monotonic() - start
+        seen["at_end"] = driver.execute_script(
+            "const l = document.getElementById('log');"
+            "return l.scrollHeight - l.scrollTop - l.clientHeight < 30"
+        )
+        start = time.monotonic()
+        driver.find_element(By.ID, "log-search").send_keys("noise 99999\n")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "of 1"))
+        seen["search_seconds"] = time.monotonic() - start
+        seen["search_line"] = driver.execute_script(LINE_JS, "#log .line.current")
+        seen["states"] = _states(driver)
+    finally:
+        driver.quit()
+    return seen
+
+
+async def test_run_page_keeps_up_with_a_long_log(
+    chromium: tuple[Path, Path],
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    """100,000 lines come in batches: all shown, the end followed, search quick."""
+    api = await start_app(sim_config())
+    run_id = await api.run(gds("chip_top", "lines=100000"))
+    await api.wait(run_id, 120)
+    total = (await api.logs(run_id, tail=1))["last_line"]
+    assert total > 100000
+    seen = await asyncio.wait_for(
+        asyncio.to_thread(
+            _big_log, str(api.client.make_url("/")), tmp_path / "profile", run_id, total
+        ),
+        150,
+    )
+    assert seen["states"] == ["done"] * 16
+    assert seen["at_end"], "the log does not follow its end"
+    assert seen["search_line"][1] == "noise 99999\n" and seen["search_line"][2]
+    assert seen["load_seconds"] < 30, seen
+    assert seen["search_seconds"] < 5, seen

@@ -197,6 +197,7 @@ const STEP_IDS = ["KLayout.ReadLayout", "KLayout.CheckTopLevel", "KLayout.CheckS
 const STEP_LINE = /Running '([A-Za-z0-9_.]+)' at '[^']*?(\d+)-[^'/]+'/;
 // With `timestamps=1` a log message starts with the time the line was written.
 const STAMP = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)) /;
+const ERROR_LINE = /^\s*(ERROR\b|Error:|Traceback )/;
 const CHUNK = 200; // log lines per block; blocks out of sight are not laid out
 const BATCH = 5000; // log lines added to the page per frame at most
 const MARKED = 5000; // search matches highlighted at once at most (all are counted)
@@ -455,7 +456,7 @@ function addLine(v, n, text, step) {
     v.section = { el, chunk: null, size: 0 };
   }
   const line = document.createElement("div");
-  line.className = step ? "line head" : "line";
+  line.className = step ? "line head" : ERROR_LINE.test(text) ? "line err" : "line";
   const number = document.createElement("a");
   number.className = "ln";
   number.href = `#/runs/${encodeURIComponent(v.id)}/L${n}`;
@@ -703,7 +704,7 @@ async function showVerdict(v, doc) {
   else if (doc.State.Status === "cancelled") text = "Cancelled.";
   else {
     text = `Failed (${r?.Classification || "system"}): ${doc.State.Error}`;
-    if (r?.FailedStep) text += `; failed step ${r.FailedStep}`;
+    if (r?.FailedStep) text = `${text.replace(/\.$/, "")}; failed step ${r.FailedStep}`;
   }
   $("verdict-text").textContent = text;
   const metrics = $("metrics").tBodies[0];
