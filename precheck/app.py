@@ -7,7 +7,7 @@ import contextlib
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -42,6 +42,8 @@ from precheck.web.sse import line_message, stop_streams
 
 log = logging.getLogger(__name__)
 
+_ENGINE = web.AppKey["Callable[[str], Engine]"]("engine_factory")
+
 
 def create_app(
     config: Config,
@@ -49,17 +51,20 @@ def create_app(
     *,
     run_containers: bool = True,
     admin_token: str | None = None,
+    engine: Callable[[str], Engine] = Engine,
 ) -> web.Application:
     """The web application for `config`; its parts start and stop with it.
 
     With `run_containers=False` no supervisor runs: runs wait in the queue (for tests of the
     API alone, and for a read-only look at a storage folder). `admin_token` is what the CLI
-    on this machine presents (see `ops/lock.py`).
+    on this machine presents (see `ops/lock.py`). `engine` makes the Docker client from the
+    configured URL (tests wrap it to inject faults).
     """
     app = web.Application(middlewares=[context], client_max_size=1 << 20)
     app[keys.CONFIG] = config
     app[keys.CLOCK] = clock
     app[keys.STORAGE] = Storage(config.server.storage_path)
+    app[_ENGINE] = engine
     app[keys.AUTH] = Authenticator(config.auth, config.server.trusted_proxies, admin_token)
     app.cleanup_ctx.append(_event_log)
     app.cleanup_ctx.append(_upload_expiry)
@@ -126,7 +131,7 @@ async def _upload_expiry(app: web.Application) -> AsyncIterator[None]:
 
 async def _supervisor(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    engine = Engine(config.docker.url)
+    engine = app[_ENGINE](config.docker.url)
     supervisor = Supervisor(
         config,
         engine,

@@ -26,6 +26,7 @@ from precheck.app import create_app
 from precheck.config import Config
 from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import RunProgressed, RunStarted
+from precheck.runner.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "simulator" / "build.sh"
@@ -163,7 +164,9 @@ def docker_instances(_remove_test_containers: set[str]) -> set[str]:
 class StartApp(Protocol):
     """The `start_app` fixture: `api = await start_app(config)`."""
 
-    def __call__(self, config: Config | None = None, /) -> Awaitable[Api]: ...
+    def __call__(
+        self, config: Config | None = None, /, *, engine: Callable[[str], Engine] = ...
+    ) -> Awaitable[Api]: ...
 
 
 @pytest.fixture
@@ -175,8 +178,10 @@ def start_app(
     Without a config, `sim_config()` is used. Every app's instance id is noted for clean-up.
     """
 
-    async def start(config: Config | None = None) -> Api:
-        client = await aiohttp_client(create_app(config or sim_config()))
+    async def start(
+        config: Config | None = None, *, engine: Callable[[str], Engine] = Engine
+    ) -> Api:
+        client = await aiohttp_client(create_app(config or sim_config(), engine=engine))
         instance = client.app[keys.PROJECTIONS].instance_id
         assert instance, "the app has no instance id"
         docker_instances.add(instance)

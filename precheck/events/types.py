@@ -178,6 +178,18 @@ class RunOutputsStored:
 
 
 @attrs.frozen
+class RunFinishFailed:
+    """The runner gave up recording a stopped run's end after `tries` tries (Docker, the log
+    capture or the copy-out kept failing); the run ends as a system failure with what was
+    stored."""
+
+    run_id: str
+    error: str
+    tries: int
+    at: datetime
+
+
+@attrs.frozen
 class RunFailedToStart:
     """The run could not be started (image missing, Docker error); it ends as a system failure."""
 
@@ -251,6 +263,7 @@ Event = (
     | RunExited
     | RunOutputsStored
     | RunFailedToStart
+    | RunFinishFailed
     | RunTimedOut
     | RunDeleted
     | InstanceCreated
@@ -271,6 +284,7 @@ TAGS: dict[type, str] = {
     RunExited: "run.exited",
     RunOutputsStored: "run.outputs-stored",
     RunFailedToStart: "run.failed-to-start",
+    RunFinishFailed: "run.finish-failed",
     RunTimedOut: "run.timed-out",
     RunDeleted: "run.deleted",
     InstanceCreated: "server.instance-created",

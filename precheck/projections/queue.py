@@ -12,6 +12,7 @@ from precheck.events.types import (
     RunExited,
     RunFailedToStart,
     RunFinished,
+    RunFinishFailed,
     RunQueued,
     RunStarted,
 )
@@ -20,7 +21,7 @@ from precheck.projections.runs import RunRecord
 # A run leaves `running` when its container has exited (its slot is free), before its
 # outputs are copied out.
 _QUEUE_EVENTS = frozenset(
-    {RunQueued, RunStarted, RunCancelled, RunFinished, RunExited, RunFailedToStart}
+    {RunQueued, RunStarted, RunCancelled, RunFinished, RunExited, RunFailedToStart, RunFinishFailed}
 )
 
 

@@ -18,6 +18,7 @@ from precheck.events.types import (
     RunExited,
     RunFailedToStart,
     RunFinished,
+    RunFinishFailed,
     RunOutputsStored,
     RunProgressed,
     RunQueued,
@@ -147,7 +148,12 @@ class Runs:
         if kind is RunDeleted:
             del self.by_id[run.id]
             return
-        changes = _stored(run, e) if kind is RunOutputsStored else change(e)
+        if kind is RunOutputsStored:
+            changes = _stored(run, e)
+        elif kind is RunFinishFailed:
+            changes = _finish_failed(run, e)
+        else:
+            changes = change(e)
         if (
             run.status == RunStatus.QUEUED
             and changes.get("status", RunStatus.QUEUED) != RunStatus.QUEUED
@@ -207,6 +213,17 @@ def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
     )
 
 
+def _finish_failed(run: RunRecord, e: RunFinishFailed) -> dict[str, Any]:
+    result = run.result or RunResult(passed=False)
+    return dict(
+        status=RunStatus.FAILED,
+        finished_at=run.finished_at or e.at,
+        error=f"the run's end could not be recorded: {e.error}",
+        settled=True,
+        result=_replace_result(result, passed=False, classification="system"),
+    )
+
+
 # What each event changes in its run's record; dispatched on the event's type, not a chain of
 # isinstance checks, since a replay runs this for every event.
 _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
@@ -235,6 +252,7 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
         result=RunResult(passed=False, classification="system"),
     ),
     RunFinished: _finished,
+    RunFinishFailed: lambda e: {},  # needs the record: see `Runs.apply`
     RunExited: _exited,
     RunOutputsStored: lambda e: {},  # needs the record: see `Runs.apply`
     RunDeleted: lambda e: {},

@@ -22,6 +22,7 @@ from precheck.domain.verdict import OutputFacts, Step
 from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import (
     RunFailedToStart,
+    RunFinishFailed,
     RunProgressed,
     RunStarted,
     RunTimedOut,
@@ -48,6 +49,11 @@ from precheck.storage.output_lines import OutputLineStore
 log = logging.getLogger(__name__)
 
 CAPTURE_GRACE = 30.0  # seconds to wait for the last log lines after a container died
+# Nothing waits for ever: a failed finish or kill is tried again after RETRY_BASE seconds,
+# doubled each time, and given up (and recorded) after this many tries.
+FINISH_TRIES = 5
+KILL_TRIES = 5
+RETRY_BASE = 1.0
 
 
 class Supervisor:
@@ -88,6 +94,10 @@ class Supervisor:
         self._captures: dict[str, asyncio.Task[OutputFacts]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._finishing: dict[str, asyncio.Task[None]] = {}
+        self._recheck: set[str] = set()  # a stop came while the run's end was being recorded
+        self._finish_tries: dict[str, int] = {}
+        self._kill_tries: dict[str, int] = {}
+        self.retry_base = RETRY_BASE
         self._tasks: set[asyncio.Task[Any]] = set()
         self._since: str | None = None  # Docker time of the last event seen, to resume from
         self._connected = asyncio.Event()
@@ -141,8 +151,7 @@ class Supervisor:
         for run_id in list(self.state.queue.running):
             run = self.state.runs.get(run_id)
             if run and run.cancel_requested and run_id not in self._killed:
-                self._killed.add(run_id)
-                await self.engine.kill(run.container_id)
+                await self._kill(run, "cancel")
         # A run holds its slot until its exit is recorded (`RunExited`), so the log never
         # shows more than `max_concurrent` runs running at once; copying its outputs out
         # afterwards overlaps the next run.
@@ -187,6 +196,9 @@ class Supervisor:
                 await self.engine.remove(container_id)
                 return
             self._watch(run.id, container_id)
+            # A container that stopped at once died before `RunStarted` was recorded, when its
+            # `die` was no business of a queued run: look at it again now.
+            self._finish_soon(run.id)
         except EngineError as e:
             if container_id:
                 with contextlib.suppress(EngineError):
@@ -256,7 +268,38 @@ class Supervisor:
             return
         if not run.timed_out:
             await self.recorder.append(run, [RunTimedOut(run_id, minutes, self.clock())])
-        await self.engine.kill(container_id)
+        while run is not None and run.status == RunStatus.RUNNING:
+            if await self._kill(run, "timeout"):
+                self._finish_soon(run_id)  # its `die` does too; this holds if the event is lost
+                return
+            if self._kill_tries.get(run_id, 0) >= KILL_TRIES:
+                return
+            await asyncio.sleep(self._backoff(self._kill_tries[run_id]))
+            run = self.state.runs.get(run_id)
+
+    async def _kill(self, run: RunRecord, why: str) -> bool:
+        """Kill the run's container; False when that failed (tried again, up to KILL_TRIES)."""
+        try:
+            await self.engine.kill(run.container_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if isinstance(e, EngineError) and e.status == 900:
+                self._lost_docker(e.message)  # tried again after the reconnect
+                return False
+            tries = self._kill_tries[run.id] = self._kill_tries.get(run.id, 0) + 1
+            await self.recorder.failed(f"kill ({why}, try {tries} of {KILL_TRIES})", e, run.id)
+            if tries >= KILL_TRIES:
+                self._killed.add(run.id)  # given up: the timeout kills it, or an operator
+            elif why == "cancel":
+                asyncio.get_running_loop().call_later(self._backoff(tries), self._wake.set)
+            return False
+        self._killed.add(run.id)
+        self._kill_tries.pop(run.id, None)
+        return True
+
+    def _backoff(self, tries: int) -> float:
+        return float(self.retry_base * 2 ** (tries - 1))
 
     # Finishing ---------------------------------------------------------------------------------
 
@@ -270,20 +313,52 @@ class Supervisor:
                 self._forget(run_id)
         except asyncio.CancelledError:
             raise
-        except EngineError as e:
-            if e.status == 900:
+        except Exception as e:
+            if isinstance(e, EngineError) and e.status == 900:
                 self._lost_docker(e.message)  # reconciled again on reconnect
             else:
                 await self.recorder.failed("finish", e, run_id)
-        except Exception as e:
-            await self.recorder.failed("finish", e, run_id)
+                self._finish_later(run_id, e)
         finally:
             self._finishing.pop(run_id, None)
             self._wake.set()
+        if run_id in self._recheck:
+            self._recheck.discard(run_id)
+            self._finish_soon(run_id)
+
+    def _finish_later(self, run_id: str, e: Exception) -> None:
+        """Try a failed finish again after a backoff; after FINISH_TRIES, record it failed."""
+        tries = self._finish_tries[run_id] = self._finish_tries.get(run_id, 0) + 1
+        if tries >= FINISH_TRIES:
+            self._spawn(self._give_up(run_id, e, tries), f"give-up-{run_id}")
+            return
+
+        async def again() -> None:
+            await asyncio.sleep(self._backoff(tries))
+            self._finish_soon(run_id)
+
+        self._spawn(again(), f"finish-again-{run_id}")
+
+    async def _give_up(self, run_id: str, e: Exception, tries: int) -> None:
+        """Record that the run's end could not be recorded: a system failure, never stuck."""
+        why = e.message if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
+        await self.recorder.append_for(
+            run_id,
+            lambda r: [] if r.settled else [RunFinishFailed(r.id, why, tries, self.clock())],
+        )
+        self._forget(run_id)
+        self.output_lines.wake_all(run_id)
+        run = self.state.runs.get(run_id)
+        if run is not None and run.container_id:
+            # Best effort: a container left behind is a stray, removed at the next reconcile.
+            with contextlib.suppress(Exception):
+                await self.engine.remove(run.container_id)
 
     def _forget(self, run_id: str) -> None:
         """Drop what was kept to watch a run that has ended."""
         self._killed.discard(run_id)
+        self._finish_tries.pop(run_id, None)
+        self._kill_tries.pop(run_id, None)
         self._captures.pop(run_id, None)
         timer = self._timers.pop(run_id, None)
         if timer is not None:
@@ -349,6 +424,8 @@ class Supervisor:
         # `die` ends a run; `destroy` of a container someone else removed too. OOM needs no
         # reaction of its own: the `die` that follows carries it in the container's state.
         if run is not None and run.status == RunStatus.RUNNING and action in ("die", "destroy"):
+            if run_id in self._finishing:
+                self._recheck.add(run_id)  # the finish under way may have seen it running
             self._finish_soon(run_id)
 
     async def _reconcile(self) -> None:

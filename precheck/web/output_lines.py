@@ -103,7 +103,13 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     """The run's changes: live as SSE (`logs=1` adds its log lines), else its events as JSON."""
     run = find_run(request)
     if wants_stream(request):
-        return await follow(request, run, events=True, logs=query_bool(request, "logs"))
+        return await follow(
+            request,
+            run,
+            events=True,
+            logs=query_bool(request, "logs"),
+            timestamps=query_bool(request, "timestamps"),
+        )
     recorded = await request.app[keys.STORE].read(0, 100000, stream=f"run-{run.id}")
     return web.json_response([event_document(r) for r in recorded])
 

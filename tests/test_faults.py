@@ -1,0 +1,176 @@
+"""No run stuck, ever: a finish, kill or copy-out that fails is tried again with backoff, and
+after a bounded number of tries recorded as a system failure; an early `die` is still finished.
+
+Faults are injected by a subclass of our own `Engine` around a real Docker engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from precheck import keys
+from precheck.config import Config
+from precheck.events.types import RunFinishFailed
+from precheck.runner.engine import ContainerState, Engine, EngineError
+from precheck.runner.supervisor import FINISH_TRIES
+from tests.docker_fixtures import Api, StartApp
+from tests.layouts import gds
+
+pytestmark = pytest.mark.docker
+
+
+class FaultyEngine(Engine):
+    """A real engine whose `inspect`, `kill` or `get_archive` fail the first `fail[name]`
+    calls (-1: always) with a Docker 500, and whose `start` can return late."""
+
+    def __init__(
+        self, url: str, fail: dict[str, int] | None = None, start_delay: float = 0.0
+    ) -> None:
+        super().__init__(url)
+        self.fail = dict(fail or {})
+        self.calls: dict[str, int] = {}
+        self.start_delay = start_delay
+
+    def _maybe_fail(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        left = self.fail.get(name, 0)
+        if left == 0:
+            return
+        if left > 0:
+            self.fail[name] = left - 1
+        raise EngineError(500, f"injected {name} failure")
+
+    async def inspect(self, container_id: str) -> ContainerState | None:
+        self._maybe_fail("inspect")
+        return await super().inspect(container_id)
+
+    async def kill(self, container_id: str) -> None:
+        self._maybe_fail("kill")
+        await super().kill(container_id)
+
+    async def get_archive(self, container_id: str, path: str) -> AsyncIterator[bytes] | None:
+        self._maybe_fail("get_archive")
+        return await super().get_archive(container_id, path)
+
+    async def start(self, container_id: str) -> None:
+        await super().start(container_id)
+        await asyncio.sleep(self.start_delay)  # the container may die before we record it
+
+
+def faulty(engines: list[FaultyEngine], **kw: Any) -> Callable[[str], Engine]:
+    def make(url: str) -> Engine:
+        engines.append(FaultyEngine(url, **kw))
+        return engines[-1]
+
+    return make
+
+
+async def started(start_app: StartApp, config: Config, engines: list[FaultyEngine],
+                  **kw: Any) -> Api:  # fmt: skip
+    api = await start_app(config, engine=faulty(engines, **kw))
+    api.app[keys.SUPERVISOR].retry_base = 0.05  # quick backoff for tests
+    return api
+
+
+async def test_a_finish_that_fails_twice_is_tried_again_and_completes(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Inspect answering 500 twice at the end: the run still completes, each failure recorded."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(), engines)
+    run = await api.run(gds("chip_top"))
+    await api.wait_running(run)
+    engines[0].fail["inspect"] = 2
+    ended = await api.wait(run, 60)
+    assert ended["Status"] == "completed", ended
+    failures = await api.events("server.reaction-failed", run)
+    assert len(failures) >= 2
+    assert (await api.get(run))["Output"]["Available"] is True
+
+
+async def test_a_finish_that_always_fails_ends_as_a_system_failure(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Inspect failing for good: after FINISH_TRIES the run is `failed` (system), its slot free,
+    and the next run starts and completes."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(), engines)
+    run = await api.run(gds("chip_top", "step_sleep=0.05"))
+    await api.wait_running(run)
+    engines[0].fail["inspect"] = -1
+    ended = await api.wait(run, 60)
+    assert ended["Status"] == "failed", ended
+    [gave_up] = await api.events("run.finish-failed", run)
+    assert isinstance(gave_up.event, RunFinishFailed) and gave_up.event.tries == FINISH_TRIES
+    doc = await api.get(run)
+    assert doc["Result"]["Classification"] == "system"
+    assert "could not be recorded" in doc["State"]["Error"]
+    engines[0].fail["inspect"] = 0
+    nxt = await api.run(gds("chip_top"))
+    assert (await api.wait(nxt, 60))["Status"] == "completed"
+
+
+async def test_a_copy_out_that_always_fails_settles_the_run(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """The archive API failing for good: the run goes finishing -> failed (system), never
+    `completed` without its files."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(), engines, fail={"get_archive": -1})
+    run = await api.run(gds("chip_top"))
+    ended = await api.wait(run, 60)
+    assert ended["Status"] == "failed", ended
+    assert [r.type for r in await api.events(run_id=run) if r.type.startswith("run.")][-2:] == [
+        "run.exited",
+        "run.finish-failed",
+    ]
+    doc = await api.get(run)
+    assert doc["Output"]["Available"] is False
+    assert doc["Result"]["Classification"] == "system"
+
+
+async def test_a_cancel_whose_kill_fails_is_tried_again(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Kill answering 500 twice: the cancel still ends the run as `cancelled`."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(), engines, fail={"kill": 2})
+    run = await api.run(gds("chip_top", "hang"))
+    await api.wait_step(run, 14)
+    status, _ = await api.cancel(run)
+    assert status in (200, 202)
+    ended = await api.wait(run, 60)
+    assert ended["Status"] == "cancelled", ended
+    assert engines[0].calls["kill"] >= 3
+
+
+async def test_a_timeout_whose_kill_fails_still_ends_the_run(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """The timeout's kill failing once: it is tried again and the run fails as timed out."""
+    engines: list[FaultyEngine] = []
+    config = sim_config(timeout_minutes=0.05)
+    api = await started(start_app, config, engines, fail={"kill": 1})
+    run = await api.run(gds("chip_top", "hang"))
+    ended = await api.wait(run, 60)
+    assert ended["Status"] == "failed", ended
+    assert "timeout" in (await api.get(run))["State"]["Error"]
+    assert engines[0].calls["kill"] >= 2
+
+
+async def test_a_container_that_dies_before_its_start_is_recorded_is_finished(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """A container that exits at once, while `run.started` is not yet recorded (its `die` is
+    then ignored): the run is still finished, with its real exit code, and the slot freed."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(), engines, start_delay=1.0)
+    run = await api.run(gds("chip_top", "exit=3"))
+    ended = await api.wait(run, 30)
+    assert (ended["Status"], ended["StatusCode"]) == ("failed", 3), ended
+    nxt = await api.run(gds("chip_top"))
+    assert (await api.wait(nxt, 60))["Status"] == "completed"
