@@ -38,6 +38,7 @@ from precheck.web import (
 )
 from precheck.web.auth import Authenticator
 from precheck.web.middleware import context
+from precheck.web.same_site import allowed_hosts
 from precheck.web.sse import line_message, stop_streams
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def create_app(
     app[keys.CLOCK] = clock
     app[keys.STORAGE] = Storage(config.server.storage_path)
     app[_ENGINE] = engine
+    app[keys.ALLOWED_HOSTS] = allowed_hosts(config.server.host, config.server.allowed_hosts)
     app[keys.AUTH] = Authenticator(config.auth, config.server.trusted_proxies, admin_token)
     app.cleanup_ctx.append(_event_log)
     app.cleanup_ctx.append(_upload_expiry)

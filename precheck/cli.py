@@ -217,6 +217,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from precheck.ops.lock import StorageBusy, StorageLock
     from precheck.service.diagnostics import setup_logging
     from precheck.web.access_log import AccessLogger
+    from precheck.web.same_site import is_loopback
 
     config = _load(args, expand_secrets=True)
     setup_logging(args.log_format)
@@ -240,6 +241,12 @@ async def _serve(args: argparse.Namespace) -> int:
             await web.TCPSite(runner, host or None, port).start()
             log.info("listening on http://%s:%d (the page at /, the API description at /docs)",
                      local, port)  # fmt: skip
+            if not config.auth.required and not is_loopback(host or "0.0.0.0"):
+                log.warning(
+                    "auth is off and the server listens on %s, beyond this machine: anyone who"
+                    " reaches it can upload, run and delete; set [auth] required = true",
+                    host or "every address",
+                )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

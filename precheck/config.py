@@ -33,6 +33,7 @@ class ServerConfig:
     max_upload_mb: int = 2048
     trusted_proxies: tuple[str, ...] = ()
     sse_heartbeat_seconds: float = 15
+    allowed_hosts: tuple[str, ...] = ()  # names besides localhost and `host`, with auth off
 
 
 @attrs.frozen

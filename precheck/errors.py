@@ -25,5 +25,9 @@ class NotALayout(Invalid):
     """The uploaded bytes are not GDSII, gzip-compressed GDSII or OASIS."""
 
 
+class NotJson(PrecheckError):
+    """A body that should be JSON came with another content type."""
+
+
 class TooLarge(PrecheckError):
     """The upload is bigger than `server.max_upload_mb`."""

@@ -33,6 +33,7 @@ EXPIRY = web.AppKey["UploadExpiry"]("expiry")
 OUTPUT_LINES = web.AppKey["OutputLineStore"]("output_lines")
 SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
 METRICS = web.AppKey["Metrics"]("metrics")
+ALLOWED_HOSTS = web.AppKey["frozenset[str]"]("allowed_hosts")
 STREAMS = web.AppKey["weakref.WeakSet[Any]"]("streams")
 
 # Per-request values set by the middleware.

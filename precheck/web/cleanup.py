@@ -23,6 +23,7 @@ from precheck.runner.container_spec import LABEL_RUN
 from precheck.runner.engine import ContainerState
 from precheck.runner.supervisor import Supervisor
 from precheck.web.context import metadata
+from precheck.web.requests import require_json
 
 _ONE_AT_A_TIME = web.AppKey("cleanup_lock", asyncio.Lock)
 
@@ -60,6 +61,7 @@ async def cleanup(request: web.Request) -> web.Response:
     """List the stray containers and, unless `dry_run`, remove and record each."""
     if not request.app[keys.AUTH].is_admin(request.headers.get(ADMIN_HEADER)):
         raise web.HTTPForbidden(text="Forbidden: only the operator's CLI may clean up containers")
+    require_json(request)
     dry_run = _dry_run(await request.read())
     if keys.SUPERVISOR not in request.app:
         raise web.HTTPServiceUnavailable(text="this server runs no containers")

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from precheck import keys
-from precheck.errors import Conflict, Invalid, NotFound, PrecheckError, TooLarge
+from precheck.errors import Conflict, Invalid, NotFound, NotJson, PrecheckError, TooLarge
 from precheck.events.store import ConcurrencyError, StoreClosed
+from precheck.web import same_site
 from precheck.web.auth import AuthError, presented_key
 from precheck.web.sse import wants_stream
 
@@ -24,6 +25,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
+    (NotJson, 415),
     (TooLarge, 413),
     (Invalid, 400),
     (Conflict, 409),
@@ -53,6 +55,7 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[keys.CLIENT] = client
     request[keys.ACTOR] = "anonymous"
     try:
+        same_site.check(request, None if auth.required else request.app[keys.ALLOWED_HOSTS])
         if auth.is_admin(request.headers.get("X-Precheck-Admin-Token")):
             request[keys.ACTOR] = "cli"  # the operator's CLI on this machine
         elif request.path not in EXEMPT and not request.path.startswith(EXEMPT_PREFIXES):
@@ -68,6 +71,8 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     except AuthError as e:
         extra = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
         response = error(e.status, e.message, extra)
+    except same_site.CrossSite as e:
+        response = error(e.status, e.message)
     except web.HTTPException as e:
         if e.status < 400:
             raise

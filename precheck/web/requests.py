@@ -10,7 +10,7 @@ import cattrs
 from aiohttp import web
 from cattrs.gen import make_dict_structure_fn
 
-from precheck.errors import Invalid
+from precheck.errors import Invalid, NotJson
 
 T = TypeVar("T")
 
@@ -86,8 +86,18 @@ def structure(raw: Any, cls: type[T]) -> T:
         raise Invalid(f"{field}: {reason}") from None
 
 
+def require_json(request: web.Request) -> None:
+    """Refuse a body that is not declared JSON: a form or text a browser may send across sites
+    without asking is never read as a command."""
+    if request.body_exists and request.content_type != "application/json":
+        raise NotJson(
+            f"the body must be JSON with Content-Type: application/json, not {request.content_type}"
+        )
+
+
 async def json_body(request: web.Request, cls: type[T]) -> T:
     """The request's JSON body as a `cls`."""
+    require_json(request)
     try:
         raw = json.loads(await request.read() or b"null")
     except (ValueError, UnicodeDecodeError):
