@@ -409,3 +409,19 @@ async def test_the_raw_log_is_a_text_download(client: Client) -> None:
     assert (await r.text()).splitlines()[1] == "2026-11-26T12:00:02.000000001Z line 2 é"
     bad = await client.get(f"/api/v1/prechecks/{run['Id']}/logs", params={"format": "xml"})
     assert bad.status == 400
+
+
+async def test_text_that_cannot_be_stored_and_deep_nesting_are_refused(client: Client) -> None:
+    """A lone surrogate in a JSON string and a body nested 100,000 deep answer 400, and no event
+    is appended."""
+    head = client.app[keys.STORE].head
+    json_type = {"Content-Type": "application/json"}
+    r = await client.post(
+        "/api/v1/prechecks/prune", data=b'{"reason": "\\ud800"}', headers=json_type
+    )
+    assert r.status == 400, await r.text()
+    assert "not valid Unicode" in (await r.json())["message"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = await client.post("/api/v1/prechecks", data=deep, headers=json_type)
+    assert r.status == 400, await r.text()
+    assert client.app[keys.STORE].head == head

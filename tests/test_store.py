@@ -17,6 +17,7 @@ from precheck.events.store import (
     EventStore,
     RecordedEvent,
     StoreClosed,
+    StoreError,
     chain_hash,
 )
 from precheck.events.types import Metadata, RunProgressed, UploadDeleted
@@ -437,3 +438,22 @@ class TestSQLiteEventStore(EventStoreContract):
 def _raw(path: Path) -> closing[sqlite3.Connection]:
     """A plain sqlite3 connection to the store's file in autocommit mode, closed on exit."""
     return closing(sqlite3.connect(path, isolation_level=None))
+
+
+async def test_an_append_that_cannot_be_stored_fails_alone_in_its_batch(tmp_path: Path) -> None:
+    """A lone surrogate in one append of a group commit: that append fails, the other in the
+    same batch is committed, and the chain stays whole."""
+    store = await EventStore.open(tmp_path / "precheck.db")
+    try:
+        at = datetime(2026, 11, 26, tzinfo=UTC)
+        bad = store.append([UploadDeleted("u-bad", at)], Metadata("cli", request_id="\ud800"))
+        good = store.append([UploadDeleted("u-good", at)], Metadata("cli"))
+        results = await asyncio.gather(bad, good, return_exceptions=True)
+        assert isinstance(results[0], StoreError), results[0]
+        assert "cannot be stored" in str(results[0])
+        assert not isinstance(results[1], BaseException)
+        assert [r.stream for r in results[1]] == ["upload-u-good"]
+        assert store.head == 1
+        assert (await store.verify_chain()).first_bad is None
+    finally:
+        await store.close()

@@ -114,7 +114,7 @@ class _Append:
     expect: Mapping[str, int]
 
 
-Outcome = list[RecordedEvent] | ConcurrencyError
+Outcome = list[RecordedEvent] | StoreError  # the recorded events, or why the append failed
 
 
 class _Batch(NamedTuple):
@@ -283,22 +283,34 @@ class EventStore:
                     ConcurrencyError(f"stream {s} is at version {have}, expected {want}")
                 )
                 continue
-            meta = encode_metadata(a.metadata)
-            start = len(recorded)
-            for event in a.events:
-                stream = stream_of(event)
-                version = versions.get(stream, self._versions.get(stream, 0)) + 1
-                versions[stream] = version
-                position += 1
-                tag, schema, data = encode(event)
-                prev = chain_hash(
-                    prev, position, stream, version, tag, schema, data, meta, now_text
-                )
-                rows.append((position, stream, version, tag, schema, data, meta, now_text, prev))
-                recorded.append(
-                    RecordedEvent(position, stream, version, event, a.metadata, now, tag, prev)
-                )
-            outcomes.append(recorded[start:])
+            # Built apart, so an append that cannot be stored fails alone, not its batch.
+            mine: list[tuple[object, ...]] = []
+            done: list[RecordedEvent] = []
+            seen, pos, chain = dict(versions), position, prev
+            try:
+                meta = encode_metadata(a.metadata)
+                meta.encode("utf-8")  # a lone surrogate cannot be stored as text
+                for event in a.events:
+                    stream = stream_of(event)
+                    version = seen.get(stream, self._versions.get(stream, 0)) + 1
+                    seen[stream] = version
+                    pos += 1
+                    tag, schema, data = encode(event)
+                    data.encode("utf-8")
+                    chain = chain_hash(
+                        chain, pos, stream, version, tag, schema, data, meta, now_text
+                    )
+                    mine.append((pos, stream, version, tag, schema, data, meta, now_text, chain))
+                    done.append(
+                        RecordedEvent(pos, stream, version, event, a.metadata, now, tag, chain)
+                    )
+            except (UnicodeError, ValueError, TypeError) as e:
+                outcomes.append(StoreError(f"append refused: it cannot be stored: {e}"))
+                continue
+            versions, position, prev = seen, pos, chain
+            rows.extend(mine)
+            recorded.extend(done)
+            outcomes.append(done)
         return _Batch(rows, recorded, versions, outcomes)
 
     def _after_commit(self, batch: list[_Append], written: _Batch) -> list[Outcome]:

@@ -100,6 +100,12 @@ async def json_body(request: web.Request, cls: type[T]) -> T:
     require_json(request)
     try:
         raw = json.loads(await request.read() or b"null")
+        # JSON may spell a lone surrogate (`"\ud800"`): not text that can be stored.
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise Invalid("request body is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise Invalid("request body holds text that is not valid Unicode") from None
     except (ValueError, UnicodeDecodeError):
         raise Invalid("request body is not valid JSON") from None
     return structure(raw, cls)
