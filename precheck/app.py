@@ -134,6 +134,7 @@ async def _upload_expiry(app: web.Application) -> AsyncIterator[None]:
 async def _supervisor(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     engine = app[_ENGINE](config.docker.url)
+    engine.max_line = config.docker.max_line_kib << 10
     supervisor = Supervisor(
         config,
         engine,

@@ -47,6 +47,8 @@ class DockerConfig:
     timeout_minutes: float = 180
     pull: str = "missing"
     pids_limit: int = 4096
+    max_line_kib: int = 64  # an output line's bytes kept; the rest is cut, with a marker
+    max_log_mib: int = 256  # a run's output kept; later lines are counted, with a marker
 
 
 @attrs.frozen
@@ -241,6 +243,10 @@ def _validate(config: Config, source: str) -> None:
         raise bad("docker.memory_limit", str(e)) from None
     if d.pids_limit < 16:
         raise bad("docker.pids_limit", "must be at least 16")
+    if not 1 <= d.max_line_kib <= 1 << 20:
+        raise bad("docker.max_line_kib", "must be from 1 to 1048576")
+    if not 1 <= d.max_log_mib <= 1 << 30:
+        raise bad("docker.max_log_mib", "must be from 1 to 1073741824")
     if not 0 < d.timeout_minutes < float("inf"):
         raise bad("docker.timeout_minutes", "must be a positive number")
     if d.pull not in PULL_POLICIES:

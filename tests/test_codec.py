@@ -31,6 +31,7 @@ from precheck.events.types import (
     RunExited,
     RunFailedToStart,
     RunFinished,
+    RunFinishFailed,
     RunOutputsStored,
     RunProgressed,
     RunQueued,
@@ -89,6 +90,7 @@ SAMPLES: list[object] = [
     ),
     RunFinished("r2", "completed", 0, "", None, None, {}, None, (), {}, True, T0),
     RunFailedToStart("r1", "image precheck:latest not found", T0),
+    RunFinishFailed("r1", "Docker: 500 injected", 5, T0),
     RunTimedOut("r1", 90, T0),
     RunDeleted("r1", "u1", "pruned by an operator", T0),
     RunExited(

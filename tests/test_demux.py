@@ -14,7 +14,13 @@ import aiohttp
 import pytest
 from aiohttp.base_protocol import BaseProtocol
 
-from precheck.runner.engine import ContainerLine, _demux_lines, _docker_since, parse_docker_time
+from precheck.runner.engine import (
+    MAX_LINE,
+    ContainerLine,
+    _demux_lines,
+    _docker_since,
+    parse_docker_time,
+)
 
 T1 = "2026-01-02T03:04:05.123456789Z"
 T2 = "2026-01-02T03:04:05.5Z"
@@ -40,6 +46,11 @@ def stamped(stamp: str, text: str) -> bytes:
 
 async def demux(chunks: list[bytes]) -> list[ContainerLine]:
     """The lines `_demux_lines` reads from a body arriving as `chunks`, one loop turn apart."""
+    return await demux_capped(chunks, MAX_LINE)
+
+
+async def demux_capped(chunks: list[bytes], max_line: int) -> list[ContainerLine]:
+    """The same, with lines cut at `max_line` bytes."""
     loop = asyncio.get_running_loop()
     body = aiohttp.StreamReader(OpenConnection(loop), 1 << 16, loop=loop)
 
@@ -51,7 +62,7 @@ async def demux(chunks: list[bytes]) -> list[ContainerLine]:
 
     sender = asyncio.create_task(send())
     try:
-        return [line async for line in _demux_lines(body)]
+        return [line async for line in _demux_lines(body, max_line)]
     finally:
         await sender
 
@@ -194,11 +205,6 @@ async def test_unknown_stream_number_complete_lines_count_as_stdout() -> None:
     assert triples(await demux([body])) == [("stdout", T1, "stdin?"), ("stdout", T2, "system?")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="known bug: a partial line left on an unknown stream number has no stream name",
-)
 async def test_unknown_stream_number_with_final_partial_line() -> None:
     """A last line without newline on an unknown stream number comes out as stdout."""
     body = frame(1, stamped(T1, "ok\n")) + frame(3, stamped(T2, "no newline"))
@@ -215,3 +221,23 @@ def test_docker_time_text_to_datetime_and_since() -> None:
     assert _docker_since(T1) == f"{seconds}.123456789"
     assert _docker_since(T2) == f"{seconds}.500000000"
     assert _docker_since(T3) == f"{seconds + 1}.000000000"
+
+
+async def test_a_long_line_is_cut_at_the_cap_with_a_marker() -> None:
+    """A line longer than the cap keeps its first bytes and says how many more were cut; the
+    lines around it are whole."""
+    long = "x" * 10_000
+    body = frame(1, stamped(T1, "before\n")) + b"".join(
+        frame(1, piece) for piece in _pieces(stamped(T2, long + "\n"), 997)
+    )
+    body += frame(1, stamped(T3, "after\n"))
+    lines = await demux_capped([body], 1024)
+    assert [line.text for line in (lines[0], lines[2])] == ["before", "after"]
+    cut = lines[1]
+    kept = 1024 - len(T2) - 1  # the timestamp and its space are part of the line's bytes
+    assert cut.text == "x" * kept + f" [line cut at 1 KiB: {len(long) - kept} more bytes not kept]"
+    assert cut.time_text == T2
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]

@@ -13,7 +13,10 @@ from precheck.domain.status import RunStatus
 SUCCESS_LINE = "Precheck successfully completed."
 FAILURE_LINE = "Error: The precheck failed with the following exception:"
 DEFERRED_LINE = "One or more deferred errors were encountered:"
-_STEP = re.compile(r"Running '(?P<name>[A-Za-z0-9_.]+)' at '(?P<folder>[^']*?(?P<num>\d+)-[^'/]+)'")
+_STEP_HEAD = re.compile(r"Running '(?P<name>[A-Za-z0-9_.]+)' at '")
+# Every line the precheck writes about its steps and verdict is short; longer ones are output of
+# the tools it runs, and are not matched, so no pattern ever scans a huge line.
+MAX_FACT_LINE = 4096
 _DEFERRED_COUNT = re.compile(r"^\s*(?P<count>\d+) (?P<what>.+?) errors? found\.?\s*$")
 
 
@@ -28,10 +31,29 @@ class Step:
 
 def parse_step(text: str) -> Step | None:
     """The step a `Running '...' at '...'` line announces, if it is one."""
-    m = _STEP.search(text)
-    if m is None:
+    if len(text) > MAX_FACT_LINE:
         return None
-    return Step(int(m["num"]), m["name"], m["folder"])
+    start = text.find("Running '")
+    m = _STEP_HEAD.match(text, start) if start >= 0 else None
+    end = text.find("'", m.end()) if m is not None else -1
+    if m is None or end < 0:
+        return None
+    folder = text[m.end() : end]
+    number = _step_number(folder.rsplit("/", 1)[-1])
+    return None if number is None else Step(number, m["name"], folder)
+
+
+def _step_number(name: str) -> int | None:
+    """`NN` of a step folder named `NN-slug`: the first digits right before a `-` that has
+    something after it. Scanned once: no pattern backtracks over a long run of digits."""
+    for dash in range(1, len(name) - 1):
+        if name[dash] != "-" or not name[dash - 1].isdigit():
+            continue
+        first = dash - 1
+        while first > 0 and name[first - 1].isdigit():
+            first -= 1
+        return int(name[first:dash])
+    return None
 
 
 @attrs.define
@@ -64,7 +86,7 @@ class OutputFacts:
             self._after_failure = True
         elif stripped.startswith(DEFERRED_LINE):
             self._in_deferred = True
-        elif self._in_deferred:
+        elif self._in_deferred and len(stripped) <= MAX_FACT_LINE:
             m = _DEFERRED_COUNT.match(stripped)
             if m:
                 self.deferred[m["what"]] = int(m["count"])

@@ -30,6 +30,10 @@ class EngineError(Exception):
         self.message = message
 
 
+MAX_LINE = 64 << 10  # bytes of one output line kept (the rest is counted, with a marker)
+FRAME_READ = 1 << 20  # a frame's payload is read in pieces of at most this
+
+
 @attrs.frozen
 class ContainerLine:
     """One line of a container's output: Docker's timestamp, `stdout`/`stderr`, the text."""
@@ -76,6 +80,7 @@ class Engine:
 
     def __init__(self, url: str = "") -> None:
         self.url = url
+        self.max_line = MAX_LINE  # longer output lines are cut (`docker.max_line_kib`)
         self._docker: aiodocker.Docker | None = None
 
     @property
@@ -259,7 +264,7 @@ class Engine:
             async with self.docker._query(
                 f"containers/{container_id}/logs", params=params, timeout=LONG
             ) as response:
-                async for line in _demux_lines(response.content):
+                async for line in _demux_lines(response.content, self.max_line):
                     yield line
 
     async def events(self, label: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
@@ -280,23 +285,75 @@ class Engine:
                 pass
 
 
-async def _demux_lines(content: aiohttp.StreamReader) -> AsyncIterator[ContainerLine]:
-    """Split Docker's multiplexed log stream (8-byte frame headers) into timestamped lines."""
-    partial = {1: b"", 2: b""}
-    names = {1: "stdout", 2: "stderr"}
+async def _demux_lines(
+    content: aiohttp.StreamReader, max_line: int = MAX_LINE
+) -> AsyncIterator[ContainerLine]:
+    """Split Docker's multiplexed log stream (8-byte frame headers) into timestamped lines.
+
+    Linear in the bytes read: each frame is scanned once, from where the last scan stopped. A
+    line longer than `max_line` bytes keeps its first `max_line` bytes and ends with a marker
+    saying how much was cut; what lies beyond is counted, never held.
+    """
+    lines = {1: _LineSplitter("stdout", max_line), 2: _LineSplitter("stderr", max_line)}
     while True:
         try:
             header = await content.readexactly(8)
         except EOFError:
             break
         kind, size = struct.unpack(">BxxxL", header)
-        data = partial.get(kind, b"") + await content.readexactly(size)
-        *lines, partial[kind] = data.split(b"\n")
-        for raw in lines:
-            yield _parse_line(raw, names.get(kind, "stdout"))
-    for kind, rest in partial.items():
-        if rest:
-            yield _parse_line(rest, names[kind])
+        splitter = lines.get(kind, lines[1])  # stdin (0) never comes; anything else as stdout
+        while size:
+            chunk = await content.readexactly(min(size, FRAME_READ))
+            size -= len(chunk)
+            for line in splitter.feed(chunk):
+                yield line
+    for splitter in lines.values():
+        last = splitter.finish()
+        if last is not None:
+            yield last
+
+
+class _LineSplitter:
+    """One stream's bytes into lines, with the line cap."""
+
+    def __init__(self, stream: str, max_line: int) -> None:
+        self.stream = stream
+        self.max_line = max_line
+        self.buf = bytearray()
+        self.cut = 0  # bytes of the current line dropped past `max_line`
+
+    def feed(self, data: bytes) -> list[ContainerLine]:
+        out: list[ContainerLine] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._keep(data, start, len(data))
+                return out
+            self._keep(data, start, end)
+            out.append(self._line())
+            start = end + 1
+
+    def finish(self) -> ContainerLine | None:
+        return self._line() if self.buf or self.cut else None
+
+    def _keep(self, data: bytes, start: int, end: int) -> None:
+        room = self.max_line - len(self.buf)
+        take = min(room, end - start)
+        if take > 0:
+            self.buf += data[start : start + take]
+        self.cut += end - start - max(take, 0)
+
+    def _line(self) -> ContainerLine:
+        line = _parse_line(bytes(self.buf), self.stream)
+        if self.cut:
+            kib = self.max_line >> 10
+            line = attrs.evolve(
+                line, text=f"{line.text} [line cut at {kib} KiB: {self.cut} more bytes not kept]"
+            )
+        self.buf.clear()
+        self.cut = 0
+        return line
 
 
 def _parse_line(raw: bytes, stream: str) -> ContainerLine:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 
@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 StepSeen = Callable[[Step], Awaitable[None]]
 FLOOD_WINDOW = 0.01  # seconds
-FLOOD_LINES = 50  # more lines than this in one window is a flood: publish once per window
+FLOOD_LINES = 50
+MAX_LOG_BYTES = 256 << 20  # more lines than this in one window is a flood: publish once per window
 
 
 def _nanos(stamp: str) -> int:
@@ -28,18 +29,24 @@ def _nanos(stamp: str) -> int:
     return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
 
 
-async def stored_facts(
-    lines: OutputLineStore, run_id: str, facts: OutputFacts | None = None
-) -> OutputFacts:
-    """What a run's stored lines say (fed into `facts` when given)."""
-    facts = facts if facts is not None else OutputFacts()
+async def stored_lines(lines: OutputLineStore, run_id: str) -> AsyncIterator[OutputLine]:
+    """Every stored line of a run, in order, read page by page."""
     after = 0
     while True:
         page, more = await lines.read(run_id, after_line=after, limit=5000)
-        facts.feed_all(s.text for s in page)
+        for line in page:
+            yield line
         if not page or not more:
-            return facts
+            return
         after = page[-1].line
+
+
+async def stored_facts(lines: OutputLineStore, run_id: str) -> OutputFacts:
+    """What a run's stored lines say."""
+    facts = OutputFacts()
+    async for line in stored_lines(lines, run_id):
+        facts.feed(line.text)
+    return facts
 
 
 @attrs.define
@@ -55,6 +62,7 @@ class OutputCapture:
     run_id: str
     container_id: str
     on_step: StepSeen
+    max_bytes: int = MAX_LOG_BYTES  # output kept per run; past it lines are counted, not stored
     facts: OutputFacts = attrs.field(init=False, factory=OutputFacts)
     _pending: list[OutputLine] = attrs.field(init=False, factory=list)  # read, not yet durable
     _unpublished: list[OutputLine] = attrs.field(init=False, factory=list)  # not yet shown
@@ -63,16 +71,23 @@ class OutputCapture:
     _steps: list[Step] = attrs.field(init=False, factory=list)
     _has_work: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
     _reading_done: bool = attrs.field(init=False, default=False)
+    _kept_bytes: int = attrs.field(init=False, default=0)
+    _dropped: list[int] = attrs.field(init=False, factory=lambda: [0, 0])  # lines, bytes
 
     async def run(self) -> OutputFacts:
         """Capture until the container's output ends; return what the whole log said."""
         tail = await self.output_lines.tail(self.run_id)
-        if tail.line:
-            # The verdict needs the whole log's facts, including lines stored before a restart.
-            await stored_facts(self.output_lines, self.run_id, self.facts)
+        # The verdict needs the whole log's facts, including lines stored before a restart.
+        async for line in stored_lines(self.output_lines, self.run_id):
+            self.facts.feed(line.text)
+            self._kept_bytes += len(line.text)
         flusher = asyncio.create_task(self._flush_loop(), name=f"log-flush-{self.run_id}")
         try:
-            await self._read(tail.line, tail.time, tail.same_time)
+            last = await self._read(tail.line, tail.time, tail.same_time)
+            if self._dropped[0] and last is not None:
+                lines, size = self._dropped
+                note = f"[{lines} lines ({size} bytes) of output past the cap were not kept]"
+                self._store(last[0] + 1, attrs.evolve(last[1], text=note, stream="stderr"))
         finally:
             self._publish()  # the last lines, before the run's end can be recorded
             self._reading_done = True
@@ -80,7 +95,11 @@ class OutputCapture:
             await flusher
         return self.facts
 
-    async def _read(self, line_no: int, since: str, skip_same: int) -> None:
+    async def _read(
+        self, line_no: int, since: str, skip_same: int
+    ) -> tuple[int, ContainerLine] | None:
+        """Take every new line; the last line number and item read, if any."""
+        last = None
         since_n = _nanos(since) if since else None
         stream = self.engine.logs(self.container_id, follow=True, since=since or None)
         async for item in stream:
@@ -92,10 +111,31 @@ class OutputCapture:
                     skip_same -= 1
                     continue
                 since_n = None
-            line_no += 1
-            self._take(line_no, item)
+            line_no = self._take(line_no, item)
+            last = (line_no, item)
+        return last
 
-    def _take(self, line_no: int, item: ContainerLine) -> None:
+    def _take(self, line_no: int, item: ContainerLine) -> int:
+        """Feed the line to the facts and store it (or count it, past the cap); the number of
+        the last line stored."""
+        step = self.facts.feed(item.text)
+        if step is not None:
+            self._steps.append(step)
+            self._has_work.set()
+        if self._kept_bytes + len(item.text) > self.max_bytes:
+            if not self._dropped[0]:
+                mib = self.max_bytes >> 20
+                note = f"[output past {mib} MiB is not kept: later lines are counted, not stored]"
+                line_no += 1
+                self._store(line_no, attrs.evolve(item, text=note, stream="stderr"))
+            self._dropped[0] += 1
+            self._dropped[1] += len(item.text)
+            return line_no
+        self._kept_bytes += len(item.text)
+        self._store(line_no + 1, item)
+        return line_no + 1
+
+    def _store(self, line_no: int, item: ContainerLine) -> None:
         line = OutputLine(line_no, item.time_text, item.time.timestamp(), item.stream, item.text)
         self._pending.append(line)
         # Shown to readers without waiting for a commit: at the end of this loop turn while the
@@ -113,9 +153,6 @@ class OutputCapture:
             else:
                 loop.call_later(self._window_start + FLOOD_WINDOW - now, self._publish)
         self._unpublished.append(line)
-        step = self.facts.feed(item.text)
-        if step is not None:
-            self._steps.append(step)
         self._has_work.set()
 
     def _publish(self) -> None:

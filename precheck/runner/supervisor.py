@@ -253,7 +253,14 @@ class Supervisor:
                 run, [RunProgressed(run_id, step.number, total, step.name, self.clock())]
             )
 
-        capture = OutputCapture(self.engine, self.output_lines, run_id, container_id, on_step)
+        capture = OutputCapture(
+            self.engine,
+            self.output_lines,
+            run_id,
+            container_id,
+            on_step,
+            max_bytes=self.config.docker.max_log_mib << 20,
+        )
         return await capture.run()
 
     async def _timeout(self, run_id: str, container_id: str) -> None:

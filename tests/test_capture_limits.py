@@ -1,0 +1,39 @@
+"""A run's captured output is bounded: past `docker.max_log_mib` lines are counted, not stored,
+with a visible marker, and the verdict still reads every line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from precheck.config import Config
+from tests.docker_fixtures import StartApp
+from tests.layouts import gds
+
+pytestmark = pytest.mark.docker
+
+
+async def test_output_past_the_cap_is_counted_not_stored(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """150,000 noise lines under a 1 MiB cap: the stored log stops near 1 MiB with a marker,
+    ends with the count of what was not kept, and the run still completes (its success line,
+    past the cap, was read)."""
+    api = await start_app(sim_config(max_log_mib=1))
+    run = await api.run(gds("chip_top", "lines=150000"))
+    ended = await api.wait(run, 120)
+    assert ended["Status"] == "completed", ended
+    r = await api.client.get(f"/api/v1/prechecks/{run}/logs", params={"format": "text"})
+    text = await r.text()
+    lines = text.splitlines()
+    assert sum(len(line) for line in lines) < (1 << 20) + 1000
+    marker = [i for i, line in enumerate(lines) if line.startswith("[output past 1 MiB")]
+    assert len(marker) == 1, lines[-3:]
+    assert lines[marker[0] - 1].startswith("noise ")
+    assert lines[-1].endswith("of output past the cap were not kept]"), lines[-1]
+    dropped = int(lines[-1].split()[0].lstrip("["))
+    kept_noise = sum(1 for line in lines if line.startswith("noise "))
+    assert kept_noise + dropped > 150_000  # every noise line, kept or counted (and a few more)
+    doc = await api.get(run)
+    assert doc["Progress"]["Step"] == 16  # steps past the cap were still recorded
