@@ -16,8 +16,11 @@ log = logging.getLogger(__name__)
 
 StepSeen = Callable[[Step], Awaitable[None]]
 FLOOD_WINDOW = 0.01  # seconds
-FLOOD_LINES = 50
-MAX_LOG_BYTES = 256 << 20  # more lines than this in one window is a flood: publish once per window
+FLOOD_LINES = 50  # more lines than this in one window is a flood: publish once per window
+MAX_LOG_BYTES = 256 << 20
+MAX_BATCH = 2000  # lines written in one go, so no single write holds the loop long
+MAX_PENDING = 20000  # lines read and not yet written, before reading waits
+YIELD_EVERY = 500  # lines taken between two looks at the rest of the event loop
 
 
 def _nanos(stamp: str) -> int:
@@ -72,6 +75,7 @@ class OutputCapture:
     _has_work: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
     _reading_done: bool = attrs.field(init=False, default=False)
     _kept_bytes: int = attrs.field(init=False, default=0)
+    _room: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
     _dropped: list[int] = attrs.field(init=False, factory=lambda: [0, 0])  # lines, bytes
 
     async def run(self) -> OutputFacts:
@@ -99,7 +103,7 @@ class OutputCapture:
         self, line_no: int, since: str, skip_same: int
     ) -> tuple[int, ContainerLine] | None:
         """Take every new line; the last line number and item read, if any."""
-        last = None
+        last, taken = None, 0
         since_n = _nanos(since) if since else None
         stream = self.engine.logs(self.container_id, follow=True, since=since or None)
         async for item in stream:
@@ -113,6 +117,14 @@ class OutputCapture:
                 since_n = None
             line_no = self._take(line_no, item)
             last = (line_no, item)
+            taken += 1
+            if taken % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a flood arrives faster than one loop turn should last
+            if len(self._pending) >= MAX_PENDING:
+                # A flood: read on once the writes caught up, so memory stays bounded and
+                # Docker holds what we have not read.
+                self._room.clear()
+                await self._room.wait()
         return last
 
     def _take(self, line_no: int, item: ContainerLine) -> int:
@@ -163,8 +175,12 @@ class OutputCapture:
         while True:
             await self._has_work.wait()
             self._has_work.clear()
-            batch, self._pending = self._pending, []
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             steps, self._steps = self._steps, []
+            if self._pending:
+                self._has_work.set()  # more to write after this batch
+            if len(self._pending) < MAX_PENDING:
+                self._room.set()
             if batch:
                 await self.output_lines.append(self.run_id, batch, published=True)
             for step in steps:  # after its line is stored
