@@ -49,6 +49,8 @@ class DockerConfig:
     pids_limit: int = 4096
     max_line_kib: int = 64  # an output line's bytes kept; the rest is cut, with a marker
     max_log_mib: int = 256  # a run's output kept; later lines are counted, with a marker
+    max_output_files: int = 10000  # files copied out of a run folder (the output layout aside)
+    max_output_mib: int = 10240  # bytes copied out of a run folder, likewise
 
 
 @attrs.frozen
@@ -247,6 +249,10 @@ def _validate(config: Config, source: str) -> None:
         raise bad("docker.max_line_kib", "must be from 1 to 1048576")
     if not 1 <= d.max_log_mib <= 1 << 30:
         raise bad("docker.max_log_mib", "must be from 1 to 1073741824")
+    if d.max_output_files < 1:
+        raise bad("docker.max_output_files", "must be at least 1")
+    if not 1 <= d.max_output_mib <= 1 << 30:
+        raise bad("docker.max_output_mib", "must be from 1 to 1073741824")
     if not 0 < d.timeout_minutes < float("inf"):
         raise bad("docker.timeout_minutes", "must be a positive number")
     if d.pull not in PULL_POLICIES:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from precheck import keys
 from precheck.config import Config
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
@@ -37,3 +38,21 @@ async def test_output_past_the_cap_is_counted_not_stored(
     assert kept_noise + dropped > 150_000  # every noise line, kept or counted (and a few more)
     doc = await api.get(run)
     assert doc["Progress"]["Step"] == 16  # steps past the cap were still recorded
+
+
+async def test_copy_out_past_its_caps_lists_what_it_skipped(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """With `docker.max_output_files = 3` a passing run keeps 3 files of its run folder and its
+    output layout, and lists every other file with why; the run is still final."""
+    api = await start_app(sim_config(max_output_files=3))
+    run = await api.run(gds("chip_top"))
+    ended = await api.wait(run, 60)
+    assert ended["Status"] == "completed", ended
+    doc = await api.get(run)
+    assert doc["Output"]["Available"] is True
+    skipped = doc["Output"]["Skipped"]
+    assert len(skipped) > 10, skipped
+    assert {s["Why"] for s in skipped} == {"over docker.max_output_files (3)"}
+    files = api.app[keys.PROJECTIONS].runs.by_id[run].files
+    assert len(files) == 3

@@ -12,7 +12,14 @@ import attrs
 
 from precheck.domain.status import RunStatus
 from precheck.domain.verdict import Ending, OutputFacts, decide_verdict, failed_step
-from precheck.events.types import Event, OutputFile, RunCancelled, RunExited, RunOutputsStored
+from precheck.events.types import (
+    Event,
+    OutputFile,
+    RunCancelled,
+    RunExited,
+    RunOutputsStored,
+    SkippedFile,
+)
 from precheck.projections.runs import RunRecord
 
 GONE = "the container disappeared before it was recorded"
@@ -36,6 +43,7 @@ class CopiedOut:
     files: tuple[OutputFile, ...]
     completed_folders: frozenset[str]
     metrics: dict[str, float | int | str | None]
+    skipped: tuple[SkippedFile, ...] = ()
 
 
 def exit_events(
@@ -87,4 +95,8 @@ def stored_events(
     step = failed_step(facts.steps, completed) if failed else None
     if copied is None:
         return [RunOutputsStored(run.id, None, (), {}, step, now)]
-    return [RunOutputsStored(run.id, copied.output, copied.files, copied.metrics, step, now)]
+    return [
+        RunOutputsStored(
+            run.id, copied.output, copied.files, copied.metrics, step, now, copied.skipped
+        )
+    ]

@@ -166,6 +166,15 @@ class RunExited:
 
 
 @attrs.frozen
+class SkippedFile:
+    """A file of a finished run's folder that was not copied out, and why."""
+
+    path: str  # in the run folder, as the container had it
+    size: int
+    why: str
+
+
+@attrs.frozen
 class RunOutputsStored:
     """An exited run's outputs are in `runs/<id>/`: nothing more will be recorded about it."""
 
@@ -175,6 +184,7 @@ class RunOutputsStored:
     metrics: dict[str, float | int | str | None]
     failed_step: str | None
     at: datetime
+    skipped: tuple[SkippedFile, ...] = ()  # what was not copied out (caps, errors, bulk)
 
 
 @attrs.frozen

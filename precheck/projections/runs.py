@@ -24,6 +24,7 @@ from precheck.events.types import (
     RunQueued,
     RunStarted,
     RunTimedOut,
+    SkippedFile,
 )
 from precheck.projections._records import replacer
 
@@ -86,6 +87,7 @@ class RunRecord:
     result: RunResult | None = None
     output: OutputFile | None = None
     files: tuple[OutputFile, ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()  # of the run folder, not copied out
     version: int = 0
     position: int = 0
     settled: bool = False  # ended, and nothing more will be recorded (outputs stored)
@@ -208,6 +210,7 @@ def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
         status=ended or (RunStatus.COMPLETED if result.passed else RunStatus.FAILED),
         output=e.output,
         files=e.files,
+        skipped=e.skipped,
         settled=True,
         result=_replace_result(result, failed_step=e.failed_step, metrics=e.metrics),
     )

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+import attrs
+
 from precheck.domain.run_end import CopiedOut
-from precheck.events.types import OutputFile
+from precheck.events.types import OutputFile, SkippedFile
 from precheck.projections.runs import RunRecord
 from precheck.runner.container_spec import OUTPUT_DIR, WORKDIR, output_name
 from precheck.runner.engine import Engine
@@ -30,13 +33,25 @@ def _safe_relative(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
+@attrs.frozen
+class Caps:
+    """How much of a run folder is copied out: files and bytes (`docker.max_output_files`,
+    `docker.max_output_mib`); the output layout itself is always copied."""
+
+    files: int = 10000
+    bytes: int = 10 << 30
+
+
 async def copy_out(
-    engine: Engine, storage: Storage, run: RunRecord, container_id: str
+    engine: Engine, storage: Storage, run: RunRecord, container_id: str, caps: Caps = Caps()
 ) -> CopiedOut:
-    """Copy the output layout and the run folder (minus bulky intermediates) out."""
+    """Copy the output layout and the run folder (minus bulky intermediates) out; what is not
+    copied is listed with why."""
     run_dir = storage.run_dir(run.id)
     files: list[OutputFile] = []
+    skipped: list[SkippedFile] = []
     completed: set[str] = set()
+    taken = [0, 0]  # files, bytes
 
     def keep_run_file(name: str, size: int) -> Path | None:
         rel = _safe_relative(name)
@@ -45,8 +60,20 @@ async def copy_out(
         inner = PurePosixPath(*rel.parts[1:])  # drop the <tag>/ the archive starts with
         if inner.name == "state_out.json" and len(inner.parts) == 2:
             completed.add(f"runs/{run.id}/{inner.parts[0]}")
-        if inner.parts[:2] == ("final", "gds") or size > MAX_KEPT_FILE:
+        if inner.parts[:2] == ("final", "gds"):
             return None  # the final layout is the output, copied on its own
+        why = None
+        if size > MAX_KEPT_FILE:
+            why = f"larger than {MAX_KEPT_FILE >> 20} MiB (an intermediate layout)"
+        elif taken[0] >= caps.files:
+            why = f"over docker.max_output_files ({caps.files})"
+        elif taken[1] + size > caps.bytes:
+            why = f"over docker.max_output_mib ({caps.bytes >> 20})"
+        if why is not None:
+            skipped.append(SkippedFile(inner.as_posix(), size, why))
+            return None
+        taken[0] += 1
+        taken[1] += size
         return run_dir / RUN_FOLDER / inner
 
     name = output_name(run)
@@ -61,17 +88,32 @@ async def copy_out(
         copy(f"{WORKDIR}/runs/{run.id}", keep_run_file),
         copy(f"{OUTPUT_DIR}/{name}", lambda n, _: target if n == name else None),
     )
-    for x in run_files:
-        if x.path is not None and x.sha256 is not None:
-            rel = x.path.relative_to(run_dir).as_posix()
-            files.append(OutputFile(rel, x.size, x.sha256))
     output = None
-    for x in out_files:
-        if x.path is not None and x.sha256 is not None:
-            output = OutputFile(f"{OUTPUT_FOLDER}/{name}", x.size, x.sha256)
-
+    for x in run_files + out_files:
+        if x.error is not None:
+            skipped.append(SkippedFile(x.name, x.size, f"could not be stored: {x.error}"))
+        elif x.path is not None and x.sha256 is not None:
+            rel = x.path.relative_to(run_dir).as_posix()
+            if x.path == target:
+                output = OutputFile(rel, x.size, x.sha256)
+            else:
+                files.append(OutputFile(rel, x.size, x.sha256))
+    # The folders' entries are on disk too before the event that names the files.
+    await asyncio.to_thread(_fsync_folders, run_dir)
     metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
-    return CopiedOut(output, tuple(files), frozenset(completed), metrics)
+    return CopiedOut(output, tuple(files), frozenset(completed), metrics, tuple(skipped))
+
+
+def _fsync_folders(root: Path) -> None:
+    if not root.is_dir():
+        return
+    folders = [root.parent, root] + [Path(d) / n for d, names, _ in os.walk(root) for n in names]
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _metrics(path: Path) -> dict[str, float | int | str | None]:

@@ -17,7 +17,7 @@ from precheck.domain.status import RunStatus
 from precheck.domain.verdict import OutputFacts
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
-from precheck.runner.copy_out import copy_out
+from precheck.runner.copy_out import Caps, copy_out
 from precheck.runner.engine import ContainerState, Engine, parse_docker_time
 from precheck.runner.output_capture import stored_facts
 from precheck.runner.recorder import Recorder
@@ -40,6 +40,7 @@ class RunEnd:
     facts_of: FactsOf
     timeout_minutes: float
     clock: Clock
+    caps: Caps = attrs.field(factory=Caps)
 
     async def record(self, run_id: str) -> bool:
         """Record the end of the run; False when there was nothing to end (it runs on)."""
@@ -71,7 +72,7 @@ class RunEnd:
         # 4. The outputs, copied out of the stopped container.
         copied = None
         if container is not None:
-            copied = await copy_out(self.engine, self.storage, run, container.id)
+            copied = await copy_out(self.engine, self.storage, run, container.id, self.caps)
         # 5. What was stored: nothing more will be recorded about the run.
         await self.recorder.append_for(
             run_id, lambda r: stored_events(r, facts, copied, self.clock())

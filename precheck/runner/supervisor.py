@@ -38,6 +38,7 @@ from precheck.runner.container_spec import (
     instance_filter,
     step_total,
 )
+from precheck.runner.copy_out import Caps
 from precheck.runner.engine import Engine, EngineError
 from precheck.runner.output_capture import OutputCapture
 from precheck.runner.recorder import Recorder
@@ -85,6 +86,7 @@ class Supervisor:
             self._facts,
             config.docker.timeout_minutes,
             clock,
+            Caps(config.docker.max_output_files, config.docker.max_output_mib << 20),
         )
         self.docker_reachable = False
         self.docker_error = "not connected yet"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 import tarfile
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import attrs
 
@@ -91,6 +93,7 @@ class Extracted:
     size: int
     path: Path | None
     sha256: str | None
+    error: str | None = None  # why a kept file could not be stored (then `path` is None)
 
 
 class _Reader:
@@ -186,21 +189,8 @@ async def _extract(
                 await _flush_small(loop, small, found)
                 small_bytes = 0
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + ".part")
-        digest = hashlib.sha256()
-        f = await loop.run_in_executor(None, part.open, "wb")
-        try:
-            async for piece in reader.pieces(info.size):
-                await loop.run_in_executor(None, _write, f, digest, piece)
-        except BaseException:
-            f.close()
-            part.unlink(missing_ok=True)
-            raise
-        f.close()
-        os.replace(part, target)
+        found.append(await _write_member(loop, reader, name, info.size, target))
         await _skip(reader, padded - info.size)
-        found.append(Extracted(name, info.size, target, digest.hexdigest()))
     return found
 
 
@@ -218,22 +208,99 @@ async def _flush_small(
     small.clear()
     hashes = await loop.run_in_executor(None, _write_small, batch)
     for (i, _, _), h in zip(batch, hashes, strict=True):
-        found[i] = attrs.evolve(found[i], sha256=h)
+        if isinstance(h, OSError):
+            found[i] = attrs.evolve(found[i], path=None, error=_why(h))
+        else:
+            found[i] = attrs.evolve(found[i], sha256=h)
 
 
-def _write_small(batch: list[tuple[int, Path, bytes]]) -> list[str]:
-    out = []
+async def _write_member(
+    loop: asyncio.AbstractEventLoop, reader: _Reader, name: str, size: int, target: Path
+) -> Extracted:
+    """Stream one member's data into `target` (through a hidden temporary file in its folder,
+    fsynced before it takes the name). A member that cannot be stored (a name the file system
+    refuses, a full disk) is read past and reported with its error."""
+    digest = hashlib.sha256()
+    f: BinaryIO | None = None
+    error: str | None = None
+    part = target.parent / _part_name()
+    try:
+        await loop.run_in_executor(None, _open_part, part)
+        f = await loop.run_in_executor(None, part.open, "wb")
+    except OSError as e:
+        error = _why(e)
+    try:
+        async for piece in reader.pieces(size):
+            if f is None:
+                continue  # read past what cannot be stored
+            try:
+                await loop.run_in_executor(None, _write, f, digest, piece)
+            except OSError as e:
+                error = _why(e)
+                await loop.run_in_executor(None, _discard, f, part)
+                f = None
+        if f is not None:
+            done, f = f, None
+            try:
+                await loop.run_in_executor(None, _finish, done, part, target)
+            except OSError as e:
+                error = _why(e)
+                part.unlink(missing_ok=True)
+    except BaseException:
+        if f is not None:
+            await loop.run_in_executor(None, _discard, f, part)
+        raise
+    if error is not None:
+        return Extracted(name, size, None, None, error)
+    return Extracted(name, size, target, digest.hexdigest())
+
+
+def _part_name() -> str:
+    # Short, whatever the target's name: a 255-byte name plus a suffix would be refused.
+    return f".{secrets.token_hex(8)}.part"
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _open_part(part: Path) -> None:
+    part.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _finish(f: BinaryIO, part: Path, target: Path) -> None:
+    with f:
+        f.flush()
+        os.fsync(f.fileno())  # the data is on disk before the event that names it
+    os.replace(part, target)
+
+
+def _discard(f: BinaryIO, part: Path) -> None:
+    f.close()
+    part.unlink(missing_ok=True)
+
+
+def _write_small(batch: list[tuple[int, Path, bytes]]) -> list[str | OSError]:
+    out: list[str | OSError] = []
     for _, target, data in batch:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + ".part")
-        part.write_bytes(data)
-        os.replace(part, target)
+        part = target.parent / _part_name()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with part.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, target)
+        except OSError as e:
+            part.unlink(missing_ok=True)
+            out.append(e)
+            continue
         out.append(hashlib.sha256(data).hexdigest())
     return out
 
 
-def _write(f: object, digest: hashlib._Hash, data: bytes) -> None:
-    f.write(data)  # type: ignore[attr-defined]
+def _write(f: BinaryIO, digest: hashlib._Hash, data: bytes) -> None:
+    f.write(data)
     digest.update(data)
 
 

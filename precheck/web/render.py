@@ -95,6 +95,8 @@ def run_document(
             "Checksums": {"sha256": run.output.sha256} if run.output else None,
             # An output of a failed run (deferred errors) is kept, never shown as a pass.
             "Passed": (run.status == RunStatus.COMPLETED) if run.output else None,
+            # Files of the run folder not copied out, and why (caps, bulk, refused names).
+            "Skipped": [{"Path": s.path, "Size": s.size, "Why": s.why} for s in run.skipped],
         },
         "Progress": (
             {"Step": run.progress.step, "Total": run.progress.total, "Name": run.progress.name}
