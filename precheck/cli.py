@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -221,6 +222,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     config = _load(args, expand_secrets=True)
     setup_logging(args.log_format)
+    os.umask(0o077)  # layouts, outputs, the log and the admin token: the operator's alone
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     try:

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient
 
 from precheck import keys
@@ -225,6 +226,14 @@ async def test_forwarded_for_honoured_from_trusted_proxy(
     assert "198.51.100.1" in (await r.json())["message"]
     # Without the header the peer itself is the client, and it is not allowed.
     assert (await client.get("/api/v1/queue", headers=bearer())).status == 403
+
+    # A client's own line comes first, the proxy's last: every line is read, right to left.
+    two_lines = CIMultiDict(bearer())
+    two_lines.add("X-Forwarded-For", "203.0.113.7")  # forged by the client
+    two_lines.add("X-Forwarded-For", "198.51.100.1")  # added by the proxy
+    r = await client.get("/api/v1/queue", headers=two_lines)
+    assert r.status == 403, "the forged first line must not decide"
+    assert "198.51.100.1" in (await r.json())["message"]
 
 
 async def test_key_from_environment(

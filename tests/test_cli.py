@@ -969,3 +969,30 @@ async def test_reading_commands_need_no_server_secrets(tmp_path: Path) -> None:
     served = await asyncio.to_thread(run_cli, "serve", *cfg, "--port", "0", env=env, timeout=20)
     assert served.returncode == 1
     assert "PRECHECK_TEST_UNSET_VARIABLE is not set" in one_line(served.stderr)
+
+
+@pytest.mark.docker
+def test_serve_keeps_the_storage_folder_to_its_owner(served: Site) -> None:
+    """The storage folder is 0700, `server.json` 0600, a new upload 0600; a link planted at
+    the temporary name of `server.json` is not followed."""
+    assert served.server is not None
+    upload = served.server.upload(gds())
+    assert served.data.stat().st_mode & 0o777 == 0o700
+    assert (served.data / "server.json").stat().st_mode & 0o777 == 0o600
+    [stored] = (served.data / "uploads" / upload).iterdir()
+    assert stored.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_server_info_is_never_written_through_a_link(tmp_path: Path) -> None:
+    """A symlink at the temporary name is replaced, not followed: its target stays untouched."""
+    from precheck.ops.lock import INFO, StorageLock
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    root = tmp_path / "data"
+    root.mkdir()
+    with StorageLock(root) as lock:
+        (root / f"{INFO}.{os.getpid()}.tmp").symlink_to(victim)
+        info = lock.announce("http://127.0.0.1:1")
+    assert victim.read_text() == "keep me"
+    assert json.loads((root / INFO).read_text())["token"] == info.token

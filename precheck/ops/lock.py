@@ -59,7 +59,9 @@ class StorageLock:
         """Write the server's address and a fresh admin token for the CLI."""
         info = ServerInfo(url, secrets.token_urlsafe(32), os.getpid())
         tmp = self.root / f"{INFO}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)
+        # A new file, never through a link someone left at that name: the token is secret.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(attrs.asdict(info), f)
         os.replace(tmp, self.root / INFO)

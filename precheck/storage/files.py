@@ -67,9 +67,12 @@ class Storage:
         self.tmp = root / "tmp"
 
     def prepare(self) -> None:
-        """Create the folders and drop partial files a crash left in `tmp/`."""
+        """Create the folders (the storage folder readable by its owner only) and drop partial
+        files a crash left in `tmp/`."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         for d in (self.uploads, self.runs, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
             _remove(leftover)
 

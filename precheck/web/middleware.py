@@ -51,7 +51,9 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[keys.REQUEST_ID] = rid
     auth = request.app[keys.AUTH]
     peer = _peer(request)
-    client = auth.client_address(peer, request.headers.get("X-Forwarded-For"))
+    # Every header line, in order: a client may send one of its own before the proxy's.
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", [])) or None
+    client = auth.client_address(peer, forwarded)
     request[keys.CLIENT] = client
     request[keys.ACTOR] = "anonymous"
     try:
