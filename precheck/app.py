@@ -101,7 +101,14 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
         store.add_listener(RunAnnouncer(projections).on_event)
         if projections.instance_id is None:
             await store.append([InstanceCreated(uuid.uuid4().hex, app[keys.CLOCK]())], SERVER)
+        # What a crash between a deleting event and removing its files left behind.
         storage.sweep_uploads(projections.uploads.by_id)
+        orphans = storage.sweep_runs(projections.runs.by_id)
+        for run_id in await output_lines_store.run_ids() - set(projections.runs.by_id):
+            await output_lines_store.delete_run(run_id)
+            orphans.append(run_id)
+        if orphans:
+            log.info("removed the files of %d deleted runs", len(set(orphans)))
         log.info("replayed %d events from %s", projections.position, storage.db_path)
         app[keys.STORE] = store
         app[keys.PROJECTIONS] = projections

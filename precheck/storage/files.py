@@ -151,13 +151,20 @@ class Storage:
 
     def sweep_uploads(self, keep: Iterable[str]) -> list[str]:
         """Remove upload folders no upload in the log owns (a crash between event and delete)."""
-        keep = set(keep)
-        removed = []
-        for d in self.uploads.iterdir():
-            if d.name not in keep:
-                _remove(d)
-                removed.append(d.name)
-        return removed
+        return _sweep(self.uploads, set(keep))
+
+    def sweep_runs(self, keep: Iterable[str]) -> list[str]:
+        """Remove run folders no run in the log owns, likewise."""
+        return _sweep(self.runs, set(keep))
+
+
+def _sweep(folder: Path, keep: set[str]) -> list[str]:
+    removed = []
+    for d in folder.iterdir():
+        if d.name not in keep:
+            _remove(d)
+            removed.append(d.name)
+    return removed
 
 
 def _not_a_layout() -> str:

@@ -296,6 +296,11 @@ class OutputLineStore:
             rows = rows[:limit]
         return [OutputLine(*r) for r in rows], more
 
+    async def run_ids(self) -> set[str]:
+        """The runs that have stored lines."""
+        async with self._reader_db.execute("SELECT DISTINCT run_id FROM log_lines") as cur:
+            return {str(row[0]) for row in await cur.fetchall()}
+
     async def delete_run(self, run_id: str) -> None:
         """Drop a retired run's lines (after the event that retired it), through the writer:
         in order with the writes queued before it, and durable when this returns."""
