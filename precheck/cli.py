@@ -160,12 +160,17 @@ def _parser() -> argparse.ArgumentParser:
         "--follow", action="store_true", help="keep printing new events (needs a running server)"
     )
 
-    _command(
+    verify = _command(
         commands,
         "verify",
         _verify,
         "check the hash chain and that a replay gives the live state",
         json_out=True,
+    )
+    verify.add_argument(
+        "--anchor",
+        metavar="POS:HASH",
+        help="also prove the log still holds this event (from GET /api/v1/events/head)",
     )
 
     replay = _command(
@@ -484,7 +489,13 @@ async def _verify(args: argparse.Namespace) -> int:
     from precheck.ops.audit import verify
 
     config = _load(args)
-    report = await verify(config)
+    anchor = None
+    if args.anchor:
+        pos, sep, digest = args.anchor.partition(":")
+        if not (sep and pos.isdigit() and int(pos) > 0 and digest):
+            raise UsageError(f"verify: --anchor takes POS:HASH, not {args.anchor!r} (see --help)")
+        anchor = (int(pos), digest)
+    report = await verify(config, anchor)
     if args.json:
         _print_json(report.as_json())
     else:

@@ -425,3 +425,13 @@ async def test_text_that_cannot_be_stored_and_deep_nesting_are_refused(client: C
     r = await client.post("/api/v1/prechecks", data=deep, headers=json_type)
     assert r.status == 400, await r.text()
     assert client.app[keys.STORE].head == head
+
+
+async def test_the_events_head_is_the_last_position_and_its_hash(client: Client) -> None:
+    """`/api/v1/events/head` names the last event and its chain hash, as the feed has them."""
+    await create(client, (await upload(client))["Id"])
+    head = await (await client.get("/api/v1/events/head")).json()
+    feed = await (await client.get("/api/v1/events", params={"after": "0"})).json()
+    assert head["Position"] == feed["events"][-1]["position"] == client.app[keys.STORE].head
+    [last] = await client.app[keys.STORE].read(head["Position"] - 1, 1)
+    assert head["Hash"] == last.hash and len(head["Hash"]) == 64

@@ -408,3 +408,23 @@ async def test_replay_until_a_position_equals_the_state_seen_then(
     )
     assert text.returncode == 0 and first in text.stdout and second in text.stdout
     assert text.stdout.startswith(f"State after event {seen[1][1]} of ")
+
+
+def test_verify_with_an_anchor_notices_a_cut_tail(copy: tuple[Path, Path]) -> None:
+    """The chain alone cannot tell a log whose last rows were cut; an anchor kept elsewhere
+    (position and hash of the head) can: verify passes with it, then fails once it is cut."""
+    config, db = copy
+    last = _rows(db)[-1]
+    anchor = f"{last[0]}:{last[8]}"
+    good = run_cli("verify", "--config", str(config), "--anchor", anchor)
+    assert good.returncode == 0, good.stderr
+    assert f"anchor: position {last[0]} holds hash {last[8]}" in good.stdout
+    _tamper(db, f"DELETE FROM events WHERE position >= {last[0] - 1}")
+    assert run_cli("verify", "--config", str(config)).returncode == 0  # a valid, shorter chain
+    cut = run_cli("verify", "--config", str(config), "--anchor", anchor)
+    assert cut.returncode == 1
+    assert "was cut or rewritten" in cut.stderr
+    wrong = run_cli("verify", "--config", str(config), "--anchor", "3:" + "0" * 64)
+    assert wrong.returncode == 1 and "not in the log" in wrong.stderr
+    usage = run_cli("verify", "--config", str(config), "--anchor", "three")
+    assert usage.returncode == 2 and "POS:HASH" in usage.stderr

@@ -93,8 +93,9 @@ class VerifyReport:
         }
 
 
-async def verify(config: Config) -> VerifyReport:
-    """Hash chain intact, append-only triggers in place, and a replay equal to the live state."""
+async def verify(config: Config, anchor: tuple[int, str] | None = None) -> VerifyReport:
+    """Hash chain intact, append-only triggers in place, the `anchor` (position, hash) still in
+    the log, and a replay equal to the live state."""
     report = VerifyReport()
     # Looked at before opening the log: opening it creates missing triggers again.
     db_path = Storage(config.server.storage_path).db_path
@@ -115,6 +116,17 @@ async def verify(config: Config) -> VerifyReport:
             )
         report.lines.append("append-only triggers: present")
         head = store.head
+        if anchor is not None:
+            position, want = anchor
+            found = await store.read(position - 1, 1) if 0 < position <= head else []
+            if not found or found[0].hash != want:
+                have = found[0].hash if found else "nothing"
+                return report.fail(
+                    f"anchor {position}:{want} is not in the log (it holds {have} there):"
+                    " the log was cut or rewritten after it",
+                    position,
+                )
+            report.lines.append(f"anchor: position {position} holds hash {want}")
     try:
         state, _ = await read_state(config)
     except Exception as e:  # an event that no longer decodes or applies

@@ -84,6 +84,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     return stream.response
 
 
+async def head(request: web.Request) -> web.Response:
+    """The log's last position and its chain hash: an anchor to keep elsewhere, so that a
+    later `precheck-server verify --anchor POS:HASH` proves the log still holds it."""
+    store = request.app[keys.STORE]
+    last = await store.read(store.head - 1, 1) if store.head else []
+    return web.json_response({"Position": store.head, "Hash": last[0].hash if last else None})
+
+
 def setup_routes(app: web.Application) -> None:
     """Register the audit feed."""
     app.router.add_get("/api/v1/events", events)
+    app.router.add_get("/api/v1/events/head", head)
