@@ -360,23 +360,30 @@ class EventStore:
     # Reading ----------------------------------------------------------------------------------
 
     async def read(
-        self, after: int = 0, limit: int = 1000, stream: str | None = None
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        stream: str | None = None,
+        where: tuple[str, tuple[object, ...]] = ("", ()),
     ) -> list[RecordedEvent]:
-        """Up to `limit` events after position `after`, in position order."""
-        return [_row_to_event(r) for r in await self._rows(after, limit, stream)]
+        """Up to `limit` events after position `after`, in position order; of one `stream`, and
+        matching `where` (an SQL clause starting with AND, and its arguments), if given."""
+        return [_row_to_event(r) for r in await self._rows(after, limit, stream, where)]
 
-    async def _rows(self, after: int, limit: int, stream: str | None = None) -> list[sqlite3.Row]:
+    async def _rows(
+        self,
+        after: int,
+        limit: int,
+        stream: str | None = None,
+        where: tuple[str, tuple[object, ...]] = ("", ()),
+    ) -> list[sqlite3.Row]:
         if self._closed:  # its file can no longer be read
             raise StoreClosed("the event store is closed")
-        if stream is None:
-            sql = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-            args: tuple[object, ...] = (after, limit)
-        else:
-            sql = (
-                f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND position > ? "
-                "ORDER BY position LIMIT ?"
-            )
-            args = (stream, after, limit)
+        clause, extra = where
+        if stream is not None:
+            clause, extra = " AND stream = ?" + clause, (stream, *extra)
+        sql = f"SELECT {_COLUMNS} FROM events WHERE position > ?{clause} ORDER BY position LIMIT ?"
+        args = (after, *extra, limit)
         async with self._reader_db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 

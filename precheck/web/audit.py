@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from aiohttp import web
 
 from precheck import keys
 from precheck.errors import Invalid
-from precheck.events.filters import event_filter
-from precheck.events.store import RecordedEvent
+from precheck.events.filters import EventQuery, event_query
 from precheck.web.render import event_document
 from precheck.web.requests import query_int
 from precheck.web.sse import Stream, last_event_id, message, wants_stream
@@ -17,9 +14,9 @@ from precheck.web.sse import Stream, last_event_id, message, wants_stream
 MAX_PAGE = 1000
 
 
-def _filter(request: web.Request) -> Callable[[RecordedEvent], bool]:
+def _query(request: web.Request) -> EventQuery:
     """Events matching `stream=`, `type=` (repeatable; `run.` matches every run event), `run=`."""
-    return event_filter(
+    return event_query(
         request.query.get("stream"), request.query.getall("type", []), request.query.get("run")
     )
 
@@ -36,22 +33,19 @@ def _start(request: web.Request) -> int:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """A page of events after `after` (JSON), or every event from there on, live (SSE)."""
-    keep = _filter(request)
+    query = _query(request)
+    keep = query.matches
     after = _start(request)
     store = request.app[keys.STORE]
     if not wants_stream(request):
         limit = min(query_int(request, "limit", 100, low=1) or 100, MAX_PAGE)
-        found: list[RecordedEvent] = []
-        position = after
-        # Scan in pages until the page is full or the log ends; `next` is where to go on.
-        while len(found) < limit and position < store.head:
-            batch = await store.read(position, MAX_PAGE)
-            for r in batch:
-                position = r.position
-                if keep(r):
-                    found.append(r)
-                    if len(found) == limit:
-                        break
+        head = store.head
+        # One query the database answers from its own rows: a filter that matches nothing
+        # reads no event into Python. A full page goes on after its last event; a short one
+        # has reached the head.
+        found = await store.read(after, limit, where=query.sql())
+        last = found[-1].position if found else 0
+        position = last if len(found) == limit else max(after, head, last)
         return web.json_response(
             {
                 "events": [event_document(r) for r in found],
