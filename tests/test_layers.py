@@ -13,11 +13,13 @@ ROOT = Path(precheck.__file__).parent
 SHARED = {"precheck", "precheck.errors", "precheck.clock", "precheck.config"}
 ALLOWED: dict[str, set[str]] = {
     "storage": set(),
+    "layout": set(),  # reading layouts in a child process: nothing of ours
     "events": {"storage"},
     "domain": {"events", "projections"},
     "projections": {"events", "domain"},
-    "service": {"domain", "events", "projections", "storage"},
+    "service": {"domain", "events", "projections", "storage", "layout"},
     "runner": {"domain", "events", "projections", "storage"},
+    "client": set(),  # speaks HTTP only: none of the server's layers
 }
 
 

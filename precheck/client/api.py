@@ -250,5 +250,6 @@ async def _error_message(response: aiohttp.ClientResponse) -> str:
 def _reason(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
-    text = str(e) or type(e).__name__
-    return text
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return e.os_error.strerror or str(e.os_error) or "cannot connect"
+    return str(e) or type(e).__name__

@@ -47,12 +47,12 @@ def verdict(doc: dict[str, Any]) -> str:
     result = doc.get("Result") or {}
     state = doc.get("State") or {}
     kind = result.get("Classification") or "system"
-    parts = [f"failed: {kind} failure"]
+    text = f"failed: {kind} failure"
     if result.get("FailedStep"):
-        parts.append(f"at {result['FailedStep']}")
-    if result.get("DeferredErrors"):
-        parts.append(f"({result['DeferredErrors']} deferred errors)")
+        text += f" at {result['FailedStep']}"
+    deferred = result.get("DeferredErrors")
     if state.get("Error"):
-        parts.append(f"- {state['Error']}")
-    parts.append(f"(exit code {state.get('ExitCode')})")
-    return " ".join(parts)
+        text += f": {state['Error']}"
+    elif isinstance(deferred, dict) and deferred:
+        text += ": deferred errors: " + ", ".join(f"{n} {what}" for what, n in deferred.items())
+    return f"{text} (exit code {state.get('ExitCode')})"

@@ -104,7 +104,7 @@ class Output:
             unit_divisor=1024,
             file=self.err,
             leave=False,
-            dynamic_ncols=True,
+            **_shape(self.err),
         )
         return bar
 
@@ -114,6 +114,17 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _shape(stream: TextIO) -> dict[str, Any]:
+    """Follow the terminal's size, unless it says it has none (a bare pty): 80 x 20 then."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        size = os.terminal_size((0, 0))
+    if size.columns > 0 and size.lines > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": 80, "nrows": 20}
 
 
 def size(n: int | None) -> str:
