@@ -16,10 +16,12 @@ from precheck.clock import Clock, utcnow
 from precheck.config import Config
 from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
+from precheck.layout.reading import Limits
 from precheck.projections import Projections
 from precheck.runner.engine import Engine
 from precheck.runner.supervisor import Supervisor
 from precheck.service.command_handler import CommandHandler
+from precheck.service.layout_inspector import LayoutInspector
 from precheck.service.run_announcer import RunAnnouncer
 from precheck.service.upload_expiry import SERVER, UploadExpiry
 from precheck.storage.files import Storage
@@ -70,6 +72,8 @@ def create_app(
     app[keys.AUTH] = Authenticator(config.auth, config.server.trusted_proxies, admin_token)
     app.cleanup_ctx.append(_event_log)
     app.cleanup_ctx.append(_upload_expiry)
+    if config.preflight.enabled:
+        app.cleanup_ctx.append(_layout_inspector)
     if run_containers:
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
@@ -134,6 +138,23 @@ async def _upload_expiry(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(expiry.run(), name="upload-expiry")
     yield
     task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _layout_inspector(app: web.Application) -> AsyncIterator[None]:
+    pf = app[keys.CONFIG].preflight
+    inspector = LayoutInspector(
+        app[keys.HANDLER],
+        Limits(pf.max_seconds, pf.max_memory_mb),
+        app[keys.CLOCK],
+        pf.max_concurrent,
+    )
+    app[keys.STORE].add_listener(inspector.on_event)
+    app[keys.INSPECTOR] = inspector
+    task = asyncio.create_task(inspector.run(), name="layout-inspector")
+    yield
+    task.cancel()  # kills the readings under way; their uploads stay pending, read at next start
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

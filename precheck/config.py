@@ -79,6 +79,16 @@ class DefaultsConfig:
 
 
 @attrs.frozen
+class PreflightConfig:
+    """The `[preflight]` table: reading uploaded layouts for the pre-flight checks."""
+
+    enabled: bool = True  # false: layouts are not read, runs queue without pre-flight
+    max_seconds: float = 60  # one reading's wall-clock time; the child is killed past it
+    max_memory_mb: int = 4096  # one reading's address space (RLIMIT_AS in the child)
+    max_concurrent: int = 2  # readings at once
+
+
+@attrs.frozen
 class Config:
     """The whole config file."""
 
@@ -86,6 +96,7 @@ class Config:
     docker: DockerConfig = DockerConfig()
     auth: AuthConfig = AuthConfig()
     defaults: DefaultsConfig = DefaultsConfig()
+    preflight: PreflightConfig = PreflightConfig()
 
 
 _MEMORY = re.compile(r"(?i)(\d+)\s*([kmgt]?)b?")
@@ -119,7 +130,15 @@ def _make_converter() -> cattrs.Converter:
         lambda t: t == tuple[ApiKey, ...],
         lambda v, _: tuple(conv.structure(_array(v), list[ApiKey])),
     )
-    for cls in (ServerConfig, DockerConfig, ApiKey, AuthConfig, DefaultsConfig, Config):
+    for cls in (
+        ServerConfig,
+        DockerConfig,
+        ApiKey,
+        AuthConfig,
+        DefaultsConfig,
+        PreflightConfig,
+        Config,
+    ):
         conv.register_structure_hook(
             cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
         )
@@ -259,6 +278,13 @@ def _validate(config: Config, source: str) -> None:
         raise bad("docker.pull", f"must be one of {', '.join(PULL_POLICIES)}")
     if config.defaults.slot not in SLOTS:
         raise bad("defaults.slot", f"must be one of {', '.join(SLOTS)}")
+    pf = config.preflight
+    if not 0 < pf.max_seconds <= 86400:
+        raise bad("preflight.max_seconds", "must be a number of seconds, above 0 and at most 86400")
+    if not 256 <= pf.max_memory_mb <= 1 << 30:
+        raise bad("preflight.max_memory_mb", "must be from 256 to 1073741824")
+    if not 1 <= pf.max_concurrent <= 64:
+        raise bad("preflight.max_concurrent", "must be from 1 to 64")
     for j, net in enumerate(a.allowed_ips):
         _network(net, bad, f"auth.allowed_ips[{j}]")
     names = set()

@@ -31,3 +31,11 @@ class NotJson(PrecheckError):
 
 class TooLarge(PrecheckError):
     """The upload is bigger than `server.max_upload_mb`."""
+
+
+class PreflightFailed(PrecheckError):
+    """The layout fails pre-flight checks the precheck would fail it on; `checks` lists them."""
+
+    def __init__(self, message: str, checks: tuple[object, ...]) -> None:
+        super().__init__(message)
+        self.checks = checks

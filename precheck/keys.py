@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from precheck.projections import Projections
     from precheck.runner.supervisor import Supervisor
     from precheck.service.command_handler import CommandHandler
+    from precheck.service.layout_inspector import LayoutInspector
     from precheck.service.upload_expiry import UploadExpiry
     from precheck.storage.files import Storage
     from precheck.storage.output_lines import OutputLineStore
@@ -30,6 +31,7 @@ HANDLER = web.AppKey["CommandHandler"]("handler")
 AUTH = web.AppKey["Authenticator"]("auth")
 CLOCK = web.AppKey["Clock"]("clock")
 EXPIRY = web.AppKey["UploadExpiry"]("expiry")
+INSPECTOR = web.AppKey["LayoutInspector"]("inspector")
 OUTPUT_LINES = web.AppKey["OutputLineStore"]("output_lines")
 SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
 METRICS = web.AppKey["Metrics"]("metrics")

@@ -13,12 +13,19 @@ from precheck.config import Config, parse_config
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Config]:
-    """Build a `Config` on `tmp_path/data`; keyword tables override the TOML defaults."""
+    """Build a `Config` on `tmp_path/data`; keyword tables override the TOML defaults.
+
+    Layouts are not read for pre-flight unless a test passes a `preflight` table: the readings'
+    events would come at times of their own into logs other tests count event by event.
+    """
 
     def make(**tables: dict[str, Any]) -> Config:
-        raw: dict[str, Any] = {"server": {"storage_path": str(tmp_path / "data")}}
+        raw: dict[str, Any] = {
+            "server": {"storage_path": str(tmp_path / "data")},
+            "preflight": {"enabled": False},
+        }
         for table, values in tables.items():
-            raw[table] = raw.get(table, {}) | values
+            raw[table] = ({} if table == "preflight" else raw.get(table, {})) | values
         return parse_config(raw, "test-config")
 
     return make

@@ -44,6 +44,12 @@ key_sha256 = "{digest}"
 
 [defaults]
 slot = "0p5x1"
+
+[preflight]
+enabled = false
+max_seconds = 30
+max_memory_mb = 2048
+max_concurrent = 4
 """
 
 
@@ -75,6 +81,8 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert c.auth.allowed_ips == ()
     assert c.auth.api_keys == ()
     assert c.defaults.slot == "1x1"
+    p = c.preflight
+    assert (p.enabled, p.max_seconds, p.max_memory_mb, p.max_concurrent) == (True, 60, 4096, 2)
 
 
 def test_plan_minimal_file(tmp_path: Path) -> None:
@@ -112,6 +120,8 @@ def test_every_key(tmp_path: Path) -> None:
         ("developer", "", digest),
     ]
     assert c.defaults.slot == "0p5x1"
+    p = c.preflight
+    assert (p.enabled, p.max_seconds, p.max_memory_mb, p.max_concurrent) == (False, 30, 2048, 4)
 
 
 def test_env_expansion_in_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,6 +187,10 @@ def test_missing_file(tmp_path: Path) -> None:
         ("[server]\nmax_upload_mb = 0\n", "server.max_upload_mb"),
         ('[docker]\npull = "sometimes"\n', "docker.pull"),
         ('[docker]\nimage = ""\n', "docker.image"),
+        ("[preflight]\nmax_seconds = 0\n", "preflight.max_seconds"),
+        ("[preflight]\nmax_memory_mb = 10\n", "preflight.max_memory_mb"),
+        ("[preflight]\nmax_concurrent = 0\n", "preflight.max_concurrent"),
+        ('[preflight]\nenabled = "yes"\n', "preflight.enabled"),
     ],
 )
 def test_bad_file_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:

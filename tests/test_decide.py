@@ -24,6 +24,7 @@ from precheck.events.types import (
     Event,
     Metadata,
     OutputFile,
+    Preflight,
     RunCancelled,
     RunCancelRequested,
     RunFailedToStart,
@@ -184,6 +185,7 @@ def test_queue_run_copies_the_upload_into_the_event() -> None:
             4096,
             "cd" * 32,
             LATER,
+            Preflight("not-run", "enforce", reason="the layout has not been read yet"),
         ),
     )
     assert decision.expect == {"upload-u1": 1, "run-r1": 0}

@@ -25,6 +25,7 @@ from schemathesis.core.result import Ok
 from precheck.app import create_app
 from precheck.config import SLOTS, Config, parse_config
 from precheck.domain.commands import DIE_ID, TOP_CELL
+from precheck.domain.preflight import CHECK_CODES, MODES
 from precheck.domain.status import ENDED, STATUSES, RunStatus
 from precheck.events.types import TAGS
 from precheck.storage.files import SUFFIX
@@ -80,7 +81,10 @@ class LiveApp:
         return str(doc["Id"])
 
     def queue(self, upload_id: str) -> str:
-        body = json.dumps({"upload_id": upload_id, "top_cell": "chip_top"}).encode()
+        # The test layouts are no slot-sized dies: once read, pre-flight would refuse them.
+        body = json.dumps(
+            {"upload_id": upload_id, "top_cell": "chip_top", "preflight": "warn"}
+        ).encode()
         doc = self.request(
             "POST", "/api/v1/prechecks", body, **{"Content-Type": "application/json"}
         )
@@ -234,6 +238,7 @@ def _prefixes(types: list[str]) -> list[str]:
 _SCHEMAS = ("components", "schemas")
 _EVENTS = ("paths", "/api/v1/events", "get", "parameters")
 _LOGS = ("paths", "/api/v1/prechecks/{run_id}/logs", "get", "parameters")
+_PREFLIGHT = ("paths", "/api/v1/uploads/{upload_id}/preflight", "get", "parameters")
 _RUN_STATUSES = [s.value for s in RunStatus]
 _EVENT_TYPES = list(TAGS.values())
 _CREATE_RUN = {f.name: f for f in attrs.fields(requests.CreateRun)}
@@ -274,6 +279,21 @@ CONSTANTS: list[tuple[str, tuple[Step, ...], Any]] = [
         (*_SCHEMAS, "CreateRun", "properties", "cob", "default"),
         _CREATE_RUN["cob"].default,
     ),
+    ("preflight modes", (*_SCHEMAS, "CreateRun", "properties", "preflight", "enum"), list(MODES)),
+    (
+        "preflight default",
+        (*_SCHEMAS, "CreateRun", "properties", "preflight", "default"),
+        _CREATE_RUN["preflight"].default,
+    ),
+    ("preflight slot", (*_PREFLIGHT, "slot", "schema", "enum"), list(SLOTS)),
+    ("preflight top cell", (*_PREFLIGHT, "top_cell", "schema", "pattern"), f"^{TOP_CELL.pattern}$"),
+    ("layout slot", (*_SCHEMAS, "Layout", "properties", "Slot", "anyOf", 0, "enum"), list(SLOTS)),
+    (
+        "layout format",
+        (*_SCHEMAS, "Layout", "properties", "Format", "anyOf", 0, "enum"),
+        list(SUFFIX),
+    ),
+    ("check codes", (*_SCHEMAS, "Check", "properties", "code", "enum"), list(CHECK_CODES)),
     ("event type", (*_SCHEMAS, "Event", "properties", "type", "enum"), _EVENT_TYPES),
     (
         "event type filter",

@@ -13,8 +13,9 @@ from functools import singledispatch
 import attrs
 
 from precheck.config import SLOTS
+from precheck.domain.preflight import MODES, preflight_for_run
 from precheck.domain.status import ENDED, RunStatus
-from precheck.errors import Conflict, Expired, Invalid, NotFound
+from precheck.errors import Conflict, Expired, Invalid, NotFound, PreflightFailed
 from precheck.events.types import (
     Event,
     RunCancelled,
@@ -23,6 +24,8 @@ from precheck.events.types import (
     RunQueued,
     UploadDeleted,
     UploadExpired,
+    UploadInspected,
+    UploadInspectionFailed,
     UploadReceived,
 )
 from precheck.projections import Projections
@@ -62,8 +65,19 @@ class ExpireUploads:
 
 
 @attrs.frozen
+class RecordInspection:
+    """Record what reading an upload's layout found, unless it was removed or read meanwhile."""
+
+    event: UploadInspected | UploadInspectionFailed
+
+
+@attrs.frozen
 class QueueRun:
-    """Queue a precheck of an upload."""
+    """Queue a precheck of an upload.
+
+    `preflight`: `enforce` refuses a layout that was read and fails a pre-flight check;
+    `warn` queues it and records the failures.
+    """
 
     run_id: str
     upload_id: str
@@ -72,6 +86,7 @@ class QueueRun:
     slot: str
     cob: bool
     now: datetime
+    preflight: str = "enforce"
 
 
 @attrs.frozen
@@ -102,7 +117,14 @@ class PruneRuns:
 
 
 Command = (
-    ReceiveUpload | DeleteUpload | ExpireUploads | QueueRun | CancelRun | DeleteRun | PruneRuns
+    ReceiveUpload
+    | DeleteUpload
+    | ExpireUploads
+    | RecordInspection
+    | QueueRun
+    | CancelRun
+    | DeleteRun
+    | PruneRuns
 )
 
 
@@ -153,6 +175,14 @@ def _expire(c: ExpireUploads, state: Projections) -> Decision:
 
 
 @decide.register
+def _record_inspection(c: RecordInspection, state: Projections) -> Decision:
+    upload = state.uploads.get(c.event.upload_id)
+    if upload is None or upload.layout_status != "pending":
+        return Decision((), {})  # deleted, expired or read meanwhile: nothing to record
+    return Decision((c.event,), {f"upload-{upload.id}": upload.version})
+
+
+@decide.register
 def _queue(c: QueueRun, state: Projections) -> Decision:
     if not TOP_CELL.fullmatch(c.top_cell):
         raise Invalid(
@@ -168,6 +198,19 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
         raise NotFound(f"No such upload: {c.upload_id}")
     if upload.status == "expired" or upload.expires_at <= c.now:
         raise Expired(f"upload {c.upload_id} has expired; upload the layout again")
+    if c.preflight not in MODES:
+        raise Invalid(f"preflight must be one of {', '.join(MODES)}")
+    preflight = preflight_for_run(
+        upload.layout, upload.layout_error, c.top_cell, c.slot, c.preflight
+    )
+    if preflight.status == "failed" and c.preflight == "enforce":
+        count = len(preflight.checks)
+        raise PreflightFailed(
+            f"the layout fails {count} pre-flight check{'s' if count > 1 else ''} the precheck"
+            f" would fail it on: {'; '.join(ch.message for ch in preflight.checks)}"
+            ' (send "preflight": "warn" to queue it anyway)',
+            preflight.checks,
+        )
     event = RunQueued(
         c.run_id,
         upload.id,
@@ -181,6 +224,7 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
         upload.size,
         upload.sha256,
         c.now,
+        preflight,
     )
     return Decision((event,), {f"upload-{upload.id}": upload.version, f"run-{c.run_id}": 0})
 

@@ -53,7 +53,90 @@ class UploadExpired:
     at: datetime
 
 
+@attrs.frozen
+class BBox:
+    """A bounding box in µm: lower left (`left`, `bottom`), upper right (`right`, `top`)."""
+
+    left: float
+    bottom: float
+    right: float
+    top: float
+
+
+@attrs.frozen
+class TopCell:
+    """A top cell of a layout and its bounding box (None: the cell is empty)."""
+
+    name: str
+    bbox: BBox | None
+
+
+@attrs.frozen
+class LayerPair:
+    """A GDS layer number and datatype present in a layout."""
+
+    layer: int
+    datatype: int
+
+
+@attrs.frozen
+class UploadInspected:
+    """The upload's layout was read: its units, top cells and their extents, layers and cells.
+
+    `top_cells` lists at most `MAX_TOP_CELLS` of them (`top_cell_count` counts all) and
+    `layers` at most `MAX_LAYERS`. `reused_from` names the upload whose reading of the same
+    bytes (same sha256) gave these facts, when they were not read again.
+    """
+
+    upload_id: str
+    format: str  # gds, gds.gz, oas: what the reader found
+    dbu: float  # µm per database unit
+    top_cells: tuple[TopCell, ...]
+    top_cell_count: int
+    layers: tuple[LayerPair, ...]
+    cells: int
+    at: datetime
+    reused_from: str | None = None
+
+
+@attrs.frozen
+class UploadInspectionFailed:
+    """The upload's layout could not be read (not readable, or past the reader's limits)."""
+
+    upload_id: str
+    error: str
+    at: datetime
+
+
+MAX_TOP_CELLS = 100
+MAX_LAYERS = 4096
+
+
 # Runs ----------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class PreflightCheck:
+    """One pre-flight check a layout failed: a stable `code`, why, and the values compared."""
+
+    code: str  # top_cell, single_top_cell, dbu, origin, size
+    message: str
+    expected: str
+    found: str
+
+
+@attrs.frozen
+class Preflight:
+    """The pre-flight result a run was queued with.
+
+    `status`: `passed`, `failed` (queued anyway: `mode` was `warn`) or `not-run` (the layout
+    was not read yet, or could not be read: `reason` says which).
+    """
+
+    status: str
+    mode: str  # enforce | warn
+    checks: tuple[PreflightCheck, ...] = ()
+    reason: str = ""
 
 
 @attrs.frozen
@@ -72,6 +155,7 @@ class RunQueued:
     input_size: int
     input_sha256: str
     at: datetime
+    preflight: Preflight | None = None  # older rows have none
 
 
 @attrs.frozen
@@ -264,6 +348,8 @@ Event = (
     UploadReceived
     | UploadDeleted
     | UploadExpired
+    | UploadInspected
+    | UploadInspectionFailed
     | RunQueued
     | RunCancelRequested
     | RunCancelled
@@ -285,6 +371,8 @@ TAGS: dict[type, str] = {
     UploadReceived: "upload.received",
     UploadDeleted: "upload.deleted",
     UploadExpired: "upload.expired",
+    UploadInspected: "upload.inspected",
+    UploadInspectionFailed: "upload.inspection-failed",
     RunQueued: "run.queued",
     RunCancelRequested: "run.cancel-requested",
     RunCancelled: "run.cancelled",
@@ -308,7 +396,10 @@ SCHEMAS: dict[str, int] = {tag: 1 for tag in TAGS.values()} | {"run.queued": 2}
 
 def stream_of(event: Event) -> str:
     """The stream an event belongs to: `upload-<id>`, `run-<id>` or `server`."""
-    if isinstance(event, UploadReceived | UploadDeleted | UploadExpired):
+    if isinstance(
+        event,
+        UploadReceived | UploadDeleted | UploadExpired | UploadInspected | UploadInspectionFailed,
+    ):
         return f"upload-{event.upload_id}"
     run_id = getattr(event, "run_id", None)
     if run_id is not None and not isinstance(event, ReactionFailed):

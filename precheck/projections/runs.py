@@ -12,6 +12,7 @@ from precheck.domain.status import ACTIVE, ENDED, RunStatus
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
     OutputFile,
+    Preflight,
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
@@ -93,6 +94,7 @@ class RunRecord:
     settled: bool = False  # ended, and nothing more will be recorded (outputs stored)
     queued_position: int = 0  # where it joined the queue: its place in FIFO order
     dequeued_position: int | None = None  # where it left the queue (started or ended)
+    preflight: Preflight | None = None  # what pre-flight said when it was queued
 
     @property
     def active(self) -> bool:
@@ -139,6 +141,7 @@ class Runs:
                 version=r.version,
                 position=r.position,
                 queued_position=r.position,
+                preflight=e.preflight,
             )
             return
         change = _CHANGES.get(kind)

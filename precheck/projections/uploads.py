@@ -12,6 +12,8 @@ from precheck.events.types import (
     RunQueued,
     UploadDeleted,
     UploadExpired,
+    UploadInspected,
+    UploadInspectionFailed,
     UploadReceived,
 )
 from precheck.projections._records import replacer
@@ -19,7 +21,11 @@ from precheck.projections._records import replacer
 
 @attrs.frozen
 class UploadRecord:
-    """One stored upload. `status` is `available` or `expired`; `run_ids` in queue order."""
+    """One stored upload. `status` is `available` or `expired`; `run_ids` in queue order.
+
+    `layout_status` is `pending` until the layout is read, then `done` (`layout` holds what was
+    read) or `failed` (`layout_error` says why).
+    """
 
     id: str
     name: str
@@ -32,12 +38,25 @@ class UploadRecord:
     status: str = "available"
     run_ids: tuple[str, ...] = ()
     version: int = 0
+    layout_status: str = "pending"
+    layout: UploadInspected | None = None
+    layout_error: str = ""
 
 
 _replace = replacer(UploadRecord)
 
 
-_UPLOAD_EVENTS = frozenset({UploadReceived, UploadDeleted, UploadExpired, RunQueued, RunDeleted})
+_UPLOAD_EVENTS = frozenset(
+    {
+        UploadReceived,
+        UploadDeleted,
+        UploadExpired,
+        UploadInspected,
+        UploadInspectionFailed,
+        RunQueued,
+        RunDeleted,
+    }
+)
 
 
 class Uploads:
@@ -77,6 +96,18 @@ class Uploads:
                 self.by_id[u.id] = _replace(u, status="expired", version=r.version)
             else:
                 del self.by_id[u.id]
+        elif isinstance(e, UploadInspected):
+            u = self.by_id.get(e.upload_id)
+            if u is not None:
+                self.by_id[u.id] = _replace(
+                    u, layout_status="done", layout=e, layout_error="", version=r.version
+                )
+        elif isinstance(e, UploadInspectionFailed):
+            u = self.by_id.get(e.upload_id)
+            if u is not None:
+                self.by_id[u.id] = _replace(
+                    u, layout_status="failed", layout=None, layout_error=e.error, version=r.version
+                )
         elif isinstance(e, RunQueued):
             u = self.by_id.get(e.upload_id)
             if u is not None:

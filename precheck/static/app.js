@@ -10,7 +10,9 @@ let source = null; // the one open EventSource
 const RUN_EVENTS = ["run.queued", "run.started", "run.progressed", "run.cancel-requested",
   "run.timed-out", "run.exited", "run.outputs-stored", "run.finished", "run.cancelled",
   "run.failed-to-start", "run.finish-failed", "run.deleted"];
-const UPLOAD_EVENTS = ["upload.received", "upload.expired", "upload.deleted"];
+const UPLOAD_EVENTS = [
+  "upload.received", "upload.expired", "upload.deleted", "upload.inspected", "upload.inspection-failed",
+];
 
 function apiKey() { return sessionStorage.getItem(KEY) || ""; }
 

@@ -10,7 +10,16 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from precheck import keys
-from precheck.errors import Conflict, Invalid, NotFound, NotJson, PrecheckError, TooLarge
+from precheck.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    NotJson,
+    PrecheckError,
+    PreflightFailed,
+    TooLarge,
+)
+from precheck.events.codec import to_jsonable
 from precheck.events.store import ConcurrencyError, StoreClosed
 from precheck.web import same_site
 from precheck.web.auth import AuthError, presented_key
@@ -24,6 +33,7 @@ EXEMPT_PREFIXES = ("/static/",)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 STATUS: list[tuple[type[Exception], int]] = [
+    (PreflightFailed, 422),
     (NotFound, 404),
     (NotJson, 415),
     (TooLarge, 413),
@@ -81,6 +91,11 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
         message = e.text if e.text and not e.text.startswith(str(e.status)) else e.reason
         keep = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
         response = error(e.status, message, keep or None)
+    except PreflightFailed as e:
+        response = web.json_response(
+            {"message": str(e), "detail": str(e), "checks": to_jsonable(list(e.checks))},
+            status=_status_of(e),
+        )
     except PrecheckError as e:
         response = error(_status_of(e), str(e))
     except (ConcurrencyError, StoreClosed) as e:

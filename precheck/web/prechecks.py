@@ -41,6 +41,7 @@ async def create_precheck(request: web.Request) -> web.Response:
             body.slot or app[keys.CONFIG].defaults.slot,
             body.cob,
             app[keys.CLOCK](),
+            body.preflight,
         ),
         metadata(request),
     )
@@ -70,9 +71,18 @@ async def rerun_precheck(request: web.Request) -> web.Response:
     app = request.app
     run = find_run(request)
     run_id = uuid.uuid4().hex
+    # A run queued despite pre-flight failures is re-run the same way.
+    mode = run.preflight.mode if run.preflight is not None else "enforce"
     await app[keys.HANDLER].handle(
         QueueRun(
-            run_id, run.upload_id, run.top_cell, run.die_id, run.slot, run.cob, app[keys.CLOCK]()
+            run_id,
+            run.upload_id,
+            run.top_cell,
+            run.die_id,
+            run.slot,
+            run.cob,
+            app[keys.CLOCK](),
+            mode,
         ),
         metadata(request),
     )

@@ -6,9 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from precheck.config import Config
+from precheck.domain.preflight import slot_of
 from precheck.domain.status import ENDED, RunStatus
 from precheck.events.codec import iso, to_jsonable
 from precheck.events.store import RecordedEvent
+from precheck.events.types import Preflight, PreflightCheck, UploadInspected
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
@@ -34,6 +36,59 @@ def upload_document(u: UploadRecord, now: datetime) -> dict[str, Any]:
         "ExpiresAt": iso(u.expires_at),
         "State": {"Status": "expired" if expired else "available", "Expired": expired},
         "Runs": list(u.run_ids),
+        "Layout": layout_document(u),
+    }
+
+
+def layout_document(u: UploadRecord) -> dict[str, Any]:
+    """An upload's `Layout`: what reading it found (pre-flight), or why it could not be read."""
+    facts: UploadInspected | None = u.layout
+    return {
+        "Status": u.layout_status,
+        "Format": facts.format if facts else None,
+        "Dbu": facts.dbu if facts else None,
+        "TopCells": [
+            {
+                "Name": c.name,
+                "BBox": None
+                if c.bbox is None
+                else {
+                    "Left": c.bbox.left,
+                    "Bottom": c.bbox.bottom,
+                    "Right": c.bbox.right,
+                    "Top": c.bbox.top,
+                },
+            }
+            for c in facts.top_cells
+        ]
+        if facts
+        else [],
+        "TopCellCount": facts.top_cell_count if facts else None,
+        "Layers": [[p.layer, p.datatype] for p in facts.layers] if facts else [],
+        "Cells": facts.cells if facts else None,
+        "Slot": slot_of(facts) if facts else None,
+        "Error": u.layout_error,
+    }
+
+
+def check_documents(checks: tuple[PreflightCheck, ...]) -> list[dict[str, str]]:
+    """Failed pre-flight checks as the API shows them."""
+    return [
+        {"code": c.code, "message": c.message, "expected": c.expected, "found": c.found}
+        for c in checks
+    ]
+
+
+def preflight_document(p: Preflight | None) -> dict[str, Any] | None:
+    """A run's `Preflight`: the result it was queued with (None for runs older than it)."""
+    if p is None:
+        return None
+    return {
+        "Status": p.status,
+        "Mode": p.mode,
+        "Passed": p.status == "passed",
+        "Checks": check_documents(p.checks),
+        "Reason": p.reason,
     }
 
 
@@ -114,6 +169,7 @@ def run_document(
             if v
             else None
         ),
+        "Preflight": preflight_document(run.preflight),
     }
     return doc
 

@@ -24,6 +24,7 @@ class CreateRun:
     die_id: str = "FFFFFFFF"
     slot: str | None = None
     cob: bool = False
+    preflight: str = "enforce"  # warn: queue a layout that fails pre-flight, recording why
 
 
 @attrs.frozen

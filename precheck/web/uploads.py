@@ -10,11 +10,13 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from precheck import keys
-from precheck.domain.commands import DeleteUpload, ReceiveUpload, upload_expiry
+from precheck.config import SLOTS
+from precheck.domain.commands import TOP_CELL, DeleteUpload, ReceiveUpload, upload_expiry
+from precheck.domain.preflight import check
 from precheck.errors import Invalid, NotFound
 from precheck.storage.files import SUFFIX
 from precheck.web.context import metadata
-from precheck.web.render import upload_document
+from precheck.web.render import check_documents, upload_document
 
 CHUNK = 1 << 20
 
@@ -101,6 +103,32 @@ async def get_upload(request: web.Request) -> web.Response:
     return web.json_response(upload_document(upload, request.app[keys.CLOCK]()))
 
 
+async def get_preflight(request: web.Request) -> web.Response:
+    """The pre-flight checks the upload's layout fails for `top_cell` and `slot`; creates nothing.
+
+    `Passed` is null (and `Checks` empty) while the layout is not read, or could not be.
+    """
+    upload_id = request.match_info["upload_id"]
+    upload = request.app[keys.PROJECTIONS].uploads.get(upload_id)
+    if upload is None:
+        raise NotFound(f"No such upload: {upload_id}")
+    top_cell = request.query.get("top_cell", "")
+    if not TOP_CELL.fullmatch(top_cell):
+        raise Invalid("top_cell must be given as a plain cell name, as for a run")
+    slot = request.query.get("slot") or request.app[keys.CONFIG].defaults.slot
+    if slot not in SLOTS:
+        raise Invalid(f"slot must be one of {', '.join(SLOTS)}")
+    failed = check(upload.layout, top_cell, slot) if upload.layout is not None else None
+    return web.json_response(
+        {
+            "Status": upload.layout_status,
+            "Checks": check_documents(failed or ()),
+            "Passed": None if failed is None else not failed,
+            "Error": upload.layout_error,
+        }
+    )
+
+
 async def delete_upload(request: web.Request) -> web.Response:
     """Delete an upload no queued or running run uses."""
     upload_id = request.match_info["upload_id"]
@@ -115,4 +143,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/uploads", create_upload)
     app.router.add_get("/api/v1/uploads", list_uploads)
     app.router.add_get("/api/v1/uploads/{upload_id}", get_upload)
+    app.router.add_get("/api/v1/uploads/{upload_id}/preflight", get_preflight)
     app.router.add_delete("/api/v1/uploads/{upload_id}", delete_upload)

@@ -1,0 +1,1 @@
+"""Reading layouts: a child process per file (`inspect.py`), started and bounded by `reading.py`."""
