@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -116,12 +117,20 @@ async def server_log(api: Api, run_id: str) -> list[str]:
     return lines
 
 
-def auth_config(make_config: Callable[..., Config], sim_config: Callable[..., Config]) -> Config:
-    """The simulator config with API keys required (one key: `KEY`)."""
+def sim_with(
+    make_config: Callable[..., Config], sim_config: Callable[..., Config], **tables: Any
+) -> Config:
+    """The simulator config with other tables set too."""
     docker = sim_config().docker  # fails the test here when there is no Docker engine
     return make_config(
-        docker={"image": docker.image, "pull": "never", "memory_limit": "256m"},
-        auth={"required": True, "api_keys": [{"name": "ci", "key": KEY}]},
+        docker={"image": docker.image, "pull": "never", "memory_limit": "256m"}, **tables
+    )
+
+
+def auth_config(make_config: Callable[..., Config], sim_config: Callable[..., Config]) -> Config:
+    """The simulator config with API keys required (one key: `KEY`)."""
+    return sim_with(
+        make_config, sim_config, auth={"required": True, "api_keys": [{"name": "ci", "key": KEY}]}
     )
 
 

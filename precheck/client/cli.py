@@ -212,7 +212,18 @@ async def cmd_submit(ctx: Context) -> int:
         body["die_id"] = args.die_id
     if args.slot:
         body["slot"] = args.slot
-    doc = await api.create(body)
+    try:
+        doc = await api.create(body)
+    except ApiError as e:
+        if e.status != 422:
+            raise
+        # Refused before it ran: the layout fails the precheck's first checks (pre-flight).
+        out.error(e.message)
+        if out.json_mode:
+            out.document(
+                {"type": "result", "exit_code": outcome.DESIGN_FAILURE, "refused": e.message}
+            )
+        return outcome.DESIGN_FAILURE
     run_id = str(doc["Id"])
     if args.no_follow:
         if out.json_mode:
