@@ -53,7 +53,7 @@ def read(path: str) -> dict[str, Any]:
     layout = kdb.Layout()
     layout.read(path)  # gzip-compressed streams are read as they are
     dbu = float(layout.dbu)
-    tops = layout.top_cells()
+    tops = sorted(layout.top_cells(), key=lambda c: str(c.name))  # in a stable order
     top_cells = []
     for cell in tops[:MAX_TOP_CELLS]:
         box = cell.bbox()
