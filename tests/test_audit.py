@@ -40,7 +40,9 @@ def _config_file(
 ) -> Path:
     path.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\nstorage_path = "{storage}"\n\n'
-        f'[docker]\nimage = "{image}"\npull = "never"\nmemory_limit = "256m"\n'
+        f'[docker]\nimage = "{image}"\npull = "never"\nmemory_limit = "256m"\n\n'
+        # The simulator's layouts are no slot-sized dies: pre-flight would refuse their runs.
+        "[preflight]\nenabled = false\n"
     )
     return path
 

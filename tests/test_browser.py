@@ -15,10 +15,13 @@ from typing import Any
 
 import attrs
 import pytest
+from pytest_aiohttp import AiohttpClient
 
+from precheck.app import create_app
 from precheck.config import ApiKey, AuthConfig, Config
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
+from tests.real_layouts import die
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
@@ -688,3 +691,100 @@ async def test_run_page_keeps_up_with_a_long_log(
     assert seen["search_line"][1] == "noise 99999\n" and seen["search_line"][2]
     assert seen["load_seconds"] < 30, seen
     assert seen["search_seconds"] < 5, seen
+
+
+def _preflight(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, Any]:
+    """Upload a die and use the pre-flight hints: what was seen. Blocking: run in a thread."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = _browser(profile)
+    seen: dict[str, Any] = {}
+
+    def codes() -> list[str]:
+        items = driver.find_elements(By.CSS_SELECTOR, "#preflight-checks li")
+        return [li.get_attribute("data-code") or "" for li in items]
+
+    try:
+        wait = WebDriverWait(driver, WAIT)
+        find = driver.find_element
+        driver.get(base_url)
+        wait.until(ec.element_to_be_clickable((By.ID, "file")))
+        find(By.ID, "file").send_keys(str(layout))
+        find(By.CSS_SELECTOR, "#upload-form button[type=submit]").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "upload-status"), "uploaded"))
+
+        # Once the layout is read: its top cells offered, its slot chosen, the checks passed.
+        wait.until(ec.text_to_be_present_in_element((By.ID, "preflight-status"), "passed"))
+        seen["offered"] = [
+            o.get_attribute("value")
+            for o in driver.find_elements(By.CSS_SELECTOR, "#top-cells option")
+        ]
+        seen["top_cell"] = find(By.ID, "top-cell").get_attribute("value")
+        seen["slot"] = Select(find(By.ID, "slot")).first_selected_option.text
+        seen["passed_class"] = find(By.ID, "preflight").get_attribute("class")
+
+        # Another slot: the die no longer fits, and the page says so before Start.
+        Select(find(By.ID, "slot")).select_by_visible_text("1x1")
+        wait.until(lambda d: codes() == ["size"])
+        seen["size_message"] = find(By.CSS_SELECTOR, "#preflight-checks li").text
+        # A top cell the layout lacks as well: both checks listed.
+        top = find(By.ID, "top-cell")
+        top.clear()
+        top.send_keys("no_such_top")
+        wait.until(lambda d: codes() == ["top_cell", "size"])
+        seen["both"] = codes()
+
+        # Start is refused (422): the page stays and lists the checks.
+        find(By.CSS_SELECTOR, "#run-form button[type=submit]").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "run-status"), "not started"))
+        seen["refused_url"] = driver.current_url
+        seen["refused_codes"] = codes()
+        assert driver.save_screenshot(str(shot)), "the screenshot was not written"
+
+        # Ticked "start even if pre-flight fails": the run is queued and shown.
+        find(By.ID, "preflight-warn").click()
+        find(By.CSS_SELECTOR, "#run-form button[type=submit]").click()
+        wait.until(lambda d: "#/runs/" in d.current_url)
+        seen["run_id"] = driver.current_url.rsplit("/", 1)[1]
+    finally:
+        driver.quit()
+    return seen
+
+
+async def test_page_shows_pre_flight_before_start(
+    chromium: tuple[Path, Path],
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    """After an upload the page offers the layout's top cells, picks the slot its die fits,
+    shows failed checks as top cell and slot change, and refuses Start until told to warn."""
+    config = make_config(preflight={"enabled": True})
+    client = await aiohttp_client(create_app(config, run_containers=False))
+    layout = tmp_path / "design.gds"
+    layout.write_bytes(die("0p5x1"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser-preflight.png"
+    shot.unlink(missing_ok=True)
+
+    seen = await asyncio.wait_for(
+        asyncio.to_thread(
+            _preflight, str(client.make_url("/")), layout, tmp_path / "profile", shot
+        ),
+        60,
+    )
+
+    assert seen["offered"] == ["chip_top"]
+    assert seen["top_cell"] == "chip_top"  # the only top cell, not the file's name
+    assert seen["slot"] == "0p5x1"
+    assert "passed" in seen["passed_class"]
+    assert "3932 x 5122" in seen["size_message"] and "1936 x 5122" in seen["size_message"]
+    assert seen["both"] == ["top_cell", "size"]
+    assert "#/runs/" not in seen["refused_url"]
+    assert seen["refused_codes"] == ["top_cell", "size"]
+    run = await (await client.get(f"/api/v1/prechecks/{seen['run_id']}")).json()
+    assert run["Config"]["Labels"]["top_cell"] == "no_such_top"
+    assert (run["Preflight"]["Mode"], run["Preflight"]["Status"]) == ("warn", "failed")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -115,6 +115,10 @@ max_concurrent = 1
 image = "{image}"
 pull = "never"
 memory_limit = "256m"
+
+# The simulator's layouts are no slot-sized dies: pre-flight would refuse their runs.
+[preflight]
+enabled = false
 """
     )
 

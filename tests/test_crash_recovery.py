@@ -51,6 +51,10 @@ storage_path = "{tmp_path / "data"}"
 image = "{image}"
 pull = "never"
 memory_limit = "256m"
+
+# The simulator's layouts are no slot-sized dies: pre-flight would refuse their runs.
+[preflight]
+enabled = false
 """
         )
         self.log = tmp_path / "server.log"

@@ -28,6 +28,7 @@ async function api(path, options = {}) {
   if (!response.ok) {
     const err = new Error(body?.message || `${response.status} ${response.statusText}`);
     err.status = response.status;
+    err.checks = body?.checks; // 422: the pre-flight checks the layout fails
     throw err;
   }
   return body;
@@ -103,7 +104,10 @@ $("upload-form").addEventListener("submit", (e) => {
     if (xhr.status !== 200) { failed(body.message || `upload failed (${xhr.status})`); return; }
     bar.value = 100;
     setStatus($("upload-status"), `uploaded ${body.Name}: ${body.Size} bytes, sha256 ${body.Checksums.sha256.slice(0, 12)}…`);
-    if (!$("top-cell").value) $("top-cell").value = body.Name.split(".")[0].replace(/[^A-Za-z0-9_$-]/g, "_");
+    if (!$("top-cell").value || autoTop) {
+      $("top-cell").value = body.Name.split(".")[0].replace(/[^A-Za-z0-9_$-]/g, "_");
+      autoTop = true;
+    }
     loadUploads(body.Id);
   };
   xhr.onerror = () => failed("upload failed: connection lost");
@@ -114,12 +118,90 @@ async function loadUploads(select) {
   const uploads = await api("/api/v1/uploads");
   const el = $("upload-id");
   el.innerHTML = "";
+  uploadsById = new Map();
   for (const u of uploads.filter((u) => !u.State.Expired)) {
     const option = new Option(`${u.Name} (${u.Id.slice(0, 8)})`, u.Id);
     el.add(option);
+    uploadsById.set(u.Id, u);
   }
   if (select) el.value = select;
+  showLayout();
 }
+
+// Pre-flight: once the server has read the chosen upload's layout, the top cell field offers
+// its top cells, the slot its die fits is chosen, and the checks for the top cell and slot as
+// they stand are shown before Start.
+let uploadsById = new Map();
+let autoTop = false; // the top cell field holds a guess of the page's, not the user's choice
+const preselected = new Set(); // uploads whose top cell and slot were already filled in
+let preflightAsked = 0;
+
+function showLayout() {
+  const u = uploadsById.get($("upload-id").value);
+  const layout = u?.Layout;
+  const list = $("top-cells");
+  list.innerHTML = "";
+  for (const c of layout?.TopCells || []) list.append(new Option(c.Name));
+  if (layout?.Status === "done" && !preselected.has(u.Id)) {
+    preselected.add(u.Id);
+    if (layout.TopCells.length === 1 && (autoTop || !$("top-cell").value)) {
+      $("top-cell").value = layout.TopCells[0].Name;
+      autoTop = true;
+    }
+    if (layout.Slot) $("slot").value = layout.Slot;
+  }
+  checkPreflight();
+}
+
+function checkDetails(checks) {
+  const ul = $("preflight-checks");
+  ul.innerHTML = "";
+  for (const c of checks || []) {
+    const li = document.createElement("li");
+    li.dataset.code = c.code;
+    li.textContent = c.message;
+    ul.append(li);
+  }
+}
+
+function showPreflight(kind, text, checks = []) {
+  const box = $("preflight");
+  box.hidden = !kind;
+  box.className = `preflight ${kind || ""}`;
+  $("preflight-status").textContent = text;
+  checkDetails(checks);
+}
+
+async function checkPreflight() {
+  const uploadId = $("upload-id").value;
+  const top = $("top-cell").value;
+  const asked = ++preflightAsked;
+  const u = uploadsById.get(uploadId);
+  if (!u) { showPreflight(null, ""); return; }
+  if (u.Layout.Status === "pending") { showPreflight("unknown", "Pre-flight: reading the layout…"); return; }
+  if (u.Layout.Status === "failed") {
+    showPreflight("unknown", `Pre-flight could not run: ${u.Layout.Error}. The precheck will say more.`);
+    return;
+  }
+  if (!$("top-cell").checkValidity()) { showPreflight("unknown", "Pre-flight: name the top cell."); return; }
+  const query = new URLSearchParams({ top_cell: top, slot: $("slot").value });
+  try {
+    const result = await api(`/api/v1/uploads/${encodeURIComponent(uploadId)}/preflight?${query}`);
+    if (asked !== preflightAsked) return; // a newer question is on its way
+    if (result.Passed) {
+      showPreflight("passed", "Pre-flight passed: top cell, database unit, die size and origin.");
+    } else if (result.Passed === false) {
+      const n = result.Checks.length;
+      showPreflight("failed", `Pre-flight: ${n} check${n > 1 ? "s" : ""} the precheck would fail:`, result.Checks);
+    }
+  } catch (err) {
+    if (asked === preflightAsked) showPreflight("unknown", `Pre-flight: ${err.message}`);
+  }
+}
+
+$("upload-id").addEventListener("change", showLayout);
+$("top-cell").addEventListener("input", () => { autoTop = false; checkPreflight(); });
+$("slot").addEventListener("change", () => checkPreflight());
 
 $("run-form").addEventListener("submit", async (e) => {
   e.preventDefault();
@@ -131,11 +213,17 @@ $("run-form").addEventListener("submit", async (e) => {
       body: JSON.stringify({
         upload_id: $("upload-id").value, top_cell: $("top-cell").value, die_id: $("die-id").value,
         slot: $("slot").value, cob: $("cob").checked,
+        preflight: $("preflight-warn").checked ? "warn" : "enforce",
       }),
     });
     location.hash = `#/runs/${run.Id}`;
   } catch (err) {
-    setStatus($("run-status"), err.message, true);
+    if (err.checks) {
+      showPreflight("failed", "Not started: the layout fails pre-flight checks the precheck would fail:", err.checks);
+      setStatus($("run-status"), "not started: fix the layout, or tick \"start even if pre-flight fails\"", true);
+    } else {
+      setStatus($("run-status"), err.message, true);
+    }
   }
 });
 
