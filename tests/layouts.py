@@ -19,7 +19,9 @@ _ENDLIB = 0x0400
 _BGNSTR = 0x0502
 _STRNAME = 0x0606
 _ENDSTR = 0x0700
+_BOUNDARY = 0x0800
 _TEXT = 0x0C00
+_DATATYPE = 0x0E02
 _LAYER = 0x0D02
 _XY = 0x1003
 _ENDEL = 0x1100
@@ -66,8 +68,9 @@ def directive_text(directive: str) -> str:
     return f"PRECHECK_SIM {directive}"
 
 
-def gds(top: str = "chip_top", *directives: str) -> bytes:
-    """A valid GDSII stream with cell ``top`` holding one text per directive."""
+def gds(top: str = "chip_top", *directives: str, die: tuple[int, int] | None = None) -> bytes:
+    """A valid GDSII stream with cell ``top`` holding one text per directive; with ``die``
+    (width, height in nm), also a box of that size at the origin on layer 1/0, as a die."""
     parts = [
         _record(_HEADER, _int2(600)),
         _record(_BGNLIB, _int2(*_TIMESTAMP)),
@@ -83,6 +86,15 @@ def gds(top: str = "chip_top", *directives: str) -> bytes:
             _record(_TEXTTYPE, _int2(0)),
             _record(_XY, struct.pack(">2i", 0, i * 1000)),
             _record(_STRING, _ascii(directive_text(directive))),
+            _record(_ENDEL),
+        ]
+    if die is not None:
+        w, h = die
+        parts += [
+            _record(_BOUNDARY),
+            _record(_LAYER, _int2(1)),
+            _record(_DATATYPE, _int2(0)),
+            _record(_XY, struct.pack(">10i", 0, 0, w, 0, w, h, 0, h, 0, 0)),
             _record(_ENDEL),
         ]
     parts += [_record(_ENDSTR), _record(_ENDLIB)]
