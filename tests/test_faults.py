@@ -56,6 +56,10 @@ class FaultyEngine(Engine):
         self._maybe_fail("get_archive")
         return await super().get_archive(container_id, path)
 
+    async def remove(self, container_id: str) -> None:
+        self._maybe_fail("remove")
+        await super().remove(container_id)
+
     async def start(self, container_id: str) -> None:
         await super().start(container_id)
         await asyncio.sleep(self.start_delay)  # the container may die before we record it
@@ -174,3 +178,23 @@ async def test_a_container_that_dies_before_its_start_is_recorded_is_finished(
     assert (ended["Status"], ended["StatusCode"]) == ("failed", 3), ended
     nxt = await api.run(gds("chip_top"))
     assert (await api.wait(nxt, 60))["Status"] == "completed"
+
+
+async def test_a_container_that_cannot_be_removed_wedges_nothing(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Removing a finished run's container failing three times (as when Docker is stuck
+    removing it): the runs after it still start and complete, and it is removed in the end."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(), engines, fail={"remove": 3})
+    first = await api.run(gds("chip_top"))
+    assert (await api.wait(first, 60))["Status"] == "completed"
+    second = await api.run(gds("chip_top"))
+    assert (await api.wait(second, 60))["Status"] == "completed"
+    for run in (first, second):
+        container = (await api.get(run))["ContainerId"]
+        async with asyncio.timeout(30):  # another process (Docker) removes it: polled
+            while await engines[0].inspect(container) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    failures = [r for r in await api.events("server.reaction-failed") if "remove" in str(r.event)]
+    assert len(failures) == 3

@@ -26,6 +26,8 @@ from precheck.storage.output_lines import OutputLineStore
 
 # The whole log's facts for a run whose container still exists: from its live capture.
 FactsOf = Callable[[RunRecord], Awaitable[OutputFacts]]
+# Removing a container, tried again on failure: (container id, why) -> removed now.
+RemoveContainer = Callable[[str, str], Awaitable[bool]]
 
 
 @attrs.frozen
@@ -40,6 +42,7 @@ class RunEnd:
     facts_of: FactsOf
     timeout_minutes: float
     clock: Clock
+    remove: RemoveContainer
     caps: Caps = attrs.field(factory=Caps)
 
     async def record(self, run_id: str) -> bool:
@@ -84,7 +87,7 @@ class RunEnd:
         # Followers of the log learn it is complete before the container goes.
         self.output_lines.wake_all(run_id)
         if container is not None:
-            await self.engine.remove(container.id)
+            await self.remove(container.id, "its run has ended")
 
 
 def _exit(container: ContainerState | None) -> ContainerExit | None:

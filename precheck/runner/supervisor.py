@@ -9,7 +9,6 @@ adopted, finished or removed. Everything it learns is appended as events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable
 from datetime import timedelta
@@ -54,6 +53,7 @@ CAPTURE_GRACE = 30.0  # seconds to wait for the last log lines after a container
 # doubled each time, and given up (and recorded) after this many tries.
 FINISH_TRIES = 5
 KILL_TRIES = 5
+REMOVE_TRIES = 8
 RETRY_BASE = 1.0
 
 
@@ -86,6 +86,7 @@ class Supervisor:
             self._facts,
             config.docker.timeout_minutes,
             clock,
+            self._remove,
             Caps(config.docker.max_output_files, config.docker.max_output_mib << 20),
         )
         self.docker_reachable = False
@@ -99,6 +100,7 @@ class Supervisor:
         self._recheck: set[str] = set()  # a stop came while the run's end was being recorded
         self._finish_tries: dict[str, int] = {}
         self._kill_tries: dict[str, int] = {}
+        self._remove_tries: dict[str, int] = {}
         self.retry_base = RETRY_BASE
         self._tasks: set[asyncio.Task[Any]] = set()
         self._since: str | None = None  # Docker time of the last event seen, to resume from
@@ -195,7 +197,7 @@ class Supervisor:
             )
             if not await self.recorder.append(run, [started]):
                 # Cancelled while starting: the container must not outlive that decision.
-                await self.engine.remove(container_id)
+                await self._remove(container_id, "cancelled while starting")
                 return
             self._watch(run.id, container_id)
             # A container that stopped at once died before `RunStarted` was recorded, when its
@@ -203,8 +205,7 @@ class Supervisor:
             self._finish_soon(run.id)
         except EngineError as e:
             if container_id:
-                with contextlib.suppress(EngineError):
-                    await self.engine.remove(container_id)
+                await self._remove(container_id, "its start failed")
             if e.status == 900:  # Docker went away: the run stays queued for the reconnect
                 self._lost_docker(e.message)
                 return
@@ -220,8 +221,7 @@ class Supervisor:
         except Exception as e:
             await self.recorder.failed("start", e, run.id)
             if container_id:
-                with contextlib.suppress(Exception):
-                    await self.engine.remove(container_id)
+                await self._remove(container_id, "its start failed")
             await self.recorder.append(
                 run, [RunFailedToStart(run.id, f"{type(e).__name__}: {e}", self.clock())]
             )
@@ -359,9 +359,35 @@ class Supervisor:
         self.output_lines.wake_all(run_id)
         run = self.state.runs.get(run_id)
         if run is not None and run.container_id:
-            # Best effort: a container left behind is a stray, removed at the next reconcile.
-            with contextlib.suppress(Exception):
-                await self.engine.remove(run.container_id)
+            await self._remove(run.container_id, "its run's end could not be recorded")
+
+    async def _remove(self, container_id: str, why: str, stray_name: str | None = None) -> bool:
+        """Remove a container. A failure (Docker may be stuck removing it) is recorded and tried
+        again with backoff, up to REMOVE_TRIES, so one container never wedges the rest; after
+        that it is left for the next reconcile. A stray's removal is recorded as an event."""
+        try:
+            await self.engine.remove(container_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if isinstance(e, EngineError) and e.status == 900:
+                self._lost_docker(e.message)  # the reconcile after the reconnect tries again
+                return False
+            tries = self._remove_tries[container_id] = self._remove_tries.get(container_id, 0) + 1
+            await self.recorder.failed(f"remove ({why}, try {tries} of {REMOVE_TRIES})", e)
+            if tries < REMOVE_TRIES:
+
+                async def again() -> None:
+                    await asyncio.sleep(self._backoff(tries))
+                    await self._remove(container_id, why, stray_name)
+
+                self._spawn(again(), f"remove-again-{container_id[:12]}")
+            return False
+        self._remove_tries.pop(container_id, None)
+        if stray_name is not None:
+            removed = StrayContainerRemoved(container_id, stray_name, self.clock())
+            await self.recorder.append_fact([removed])
+        return True
 
     def _forget(self, run_id: str) -> None:
         """Drop what was kept to watch a run that has ended."""
@@ -457,8 +483,9 @@ class Supervisor:
                 continue
             if run_id in self._finishing:
                 continue  # being recorded and removed right now
-            await self.engine.remove(c.id)
-            await self.recorder.append_fact([StrayContainerRemoved(c.id, c.name, self.clock())])
+            tries = self._remove_tries.get(c.id, 0)
+            if tries == 0 or tries >= REMOVE_TRIES:  # else it is being tried again already
+                await self._remove(c.id, "a stray", stray_name=c.name)
         for run in list(self.state.runs.by_id.values()):
             started = run.container_id and not run.settled and run.status != RunStatus.QUEUED
             if started and run.id not in seen and run.id not in self._finishing:
