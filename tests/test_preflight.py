@@ -227,6 +227,24 @@ async def test_pending_uploads_are_read_after_a_restart(
     assert (layout["Status"], layout["Slot"]) == ("done", "1x0p5")
 
 
+async def test_a_restart_shows_the_same_readings_without_reading_again(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
+    """Readings are rebuilt from the log on restart: the same documents, and no reading again,
+    also for a new upload of bytes read before the restart."""
+    config = make_config(preflight=ON)
+    first = await aiohttp_client(create_app(config, run_containers=False))
+    good, bad = await upload(first, die("1x1", fmt="oas")), await upload(first, b"\0\6\0\2" * 9)
+    before = [await read_upload(first, i) for i in (good, bad)]
+    assert [d["Layout"]["Status"] for d in before] == ["done", "failed"]
+    await first.close()
+    second = await aiohttp_client(create_app(config, run_containers=False))
+    assert [await read_upload(second, i) for i in (good, bad)] == before
+    again = await upload(second, die("1x1", fmt="oas"))
+    assert (await read_upload(second, again))["Layout"] == before[0]["Layout"]
+    assert second.app[keys.INSPECTOR].reads == 0
+
+
 # The preview route -------------------------------------------------------------------------------
 
 
