@@ -703,8 +703,12 @@ def _preflight(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[s
     seen: dict[str, Any] = {}
 
     def codes() -> list[str]:
-        items = driver.find_elements(By.CSS_SELECTOR, "#preflight-checks li")
-        return [li.get_attribute("data-code") or "" for li in items]
+        # In one script: the list is redrawn as answers come, elements found may go stale.
+        found: list[str] = driver.execute_script(
+            "return [...document.querySelectorAll('#preflight-checks li')]"
+            ".map((li) => li.dataset.code)"
+        )
+        return found
 
     try:
         wait = WebDriverWait(driver, WAIT)
@@ -717,10 +721,9 @@ def _preflight(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[s
 
         # Once the layout is read: its top cells offered, its slot chosen, the checks passed.
         wait.until(ec.text_to_be_present_in_element((By.ID, "preflight-status"), "passed"))
-        seen["offered"] = [
-            o.get_attribute("value")
-            for o in driver.find_elements(By.CSS_SELECTOR, "#top-cells option")
-        ]
+        seen["offered"] = driver.execute_script(
+            "return [...document.querySelectorAll('#top-cells option')].map((o) => o.value)"
+        )
         seen["top_cell"] = find(By.ID, "top-cell").get_attribute("value")
         seen["slot"] = Select(find(By.ID, "slot")).first_selected_option.text
         seen["passed_class"] = find(By.ID, "preflight").get_attribute("class")
@@ -728,7 +731,9 @@ def _preflight(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[s
         # Another slot: the die no longer fits, and the page says so before Start.
         Select(find(By.ID, "slot")).select_by_visible_text("1x1")
         wait.until(lambda d: codes() == ["size"])
-        seen["size_message"] = find(By.CSS_SELECTOR, "#preflight-checks li").text
+        seen["size_message"] = driver.execute_script(
+            "return document.querySelector('#preflight-checks li').textContent"
+        )
         # A top cell the layout lacks as well: both checks listed.
         top = find(By.ID, "top-cell")
         top.clear()
