@@ -18,7 +18,7 @@ from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
 from precheck.layout.reading import Limits
 from precheck.projections import Projections
-from precheck.runner.engine import Engine
+from precheck.runner.engine import Engine, engine_for
 from precheck.runner.supervisor import Supervisor
 from precheck.service.command_handler import CommandHandler
 from precheck.service.layout_inspector import LayoutInspector
@@ -161,7 +161,9 @@ async def _layout_inspector(app: web.Application) -> AsyncIterator[None]:
 
 async def _supervisor(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    engine = app[_ENGINE](config.docker.url)
+    if len(config.engines) > 1:
+        log.warning("runs start on the first engine only, %s", config.engines[0].name)
+    engine = engine_for(config.engines[0], app[_ENGINE])
     engine.max_line = config.docker.max_line_kib << 10
     supervisor = Supervisor(
         config,

@@ -36,6 +36,34 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()  # names besides localhost and `host`, with auth off
 
 
+ENGINE_SCHEMES = ("unix://", "tcp://")
+_ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+LOCAL_ENGINE = "local"  # the one engine of `[docker] url` and `server.max_concurrent`
+
+
+@attrs.frozen
+class EngineConfig:
+    """One `[[docker.engines]]` entry: a Docker engine runs start on, and how many at once.
+
+    `memory_limit` and `pull` left empty take `[docker]`'s; `tls_*` are PEM files, all three or
+    none, and the engine's certificate is verified against `tls_ca`.
+    """
+
+    name: str
+    url: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_concurrent: int = 1
+    memory_limit: str = ""
+    pull: str = ""
+
+    @property
+    def tls(self) -> bool:
+        """Is the engine reached over TLS?"""
+        return bool(self.tls_ca)
+
+
 @attrs.frozen
 class DockerConfig:
     """The `[docker]` table: which image runs the precheck and how."""
@@ -51,15 +79,26 @@ class DockerConfig:
     max_log_mib: int = 256  # a run's output kept; later lines are counted, with a marker
     max_output_files: int = 10000  # files copied out of a run folder (the output layout aside)
     max_output_mib: int = 10240  # bytes copied out of a run folder, likewise
+    engines: tuple[EngineConfig, ...] = ()  # empty: one engine, `local`, at `url`
+    engine_grace_seconds: float = 60  # an engine that stops answering gets this long to return
+    max_attempts: int = 2  # attempts of a run that ends in a system failure, the first included
+
+
+ROLES = ("user", "admin")
 
 
 @attrs.frozen
 class ApiKey:
-    """One API key: `key` in clear (may be `${ENV}`) or its `key_sha256` hex digest."""
+    """One API key: `key` in clear (may be `${ENV}`) or its `key_sha256` hex digest.
+
+    `role` is `user` (reaches only what it made) or `admin` (everything); a key without one
+    is an admin, as every key was before roles.
+    """
 
     name: str
     key: str = ""
     key_sha256: str = ""
+    role: str = "admin"
 
 
 @attrs.frozen
@@ -98,6 +137,25 @@ class Config:
     defaults: DefaultsConfig = DefaultsConfig()
     preflight: PreflightConfig = PreflightConfig()
 
+    @property
+    def engines(self) -> tuple[EngineConfig, ...]:
+        """The engines runs start on, with `[docker]`'s memory limit and pull policy filled in:
+        the `[[docker.engines]]` entries, or else the one engine `local` of `[docker] url` and
+        `server.max_concurrent`."""
+        d = self.docker
+        listed = d.engines or (
+            EngineConfig(LOCAL_ENGINE, d.url, max_concurrent=self.server.max_concurrent),
+        )
+        return tuple(
+            attrs.evolve(e, memory_limit=e.memory_limit or d.memory_limit, pull=e.pull or d.pull)
+            for e in listed
+        )
+
+    @property
+    def max_concurrent(self) -> int:
+        """Containers running at once over all engines."""
+        return sum(e.max_concurrent for e in self.engines)
+
 
 _MEMORY = re.compile(r"(?i)(\d+)\s*([kmgt]?)b?")
 
@@ -130,8 +188,13 @@ def _make_converter() -> cattrs.Converter:
         lambda t: t == tuple[ApiKey, ...],
         lambda v, _: tuple(conv.structure(_array(v), list[ApiKey])),
     )
+    conv.register_structure_hook_func(
+        lambda t: t == tuple[EngineConfig, ...],
+        lambda v, _: tuple(conv.structure(_array(v), list[EngineConfig])),
+    )
     for cls in (
         ServerConfig,
+        EngineConfig,
         DockerConfig,
         ApiKey,
         AuthConfig,
@@ -193,6 +256,15 @@ def parse_config(
     if expand_secrets:
         config = _expand_keys(config, source)
     _validate(config, source)
+    if config.docker.engines:
+        # The one-engine keys and the list would say two different things.
+        if config.docker.url:
+            raise ConfigError(f"{source}: docker.url: give it or [[docker.engines]], not both")
+        if "max_concurrent" in (raw.get("server") or {}):
+            raise ConfigError(
+                f"{source}: server.max_concurrent: with [[docker.engines]], give each engine's"
+                " max_concurrent instead"
+            )
     return config
 
 
@@ -276,6 +348,13 @@ def _validate(config: Config, source: str) -> None:
         raise bad("docker.timeout_minutes", "must be a positive number")
     if d.pull not in PULL_POLICIES:
         raise bad("docker.pull", f"must be one of {', '.join(PULL_POLICIES)}")
+    if not 0 < d.engine_grace_seconds <= 86400:
+        raise bad("docker.engine_grace_seconds", "must be a number of seconds, above 0 to 86400")
+    if not 1 <= d.max_attempts <= 10:
+        raise bad("docker.max_attempts", "must be from 1 to 10")
+    engine_names: set[str] = set()
+    for i, entry in enumerate(d.engines):
+        _engine(entry, bad, f"docker.engines[{i}]", engine_names)
     if config.defaults.slot not in SLOTS:
         raise bad("defaults.slot", f"must be one of {', '.join(SLOTS)}")
     pf = config.preflight
@@ -299,8 +378,45 @@ def _validate(config: Config, source: str) -> None:
             raise bad(where, "give exactly one of key or key_sha256")
         if k.key_sha256 and not re.fullmatch(r"[0-9a-f]{64}", k.key_sha256):
             raise bad(f"{where}.key_sha256", "must be 64 lowercase hex digits")
+        if k.role not in ROLES:
+            raise bad(f"{where}.role", "must be user or admin")
     if a.required and not a.api_keys:
         raise bad("auth.required", "is true but no auth.api_keys are configured")
+
+
+def _engine(e: EngineConfig, bad: Any, where: str, names: set[str]) -> None:
+    if not _ENGINE_NAME.fullmatch(e.name):
+        raise bad(f"{where}.name", "must be 1 to 63 letters, digits, '.', '_' or '-'")
+    if e.name in names:
+        raise bad(f"{where}.name", f"duplicate name {e.name!r}")
+    names.add(e.name)
+    if not e.url.startswith(ENGINE_SCHEMES):
+        raise bad(f"{where}.url", "must be unix:///path/to/socket or tcp://host:port")
+    if e.url.startswith("unix://") and not e.url.removeprefix("unix://").startswith("/"):
+        raise bad(f"{where}.url", "a unix socket needs an absolute path: unix:///path")
+    if e.url.startswith("tcp://"):
+        host, sep, port = e.url.removeprefix("tcp://").rstrip("/").rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise bad(f"{where}.url", "must be tcp://host:port")
+    files = {"tls_ca": e.tls_ca, "tls_cert": e.tls_cert, "tls_key": e.tls_key}
+    if any(files.values()):
+        if not all(files.values()):
+            raise bad(where, "give all of tls_ca, tls_cert and tls_key, or none")
+        if not e.url.startswith("tcp://"):
+            raise bad(f"{where}.url", "TLS needs a tcp://host:port engine")
+        for key, path in files.items():
+            if not Path(path).is_file():
+                raise bad(f"{where}.{key}", f"{path}: no such file")
+    if not 1 <= e.max_concurrent <= 1024:
+        raise bad(f"{where}.max_concurrent", "must be from 1 to 1024")
+    if e.memory_limit:
+        try:
+            if parse_memory(e.memory_limit) < 6 << 20:
+                raise bad(f"{where}.memory_limit", "must be at least 6m (Docker's minimum)")
+        except ValueError as err:
+            raise bad(f"{where}.memory_limit", str(err)) from None
+    if e.pull and e.pull not in PULL_POLICIES:
+        raise bad(f"{where}.pull", f"must be one of {', '.join(PULL_POLICIES)}")
 
 
 def _network(value: str, bad: Any, key: str) -> None:

@@ -240,3 +240,124 @@ def test_serve_with_bad_config_exits_with_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert "bad.toml" in lines[0] and "server.prot" in lines[0]
+
+
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    """Three PEM file paths that exist (their content is read only when connecting)."""
+    paths = {}
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = tmp_path / f"{key}.pem"
+        path.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+        paths[key] = str(path)
+    return paths
+
+
+def test_one_engine_form_is_the_local_engine(tmp_path: Path) -> None:
+    """`[docker] url` and `server.max_concurrent` are the one engine `local`, with [docker]'s
+    memory limit and pull policy."""
+    c = load_config(
+        write(
+            tmp_path,
+            '[server]\nmax_concurrent = 3\n[docker]\nurl = "unix:///tmp/d.sock"\n'
+            'memory_limit = "2g"\npull = "never"\n',
+        )
+    )
+    (e,) = c.engines
+    assert (e.name, e.url, e.max_concurrent, e.memory_limit, e.pull, e.tls) == (
+        "local",
+        "unix:///tmp/d.sock",
+        3,
+        "2g",
+        "never",
+        False,
+    )
+    assert c.max_concurrent == 3
+    assert (c.docker.engine_grace_seconds, c.docker.max_attempts) == (60, 2)
+
+
+def test_engine_list(tmp_path: Path) -> None:
+    """Every key of `[[docker.engines]]` is read; left-out memory limit and pull come from
+    [docker]; the slots add up."""
+    tls = tls_files(tmp_path)
+    c = load_config(
+        write(
+            tmp_path,
+            '[docker]\nmemory_limit = "4g"\nengine_grace_seconds = 30\nmax_attempts = 3\n'
+            '[[docker.engines]]\nname = "here"\nurl = "unix:///run/d.sock"\nmax_concurrent = 2\n'
+            '[[docker.engines]]\nname = "far-1"\nurl = "tcp://10.0.0.7:2376"\n'
+            f'tls_ca = "{tls["tls_ca"]}"\ntls_cert = "{tls["tls_cert"]}"\n'
+            f'tls_key = "{tls["tls_key"]}"\nmax_concurrent = 4\nmemory_limit = "16g"\n'
+            'pull = "never"\n',
+        )
+    )
+    here, far = c.engines
+    assert (here.name, here.url, here.max_concurrent, here.memory_limit, here.pull) == (
+        "here",
+        "unix:///run/d.sock",
+        2,
+        "4g",
+        "missing",
+    )
+    assert (far.name, far.url, far.max_concurrent, far.memory_limit, far.pull) == (
+        "far-1",
+        "tcp://10.0.0.7:2376",
+        4,
+        "16g",
+        "never",
+    )
+    assert far.tls and (far.tls_ca, far.tls_cert, far.tls_key) == (
+        tls["tls_ca"],
+        tls["tls_cert"],
+        tls["tls_key"],
+    )
+    assert c.max_concurrent == 6
+    assert (c.docker.engine_grace_seconds, c.docker.max_attempts) == (30, 3)
+
+
+ONE = '[[docker.engines]]\nname = "a"\nurl = "unix:///run/a.sock"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[[docker.engines]]\nurl = "unix:///run/a.sock"\n', "docker.engines[0].name"),
+        ('[[docker.engines]]\nname = ""\nurl = "unix:///a"\n', "docker.engines[0].name"),
+        ('[[docker.engines]]\nname = "a b"\nurl = "unix:///a"\n', "docker.engines[0].name"),
+        (ONE + ONE, "docker.engines[1].name"),
+        ('[[docker.engines]]\nname = "a"\n', "docker.engines[0].url"),
+        ('[[docker.engines]]\nname = "a"\nurl = "http://h:1"\n', "docker.engines[0].url"),
+        ('[[docker.engines]]\nname = "a"\nurl = "tcp://h"\n', "docker.engines[0].url"),
+        ('[[docker.engines]]\nname = "a"\nurl = "tcp://h:99999"\n', "docker.engines[0].url"),
+        ('[[docker.engines]]\nname = "a"\nurl = "unix://run/a"\n', "docker.engines[0].url"),
+        (ONE + "max_concurrent = 0\n", "docker.engines[0].max_concurrent"),
+        (ONE + 'max_concurrent = "2"\n', "docker.engines[0].max_concurrent"),
+        (ONE + 'memory_limit = "1k"\n', "docker.engines[0].memory_limit"),
+        (ONE + 'memory_limit = "lots"\n', "docker.engines[0].memory_limit"),
+        (ONE + 'pull = "sometimes"\n', "docker.engines[0].pull"),
+        (ONE + "colour = 1\n", "docker.engines[0].colour"),
+        (ONE + 'tls_ca = "/nowhere/ca.pem"\n', "docker.engines[0]"),
+        ('[docker]\nengines = "a"\n', "docker.engines"),
+        ('[docker]\nurl = "unix:///b"\n' + ONE, "docker.url"),
+        ("[server]\nmax_concurrent = 2\n" + ONE, "server.max_concurrent"),
+        ("[docker]\nengine_grace_seconds = 0\n", "docker.engine_grace_seconds"),
+        ("[docker]\nmax_attempts = 0\n", "docker.max_attempts"),
+    ],
+)
+def test_bad_engine_names_key(tmp_path: Path, text: str, key: str) -> None:
+    """Every unusable engine entry is a ConfigError naming the file and the key."""
+    path = write(tmp_path, text)
+    message = refused(path)
+    assert message.startswith(f"{path}: "), message
+    assert key in message, message
+
+
+def test_tls_needs_tcp_and_existing_files(tmp_path: Path) -> None:
+    """TLS files must exist, and only a tcp:// engine speaks TLS."""
+    tls = tls_files(tmp_path)
+    keys = "".join(f'{k} = "{v}"\n' for k, v in tls.items())
+    message = refused(write(tmp_path, ONE + keys))
+    assert "docker.engines[0].url" in message and "TLS" in message
+    missing = keys.replace(tls["tls_key"], str(tmp_path / "gone.pem"))
+    tcp = '[[docker.engines]]\nname = "a"\nurl = "tcp://h:2376"\n'
+    message = refused(write(tmp_path, tcp + missing))
+    assert "docker.engines[0].tls_key" in message and "gone.pem" in message

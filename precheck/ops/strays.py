@@ -15,7 +15,7 @@ from precheck.ops.errors import OpsError
 from precheck.ops.writes import ServerClient, local_metadata, open_log, read_state, writer
 from precheck.projections import Projections
 from precheck.runner.container_spec import LABEL_RUN, instance_filter
-from precheck.runner.engine import ContainerState, Engine, EngineError
+from precheck.runner.engine import ContainerState, Engine, EngineError, engine_for
 from precheck.storage.files import Storage
 
 Append = Callable[[Sequence[Event]], Awaitable[object]]
@@ -87,7 +87,7 @@ def container_document(c: ContainerState) -> dict[str, str]:
 
 async def docker_summary(config: Config, instance: str | None) -> dict[str, object]:
     """Is Docker reachable, and how many containers carry this storage's label."""
-    engine = Engine(config.docker.url)
+    engine = engine_for(config.engines[0])
     try:
         if not await engine.ping():
             return {"reachable": False, "error": "Docker does not answer", "containers": 0}
@@ -109,7 +109,7 @@ async def cleanup(config: Config, dry_run: bool) -> list[dict[str, str]]:
             answer = await w.request("POST", "/api/v1/cleanup", {"dry_run": dry_run})
             return list(answer["Containers"])
         state, _ = await read_state(config)
-        engine = Engine(config.docker.url)
+        engine = engine_for(config.engines[0])
         try:
             strays = await find_strays(engine, state, server_running=False)
             if strays and not dry_run:

@@ -70,9 +70,12 @@ def container_name(run: RunRecord, docker: DockerConfig) -> str:
     return f"{docker.container_prefix}{run.id}"
 
 
-def container_spec(run: RunRecord, docker: DockerConfig, instance_id: str) -> dict[str, Any]:
-    """The Engine API create body: production's argv, no network, bounded resources."""
-    memory = parse_memory(docker.memory_limit)
+def container_spec(
+    run: RunRecord, docker: DockerConfig, instance_id: str, memory_limit: str = ""
+) -> dict[str, Any]:
+    """The Engine API create body: production's argv, no network, bounded resources
+    (`memory_limit`: the engine's own, else `docker.memory_limit`)."""
+    memory = parse_memory(memory_limit or docker.memory_limit)
     return {
         "Image": docker.image,
         "Cmd": precheck_argv(run),

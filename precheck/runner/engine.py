@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import struct
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,8 @@ import aiodocker
 import aiohttp
 import attrs
 from aiodocker.exceptions import DockerError
+
+from precheck.config import EngineConfig
 
 LONG = aiohttp.ClientTimeout(total=None, sock_read=None)
 
@@ -63,7 +66,22 @@ class ContainerState:
 def _wrap(e: Exception) -> EngineError:
     if isinstance(e, DockerError):
         return EngineError(e.status, str(e.message))
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        return EngineError(
+            900,
+            "TLS: the engine's certificate is not trusted (not signed by tls_ca, or not for"
+            f" this host): {e.certificate_error}",
+        )
+    if isinstance(e, aiohttp.ClientSSLError):
+        return EngineError(900, f"TLS: the engine refused the connection: {e}")
     return EngineError(900, f"Docker is unreachable: {e}")
+
+
+def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
+    """A client TLS context that verifies the engine against `ca` and shows `cert`/`key`."""
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 @contextlib.contextmanager
@@ -75,18 +93,31 @@ def _translated() -> Iterator[None]:
         raise _wrap(e) from e
 
 
-class Engine:
-    """A connection to one Docker engine (local socket or `docker.url`)."""
+def engine_for(config: EngineConfig, make: Callable[[str], Engine] | None = None) -> Engine:
+    """A client of the configured engine (`make` builds it from the URL; tests wrap it)."""
+    engine = (make or Engine)(config.url)
+    if config.tls:
+        engine.tls = tls_context(config.tls_ca, config.tls_cert, config.tls_key)
+    return engine
 
-    def __init__(self, url: str = "") -> None:
+
+class Engine:
+    """A connection to one Docker engine (local socket, `unix://` or `tcp://`, with TLS when
+    given a context)."""
+
+    def __init__(self, url: str = "", *, tls: ssl.SSLContext | None = None) -> None:
         self.url = url
+        self.tls = tls
         self.max_line = MAX_LINE  # longer output lines are cut (`docker.max_line_kib`)
         self._docker: aiodocker.Docker | None = None
 
     @property
     def docker(self) -> aiodocker.Docker:
         if self._docker is None:
-            self._docker = aiodocker.Docker(url=self.url or None)
+            url = self.url or None
+            if self.tls is not None and url is not None and url.startswith("tcp://"):
+                url = "https://" + url.removeprefix("tcp://")
+            self._docker = aiodocker.Docker(url=url, ssl_context=self.tls)
         return self._docker
 
     async def close(self) -> None:

@@ -72,6 +72,7 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.engine = engine
+        self.engine_config = config.engines[0]  # its slots, pull policy and memory limit
         self.state = projections
         self.storage = storage
         self.output_lines = output_lines
@@ -160,7 +161,7 @@ class Supervisor:
         # shows more than `max_concurrent` runs running at once; copying its outputs out
         # afterwards overlaps the next run.
         live = len(self.state.queue.running) + len(self._starting)
-        if self._starting or live >= self.config.server.max_concurrent:
+        if self._starting or live >= self.engine_config.max_concurrent:
             return  # one start at a time, so runs are recorded as started in queue order
         head = self.state.queue.head()
         run = self.state.runs.get(head) if head is not None else None
@@ -170,7 +171,7 @@ class Supervisor:
 
     async def _image(self) -> str:
         """The configured image's digest, pulled first when the pull policy says so."""
-        image, policy = self.config.docker.image, self.config.docker.pull
+        image, policy = self.config.docker.image, self.engine_config.pull
         if policy == "always":
             await self.engine.pull(image)
         digest = await self.engine.image_id(image)
@@ -187,7 +188,8 @@ class Supervisor:
             digest = await self._image()
             docker, instance = self.config.docker, self.state.instance_id or ""
             container_id = await self.engine.create(
-                container_name(run, docker), container_spec(run, docker, instance)
+                container_name(run, docker),
+                container_spec(run, docker, instance, self.engine_config.memory_limit),
             )
             source = self.storage.upload_file(run.upload_id, run.input.filename)
             await self.engine.put_archive(container_id, "/", write_tar(input_entries(run, source)))
