@@ -290,7 +290,11 @@ async def test_home_page_stays_true_through_a_runs_life(
         120,
     )
     assert seen["pattern_checks"] == [True, False]
-    assert seen["statuses"] == ["queued", "running", "failed"], seen["statuses"]
+    # `finishing` shows when the list is refreshed between the exit and the stored outputs.
+    assert seen["statuses"] in (
+        ["queued", "running", "failed"],
+        ["queued", "running", "finishing", "failed"],
+    ), seen["statuses"]
     assert seen["failure_cell"].startswith("design: "), seen["failure_cell"]
     assert seen["failure_cell"].endswith("(KLayout.CheckSize)"), seen["failure_cell"]
     assert seen["summary"].startswith("0 queued, 0 running"), seen["summary"]
@@ -587,7 +591,8 @@ def _cancel(base_url: str, profile: Path, run_id: str) -> dict[str, Any]:
         wait = WebDriverWait(driver, WAIT)
         find = driver.find_element
         driver.get(f"{base_url}#/runs/{run_id}")
-        wait.until(lambda d: _states(d)[:2] == ["done", "running"])
+        # Some step is running (which one depends on how fast the browser came up).
+        wait.until(lambda d: "running" in _states(d))
         ARTIFACTS.mkdir(exist_ok=True)
         assert driver.save_screenshot(str(ARTIFACTS / "run-page-running.png"))
         find(By.ID, "cancel-run").click()
