@@ -40,5 +40,6 @@ STREAMS = web.AppKey["weakref.WeakSet[Any]"]("streams")
 
 # Per-request values set by the middleware.
 ACTOR = "precheck.actor"
+IDENTITY = "precheck.identity"  # an `auth.Identity`: the actor's name and role
 CLIENT = "precheck.client"
 REQUEST_ID = "precheck.request_id"

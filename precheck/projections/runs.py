@@ -95,6 +95,7 @@ class RunRecord:
     queued_position: int = 0  # where it joined the queue: its place in FIFO order
     dequeued_position: int | None = None  # where it left the queue (started or ended)
     preflight: Preflight | None = None  # what pre-flight said when it was queued
+    owner: str = ""  # the actor that queued it (an API key's name, `anonymous`, `cli`)
 
     @property
     def active(self) -> bool:
@@ -142,6 +143,7 @@ class Runs:
                 position=r.position,
                 queued_position=r.position,
                 preflight=e.preflight,
+                owner=r.metadata.actor,
             )
             return
         change = _CHANGES.get(kind)

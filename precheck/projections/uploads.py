@@ -41,6 +41,7 @@ class UploadRecord:
     layout_status: str = "pending"
     layout: UploadInspected | None = None
     layout_error: str = ""
+    owner: str = ""  # the actor that uploaded it (an API key's name, `anonymous`, `cli`)
 
 
 _replace = replacer(UploadRecord)
@@ -85,6 +86,7 @@ class Uploads:
                 e.at,
                 e.expires_at,
                 version=r.version,
+                owner=r.metadata.actor,
             )
         elif isinstance(e, UploadDeleted):
             self.by_id.pop(e.upload_id, None)

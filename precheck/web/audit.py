@@ -7,8 +7,9 @@ from aiohttp import web
 from precheck import keys
 from precheck.errors import Invalid
 from precheck.events.filters import EventQuery, event_query
+from precheck.web.access import require_admin
 from precheck.web.render import event_document
-from precheck.web.requests import query_int
+from precheck.web.requests import MAX_INT, query_int
 from precheck.web.sse import Stream, last_event_id, message, wants_stream
 
 MAX_PAGE = 1000
@@ -25,7 +26,7 @@ def _start(request: web.Request) -> int:
     resume = last_event_id(request)
     if resume is not None:
         try:
-            return max(0, int(resume))
+            return min(max(0, int(resume)), MAX_INT)  # SQLite's integers are 64-bit
         except ValueError:
             raise Invalid(f"Last-Event-ID {resume!r} is not a position") from None
     return query_int(request, "after", 0) or 0
@@ -33,6 +34,7 @@ def _start(request: web.Request) -> int:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """A page of events after `after` (JSON), or every event from there on, live (SSE)."""
+    require_admin(request)
     query = _query(request)
     keep = query.matches
     after = _start(request)
@@ -81,6 +83,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def head(request: web.Request) -> web.Response:
     """The log's last position and its chain hash: an anchor to keep elsewhere, so that a
     later `precheck-server verify --anchor POS:HASH` proves the log still holds it."""
+    require_admin(request)
     store = request.app[keys.STORE]
     last = await store.read(store.head - 1, 1) if store.head else []
     return web.json_response({"Position": store.head, "Hash": last[0].hash if last else None})

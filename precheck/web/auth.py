@@ -28,6 +28,24 @@ class AuthError(Exception):
 class _Key:
     name: str
     sha256: bytes
+    role: str
+
+
+@attrs.frozen
+class Identity:
+    """Who a request is: the key's name (or `anonymous`, `cli`) and its role."""
+
+    name: str
+    role: str = "admin"
+
+    @property
+    def admin(self) -> bool:
+        """May this caller reach everything?"""
+        return self.role == "admin"
+
+
+ANONYMOUS = Identity("anonymous")  # with keys optional, a request without one: today's admin
+CLI = Identity("cli")  # the operator's CLI on this machine
 
 
 def key_digest(key: str) -> str:
@@ -49,7 +67,8 @@ class Authenticator:
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in config.allowed_ips]
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
         self._keys = [
-            _Key(k.name, bytes.fromhex(k.key_sha256 or key_digest(k.key))) for k in config.api_keys
+            _Key(k.name, bytes.fromhex(k.key_sha256 or key_digest(k.key)), k.role)
+            for k in config.api_keys
         ]
 
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
@@ -71,17 +90,17 @@ class Authenticator:
         if self._allowed and not self._in(client, self._allowed):
             raise AuthError(403, f"Forbidden: IP {client} not allowed")
 
-    def identify(self, presented: str | None) -> str:
-        """The key's name, or `anonymous` when keys are optional. Raises 401.
+    def identify(self, presented: str | None) -> Identity:
+        """The key's name and role, or `anonymous` when keys are optional. Raises 401.
 
         With keys optional, a presented key that matches none is ignored rather than refused,
         so a client that always sends its key works against an open server too.
         """
-        name = self._match(presented) if presented is not None else None
-        if name is not None:
-            return name
+        found = self._match(presented) if presented is not None else None
+        if found is not None:
+            return found
         if not self.required:
-            return "anonymous"
+            return ANONYMOUS
         if presented is None:
             raise AuthError(401, "Unauthorized: API key required")
         raise AuthError(401, "Unauthorized: Invalid API key")
@@ -92,12 +111,12 @@ class Authenticator:
             return False
         return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin)
 
-    def _match(self, presented: str) -> str | None:
+    def _match(self, presented: str) -> Identity | None:
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
         for k in self._keys:  # compare against every key, in constant time each
             if hmac.compare_digest(digest, k.sha256):
-                found = k.name
+                found = Identity(k.name, k.role)
         return found
 
     @staticmethod

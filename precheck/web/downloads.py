@@ -16,7 +16,7 @@ from precheck.runner.copy_out import RUN_FOLDER
 from precheck.runner.engine import EngineError
 from precheck.runner.tar_stream import gzip_stream, tree_entries, write_tar
 from precheck.service.run_waiter import wait_for_end
-from precheck.web.lookup import find_run
+from precheck.web.access import find_run
 from precheck.web.middleware import error
 from precheck.web.requests import query_float
 
@@ -139,6 +139,9 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    if request.method == "HEAD":  # headers only: a body here would corrupt the connection
+        await response.write_eof()
+        return response
     async for chunk in gzip_stream(write_tar(entries)):
         await response.write(chunk)
     await response.write_eof()

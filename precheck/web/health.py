@@ -7,6 +7,7 @@ import os
 from aiohttp import web
 
 from precheck import __version__, keys
+from precheck.web.access import identity, visible_runs
 from precheck.web.render import queue_document
 
 
@@ -33,10 +34,13 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def queue(request: web.Request) -> web.Response:
-    """How many runs wait and run, and the order they wait in."""
-    return web.json_response(
-        queue_document(request.app[keys.PROJECTIONS], request.app[keys.CONFIG])
-    )
+    """How many runs wait and run, and the order they wait in (a user's own runs only)."""
+    state = request.app[keys.PROJECTIONS]
+    doc = queue_document(state, request.app[keys.CONFIG])
+    if not identity(request).admin:
+        queued = [state.runs.by_id[i] for i in doc["order"] if i in state.runs.by_id]
+        doc["order"] = [r.id for r in visible_runs(request, queued)]
+    return web.json_response(doc)
 
 
 def setup_routes(app: web.Application) -> None:

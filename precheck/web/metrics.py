@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from precheck import keys
 from precheck.domain.status import ENDED, STATUSES
 from precheck.projections import Projections
+from precheck.web.access import require_admin
 
 DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0)
 
@@ -87,6 +88,7 @@ class Metrics:
 
 async def metrics(request: web.Request) -> web.Response:
     """Runs by state, queue length, run durations, append latency, events, streams, Docker."""
+    require_admin(request)
     body = generate_latest(request.app[keys.METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

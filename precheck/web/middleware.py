@@ -22,7 +22,7 @@ from precheck.errors import (
 from precheck.events.codec import to_jsonable
 from precheck.events.store import ConcurrencyError, StoreClosed
 from precheck.web import same_site
-from precheck.web.auth import AuthError, presented_key
+from precheck.web.auth import ANONYMOUS, CLI, AuthError, presented_key
 from precheck.web.sse import wants_stream
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,12 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", [])) or None
     client = auth.client_address(peer, forwarded)
     request[keys.CLIENT] = client
-    request[keys.ACTOR] = "anonymous"
+    request[keys.ACTOR] = ANONYMOUS.name
+    request[keys.IDENTITY] = ANONYMOUS
     try:
         same_site.check(request, None if auth.required else request.app[keys.ALLOWED_HOSTS])
         if auth.is_admin(request.headers.get("X-Precheck-Admin-Token")):
-            request[keys.ACTOR] = "cli"  # the operator's CLI on this machine
+            request[keys.IDENTITY] = CLI
         elif request.path not in EXEMPT and not request.path.startswith(EXEMPT_PREFIXES):
             auth.check_address(client)
             key = presented_key(
@@ -78,7 +79,8 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
             if key is None and _is_stream_request(request):
                 # EventSource cannot set headers: streams also take the key as a query value.
                 key = request.query.get("access_token") or None
-            request[keys.ACTOR] = auth.identify(key)
+            request[keys.IDENTITY] = auth.identify(key)
+        request[keys.ACTOR] = request[keys.IDENTITY].name
         response = await handler(request)
     except AuthError as e:
         extra = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None

@@ -7,8 +7,8 @@ from aiohttp import web
 from precheck import keys
 from precheck.errors import Invalid
 from precheck.projections.runs import RunRecord
+from precheck.web.access import find_run
 from precheck.web.follow import follow
-from precheck.web.lookup import find_run
 from precheck.web.render import event_document
 from precheck.web.requests import query_bool, query_float, query_int
 from precheck.web.sse import wants_stream

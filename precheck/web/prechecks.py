@@ -14,8 +14,8 @@ from precheck.errors import Invalid
 from precheck.events.types import RunDeleted
 from precheck.projections.runs import RunRecord
 from precheck.service.run_waiter import wait_for_end
+from precheck.web.access import find_run, find_upload, require_admin, visible_runs
 from precheck.web.context import metadata
-from precheck.web.lookup import find_run
 from precheck.web.render import run_document
 from precheck.web.requests import CreateRun, PruneRequest, json_body, query_bool
 
@@ -31,6 +31,7 @@ async def create_precheck(request: web.Request) -> web.Response:
     """Queue a run of an upload."""
     app = request.app
     body = await json_body(request, CreateRun)
+    find_upload(request, body.upload_id)  # only its owner (or an admin) runs an upload
     run_id = uuid.uuid4().hex
     await app[keys.HANDLER].handle(
         QueueRun(
@@ -57,7 +58,11 @@ async def list_prechecks(request: web.Request) -> web.Response:
             f"unknown status {sorted(unknown)[0]!r}; use one of {', '.join(sorted(STATUSES))}"
         )
     state, config = request.app[keys.PROJECTIONS], request.app[keys.CONFIG]
-    runs = [r for r in reversed(state.runs.by_id.values()) if not wanted or r.status in wanted]
+    runs = [
+        r
+        for r in visible_runs(request, reversed(state.runs.by_id.values()))
+        if not wanted or r.status in wanted
+    ]
     return web.json_response([run_document(r, state, config) for r in runs])
 
 
@@ -116,6 +121,7 @@ async def cancel_precheck(request: web.Request) -> web.Response:
 
 async def prune_prechecks(request: web.Request) -> web.Response:
     """Delete ended runs: body `{"status": [...], "older_than_days": N, "dry_run": bool}`."""
+    require_admin(request)
     body = await json_body(request, PruneRequest)
     if body.status is not None and not body.status:
         raise Invalid("status must name at least one status, or be left out for all ended ones")

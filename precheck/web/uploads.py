@@ -13,8 +13,9 @@ from precheck import keys
 from precheck.config import SLOTS
 from precheck.domain.commands import TOP_CELL, DeleteUpload, ReceiveUpload, upload_expiry
 from precheck.domain.preflight import check
-from precheck.errors import Invalid, NotFound
+from precheck.errors import Invalid
 from precheck.storage.files import SUFFIX
+from precheck.web.access import find_upload, visible_uploads
 from precheck.web.context import metadata
 from precheck.web.render import check_documents, upload_document
 
@@ -89,17 +90,16 @@ async def list_uploads(request: web.Request) -> web.Response:
     """All uploads, newest first."""
     now = request.app[keys.CLOCK]()
     uploads = sorted(
-        request.app[keys.PROJECTIONS].uploads.by_id.values(), key=lambda u: u.created, reverse=True
+        visible_uploads(request, request.app[keys.PROJECTIONS].uploads.by_id.values()),
+        key=lambda u: u.created,
+        reverse=True,
     )
     return web.json_response([upload_document(u, now) for u in uploads])
 
 
 async def get_upload(request: web.Request) -> web.Response:
     """One upload."""
-    upload_id = request.match_info["upload_id"]
-    upload = request.app[keys.PROJECTIONS].uploads.get(upload_id)
-    if upload is None:
-        raise NotFound(f"No such upload: {upload_id}")
+    upload = find_upload(request)
     return web.json_response(upload_document(upload, request.app[keys.CLOCK]()))
 
 
@@ -108,10 +108,7 @@ async def get_preflight(request: web.Request) -> web.Response:
 
     `Passed` is null (and `Checks` empty) while the layout is not read, or could not be.
     """
-    upload_id = request.match_info["upload_id"]
-    upload = request.app[keys.PROJECTIONS].uploads.get(upload_id)
-    if upload is None:
-        raise NotFound(f"No such upload: {upload_id}")
+    upload = find_upload(request)
     top_cell = request.query.get("top_cell", "")
     if not TOP_CELL.fullmatch(top_cell):
         raise Invalid("top_cell must be given as a plain cell name, as for a run")
@@ -131,7 +128,7 @@ async def get_preflight(request: web.Request) -> web.Response:
 
 async def delete_upload(request: web.Request) -> web.Response:
     """Delete an upload no queued or running run uses."""
-    upload_id = request.match_info["upload_id"]
+    upload_id = find_upload(request).id
     await request.app[keys.HANDLER].handle(
         DeleteUpload(upload_id, request.app[keys.CLOCK]()), metadata(request)
     )

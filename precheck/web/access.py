@@ -1,0 +1,66 @@
+"""Who may reach what: the one place that decides it.
+
+Every upload and run has an owner, the actor that made it. An admin reaches everything; a user
+reaches only what it owns, and anything else answers 404, as if it did not exist, so a user
+cannot learn another's ids. Admin-only routes answer 403 to a user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from precheck import keys
+from precheck.errors import NotFound
+from precheck.projections.runs import RunRecord
+from precheck.projections.uploads import UploadRecord
+from precheck.web.auth import ANONYMOUS, Identity
+
+
+def identity(request: web.Request) -> Identity:
+    """Who is asking (set by the middleware)."""
+    found: Identity = request.get(keys.IDENTITY, ANONYMOUS)
+    return found
+
+
+def may_reach(request: web.Request, owner: str) -> bool:
+    """May the caller reach a thing owned by `owner`?"""
+    who = identity(request)
+    return who.admin or who.name == owner
+
+
+def require_admin(request: web.Request) -> None:
+    """Refuse a caller that is not an admin with 403."""
+    if not identity(request).admin:
+        raise web.HTTPForbidden(text="Forbidden: this needs an admin key")
+
+
+def find_run(request: web.Request, run_id: str | None = None) -> RunRecord:
+    """The run named in the path (or `run_id`), or 404 when it is missing or not the caller's."""
+    run_id = run_id if run_id is not None else request.match_info["run_id"]
+    run = request.app[keys.PROJECTIONS].runs.get(run_id)
+    if run is None or not may_reach(request, run.owner):
+        raise NotFound(f"No such precheck: {run_id}")
+    return run
+
+
+def find_upload(request: web.Request, upload_id: str | None = None) -> UploadRecord:
+    """The upload named in the path (or `upload_id`), or 404 likewise."""
+    upload_id = upload_id if upload_id is not None else request.match_info["upload_id"]
+    upload = request.app[keys.PROJECTIONS].uploads.get(upload_id)
+    if upload is None or not may_reach(request, upload.owner):
+        raise NotFound(f"No such upload: {upload_id}")
+    return upload
+
+
+def visible_runs(request: web.Request, runs: Iterable[RunRecord]) -> list[RunRecord]:
+    """The runs among `runs` the caller may reach, in their order."""
+    who = identity(request)
+    return [r for r in runs if who.admin or r.owner == who.name]
+
+
+def visible_uploads(request: web.Request, uploads: Iterable[UploadRecord]) -> list[UploadRecord]:
+    """The uploads among `uploads` the caller may reach, in their order."""
+    who = identity(request)
+    return [u for u in uploads if who.admin or u.owner == who.name]
