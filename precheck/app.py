@@ -27,6 +27,7 @@ from precheck.service.upload_expiry import SERVER, UploadExpiry
 from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
 from precheck.web import (
+    api_keys,
     audit,
     cleanup,
     downloads,
@@ -41,7 +42,7 @@ from precheck.web import (
 from precheck.web.auth import Authenticator
 from precheck.web.middleware import context
 from precheck.web.same_site import allowed_hosts
-from precheck.web.sse import line_message, stop_streams
+from precheck.web.sse import close_revoked_streams, line_message, stop_streams
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def create_app(
         openapi,
         page,
         cleanup,
+        api_keys,
     ):
         resource.setup_routes(app)
     return app
@@ -102,6 +104,8 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     try:
         projections = await Projections.replay(store)
         projections.attach(store)
+        app[keys.AUTH].issued = projections.keys  # keys issued through the API count at once
+        store.add_listener(lambda r: close_revoked_streams(app, r))
         store.add_listener(RunAnnouncer(projections).on_event)
         if projections.instance_id is None:
             await store.append([InstanceCreated(uuid.uuid4().hex, app[keys.CLOCK]())], SERVER)

@@ -146,7 +146,15 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--name", default="", help="the key's name, recorded as the actor of its requests"
     )
-    _config_option(gen)  # accepted like every command's; generating a key reads no config
+    gen.add_argument(
+        "--role",
+        choices=("user", "admin"),
+        default="admin",
+        help="user: reaches only what it made; admin: everything (default: %(default)s)",
+    )
+    # With a server running on the config's storage, the key is issued through it (at once, no
+    # restart); otherwise the config lines are printed.
+    _config_option(gen)
     gen.set_defaults(handler=_apikey_generate)
 
     events = _command(commands, "events", _events, "print the event log (audit)", json_out=True)
@@ -461,15 +469,25 @@ async def _cleanup(args: argparse.Namespace) -> int:
 
 
 async def _apikey_generate(args: argparse.Namespace) -> int:
+    from precheck.ops.lock import running_server
+    from precheck.ops.writes import issue_key
     from precheck.web.auth import key_digest
 
-    key = f"ws_key_{secrets.token_urlsafe(32)}"
     name = args.name or "unnamed"
+    server = running_server(_load(args).server.storage_path) if args.config.exists() else None
+    if server is not None:
+        doc = await issue_key(server, name, args.role)
+        print(f"API key for {name!r} ({args.role}), issued by the running server and valid now")
+        print(f"(shown once; store it now):\n\n  {doc['Key']}\n")
+        print(f"Revoke it with DELETE /api/v1/keys/{name} (an admin key).")
+        return EXIT_OK
+    key = f"ws_key_{secrets.token_urlsafe(32)}"
     print(f"API key for {name!r} (shown once; store it now):\n\n  {key}\n")
     print("Add to config.toml, either with the digest (the file then holds no secret):\n")
-    print(f'  [[auth.api_keys]]\n  name = "{name}"\n  key_sha256 = "{key_digest(key)}"\n')
+    role = f'\n  role = "{args.role}"'
+    print(f'  [[auth.api_keys]]\n  name = "{name}"\n  key_sha256 = "{key_digest(key)}"{role}\n')
     print("or from the environment:\n")
-    print(f'  [[auth.api_keys]]\n  name = "{name}"\n  key = "${{PRECHECK_API_KEY}}"')
+    print(f'  [[auth.api_keys]]\n  name = "{name}"\n  key = "${{PRECHECK_API_KEY}}"{role}')
     return EXIT_OK
 
 

@@ -24,7 +24,8 @@ ROLES = {"alice": "user", "bob": "user", "root": "admin"}
 # What each role meets on each route, for a resource alice owns:
 # open: everyone reaches it; mine: alice and the admin reach it, bob meets 404;
 # list: everyone gets 200, bob's list leaves out alice's; admin: users meet 403;
-# cli: only the operator's CLI token (everyone here meets 403); new: everyone creates.
+# cli: only the operator's CLI token (everyone here meets 403); new: everyone creates;
+# feed: everyone gets 200, bob's feed leaves out the events of alice's upload and run.
 ROUTES: dict[str, str] = {
     "GET /": "open",
     "HEAD /": "open",
@@ -71,17 +72,28 @@ ROUTES: dict[str, str] = {
     "HEAD /api/v1/prechecks/{run_id}/stats": "mine",
     "GET /api/v1/debug/prechecks/{run_id}": "mine",
     "HEAD /api/v1/debug/prechecks/{run_id}": "mine",
-    "GET /api/v1/events": "admin",
-    "HEAD /api/v1/events": "admin",
+    "GET /api/v1/events": "feed",
+    "HEAD /api/v1/events": "open",
     "GET /api/v1/events/head": "admin",
     "HEAD /api/v1/events/head": "admin",
     "GET /metrics": "admin",
     "HEAD /metrics": "admin",
     "POST /api/v1/cleanup": "cli",
+    "GET /api/v1/keys": "admin",
+    "HEAD /api/v1/keys": "admin",
+    "POST /api/v1/keys": "admin",
+    "DELETE /api/v1/keys/{name}": "admin",
+    "GET /api/v1/whoami": "open",
+    "HEAD /api/v1/whoami": "open",
 }
 
+ISSUED = "issued-key"  # the key `DELETE /api/v1/keys/{name}` revokes
+
 # Query values a route needs to answer at once rather than wait.
-QUERY: dict[str, str] = {"/api/v1/prechecks/{run_id}/wait": "?timeout=0"}
+QUERY: dict[str, str] = {
+    "/api/v1/prechecks/{run_id}/wait": "?timeout=0",
+    "/api/v1/events": "?limit=1000",
+}
 
 
 def auth(name: str) -> dict[str, str]:
@@ -128,7 +140,8 @@ async def call(
 ) -> tuple[int, dict[str, Any] | list[Any] | None]:
     """Make the table's request for route `key` as `who`: its status and JSON body, if any."""
     method, template = key.split(" ", 1)
-    path = template.format(upload_id=upload_id, run_id=run_id, name="drc.lyrdb")
+    name = ISSUED if template.startswith("/api/v1/keys/") else "drc.lyrdb"
+    path = template.format(upload_id=upload_id, run_id=run_id, name=name)
     if path == "/static":
         path = "/static/app.js"
     path += QUERY.get(template, "")
@@ -139,6 +152,8 @@ async def call(
         kwargs["data"] = form
     elif key == "POST /api/v1/prechecks":
         kwargs["json"] = {"upload_id": upload_id, "top_cell": "chip_top"}
+    elif key == "POST /api/v1/keys":
+        kwargs["json"] = {"name": f"new-by-{who}"}
     elif method == "POST":
         kwargs["json"] = {"dry_run": True} if key.endswith("/prune") else {}
     if method == "HEAD":  # no body to tell which 404: the GET's, which must answer alike
@@ -172,6 +187,8 @@ async def test_every_route_for_owner_other_user_and_admin(client: Client) -> Non
     from bob; admin routes answer 403 to users; the cleanup answers 403 to every key."""
     keys_seen = [route_key(r) for r in client.app.router.routes()]
     assert keys_seen, "the app has routes"
+    issued = await client.post("/api/v1/keys", json={"name": ISSUED}, headers=auth("root"))
+    assert issued.status == 201
     for key in keys_seen:
         kind = ROUTES[key]
         upload_id = await upload(client, "alice")
@@ -189,6 +206,11 @@ async def test_every_route_for_owner_other_user_and_admin(client: Client) -> Non
             if kind == "list" and isinstance(body, list):
                 ids = {d["Id"] for d in body}
                 assert (run_id in ids or upload_id in ids) == (who != "bob"), where
+            if kind == "feed" and isinstance(body, dict):
+                streams = {e["stream"] for e in body["events"]}
+                mine = {f"upload-{upload_id}", f"run-{run_id}"}
+                assert (mine <= streams) == (who != "bob"), where
+                assert bool(mine & streams) == (who != "bob"), where
             if kind == "list" and isinstance(body, dict):
                 assert (run_id in body["order"]) == (who != "bob"), where
 

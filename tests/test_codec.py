@@ -23,6 +23,8 @@ from precheck.events.types import (
     TAGS,
     BBox,
     InstanceCreated,
+    KeyIssued,
+    KeyRevoked,
     LayerPair,
     Metadata,
     OutputFile,
@@ -169,6 +171,8 @@ SAMPLES: list[object] = [
     ReactionFailed("supervisor", "RuntimeError: boom", T0),
     ReactionFailed("supervisor", "RuntimeError: boom", T0, run_id="r1"),
     StrayContainerRemoved("c0ffee" * 10, "precheck-r9", T0),
+    KeyIssued("carol", "user", "ab" * 32, T0),
+    KeyRevoked("carol", T0),
 ]
 
 

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 
 from precheck.app import create_app
-from precheck.config import SLOTS, Config, parse_config
-from precheck.domain.commands import DIE_ID, TOP_CELL
+from precheck.config import ROLES, SLOTS, Config, parse_config
+from precheck.domain.commands import DIE_ID, KEY_NAME, TOP_CELL
 from precheck.domain.preflight import CHECK_CODES, MODES
 from precheck.domain.status import ENDED, STATUSES, RunStatus
 from precheck.events.types import TAGS
@@ -306,6 +306,10 @@ CONSTANTS: list[tuple[str, tuple[Step, ...], Any]] = [
     ("logs tail bound", (*_LOGS, "tail", "schema", "maximum"), requests.MAX_INT),
     ("logs after_line bound", (*_LOGS, "after_line", "schema", "maximum"), requests.MAX_INT),
     ("logs limit bound", (*_LOGS, "limit", "schema", "maximum"), requests.MAX_INT),
+    ("key name", (*_SCHEMAS, "IssueKey", "properties", "name", "pattern"), f"^{KEY_NAME.pattern}$"),
+    ("key role", (*_SCHEMAS, "IssueKey", "properties", "role", "enum"), list(ROLES)),
+    ("key roles", (*_SCHEMAS, "Key", "properties", "Role", "enum"), list(ROLES)),
+    ("whoami roles", (*_SCHEMAS, "Whoami", "properties", "Role", "enum"), list(ROLES)),
 ]
 
 
@@ -369,7 +373,12 @@ def test_an_enum_with_a_value_twice_is_caught() -> None:
 
 
 @pytest.mark.parametrize(
-    ("schema", "body"), [("CreateRun", requests.CreateRun), ("Prune", requests.PruneRequest)]
+    ("schema", "body"),
+    [
+        ("CreateRun", requests.CreateRun),
+        ("Prune", requests.PruneRequest),
+        ("IssueKey", requests.IssueKeyRequest),
+    ],
 )
 def test_request_bodies_are_the_parsed_classes(schema: str, body: type) -> None:
     """A body's properties are the fields the server parses, required where they have no

@@ -12,12 +12,14 @@ from functools import singledispatch
 
 import attrs
 
-from precheck.config import SLOTS
+from precheck.config import ROLES, SLOTS
 from precheck.domain.preflight import MODES, preflight_for_run
 from precheck.domain.status import ENDED, RunStatus
 from precheck.errors import Conflict, Expired, Invalid, NotFound, PreflightFailed
 from precheck.events.types import (
     Event,
+    KeyIssued,
+    KeyRevoked,
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
@@ -116,6 +118,29 @@ class PruneRuns:
     now: datetime
 
 
+# An issued key's name: the actor of its requests, so a plain word, never one the server uses.
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+RESERVED_NAMES = frozenset({"anonymous", "cli", "server", "supervisor"})
+
+
+@attrs.frozen
+class IssueKey:
+    """Record a new API key by the sha256 of its secret (the secret itself is never stored)."""
+
+    name: str
+    role: str
+    key_sha256: str
+    now: datetime
+
+
+@attrs.frozen
+class RevokeKey:
+    """Revoke an issued API key."""
+
+    name: str
+    now: datetime
+
+
 Command = (
     ReceiveUpload
     | DeleteUpload
@@ -125,6 +150,8 @@ Command = (
     | CancelRun
     | DeleteRun
     | PruneRuns
+    | IssueKey
+    | RevokeKey
 )
 
 
@@ -279,6 +306,28 @@ def _prune(c: PruneRuns, state: Projections) -> Decision:
         tuple(RunDeleted(r.id, r.upload_id, c.reason, c.now) for r in due),
         {f"run-{r.id}": r.version for r in due},
     )
+
+
+@decide.register
+def _issue_key(c: IssueKey, state: Projections) -> Decision:
+    if not KEY_NAME.fullmatch(c.name) or c.name in RESERVED_NAMES:
+        raise Invalid(
+            "name must be 1 to 64 letters, digits, '_', '.', '@' or '-' and not one the server"
+            " uses (anonymous, cli, server, supervisor)"
+        )
+    if c.role not in ROLES:
+        raise Invalid(f"role must be one of {', '.join(ROLES)}")
+    if c.name in state.keys.by_name:
+        raise Conflict(f"key {c.name!r} exists; revoke it first")
+    event = KeyIssued(c.name, c.role, c.key_sha256, c.now)
+    return Decision((event,), {f"key-{c.name}": state.keys.versions.get(c.name, 0)})
+
+
+@decide.register
+def _revoke_key(c: RevokeKey, state: Projections) -> Decision:
+    if c.name not in state.keys.by_name:
+        raise NotFound(f"No such key: {c.name}")
+    return Decision((KeyRevoked(c.name, c.now),), {f"key-{c.name}": state.keys.versions[c.name]})
 
 
 def _is_active(state: Projections, run_id: str) -> bool:

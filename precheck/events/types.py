@@ -344,6 +344,27 @@ class StrayContainerRemoved:
     at: datetime
 
 
+# Keys --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class KeyIssued:
+    """An admin issued an API key; the log keeps only the key's sha256, never the key."""
+
+    name: str
+    role: str
+    key_sha256: str
+    at: datetime
+
+
+@attrs.frozen
+class KeyRevoked:
+    """An issued API key was revoked: refused from now on, its open streams closed."""
+
+    name: str
+    at: datetime
+
+
 Event = (
     UploadReceived
     | UploadDeleted
@@ -365,6 +386,8 @@ Event = (
     | InstanceCreated
     | ReactionFailed
     | StrayContainerRemoved
+    | KeyIssued
+    | KeyRevoked
 )
 
 TAGS: dict[type, str] = {
@@ -388,6 +411,8 @@ TAGS: dict[type, str] = {
     InstanceCreated: "server.instance-created",
     ReactionFailed: "server.reaction-failed",
     StrayContainerRemoved: "server.stray-container-removed",
+    KeyIssued: "key.issued",
+    KeyRevoked: "key.revoked",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.
@@ -395,7 +420,9 @@ SCHEMAS: dict[str, int] = {tag: 1 for tag in TAGS.values()} | {"run.queued": 2}
 
 
 def stream_of(event: Event) -> str:
-    """The stream an event belongs to: `upload-<id>`, `run-<id>` or `server`."""
+    """The stream an event belongs to: `upload-<id>`, `run-<id>`, `key-<name>` or `server`."""
+    if isinstance(event, KeyIssued | KeyRevoked):
+        return f"key-{event.name}"
     if isinstance(
         event,
         UploadReceived | UploadDeleted | UploadExpired | UploadInspected | UploadInspectionFailed,

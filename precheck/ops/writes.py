@@ -130,6 +130,12 @@ class ServerClient:
             raise OpsError(f"lost the server's event stream: {e}") from None
 
 
+async def issue_key(info: ServerInfo, name: str, role: str) -> dict[str, Any]:
+    """Issue an API key through the running server; its answer holds the key, shown once."""
+    async with ServerClient(info) as client:
+        return dict(await client.request("POST", "/api/v1/keys", {"name": name, "role": role}))
+
+
 @asynccontextmanager
 async def writer(config: Config) -> AsyncIterator[ServerClient | StorageLock]:
     """The running server's client, or the folder's lock when no server runs."""

@@ -7,6 +7,7 @@ import logging
 
 from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import InstanceCreated
+from precheck.projections.keys import Keys
 from precheck.projections.queue import Queue
 from precheck.projections.runs import Runs
 from precheck.projections.uploads import Uploads
@@ -21,6 +22,7 @@ class Projections:
         self.uploads = Uploads()
         self.runs = Runs()
         self.queue = Queue()
+        self.keys = Keys()
         self.position = 0
         self.instance_id: str | None = None  # labels this server's containers
 
@@ -33,6 +35,7 @@ class Projections:
         self.uploads.apply(r)
         self.runs.apply(r)
         self.queue.apply(r)
+        self.keys.apply(r)
         if isinstance(r.event, InstanceCreated) and self.instance_id is None:
             self.instance_id = r.event.instance_id
         self.position = r.position

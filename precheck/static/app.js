@@ -260,9 +260,16 @@ async function loadRuns() {
 let refresh = null;
 function refreshSoon() { clearTimeout(refresh); refresh = setTimeout(() => loadRuns().catch(() => {}), 100); }
 
+// Who is signed in, and the role: a user sees only its own uploads and runs.
+async function loadWhoami() {
+  const me = await api("/api/v1/whoami");
+  $("whoami").textContent = `${me.Name} (${me.Role})`;
+}
+
 async function showHome() {
   $("home").hidden = false;
   $("run-page").hidden = true;
+  loadWhoami().catch(() => {});
   await Promise.all([loadUploads(), loadRuns()]);
   const feed = await api("/api/v1/events?limit=1&type=run.");
   // Follow run and upload events from now on; the lists are refreshed from the API on each.

@@ -7,12 +7,13 @@ cannot learn another's ids. Admin-only routes answer 403 to a user.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
 from precheck import keys
 from precheck.errors import NotFound
+from precheck.events.store import RecordedEvent
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
 from precheck.web.auth import ANONYMOUS, Identity
@@ -64,3 +65,23 @@ def visible_uploads(request: web.Request, uploads: Iterable[UploadRecord]) -> li
     """The uploads among `uploads` the caller may reach, in their order."""
     who = identity(request)
     return [u for u in uploads if who.admin or u.owner == who.name]
+
+
+def owned_events(request: web.Request) -> Callable[[RecordedEvent], bool] | None:
+    """For a user, which events of the log are its own: those of the uploads and runs it owns
+    (as they are now: a deleted one's events are no longer shown). None for an admin: all."""
+    who = identity(request)
+    if who.admin:
+        return None
+    state = request.app[keys.PROJECTIONS]
+
+    def owned(r: RecordedEvent) -> bool:
+        kind, _, entity = r.stream.partition("-")
+        found: RunRecord | UploadRecord | None = None
+        if kind == "run":
+            found = state.runs.get(entity)
+        elif kind == "upload":
+            found = state.uploads.get(entity)
+        return found is not None and found.owner == who.name
+
+    return owned

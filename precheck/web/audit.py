@@ -7,7 +7,7 @@ from aiohttp import web
 from precheck import keys
 from precheck.errors import Invalid
 from precheck.events.filters import EventQuery, event_query
-from precheck.web.access import require_admin
+from precheck.web.access import owned_events, require_admin
 from precheck.web.render import event_document
 from precheck.web.requests import MAX_INT, query_int
 from precheck.web.sse import Stream, last_event_id, message, wants_stream
@@ -33,10 +33,14 @@ def _start(request: web.Request) -> int:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """A page of events after `after` (JSON), or every event from there on, live (SSE)."""
-    require_admin(request)
+    """A page of events after `after` (JSON), or every event from there on, live (SSE).
+
+    An admin gets every event; a user only those of the uploads and runs it owns (a page may
+    then hold fewer than `limit`: `next` says where to go on).
+    """
     query = _query(request)
-    keep = query.matches
+    owned = owned_events(request)
+    keep = query.matches if owned is None else (lambda r: query.matches(r) and owned(r))
     after = _start(request)
     store = request.app[keys.STORE]
     if not wants_stream(request):
@@ -48,9 +52,10 @@ async def events(request: web.Request) -> web.StreamResponse:
         found = await store.read(after, limit, where=query.sql())
         last = found[-1].position if found else 0
         position = last if len(found) == limit else max(after, head, last)
+        shown = found if owned is None else [r for r in found if owned(r)]
         return web.json_response(
             {
-                "events": [event_document(r) for r in found],
+                "events": [event_document(r) for r in shown],
                 "next": position,
                 "head": store.head,
                 "has_more": position < store.head,

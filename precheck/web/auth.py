@@ -6,10 +6,15 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import attrs
 
 from precheck.config import AuthConfig
+
+if TYPE_CHECKING:
+    from precheck.projections.keys import Keys
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -70,6 +75,11 @@ class Authenticator:
             _Key(k.name, bytes.fromhex(k.key_sha256 or key_digest(k.key)), k.role)
             for k in config.api_keys
         ]
+        self.config_roles = {k.name: k.role for k in config.api_keys}
+        self.config_names = frozenset(self.config_roles)
+        self.issued: Keys | None = None  # keys issued through the API: the live read model
+        # When each key was last used: kept in memory only, not in the log (not per request).
+        self.last_used: dict[str, datetime] = {}
 
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
         """The client's address: the socket peer, or from `X-Forwarded-For` via trusted proxies.
@@ -117,6 +127,10 @@ class Authenticator:
         for k in self._keys:  # compare against every key, in constant time each
             if hmac.compare_digest(digest, k.sha256):
                 found = Identity(k.name, k.role)
+        if found is None and self.issued is not None:
+            record = self.issued.by_digest.get(digest.hex())
+            if record is not None:
+                found = Identity(record.name, record.role)
         return found
 
     @staticmethod

@@ -79,7 +79,9 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
             if key is None and _is_stream_request(request):
                 # EventSource cannot set headers: streams also take the key as a query value.
                 key = request.query.get("access_token") or None
-            request[keys.IDENTITY] = auth.identify(key)
+            request[keys.IDENTITY] = who = auth.identify(key)
+            if who is not ANONYMOUS:
+                auth.last_used[who.name] = request.app[keys.CLOCK]()
         request[keys.ACTOR] = request[keys.IDENTITY].name
         response = await handler(request)
     except AuthError as e:

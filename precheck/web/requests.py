@@ -37,6 +37,14 @@ class PruneRequest:
     reason: str = ""
 
 
+@attrs.frozen
+class IssueKeyRequest:
+    """Body of `POST /api/v1/keys`."""
+
+    name: str
+    role: str = "user"
+
+
 def _strict(kind: type, name: str) -> Any:
     def check(v: Any, _: Any) -> Any:
         if type(v) is not kind:
@@ -53,7 +61,7 @@ _conv.register_structure_hook(int, _strict(int, "an integer"))
 _conv.register_structure_hook(float, lambda v, _: _number(v))
 # cattrs would take any iterable as a list: a string as its letters, an object as its keys.
 _conv.register_structure_hook_func(lambda t: t == list[str], lambda v, _: _string_list(v))
-for _cls in (CreateRun, PruneRequest):
+for _cls in (CreateRun, PruneRequest, IssueKeyRequest):
     _conv.register_structure_hook(
         _cls, make_dict_structure_fn(_cls, _conv, _cattrs_forbid_extra_keys=True)
     )

@@ -12,6 +12,8 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from precheck import keys
+from precheck.events.store import RecordedEvent
+from precheck.events.types import KeyRevoked
 from precheck.storage.output_lines import OutputLine
 
 RETRY_MS = 3000
@@ -128,6 +130,18 @@ class Stream:
 def request_streams(app: web.Application) -> weakref.WeakSet[EventSourceResponse]:
     """The open streams of the app, stopped on shutdown so it does not wait for them."""
     return app[keys.STREAMS]
+
+
+def close_revoked_streams(app: web.Application, r: RecordedEvent) -> None:
+    """On `key.revoked`: end every open stream that key opened, at once."""
+    if not isinstance(r.event, KeyRevoked):
+        return
+    for response in list(request_streams(app)):
+        req = response._req
+        if req is not None and req.get(keys.ACTOR) == r.event.name:
+            response.stop_streaming()
+            if req.transport is not None:
+                req.transport.close()
 
 
 async def stop_streams(app: web.Application) -> None:
