@@ -104,6 +104,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     try:
         projections = await Projections.replay(store)
         projections.attach(store)
+        projections.queue.max_running_per_owner = app[keys.CONFIG].server.max_running_per_owner
         app[keys.AUTH].issued = projections.keys  # keys issued through the API count at once
         store.add_listener(lambda r: close_revoked_streams(app, r))
         store.add_listener(RunAnnouncer(projections).on_event)

@@ -34,6 +34,8 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     sse_heartbeat_seconds: float = 15
     allowed_hosts: tuple[str, ...] = ()  # names besides localhost and `host`, with auth off
+    max_queued_per_owner: int = 0  # runs one key may have waiting; past it 429 (0: no limit)
+    max_running_per_owner: int = 0  # runs of one key started at once; others wait (0: no limit)
 
 
 ENGINE_SCHEMES = ("unix://", "tcp://")
@@ -319,6 +321,10 @@ def _validate(config: Config, source: str) -> None:
         raise bad("server.port", "must be between 0 and 65535")
     if s.max_concurrent < 1:
         raise bad("server.max_concurrent", "must be at least 1")
+    if s.max_queued_per_owner < 0:
+        raise bad("server.max_queued_per_owner", "must be at least 0 (0: no limit)")
+    if s.max_running_per_owner < 0:
+        raise bad("server.max_running_per_owner", "must be at least 0 (0: no limit)")
     if s.upload_expiry_minutes < 1:
         raise bad("server.upload_expiry_minutes", "must be at least 1")
     if not 0 < s.sse_heartbeat_seconds <= 3600:

@@ -33,6 +33,10 @@ class TooLarge(PrecheckError):
     """The upload is bigger than `server.max_upload_mb`."""
 
 
+class TooMany(PrecheckError):
+    """The key has as many runs waiting as `server.max_queued_per_owner` allows."""
+
+
 class PreflightFailed(PrecheckError):
     """The layout fails pre-flight checks the precheck would fail it on; `checks` lists them."""
 

@@ -214,3 +214,14 @@ async def test_cli_generate_goes_through_the_running_server(
     assert await r.json() == {"Name": "erin", "Role": "user"}
     issued = [r for r in await client.app[keys.STORE].read() if r.type == "key.issued"]
     assert issued[-1].metadata.actor == "cli"
+
+
+async def test_the_page_shows_who_is_signed_in(client: Client) -> None:
+    """The page has a place for the signed-in name and role, filled from `/api/v1/whoami`."""
+    page = await (await client.get("/")).text()
+    assert page.count('id="whoami"') == 1
+    script = await (await client.get("/static/app.js")).text()
+    assert 'api("/api/v1/whoami")' in script
+    assert '$("whoami").textContent = `${me.Name} (${me.Role})`' in script
+    r = await client.get("/api/v1/whoami", headers=bearer(ALICE))
+    assert await r.json() == {"Name": "alice", "Role": "user"}

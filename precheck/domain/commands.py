@@ -15,7 +15,7 @@ import attrs
 from precheck.config import ROLES, SLOTS
 from precheck.domain.preflight import MODES, preflight_for_run
 from precheck.domain.status import ENDED, RunStatus
-from precheck.errors import Conflict, Expired, Invalid, NotFound, PreflightFailed
+from precheck.errors import Conflict, Expired, Invalid, NotFound, PreflightFailed, TooMany
 from precheck.events.types import (
     Event,
     KeyIssued,
@@ -89,6 +89,8 @@ class QueueRun:
     cob: bool
     now: datetime
     preflight: str = "enforce"
+    owner: str = ""  # who queues it; with `max_queued` > 0, refused past that many waiting
+    max_queued: int = 0
 
 
 @attrs.frozen
@@ -223,6 +225,11 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
     upload = state.uploads.get(c.upload_id)
     if upload is None:
         raise NotFound(f"No such upload: {c.upload_id}")
+    if c.max_queued and state.queue.queued_by(c.owner) >= c.max_queued:
+        raise TooMany(
+            f"{c.owner} has {c.max_queued} runs waiting, as many as server.max_queued_per_owner"
+            " allows: queue more once one has started"
+        )
     if upload.status == "expired" or upload.expires_at <= c.now:
         raise Expired(f"upload {c.upload_id} has expired; upload the layout again")
     if c.preflight not in MODES:

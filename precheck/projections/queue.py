@@ -1,9 +1,15 @@
-"""Read model of the queue: FIFO order of queued runs and how many run."""
+"""Read model of the queue: the fair order of queued runs and how many run.
+
+Fair: FIFO within an owner, round-robin across owners. A queued run's key is (its rank among
+its owner's queued runs, when its owner last had a run start, its place in arrival order): each
+owner's first waiting run comes before anyone's second, and among firsts the owner served
+longest ago goes first. The key is made of the log alone, so a replay gives the same order.
+"""
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from precheck.events.store import RecordedEvent
@@ -25,14 +31,35 @@ _QUEUE_EVENTS = frozenset(
 )
 
 
+def fair_order(
+    fifo: Iterable[str], owner: Callable[[str], str], served: Callable[[str], int]
+) -> list[str]:
+    """`fifo` (queued run ids in arrival order) in the fair order; `served(owner)` is the log
+    position at which the owner's last run started (0 when none has)."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for i, run_id in enumerate(fifo):
+        who = owner(run_id)
+        n = rank.get(who, 0)
+        rank[who] = n + 1
+        keyed.append((n, served(who), i, run_id))
+    keyed.sort()
+    return [k[3] for k in keyed]
+
+
 class Queue:
-    """Queued runs in arrival order (ticket = the queuing event's position) and running ones."""
+    """Queued runs (ticket = the queuing event's position) in fair order, and running ones."""
 
     def __init__(self) -> None:
         self._ticket: dict[str, int] = {}
         self._tickets: list[int] = []  # sorted, since positions only grow
         self._run_of_ticket: dict[int, str] = {}
         self.running: set[str] = set()
+        self._owner: dict[str, str] = {}  # run -> the actor that queued it
+        self._served: dict[str, int] = {}  # owner -> position at which its last run started
+        self._order: list[str] | None = None  # the fair order, made when first asked after a change
+        self._place: dict[str, int] = {}
+        self.max_running_per_owner = 0  # from the config: 0 for no limit
 
     @property
     def length(self) -> int:
@@ -40,17 +67,48 @@ class Queue:
         return len(self._tickets)
 
     def position(self, run_id: str) -> int | None:
-        """1-based place of a queued run, None when it is not queued."""
-        ticket = self._ticket.get(run_id)
-        return None if ticket is None else bisect_left(self._tickets, ticket) + 1
+        """1-based place of a queued run in the fair order, None when it is not queued."""
+        if run_id not in self._ticket:
+            return None
+        self._fair()
+        return self._place[run_id]
 
     def queued(self) -> list[str]:
-        """Queued run ids, first to run first."""
-        return [self._run_of_ticket[t] for t in self._tickets]
+        """Queued run ids in the fair order, first to run first."""
+        return list(self._fair())
 
     def head(self) -> str | None:
         """The run that starts next, if any."""
-        return self._run_of_ticket[self._tickets[0]] if self._tickets else None
+        startable = self.startable()
+        return startable[0] if startable else None
+
+    def startable(self) -> list[str]:
+        """Queued runs that may start now, in the fair order: the runs of an owner with
+        `max_running_per_owner` runs running wait (a setting from the config, not the log)."""
+        limit = self.max_running_per_owner
+        if not limit:
+            return list(self._fair())
+        full = {o for o in {self.owner(r) for r in self.running} if self.running_by(o) >= limit}
+        return [r for r in self._fair() if self.owner(r) not in full]
+
+    def owner(self, run_id: str) -> str:
+        """Who queued the run (the actor of its `run.queued`)."""
+        return self._owner.get(run_id, "")
+
+    def queued_by(self, owner: str) -> int:
+        """How many of `owner`'s runs wait."""
+        return sum(1 for run_id in self._ticket if self._owner.get(run_id) == owner)
+
+    def running_by(self, owner: str) -> int:
+        """How many of `owner`'s runs hold a slot."""
+        return sum(1 for run_id in self.running if self._owner.get(run_id) == owner)
+
+    def _fair(self) -> list[str]:
+        if self._order is None:
+            fifo = [self._run_of_ticket[t] for t in self._tickets]
+            self._order = fair_order(fifo, self.owner, lambda o: self._served.get(o, 0))
+            self._place = {run_id: i for i, run_id in enumerate(self._order, 1)}
+        return self._order
 
     def apply(self, r: RecordedEvent) -> None:
         """Evolve the state by one event."""
@@ -58,11 +116,14 @@ class Queue:
         kind = type(e)
         if kind not in _QUEUE_EVENTS:
             return
+        self._order = None
         if kind is RunQueued:
             self._ticket[e.run_id] = r.position
             self._tickets.append(r.position)
             self._run_of_ticket[r.position] = e.run_id
+            self._owner[e.run_id] = r.metadata.actor
         elif kind is RunStarted:
+            self._served[self.owner(e.run_id)] = r.position
             self._dequeue(e.run_id)
             self.running.add(e.run_id)
         else:
@@ -80,11 +141,18 @@ class Queue:
 def queue_at(runs: Iterable[RunRecord], run: RunRecord, position: int) -> tuple[int | None, int]:
     """The run's place in the queue and the queue's length just after event `position`.
 
-    Derived from when each run joined and left the queue, so a stream can show a past state
-    exactly without replaying the log. O(runs): used for queued runs only.
+    Derived from when each run joined and left the queue (and when each owner's runs started),
+    so a stream can show a past state in the fair order without replaying the log. O(runs):
+    used for queued runs only.
     """
-    waiting = [r.queued_position for r in runs if r.queued_at(position)]
-    place = None
-    if run.queued_at(position):
-        place = 1 + sum(1 for q in waiting if q < run.queued_position)
+    every = list(runs)
+    waiting = sorted((r for r in every if r.queued_at(position)), key=lambda r: r.queued_position)
+    served: dict[str, int] = {}
+    for r in every:
+        started = r.dequeued_position
+        if r.started_at is not None and started is not None and started <= position:
+            served[r.owner] = max(served.get(r.owner, 0), started)
+    owners = {r.id: r.owner for r in waiting}
+    order = fair_order([r.id for r in waiting], owners.__getitem__, lambda o: served.get(o, 0))
+    place = order.index(run.id) + 1 if run.id in owners else None
     return place, len(waiting)

@@ -18,6 +18,7 @@ from precheck.errors import (
     PrecheckError,
     PreflightFailed,
     TooLarge,
+    TooMany,
 )
 from precheck.events.codec import to_jsonable
 from precheck.events.store import ConcurrencyError, StoreClosed
@@ -37,6 +38,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
     (NotJson, 415),
     (TooLarge, 413),
+    (TooMany, 429),
     (Invalid, 400),
     (Conflict, 409),
     (ConcurrencyError, 409),

@@ -43,6 +43,8 @@ async def create_precheck(request: web.Request) -> web.Response:
             body.cob,
             app[keys.CLOCK](),
             body.preflight,
+            request[keys.ACTOR],
+            app[keys.CONFIG].server.max_queued_per_owner,
         ),
         metadata(request),
     )
@@ -88,6 +90,8 @@ async def rerun_precheck(request: web.Request) -> web.Response:
             run.cob,
             app[keys.CLOCK](),
             mode,
+            request[keys.ACTOR],
+            app[keys.CONFIG].server.max_queued_per_owner,
         ),
         metadata(request),
     )
