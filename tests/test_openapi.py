@@ -470,7 +470,8 @@ def _bounded(case: Any, live: LiveApp) -> None:
         value = query.get("timeout", "300")
         first = value[0] if isinstance(value, list) and value else value  # what the server reads
         try:
-            timeout: float | None = float(str(first))
+            # An empty value is the server's default (300 s): bounded like any long wait.
+            timeout: float | None = float(str(first)) if str(first) != "" else 300.0
         except ValueError:
             timeout = None  # a bad value: the answer is 400 at once
         if timeout is not None and timeout > 0.2:
