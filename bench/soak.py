@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -33,81 +32,12 @@ import aiohttp
 import attrs
 
 from bench.harness import ROOT, ServerProcess, temp_folder
+from tests.engines import PrivateEngine
 from tests.layouts import gds
 
 IMAGE = "precheck-simulator:latest"
 FINAL = ("completed", "failed", "cancelled")
 FAULTS = ("server killed", "engine restarted", "container killed", "connection cut")
-
-
-class PrivateEngine:
-    """A Docker engine of its own, under `root`, with the simulator image loaded."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.socket = root / "docker.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
-
-    async def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        log = (self.root / "dockerd.log").open("ab")
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 (a daemon: started, not awaited)
-            [
-                "dockerd", f"--host=unix://{self.socket}", f"--data-root={self.root / 'data'}",
-                f"--exec-root={self.root / 'exec'}", f"--pidfile={self.root / 'docker.pid'}",
-                "--bridge=none", "--iptables=false", "--ip6tables=false",
-            ],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        for _ in range(200):
-            if await self.docker("info", check=False) == 0:
-                return
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"the private engine did not start: see {self.root / 'dockerd.log'}")
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, 60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                await asyncio.to_thread(self.proc.wait)
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
-    async def load_image(self) -> None:
-        save = await asyncio.create_subprocess_exec("docker", "save", IMAGE, stdout=subprocess.PIPE)
-        out, _ = await save.communicate()
-        load = await asyncio.create_subprocess_exec(
-            "docker", "load", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=self.env
-        )
-        await load.communicate(out)
-        if save.returncode or load.returncode:
-            raise RuntimeError(f"could not move {IMAGE} into the private engine")
-
-    async def docker(self, *args: str, check: bool = True) -> int:
-        proc = await asyncio.create_subprocess_exec(
-            "docker", *args, env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        code = await proc.wait()
-        if check and code:
-            raise RuntimeError(f"docker {' '.join(args)} failed ({code})")
-        return code
-
-    async def output(self, *args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            "docker", *args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-        out, _ = await proc.communicate()
-        return out.decode()
 
 
 class Relay:
@@ -217,7 +147,7 @@ class Soak:
         self.rng = random.Random(seed)
         self.planned = plan(runs, self.rng)
         self.fault_every = fault_every
-        self.engine = PrivateEngine(tmp / "engine")
+        self.engine = PrivateEngine(tmp / "engine", IMAGE)
         self.relay = Relay(tmp / "relay.sock", self.engine.socket)
         self.server: ServerProcess | None = None
         self.faults: Counter[str] = Counter()
@@ -234,6 +164,7 @@ class Soak:
         docker = {
             "image": IMAGE, "pull": "never", "url": f"unix://{self.relay.listen}",
             "memory_limit": "256m", "timeout_minutes": 2, "container_prefix": "soak-",
+            "max_attempts": 1,  # each run's log checked as one attempt's
         }  # fmt: skip
         self.server = await ServerProcess.start(self.tmp, "soak", server, docker)
         for _ in range(600):

@@ -127,7 +127,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
             lambda: projections,
             lambda: store.head,
             lambda: len(app[keys.STREAMS]),
-            lambda: app[keys.SUPERVISOR].docker_reachable if keys.SUPERVISOR in app else None,
+            lambda: app[keys.SUPERVISOR].engine_documents() if keys.SUPERVISOR in app else None,
         )
         store.append_observer = app[keys.METRICS].append_seconds.observe
         yield
@@ -166,13 +166,12 @@ async def _layout_inspector(app: web.Application) -> AsyncIterator[None]:
 
 async def _supervisor(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    if len(config.engines) > 1:
-        log.warning("runs start on the first engine only, %s", config.engines[0].name)
-    engine = engine_for(config.engines[0], app[_ENGINE])
-    engine.max_line = config.docker.max_line_kib << 10
+    engines = [engine_for(e, app[_ENGINE]) for e in config.engines]
+    for engine in engines:
+        engine.max_line = config.docker.max_line_kib << 10
     supervisor = Supervisor(
         config,
-        engine,
+        engines,
         app[keys.STORE],
         app[keys.PROJECTIONS],
         app[keys.STORAGE],
@@ -187,4 +186,5 @@ async def _supervisor(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await engine.close()
+    for engine in engines:
+        await engine.close()

@@ -307,7 +307,7 @@ async def _status(args: argparse.Namespace) -> int:
         "queue": {
             "queued": state.queue.length,
             "running": len(state.queue.running),
-            "max_concurrent": config.server.max_concurrent,
+            "max_concurrent": config.max_concurrent,
         },
         "docker": docker,
     }
@@ -323,13 +323,18 @@ async def _status(args: argparse.Namespace) -> int:
         f" of {queue['max_concurrent']}"
     )
     print("Runs:           " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if docker.get("reachable"):
-        print(
-            f"Docker:         reachable, image {config.docker.image};"
-            f" {docker['containers']} container(s) of this server"
-        )
-    else:
-        print(f"Docker:         unreachable: {docker.get('error')}")
+    up = sum(1 for e in docker["engines"] if e["reachable"])
+    state_of = "reachable" if docker["reachable"] else f"{up} of {len(docker['engines'])} reachable"
+    print(
+        f"Docker:         {state_of}, image {config.docker.image};"
+        f" {docker['containers']} container(s) of this server"
+    )
+    for e in docker["engines"]:  # one line per engine
+        label = f"  {e['name']}:"
+        if e["reachable"]:
+            print(f"{label:<16}reachable, {e['containers']} container(s), {e['slots']} slot(s)")
+        else:
+            print(f"{label:<16}unreachable: {e['error']}")
     return EXIT_OK
 
 

@@ -121,7 +121,8 @@ def sim_config(make_config: Callable[..., Config], simulator_image: str) -> Call
     """Factory: a Config running the simulator image, never pulling, with a small memory limit.
 
     `sim_config(max_concurrent=2, timeout_minutes=0.05)`: keyword arguments other than
-    `max_concurrent` and `server` override the `[docker]` table.
+    `max_concurrent` and `server` override the `[docker]` table. A system failure is not
+    retried (`max_attempts = 1`) unless a test says otherwise.
     """
 
     def make(
@@ -133,7 +134,13 @@ def sim_config(make_config: Callable[..., Config], simulator_image: str) -> Call
         if max_concurrent is not None:
             server["max_concurrent"] = max_concurrent
         tables: dict[str, Any] = {
-            "docker": {"image": simulator_image, "pull": "never", "memory_limit": "256m", **docker}
+            "docker": {
+                "image": simulator_image,
+                "pull": "never",
+                "memory_limit": "256m",
+                "max_attempts": 1,  # no retries unless a test asks for them
+                **docker,
+            }
         }
         if server:
             tables["server"] = server

@@ -108,7 +108,7 @@ async def test_create_run_has_docker_like_shape(client: Client) -> None:
     assert cmd[cmd.index("--id") + 1] == "ABCD1234"
     assert cmd[cmd.index("--slot") + 1] == "0p5x1"
     assert "--cob" in cmd
-    assert run["Queue"] == {"Position": 1, "Length": 1}
+    assert run["Queue"] == {"Position": 1, "Length": 1, "Waiting": None}
     assert run["Input"]["Checksums"]["sha256"] == up["Checksums"]["sha256"]
     assert run["Input"]["Checksums"]["sha256"] == hashlib.sha256(oasis("my_top")).hexdigest()
     assert run["Input"]["Size"] == up["Size"]
@@ -150,7 +150,9 @@ async def test_fifo_positions_and_cancel_of_the_first(client: Client) -> None:
     runs = [await create(client, up["Id"]) for _ in range(3)]
     ids = [r["Id"] for r in runs]
     assert [r["Queue"]["Position"] for r in runs] == [1, 2, 3]
-    assert await positions(client, ids) == [{"Position": p, "Length": 3} for p in (1, 2, 3)]
+    assert await positions(client, ids) == [
+        {"Position": p, "Length": 3, "Waiting": None} for p in (1, 2, 3)
+    ]
     q = await (await client.get("/api/v1/queue")).json()
     assert q["queued"] == 3
     assert q["order"] == ids
@@ -158,16 +160,16 @@ async def test_fifo_positions_and_cancel_of_the_first(client: Client) -> None:
     r = await client.delete(f"/api/v1/prechecks/{ids[0]}")
     assert r.status == 200
     assert await positions(client, ids) == [
-        {"Position": None, "Length": 2},
-        {"Position": 1, "Length": 2},
-        {"Position": 2, "Length": 2},
+        {"Position": None, "Length": 2, "Waiting": None},
+        {"Position": 1, "Length": 2, "Waiting": None},
+        {"Position": 2, "Length": 2, "Waiting": None},
     ]
     q = await (await client.get("/api/v1/queue")).json()
     assert q["order"] == ids[1:]
 
     # A new run joins the end, behind the earlier ones.
     late = await create(client, up["Id"])
-    assert late["Queue"] == {"Position": 3, "Length": 3}
+    assert late["Queue"] == {"Position": 3, "Length": 3, "Waiting": None}
 
 
 async def test_queue_endpoint(
@@ -318,7 +320,7 @@ async def test_cancel_queued_run(client: Client) -> None:
     assert doc["State"]["Status"] == "cancelled"
     assert doc["State"]["Running"] is False
     assert doc["State"]["FinishedAt"] != ZERO
-    assert doc["Queue"] == {"Position": None, "Length": 0}
+    assert doc["Queue"] == {"Position": None, "Length": 0, "Waiting": None}
 
     head = client.app[keys.STORE].head
     r = await client.delete(f"/api/v1/prechecks/{run['Id']}")

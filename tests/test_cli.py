@@ -524,6 +524,7 @@ def test_status_text_and_json(site: Site) -> None:
     )
     assert re.search(r"^Runs:\s+.*1 cancelled, 1 completed, 1 failed", text, re.M), text
     assert re.search(r"^Docker:\s+reachable", text, re.M), text
+    assert re.search(r"^  local:\s+reachable, \d+ container\(s\), 1 slot\(s\)$", text, re.M), text
 
 
 @pytest.mark.docker

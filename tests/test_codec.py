@@ -41,6 +41,7 @@ from precheck.events.types import (
     RunOutputsStored,
     RunProgressed,
     RunQueued,
+    RunRetried,
     RunStarted,
     RunTimedOut,
     StrayContainerRemoved,
@@ -146,6 +147,8 @@ SAMPLES: list[object] = [
     RunFinished("r2", "completed", 0, "", None, None, {}, None, (), {}, True, T0),
     RunFailedToStart("r1", "image precheck:latest not found", T0),
     RunFinishFailed("r1", "Docker: 500 injected", 5, T0),
+    RunRetried("r1", 2, "build-2", "engine lost: build-2 did not answer", -1, T0, T0, 40, T0),
+    RunRetried("r1", 3, "local", "OOM: killed", 137, None, T0, 80, T0),
     RunTimedOut("r1", 90, T0),
     RunDeleted("r1", "u1", "pruned by an operator", T0),
     RunExited(

@@ -41,6 +41,9 @@ def runs(samples: Samples, status: str) -> float:
     return samples[("precheck_runs", (("status", status),))]
 
 
+REACHABLE = "precheck_docker_reachable"
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
@@ -156,7 +159,7 @@ async def test_docker_reachable_is_0_while_the_engine_does_not_answer(
         create_app(make_config(docker={"url": f"tcp://127.0.0.1:{port}"}))
     )
     samples = await scrape(client)
-    assert value(samples, "precheck_docker_reachable") == 0
+    assert value(samples, "precheck_docker_reachable", engine="local") == 0
     health = await (await client.get("/health")).json()
     assert health["docker"]["reachable"] is False
 
@@ -166,7 +169,7 @@ async def test_a_finished_run_moves_completed_and_durations(start_app: StartApp)
     """With the simulator a completed run counts as completed, with its duration; Docker is up."""
     api = await start_app()
     async with asyncio.timeout(10):  # 0 until the supervisor has connected: watched from outside
-        while value(s := await scrape(api.client), "precheck_docker_reachable") != 1:  # noqa: ASYNC110
+        while value(s := await scrape(api.client), REACHABLE, engine="local") != 1:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     assert runs(s, "completed") == 0
     assert value(s, "precheck_run_duration_seconds_count", status="completed") == 0
@@ -183,7 +186,7 @@ async def test_a_finished_run_moves_completed_and_durations(start_app: StartApp)
     assert value(s, "precheck_run_duration_seconds_count", status="completed") == 1
     assert value(s, "precheck_run_duration_seconds_sum", status="completed") >= 1
     assert value(s, "precheck_run_duration_seconds_bucket", status="completed", le="+Inf") == 1
-    assert value(s, "precheck_docker_reachable") == 1
+    assert value(s, "precheck_docker_reachable", engine="local") == 1
 
     failing = await api.run(gds("chip_top", "fail=KLayout.CheckSize"))
     assert (await api.wait(failing))["Status"] == "failed"

@@ -123,7 +123,7 @@ async def test_restart_shows_the_same_state(aiohttp_client: AiohttpClient, confi
     clock.frozen = False
     r5 = await queue(second, ids["c"])
     doc = await (await second.get(f"/api/v1/prechecks/{r5}")).json()
-    assert doc["Queue"] == {"Position": 3, "Length": 3}
+    assert doc["Queue"] == {"Position": 3, "Length": 3, "Waiting": None}
 
 
 async def test_restart_removes_leftovers(aiohttp_client: AiohttpClient, config: Config) -> None:

@@ -1,7 +1,9 @@
 """The events a run's end produces, from what Docker, the log and the copy-out found. Pure.
 
 A run ends in two steps: `RunExited` (the verdict, once the container has stopped) and then
-`RunOutputsStored` (what was copied out). A cancelled run ends with `RunCancelled` alone.
+`RunOutputsStored` (what was copied out). A cancelled run ends with `RunCancelled` alone. An
+attempt that ends in a system failure, with attempts left, is `RunRetried` instead: the run
+queues again.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from precheck.events.types import (
     RunCancelled,
     RunExited,
     RunOutputsStored,
+    RunRetried,
     SkippedFile,
 )
 from precheck.projections.runs import RunRecord
 
 GONE = "the container disappeared before it was recorded"
+ENGINE_LOST = "engine lost"
 
 
 @attrs.frozen
@@ -46,18 +50,29 @@ class CopiedOut:
     skipped: tuple[SkippedFile, ...] = ()
 
 
+@attrs.frozen
+class Retry:
+    """May a system failure be retried: `max_attempts` in all; `last_line` of the log so far."""
+
+    max_attempts: int = 1
+    last_line: int = 0
+
+
 def exit_events(
     run: RunRecord,
     stopped: ContainerExit | None,
     facts: OutputFacts,
     timeout_minutes: float,
     now: datetime,
+    retry: Retry = Retry(),
+    gone: str = GONE,
 ) -> list[Event]:
-    """The verdict of a run whose container stopped (`stopped` None: it is gone)."""
+    """The verdict of a run whose container stopped (`stopped` None: it is gone, and `gone`
+    says why); a system failure with attempts left is retried instead."""
     if run.status != RunStatus.RUNNING:
         return []  # recorded meanwhile
     if stopped is None:
-        ending = Ending(exit_code=-1, docker_error=GONE)
+        ending = Ending(exit_code=-1, docker_error=gone)
     elif run.cancel_requested:
         return [RunCancelled(run.id, now, stopped.exit_code)]
     else:
@@ -69,6 +84,21 @@ def exit_events(
         )
     verdict = decide_verdict(ending, facts)
     finished_at = stopped.finished_at if stopped is not None else None
+    retried = verdict.classification == "system" and not run.cancel_requested
+    if retried and run.attempt < retry.max_attempts:
+        return [
+            RunRetried(
+                run.id,
+                run.attempt + 1,
+                run.engine,
+                verdict.error,
+                ending.exit_code,
+                run.started_at,
+                finished_at or now,
+                retry.last_line,
+                now,
+            )
+        ]
     return [
         RunExited(
             run.id,

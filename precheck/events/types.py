@@ -184,6 +184,7 @@ class RunStarted:
     image: str
     image_digest: str
     at: datetime
+    engine: str = "local"  # the configured engine it runs on; rows before engines: `local`
 
 
 @attrs.frozen
@@ -246,6 +247,27 @@ class RunExited:
     deferred_errors: dict[str, int]
     oom_killed: bool
     finished_at: datetime
+    at: datetime
+
+
+@attrs.frozen
+class RunRetried:
+    """An attempt of the run ended in a system failure and the run is queued again, as attempt
+    `attempt`, the same run id; the failed attempt's outputs are not kept.
+
+    `engine` is where the failed attempt ran, `reason` why it failed, `exit_code` its
+    container's exit (-1: none known), `started_at`/`finished_at` when it ran; `after_line` is
+    the last output line of the runs's earlier attempts: the new attempt's lines follow it.
+    """
+
+    run_id: str
+    attempt: int
+    engine: str
+    reason: str
+    exit_code: int
+    started_at: datetime | None
+    finished_at: datetime
+    after_line: int
     at: datetime
 
 
@@ -381,6 +403,7 @@ Event = (
     | RunOutputsStored
     | RunFailedToStart
     | RunFinishFailed
+    | RunRetried
     | RunTimedOut
     | RunDeleted
     | InstanceCreated
@@ -406,6 +429,7 @@ TAGS: dict[type, str] = {
     RunOutputsStored: "run.outputs-stored",
     RunFailedToStart: "run.failed-to-start",
     RunFinishFailed: "run.finish-failed",
+    RunRetried: "run.retried",
     RunTimedOut: "run.timed-out",
     RunDeleted: "run.deleted",
     InstanceCreated: "server.instance-created",

@@ -7,9 +7,10 @@ runs) and the CLI when no server runs (with a replay of the log, under the folde
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from precheck.clock import Clock, utcnow
-from precheck.config import Config
+from precheck.config import Config, EngineConfig
 from precheck.events.types import Event, StrayContainerRemoved
 from precheck.ops.errors import OpsError
 from precheck.ops.writes import ServerClient, local_metadata, open_log, read_state, writer
@@ -85,16 +86,32 @@ def container_document(c: ContainerState) -> dict[str, str]:
     return {"Id": c.id, "Name": c.name, "Status": c.status, "Run": c.labels.get(LABEL_RUN, "?")}
 
 
-async def docker_summary(config: Config, instance: str | None) -> dict[str, object]:
-    """Is Docker reachable, and how many containers carry this storage's label."""
-    engine = engine_for(config.engines[0])
+async def docker_summary(config: Config, instance: str | None) -> dict[str, Any]:
+    """Does each engine answer, and how many containers there carry this storage's label."""
+    engines = [await _engine_summary(e, instance) for e in config.engines]
+    down = [e for e in engines if not e["reachable"]]
+    return {
+        "reachable": not down,
+        "error": "; ".join(f"{e['name']}: {e['error']}" for e in down) or None,
+        "containers": sum(int(str(e["containers"])) for e in engines),
+        "engines": engines,
+    }
+
+
+async def _engine_summary(config: EngineConfig, instance: str | None) -> dict[str, object]:
+    engine = engine_for(config)
+    summary: dict[str, object] = {"name": config.name, "slots": config.max_concurrent}
     try:
         if not await engine.ping():
-            return {"reachable": False, "error": "Docker does not answer", "containers": 0}
+            return summary | {
+                "reachable": False,
+                "error": "Docker does not answer",
+                "containers": 0,
+            }
         count = len(await engine.list_labelled(instance_filter(instance))) if instance else 0
-        return {"reachable": True, "error": None, "containers": count}
+        return summary | {"reachable": True, "error": None, "containers": count}
     except EngineError as e:
-        return {"reachable": False, "error": f"Docker: {e.message}"}
+        return summary | {"reachable": False, "error": f"Docker: {e.message}", "containers": 0}
     finally:
         await engine.close()
 
@@ -109,16 +126,19 @@ async def cleanup(config: Config, dry_run: bool) -> list[dict[str, str]]:
             answer = await w.request("POST", "/api/v1/cleanup", {"dry_run": dry_run})
             return list(answer["Containers"])
         state, _ = await read_state(config)
-        engine = engine_for(config.engines[0])
-        try:
-            strays = await find_strays(engine, state, server_running=False)
-            if strays and not dry_run:
-                async with open_log(config) as store:
+        found: list[ContainerState] = []
+        for engine_config in config.engines:
+            engine = engine_for(engine_config)
+            try:
+                strays = await find_strays(engine, state, server_running=False)
+                if strays and not dry_run:
+                    async with open_log(config) as store:
 
-                    async def append(events: Sequence[Event]) -> object:
-                        return await store.append(list(events), local_metadata())
+                        async def append(events: Sequence[Event]) -> object:
+                            return await store.append(list(events), local_metadata())
 
-                    strays = await remove_strays(engine, strays, append, utcnow)
-        finally:
-            await engine.close()
-    return [container_document(c) for c in strays]
+                        strays = await remove_strays(engine, strays, append, utcnow)
+                found += strays
+            finally:
+                await engine.close()
+    return [container_document(c) for c in found]

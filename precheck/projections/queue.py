@@ -8,7 +8,7 @@ longest ago goes first. The key is made of the log alone, so a replay gives the 
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,6 +20,7 @@ from precheck.events.types import (
     RunFinished,
     RunFinishFailed,
     RunQueued,
+    RunRetried,
     RunStarted,
 )
 from precheck.projections.runs import RunRecord
@@ -27,7 +28,16 @@ from precheck.projections.runs import RunRecord
 # A run leaves `running` when its container has exited (its slot is free), before its
 # outputs are copied out.
 _QUEUE_EVENTS = frozenset(
-    {RunQueued, RunStarted, RunCancelled, RunFinished, RunExited, RunFailedToStart, RunFinishFailed}
+    {
+        RunQueued,
+        RunStarted,
+        RunCancelled,
+        RunFinished,
+        RunExited,
+        RunFailedToStart,
+        RunFinishFailed,
+        RunRetried,
+    }
 )
 
 
@@ -54,12 +64,16 @@ class Queue:
         self._ticket: dict[str, int] = {}
         self._tickets: list[int] = []  # sorted, since positions only grow
         self._run_of_ticket: dict[int, str] = {}
+        self._first_ticket: dict[str, int] = {}  # a retried run queues again at its first place
         self.running: set[str] = set()
         self._owner: dict[str, str] = {}  # run -> the actor that queued it
         self._served: dict[str, int] = {}  # owner -> position at which its last run started
         self._order: list[str] | None = None  # the fair order, made when first asked after a change
         self._place: dict[str, int] = {}
         self.max_running_per_owner = 0  # from the config: 0 for no limit
+        # Why a queued run at the head cannot be placed on any engine now: set by the
+        # supervisor as it places runs, not derived from the log.
+        self.waiting: dict[str, str] = {}
 
     @property
     def length(self) -> int:
@@ -122,6 +136,14 @@ class Queue:
             self._tickets.append(r.position)
             self._run_of_ticket[r.position] = e.run_id
             self._owner[e.run_id] = r.metadata.actor
+            self._first_ticket[e.run_id] = r.position
+        elif kind is RunRetried:
+            self.running.discard(e.run_id)
+            ticket = self._first_ticket.get(e.run_id, r.position)
+            if e.run_id not in self._ticket:
+                self._ticket[e.run_id] = ticket
+                insort(self._tickets, ticket)
+                self._run_of_ticket[ticket] = e.run_id
         elif kind is RunStarted:
             self._served[self.owner(e.run_id)] = r.position
             self._dequeue(e.run_id)

@@ -23,11 +23,25 @@ from precheck.events.types import (
     RunOutputsStored,
     RunProgressed,
     RunQueued,
+    RunRetried,
     RunStarted,
     RunTimedOut,
     SkippedFile,
 )
 from precheck.projections._records import replacer
+
+
+@attrs.frozen
+class Attempt:
+    """An earlier attempt of a run, ended in a system failure and retried."""
+
+    number: int
+    engine: str
+    started_at: datetime | None
+    finished_at: datetime
+    exit_code: int
+    error: str
+    after_line: int  # its output lines follow this line number
 
 
 @attrs.frozen
@@ -82,6 +96,10 @@ class RunRecord:
     container_id: str = ""
     image: str = ""
     image_digest: str = ""
+    engine: str = ""  # the configured engine its container runs on (from `RunStarted`)
+    attempt: int = 1  # the attempt under way (or the last); earlier ones in `attempts`
+    attempts: tuple[Attempt, ...] = ()  # earlier attempts, ended in system failures, retried
+    after_line: int = 0  # the output lines of the current attempt follow this line number
     progress: Progress | None = None
     cancel_requested: bool = False
     timed_out: bool = False
@@ -159,6 +177,9 @@ class Runs:
             changes = _stored(run, e)
         elif kind is RunFinishFailed:
             changes = _finish_failed(run, e)
+        elif kind is RunRetried:
+            changes = _retried(run, e)
+            changes["dequeued_position"] = None
         else:
             changes = change(e)
         if (
@@ -221,6 +242,27 @@ def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
     )
 
 
+def _retried(run: RunRecord, e: RunRetried) -> dict[str, Any]:
+    ended = Attempt(
+        run.attempt, e.engine, e.started_at, e.finished_at, e.exit_code, e.reason, run.after_line
+    )
+    return dict(
+        status=RunStatus.QUEUED,
+        started_at=None,
+        finished_at=None,
+        exit_code=None,
+        error="",
+        container_id="",
+        engine="",
+        progress=None,
+        timed_out=False,
+        result=None,
+        attempt=e.attempt,
+        attempts=(*run.attempts, ended),
+        after_line=e.after_line,
+    )
+
+
 def _finish_failed(run: RunRecord, e: RunFinishFailed) -> dict[str, Any]:
     result = run.result or RunResult(passed=False)
     return dict(
@@ -241,6 +283,7 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
         container_id=e.container_id,
         image=e.image,
         image_digest=e.image_digest,
+        engine=e.engine,
     ),
     RunProgressed: lambda e: dict(progress=Progress(e.step, e.total, e.name)),
     RunCancelRequested: lambda e: dict(cancel_requested=True),
@@ -261,6 +304,7 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     ),
     RunFinished: _finished,
     RunFinishFailed: lambda e: {},  # needs the record: see `Runs.apply`
+    RunRetried: lambda e: {},  # likewise
     RunExited: _exited,
     RunOutputsStored: lambda e: {},  # needs the record: see `Runs.apply`
     RunDeleted: lambda e: {},

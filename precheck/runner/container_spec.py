@@ -66,8 +66,10 @@ def labels(run: RunRecord, instance_id: str) -> dict[str, str]:
 
 
 def container_name(run: RunRecord, docker: DockerConfig) -> str:
-    """The container's name: the configured prefix and the run id."""
-    return f"{docker.container_prefix}{run.id}"
+    """The container's name: the configured prefix and the run id (and, from its second
+    attempt on, the attempt: the failed attempt's container may not be removed yet)."""
+    suffix = f"-{run.attempt}" if run.attempt > 1 else ""
+    return f"{docker.container_prefix}{run.id}{suffix}"
 
 
 def container_spec(

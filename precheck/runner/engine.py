@@ -64,6 +64,9 @@ class ContainerState:
 
 
 def _wrap(e: Exception) -> EngineError:
+    cause = e.__cause__ or e.__context__
+    if isinstance(e, DockerError) and isinstance(cause, aiohttp.ClientSSLError):
+        e = cause  # a refused TLS connection, as aiodocker reports a failed connect
     if isinstance(e, DockerError):
         return EngineError(e.status, str(e.message))
     if isinstance(e, aiohttp.ClientConnectorCertificateError):

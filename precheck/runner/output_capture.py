@@ -32,9 +32,10 @@ def _nanos(stamp: str) -> int:
     return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
 
 
-async def stored_lines(lines: OutputLineStore, run_id: str) -> AsyncIterator[OutputLine]:
-    """Every stored line of a run, in order, read page by page."""
-    after = 0
+async def stored_lines(
+    lines: OutputLineStore, run_id: str, after: int = 0
+) -> AsyncIterator[OutputLine]:
+    """Every stored line of a run after line `after`, in order, read page by page."""
     while True:
         page, more = await lines.read(run_id, after_line=after, limit=5000)
         for line in page:
@@ -44,10 +45,10 @@ async def stored_lines(lines: OutputLineStore, run_id: str) -> AsyncIterator[Out
         after = page[-1].line
 
 
-async def stored_facts(lines: OutputLineStore, run_id: str) -> OutputFacts:
-    """What a run's stored lines say."""
+async def stored_facts(lines: OutputLineStore, run_id: str, after: int = 0) -> OutputFacts:
+    """What a run's stored lines say (of its attempt whose lines follow line `after`)."""
     facts = OutputFacts()
-    async for line in stored_lines(lines, run_id):
+    async for line in stored_lines(lines, run_id, after):
         facts.feed(line.text)
     return facts
 
@@ -66,6 +67,7 @@ class OutputCapture:
     container_id: str
     on_step: StepSeen
     max_bytes: int = MAX_LOG_BYTES  # output kept per run; past it lines are counted, not stored
+    after_line: int = 0  # the attempt's lines follow this one (earlier attempts' lines before)
     facts: OutputFacts = attrs.field(init=False, factory=OutputFacts)
     _pending: list[OutputLine] = attrs.field(init=False, factory=list)  # read, not yet durable
     _unpublished: list[OutputLine] = attrs.field(init=False, factory=list)  # not yet shown
@@ -82,7 +84,7 @@ class OutputCapture:
         """Capture until the container's output ends; return what the whole log said."""
         tail = await self.output_lines.tail(self.run_id)
         # The verdict needs the whole log's facts, including lines stored before a restart.
-        async for line in stored_lines(self.output_lines, self.run_id):
+        async for line in stored_lines(self.output_lines, self.run_id, self.after_line):
             self.facts.feed(line.text)
             self._kept_bytes += len(line.text)
         flusher = asyncio.create_task(self._flush_loop(), name=f"log-flush-{self.run_id}")

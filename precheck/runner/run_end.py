@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 
 from precheck.clock import Clock
-from precheck.domain.run_end import ContainerExit, exit_events, stored_events
+from precheck.domain.run_end import GONE, ContainerExit, Retry, exit_events, stored_events
 from precheck.domain.status import RunStatus
 from precheck.domain.verdict import OutputFacts
 from precheck.projections import Projections
@@ -26,15 +26,17 @@ from precheck.storage.output_lines import OutputLineStore
 
 # The whole log's facts for a run whose container still exists: from its live capture.
 FactsOf = Callable[[RunRecord], Awaitable[OutputFacts]]
-# Removing a container, tried again on failure: (container id, why) -> removed now.
-RemoveContainer = Callable[[str, str], Awaitable[bool]]
+# The engine a run's container runs on (None: that engine is no longer configured).
+EngineOf = Callable[[RunRecord], Engine | None]
+# Removing a run's container, tried again on failure: (run, container id, why) -> removed now.
+RemoveContainer = Callable[[RunRecord, str, str], Awaitable[bool]]
 
 
 @attrs.frozen
 class RunEnd:
     """Records how runs whose containers stopped ended."""
 
-    engine: Engine
+    engine_of: EngineOf
     state: Projections
     recorder: Recorder
     storage: Storage
@@ -44,14 +46,19 @@ class RunEnd:
     clock: Clock
     remove: RemoveContainer
     caps: Caps = attrs.field(factory=Caps)
+    max_attempts: int = 1
 
-    async def record(self, run_id: str) -> bool:
-        """Record the end of the run; False when there was nothing to end (it runs on)."""
+    async def record(self, run_id: str, engine_lost: str = "") -> bool:
+        """Record the end of the run; False when there was nothing to end (it runs on).
+        `engine_lost`: its engine stopped answering for good, and this is why."""
         run = self.state.runs.get(run_id)
         if run is None or run.settled:
             return False
-        # 1. What Docker says of the container (None: it is gone).
-        container = await self.engine.inspect(run.container_id) if run.container_id else None
+        # 1. What its engine says of the container (None: it is gone, or its engine is).
+        engine = None if engine_lost else self.engine_of(run)
+        container = None
+        if engine is not None and run.container_id:
+            container = await engine.inspect(run.container_id)
         if run.status == RunStatus.RUNNING:
             if container is not None and container.running:
                 return False  # a stale event; the container lives on
@@ -59,35 +66,46 @@ class RunEnd:
             if container is not None:
                 facts = await self.facts_of(run)
             else:
-                facts = await stored_facts(self.output_lines, run.id)
-            # 3. The verdict, recorded: the slot is free from here on.
+                facts = await stored_facts(self.output_lines, run.id, run.after_line)
+            # 3. The verdict, recorded: the slot is free from here on. A system failure with
+            # attempts left queues the run again instead.
             stopped = _exit(container)
+            retry = Retry(self.max_attempts, (await self.output_lines.tail(run.id)).line)
             exited = await self.recorder.append_for(
                 run_id,
-                lambda r: exit_events(r, stopped, facts, self.timeout_minutes, self.clock()),
+                lambda r: exit_events(
+                    r,
+                    stopped,
+                    facts,
+                    self.timeout_minutes,
+                    self.clock(),
+                    retry,
+                    engine_lost or GONE,
+                ),
             )
-            if exited is None or exited.settled:  # deleted, or cancelled: nothing to copy
-                await self._remove(run_id, container)
+            if exited is None or exited.settled or exited.status == RunStatus.QUEUED:
+                # Deleted, cancelled or retried: nothing to copy.
+                await self._remove(run, container)
                 return True
         else:
             # Exited before a restart, outputs not yet stored: finish the copy.
-            facts = await stored_facts(self.output_lines, run.id)
+            facts = await stored_facts(self.output_lines, run.id, run.after_line)
         # 4. The outputs, copied out of the stopped container.
         copied = None
-        if container is not None:
-            copied = await copy_out(self.engine, self.storage, run, container.id, self.caps)
+        if engine is not None and container is not None:
+            copied = await copy_out(engine, self.storage, run, container.id, self.caps)
         # 5. What was stored: nothing more will be recorded about the run.
         await self.recorder.append_for(
             run_id, lambda r: stored_events(r, facts, copied, self.clock())
         )
-        await self._remove(run_id, container)
+        await self._remove(run, container)
         return True
 
-    async def _remove(self, run_id: str, container: ContainerState | None) -> None:
+    async def _remove(self, run: RunRecord, container: ContainerState | None) -> None:
         # Followers of the log learn it is complete before the container goes.
-        self.output_lines.wake_all(run_id)
+        self.output_lines.wake_all(run.id)
         if container is not None:
-            await self.remove(container.id, "its run has ended")
+            await self.remove(run, container.id, "its run has ended")
 
 
 def _exit(container: ContainerState | None) -> ContainerExit | None:

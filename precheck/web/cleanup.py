@@ -73,18 +73,21 @@ async def cleanup(request: web.Request) -> web.Response:
     async def append(events: Sequence[Event]) -> object:
         return await store.append(list(events), meta)
 
+    found = []
     async with request.app[_ONE_AT_A_TIME]:
-        strays = await find_strays(supervisor.engine, supervisor.state, server_running=True)
-        if not dry_run:
-            strays = await remove_strays(
-                supervisor.engine,
-                strays,
-                append,
-                request.app[keys.CLOCK],
-                keep=lambda c: live_container_owned(supervisor, c),
-            )
+        for f in supervisor.followers.values():
+            strays = await find_strays(f.engine, supervisor.state, server_running=True)
+            if not dry_run:
+                strays = await remove_strays(
+                    f.engine,
+                    strays,
+                    append,
+                    request.app[keys.CLOCK],
+                    keep=lambda c: live_container_owned(supervisor, c),
+                )
+            found += strays
     return web.json_response(
-        {"Containers": [container_document(c) for c in strays], "DryRun": dry_run}
+        {"Containers": [container_document(c) for c in found], "DryRun": dry_run}
     )
 
 

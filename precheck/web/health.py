@@ -28,6 +28,7 @@ async def health(request: web.Request) -> web.Response:
             "reachable": supervisor.docker_reachable,
             "error": supervisor.docker_error or None,
             "image": app[keys.CONFIG].docker.image,
+            "engines": supervisor.engine_documents(),
         }
     # Degraded still answers 200: the API serves reads and queues runs while Docker is away.
     return web.json_response(body, status=200 if writable else 503)

@@ -7,6 +7,7 @@ Only the append latency is measured as it happens; everything else is the log's 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -27,7 +28,7 @@ class _StateCollector(Collector):
         state: Callable[[], Projections],
         events: Callable[[], int],
         streams: Callable[[], int],
-        docker: Callable[[], bool | None],
+        docker: Callable[[], list[dict[str, Any]] | None],
     ) -> None:
         self.state, self.events, self.streams, self.docker = state, events, streams, docker
 
@@ -49,13 +50,22 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("precheck_uploads", "Uploads kept.", value=len(state.uploads.by_id))
         yield GaugeMetricFamily("precheck_events", "Events in the log.", value=self.events())
         yield GaugeMetricFamily("precheck_open_streams", "Open SSE streams.", value=self.streams())
-        reachable = self.docker()
-        if reachable is not None:
-            yield GaugeMetricFamily(
-                "precheck_docker_reachable",
-                "1 when the Docker engine answers.",
-                value=int(reachable),
+        engines = self.docker()
+        if engines is not None:
+            reachable = GaugeMetricFamily(
+                "precheck_docker_reachable", "1 when the Docker engine answers.", labels=["engine"]
             )
+            running = GaugeMetricFamily(
+                "precheck_engine_running", "Runs holding a slot on the engine.", labels=["engine"]
+            )
+            slots = GaugeMetricFamily(
+                "precheck_engine_slots", "Runs the engine may run at once.", labels=["engine"]
+            )
+            for e in engines:
+                reachable.add_metric([e["name"]], int(e["reachable"]))
+                running.add_metric([e["name"]], e["running"])
+                slots.add_metric([e["name"]], e["slots"])
+            yield from (reachable, running, slots)
         hist = HistogramMetricFamily(
             "precheck_run_duration_seconds", "Container run time of ended runs.", labels=["status"]
         )
@@ -74,7 +84,7 @@ class Metrics:
         state: Callable[[], Projections],
         events: Callable[[], int],
         streams: Callable[[], int],
-        docker: Callable[[], bool | None],
+        docker: Callable[[], list[dict[str, Any]] | None],
     ) -> None:
         self.registry = CollectorRegistry()
         self.append_seconds = Histogram(

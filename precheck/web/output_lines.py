@@ -35,9 +35,25 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     after_line = query_int(request, "after_line", 0, low=0) or 0
     limit = query_int(request, "limit", MAX_LINES, low=1) or MAX_LINES
     stamps = query_bool(request, "timestamps")
-    lines, more = await request.app[keys.OUTPUT_LINES].read(
-        run.id, after_line=after_line, since=since or None, tail=tail, limit=min(limit, MAX_LINES)
-    )
+    first, last = attempt_lines(request, run)
+    store = request.app[keys.OUTPUT_LINES]
+    if last is None:  # the latest attempt: its lines run to the end of the log
+        lines, more = await store.read(
+            run.id,
+            after_line=max(after_line, first),
+            since=since or None,
+            tail=tail,
+            limit=min(limit, MAX_LINES),
+        )
+        lines = [s for s in lines if s.line > first]  # a tail reaching back before it
+    else:  # an earlier attempt: the lines between two retries
+        lines, _ = await store.read(
+            run.id, after_line=max(after_line, first), since=since or None, limit=MAX_LINES
+        )
+        lines = [s for s in lines if s.line <= last]
+        lines = lines[-tail:] if tail else lines if tail is None else []
+        more = len(lines) > limit
+        lines = lines[:limit]
     return web.json_response(
         {
             "lines": [f"{s.time} {s.text}" if stamps else s.text for s in lines],
@@ -50,9 +66,22 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     )
 
 
+def attempt_lines(request: web.Request, run: RunRecord) -> tuple[int, int | None]:
+    """The lines of attempt `?attempt=N` (default: the latest): they follow the first number
+    and end at the second (None: at the end of the log)."""
+    n = query_int(request, "attempt", run.attempt, low=1) or run.attempt
+    if n > run.attempt:
+        raise Invalid(f"attempt: the run has {run.attempt} attempt(s)")
+    if n == run.attempt:
+        return run.after_line, None
+    ends = [a.after_line for a in run.attempts] + [run.after_line]
+    return ends[n - 1], ends[n]
+
+
 async def _raw_log(request: web.Request, run: RunRecord) -> web.StreamResponse:
-    """The whole captured log as a plain text download, streamed page by page."""
+    """The whole captured log (of one attempt) as a plain text download, page by page."""
     stamps = query_bool(request, "timestamps")
+    after, last = attempt_lines(request, run)  # refused before the response starts
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/plain; charset=utf-8",
@@ -60,9 +89,11 @@ async def _raw_log(request: web.Request, run: RunRecord) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    store, after = request.app[keys.OUTPUT_LINES], 0
+    store = request.app[keys.OUTPUT_LINES]
     while True:
         lines, more = await store.read(run.id, after_line=after, limit=MAX_LINES)
+        if last is not None and lines and lines[-1].line >= last:
+            lines, more = [s for s in lines if s.line <= last], False
         if lines:
             text = "".join(f"{s.time} {s.text}\n" if stamps else f"{s.text}\n" for s in lines)
             await response.write(text.encode("utf-8", "replace"))

@@ -24,7 +24,9 @@ CANCEL_WAIT = 30.0
 
 def _document(request: web.Request, run: RunRecord) -> web.Response:
     app = request.app
-    return web.json_response(run_document(run, app[keys.PROJECTIONS], app[keys.CONFIG]))
+    return web.json_response(
+        run_document(run, app[keys.PROJECTIONS], app[keys.CONFIG], waiting=True)
+    )
 
 
 async def create_precheck(request: web.Request) -> web.Response:

@@ -97,10 +97,13 @@ def run_document(
     state: Projections,
     config: Config,
     queue: tuple[int | None, int] | None = None,
+    waiting: bool = False,
 ) -> dict[str, Any]:
     """`GET /api/v1/prechecks/{id}`: the run as Docker would show a container, plus our parts.
 
-    `queue` (place, length) shows a past state; by default the queue as it is now.
+    `queue` (place, length) shows a past state; by default the queue as it is now. `waiting`:
+    say why a queued run cannot be placed now (what the supervisor sees, not the log: so only
+    the run's own GET shows it, never a list, a stream or a replay).
     """
     place, length = queue or (state.queue.position(run.id), state.queue.length)
     v = run.result
@@ -134,7 +137,13 @@ def run_document(
             },
         },
         "HostConfig": {"Binds": [], "NetworkMode": "none"},
-        "Queue": {"Position": place, "Length": length},
+        "Queue": {
+            "Position": place,
+            "Length": length,
+            "Waiting": state.queue.waiting.get(run.id) if waiting and queue is None else None,
+        },
+        "Engine": run.engine or None,
+        "Attempts": attempt_documents(run),
         "ContainerId": run.container_id or None,
         "Image": run.image_digest or None,
         "Input": {
@@ -174,12 +183,39 @@ def run_document(
     return doc
 
 
+def attempt_documents(run: RunRecord) -> list[dict[str, Any]]:
+    """Each attempt of the run, the first first: earlier ones ended in system failures and were
+    retried; the last is the one under way (or that ended the run)."""
+    docs = [
+        {
+            "Attempt": a.number,
+            "Engine": a.engine or None,
+            "StartedAt": _time(a.started_at),
+            "FinishedAt": _time(a.finished_at),
+            "ExitCode": a.exit_code,
+            "Error": a.error,
+        }
+        for a in run.attempts
+    ]
+    docs.append(
+        {
+            "Attempt": run.attempt,
+            "Engine": run.engine or None,
+            "StartedAt": _time(run.started_at),
+            "FinishedAt": _time(run.finished_at),
+            "ExitCode": run.exit_code,
+            "Error": run.error,
+        }
+    )
+    return docs
+
+
 def queue_document(state: Projections, config: Config) -> dict[str, Any]:
     """`GET /api/v1/queue`."""
     return {
         "queued": state.queue.length,
         "running": len(state.queue.running),
-        "max_concurrent": config.server.max_concurrent,
+        "max_concurrent": config.max_concurrent,
         "order": state.queue.queued(),
     }
 
