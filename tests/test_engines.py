@@ -173,6 +173,10 @@ async def test_engine_stopped_mid_run_is_retried_on_another(
     `/logs?attempt=1` still serves the first attempt's lines."""
     config = two_engines(sim_config, on_second, engine_grace_seconds=1, max_attempts=2)
     api = await start_app(config)
+    # Both engines taking runs, so the first goes to `main` (name order) and the next to
+    # `second`, whichever engine the server happened to reach first.
+    await wait_health(api, "main", reachable=True)
+    await wait_health(api, "second", reachable=True)
     first = await api.run(gds("chip_top", "step_sleep=0.3"))
     await api.wait_running(first)
     lost = await api.run(gds("chip_top", "step_sleep=1"))
@@ -217,6 +221,8 @@ async def test_engine_back_within_grace_is_adopted(
             {"name": "second", "url": f"unix://{relay.listen}", "max_concurrent": 1},
         ]
         api = await start_app(sim_config(engines=engines, engine_grace_seconds=30))
+        await wait_health(api, "main", reachable=True)
+        await wait_health(api, "second", reachable=True)
         first = await api.run(gds("chip_top", "step_sleep=0.3"))
         await api.wait_running(first)
         kept = await api.run(gds("chip_top", "step_sleep=0.8"))
