@@ -35,7 +35,7 @@ class ServerConfig:
     sse_heartbeat_seconds: float = 15
     allowed_hosts: tuple[str, ...] = ()  # names besides localhost and `host`, with auth off
     max_queued_per_owner: int = 0  # runs one key may have waiting; past it 429 (0: no limit)
-    max_running_per_owner: int = 0  # runs of one key started at once; others wait (0: no limit)
+    max_running_per_owner: int = 0  # runs of one key running at once; past it 429 (0: no limit)
 
 
 ENGINE_SCHEMES = ("unix://", "tcp://")

@@ -34,7 +34,8 @@ class TooLarge(PrecheckError):
 
 
 class TooMany(PrecheckError):
-    """The key has as many runs waiting as `server.max_queued_per_owner` allows."""
+    """The key has as many runs waiting as `server.max_queued_per_owner` allows, or as many
+    running as `server.max_running_per_owner` allows."""
 
 
 class PreflightFailed(PrecheckError):

@@ -17,7 +17,7 @@ from precheck.domain.commands import (
     ReceiveUpload,
     decide,
 )
-from precheck.errors import Conflict, Expired, Invalid, NotFound
+from precheck.errors import Conflict, Expired, Invalid, NotFound, TooMany
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
     TAGS,
@@ -27,6 +27,7 @@ from precheck.events.types import (
     Preflight,
     RunCancelled,
     RunCancelRequested,
+    RunExited,
     RunFailedToStart,
     RunFinished,
     RunQueued,
@@ -105,6 +106,8 @@ class QueueRunChanges(TypedDict, total=False):
     slot: str
     cob: bool
     now: datetime
+    owner: str
+    max_running: int
 
 
 def queue_run(**changes: Unpack[QueueRunChanges]) -> QueueRun:
@@ -242,6 +245,28 @@ def test_queue_run_with_bad_values_is_invalid(field: str, value: str) -> None:
     assert not isinstance(raised.value, Expired)
     assert field in str(raised.value)
     assert state.runs.by_id == {}
+
+
+def test_queue_run_with_max_running_runs_running_is_too_many() -> None:
+    """An owner with `max_running` runs holding a slot is refused, and nothing is queued; its
+    waiting runs, a run whose container has stopped, and other owners' runs do not count."""
+    state = given(received(), queued("r0"), started("r0"), queued("r2"))
+    with pytest.raises(TooMany) as raised:
+        decide(queue_run(owner="test", max_running=1), state)
+    assert str(raised.value).startswith(
+        "test has 1 runs running, as many as server.max_running_per_owner allows"
+    )
+    assert "r1" not in state.runs.by_id
+    for allowed in (
+        queue_run(owner="test", max_running=2),
+        queue_run(owner="test"),  # 0: no limit
+        queue_run(owner="someone-else", max_running=1),
+    ):
+        assert [type(e) for e in decide(allowed, state).events] == [RunQueued]
+    stopped = RunExited("r0", "completed", 0, "", None, {}, False, T0, T0)
+    history = (received(), queued("r0"), started("r0"), stopped, queued("r2"))
+    decision = decide(queue_run(owner="test", max_running=1), given(*history))
+    assert [type(e) for e in decision.events] == [RunQueued]
 
 
 # Cancelling runs --------------------------------------------------------------------------------

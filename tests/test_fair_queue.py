@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import attrs
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -14,39 +15,40 @@ from pytest_aiohttp import AiohttpClient
 from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
-from precheck.events.types import Metadata, RunStarted
+from precheck.events.types import Metadata, RunExited, RunStarted
 from precheck.projections import Projections
 from precheck.projections.queue import queue_at
+from tests.docker_fixtures import StartApp
 from tests.layouts import gds
 
 Client = TestClient[web.Request, web.Application]
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "root": "key-root-01234567"}
+API_KEYS = [
+    {"name": n, "key": k, "role": "admin" if n == "root" else "user"} for n, k in KEYS.items()
+]
 
 
 async def serve(
     aiohttp_client: AiohttpClient, make_config: Callable[..., Config], **server: int
 ) -> Client:
     """A server without a supervisor: users alice and bob, admin root; `server` limits."""
-    api_keys = [
-        {"name": n, "key": k, "role": "admin" if n == "root" else "user"} for n, k in KEYS.items()
-    ]
-    config = make_config(server=server, auth={"required": True, "api_keys": api_keys})
+    config = make_config(server=server, auth={"required": True, "api_keys": API_KEYS})
     return await aiohttp_client(create_app(config, run_containers=False))
 
 
-async def queue(client: Client, who: str) -> aiohttp.ClientResponse:
-    """Upload a layout and queue a run of it as `who`; the queuing answer."""
+async def queue(client: Client, who: str, layout: bytes | None = None) -> aiohttp.ClientResponse:
+    """Upload a layout (a plain one by default) and queue a run of it as `who`; the answer."""
     headers = {"X-API-Key": KEYS[who]}
     form = aiohttp.FormData()
-    form.add_field("file", gds(), filename="chip.gds")
+    form.add_field("file", gds() if layout is None else layout, filename="chip.gds")
     up = await (await client.post("/api/v1/uploads", data=form, headers=headers)).json()
     body = {"upload_id": up["Id"], "top_cell": "chip_top"}
     return await client.post("/api/v1/prechecks", json=body, headers=headers)
 
 
-async def queued(client: Client, who: str) -> str:
+async def queued(client: Client, who: str, layout: bytes | None = None) -> str:
     """Queue a run as `who`; its id."""
-    r = await queue(client, who)
+    r = await queue(client, who, layout)
     assert r.status == 200, await r.text()
     doc: dict[str, Any] = await r.json()
     return str(doc["Id"])
@@ -140,3 +142,64 @@ async def test_max_running_per_owner_holds_the_owners_next_run(
     assert client.app[keys.PROJECTIONS].queue.position(a2) == 1
     b1 = await queued(client, "bob")
     assert await start_head(client) == b1
+
+
+async def test_max_running_per_owner_is_429(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
+    """With `max_running_per_owner = 1` A may not queue (nor re-run) while A's run runs: 429
+    with a message and nothing appended; B may. Once A's container stopped, A may again."""
+    client = await serve(aiohttp_client, make_config, max_running_per_owner=1)
+    a1 = await queued(client, "alice")
+    assert await start_head(client) == a1
+    store = client.app[keys.STORE]
+    head = store.head
+    r = await queue(client, "alice")
+    assert r.status == 429
+    body = await r.json()
+    message = "alice has 1 runs running, as many as server.max_running_per_owner allows"
+    assert body["message"].startswith(message)
+    assert body["detail"] == body["message"]
+    assert "Retry-After" not in r.headers
+    rerun = await client.post(f"/api/v1/prechecks/{a1}/rerun", headers={"X-API-Key": KEYS["alice"]})
+    assert rerun.status == 429
+    assert (await rerun.json())["message"].startswith(message)
+    assert [e.type for e in await store.read(head)] == ["upload.received"]
+    b1 = await queued(client, "bob")
+    stopped = datetime.now(UTC)
+    exited = RunExited(a1, "completed", 0, "", None, {}, False, stopped, stopped)
+    await store.append([exited], Metadata("supervisor"))
+    a2 = await queued(client, "alice")
+    assert client.app[keys.PROJECTIONS].queue.queued() == [b1, a2]
+
+
+async def test_max_running_per_owner_is_429_while_a_container_runs(
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+    make_config: Callable[..., Config],
+) -> None:
+    """On Docker with `max_running_per_owner = 1`: while A's run is in its container A's next
+    request is refused and no `run.queued` is written; B's run starts beside it; once A's run
+    ended (cancelled), A queues again."""
+    config = sim_config(max_concurrent=2, server={"max_running_per_owner": 1})
+    auth = make_config(auth={"required": True, "api_keys": API_KEYS}).auth
+    api = await start_app(attrs.evolve(config, auth=auth))
+    client = api.client
+    a1 = await queued(client, "alice", gds("chip_top", "hang"))
+    await api.wait_running(a1)
+    before = len(await api.events("run.queued"))
+    r = await queue(client, "alice")
+    assert r.status == 429, await r.text()
+    body = await r.json()
+    assert "alice has 1 runs running" in body["message"]
+    assert "server.max_running_per_owner" in body["detail"]
+    assert len(await api.events("run.queued")) == before
+    b1 = await queued(client, "bob")
+    await api.wait_running(b1)
+    alice = {"X-API-Key": KEYS["alice"]}
+    cancel = await client.delete(f"/api/v1/prechecks/{a1}", headers=alice)
+    assert cancel.status == 200, await cancel.text()
+    assert (await cancel.json())["Status"] == "cancelled"
+    a2 = await queued(client, "alice")
+    assert len(await api.events("run.queued")) == before + 2
+    assert a2 not in (a1, b1)

@@ -89,8 +89,9 @@ class QueueRun:
     cob: bool
     now: datetime
     preflight: str = "enforce"
-    owner: str = ""  # who queues it; with `max_queued` > 0, refused past that many waiting
+    owner: str = ""  # who queues it; refused with as many waiting as `max_queued` (0: no limit)
     max_queued: int = 0
+    max_running: int = 0  # ... or with as many running as `max_running` (0: no limit)
 
 
 @attrs.frozen
@@ -229,6 +230,11 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
         raise TooMany(
             f"{c.owner} has {c.max_queued} runs waiting, as many as server.max_queued_per_owner"
             " allows: queue more once one has started"
+        )
+    if c.max_running and state.queue.running_by(c.owner) >= c.max_running:
+        raise TooMany(
+            f"{c.owner} has {c.max_running} runs running, as many as"
+            " server.max_running_per_owner allows: queue more once one has stopped"
         )
     if upload.status == "expired" or upload.expires_at <= c.now:
         raise Expired(f"upload {c.upload_id} has expired; upload the layout again")

@@ -47,6 +47,7 @@ async def create_precheck(request: web.Request) -> web.Response:
             body.preflight,
             request[keys.ACTOR],
             app[keys.CONFIG].server.max_queued_per_owner,
+            app[keys.CONFIG].server.max_running_per_owner,
         ),
         metadata(request),
     )
@@ -94,6 +95,7 @@ async def rerun_precheck(request: web.Request) -> web.Response:
             mode,
             request[keys.ACTOR],
             app[keys.CONFIG].server.max_queued_per_owner,
+            app[keys.CONFIG].server.max_running_per_owner,
         ),
         metadata(request),
     )
