@@ -18,7 +18,7 @@ from precheck import keys
 from precheck.app import create_app
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
-from precheck.storage.output_lines import OutputLine
+from precheck.storage.output_lines import OutputLine, blocks_of
 from tests.layouts import gds, oasis
 
 Client = TestClient[web.Request, web.Application]
@@ -396,10 +396,10 @@ async def test_the_raw_log_is_a_text_download(client: Client) -> None:
     run = await create(client, (await upload(client))["Id"])
     store = client.app[keys.OUTPUT_LINES]
     lines = [
-        OutputLine(i, f"2026-11-26T12:00:{i % 60:02d}.000000001Z", 0.0, "stdout", f"line {i} é")
+        OutputLine(i, f"2026-11-26T12:00:{i % 60:02d}.000000001Z", "stdout", f"line {i} é")
         for i in range(1, 25001)
     ]
-    await store.append(run["Id"], lines)
+    await store.append(run["Id"], blocks_of(lines))
     r = await client.get(f"/api/v1/prechecks/{run['Id']}/logs", params={"format": "text"})
     assert r.status == 200
     assert r.headers["Content-Type"] == "text/plain; charset=utf-8"

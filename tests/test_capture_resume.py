@@ -6,15 +6,17 @@ itself included); the lines go to a real `OutputLineStore` on a SQLite file.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 
 from precheck.domain.verdict import Step
-from precheck.runner.engine import ContainerLine, Engine, parse_docker_time
+from precheck.runner.engine import ContainerLines, Engine
 from precheck.runner.output_capture import OutputCapture
-from precheck.storage.output_lines import OutputLine, OutputLineStore
+from precheck.storage.output_lines import OutputLine, OutputLineStore, blocks_of
 
 RUN = "r1"
 CONTAINER = "c1"
@@ -32,9 +34,17 @@ def nanos(text: str) -> int:
     return int(head[-2:]) * 1_000_000_000 + int((frac + "000000000")[:9])
 
 
-def line(at: int, text: str, stream: str = "stdout") -> ContainerLine:
-    t = stamp(at)
-    return ContainerLine(parse_docker_time(t), t, stream, text)
+@attrs.frozen
+class Line:
+    """One line of the fake container's log."""
+
+    time_text: str
+    stream: str
+    text: str
+
+
+def line(at: int, text: str, stream: str = "stdout") -> Line:
+    return Line(stamp(at), stream, text)
 
 
 READ = "Running 'KLayout.ReadLayout' at 'runs/r1/01-klayout-readlayout'…"
@@ -57,10 +67,11 @@ LOG = [
 
 class FakeEngine(Engine):
     """Docker's log endpoint over a fixed log: each call sends the lines at or after `since`,
-    up to how many the container had printed by then (`printed`, one number per call)."""
+    up to how many the container had printed by then (`printed`, one number per call), in
+    batches of consecutive lines of one stream, as the demultiplexer hands them on."""
 
     def __init__(
-        self, log: Sequence[ContainerLine], printed: Sequence[int], honour_since: bool = True
+        self, log: Sequence[Line], printed: Sequence[int], honour_since: bool = True
     ) -> None:
         super().__init__("")
         self.log = list(log)
@@ -70,12 +81,17 @@ class FakeEngine(Engine):
 
     async def logs(
         self, container_id: str, *, follow: bool, since: str | None = None
-    ) -> AsyncIterator[ContainerLine]:
+    ) -> AsyncIterator[ContainerLines]:
         self.calls.append((container_id, follow, since))
         upto = self.printed[len(self.calls) - 1]
-        for item in self.log[:upto]:
-            if since is None or not self.honour_since or nanos(item.time_text) >= nanos(since):
-                yield item
+        sent = [
+            item
+            for item in self.log[:upto]
+            if since is None or not self.honour_since or nanos(item.time_text) >= nanos(since)
+        ]
+        for stream, group in itertools.groupby(sent, key=lambda item: item.stream):
+            raw = [f"{item.time_text} {item.text}" for item in group]
+            yield ContainerLines(stream, "\n".join(raw), len(raw))
 
 
 async def capture(path: Path, engine: Engine) -> tuple[list[Step], list[str]]:
@@ -103,22 +119,21 @@ async def stored(path: Path) -> list[OutputLine]:
     return lines
 
 
-async def store_directly(path: Path, lines: Sequence[ContainerLine]) -> None:
+async def store_directly(path: Path, lines: Sequence[Line]) -> None:
     """Store `lines` as lines 1..n, as a capture that died after committing them would have."""
     store = await OutputLineStore.open(path)
     try:
         await store.append(
             RUN,
-            [
-                OutputLine(i, x.time_text, x.time.timestamp(), x.stream, x.text)
-                for i, x in enumerate(lines, start=1)
-            ],
+            blocks_of(
+                OutputLine(i, x.time_text, x.stream, x.text) for i, x in enumerate(lines, start=1)
+            ),
         )
     finally:
         await store.close()
 
 
-def numbered(lines: Sequence[ContainerLine]) -> list[tuple[int, str, str, str]]:
+def numbered(lines: Sequence[Line]) -> list[tuple[int, str, str, str]]:
     return [(i, x.time_text, x.stream, x.text) for i, x in enumerate(lines, start=1)]
 
 

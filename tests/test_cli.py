@@ -326,7 +326,8 @@ class Site:
         with sqlite3.connect(self.db) as conn:
             return int(
                 conn.execute(
-                    "SELECT COUNT(*) FROM log_lines WHERE run_id = ?", (run_id,)
+                    "SELECT COALESCE(SUM(last - first + 1), 0) FROM output_blocks WHERE run_id = ?",
+                    (run_id,),
                 ).fetchone()[0]
             )
 

@@ -16,7 +16,7 @@ from aiohttp.base_protocol import BaseProtocol
 
 from precheck.runner.engine import (
     MAX_LINE,
-    ContainerLine,
+    ContainerLines,
     _demux_lines,
     _docker_since,
     parse_docker_time,
@@ -44,12 +44,12 @@ def stamped(stamp: str, text: str) -> bytes:
     return f"{stamp} {text}".encode()
 
 
-async def demux(chunks: list[bytes]) -> list[ContainerLine]:
+async def demux(chunks: list[bytes]) -> list[ContainerLines]:
     """The lines `_demux_lines` reads from a body arriving as `chunks`, one loop turn apart."""
     return await demux_capped(chunks, MAX_LINE)
 
 
-async def demux_capped(chunks: list[bytes], max_line: int) -> list[ContainerLine]:
+async def demux_capped(chunks: list[bytes], max_line: int) -> list[ContainerLines]:
     """The same, with lines cut at `max_line` bytes."""
     loop = asyncio.get_running_loop()
     body = aiohttp.StreamReader(OpenConnection(loop), 1 << 16, loop=loop)
@@ -67,8 +67,14 @@ async def demux_capped(chunks: list[bytes], max_line: int) -> list[ContainerLine
         await sender
 
 
-def triples(lines: list[ContainerLine]) -> list[tuple[str, str, str]]:
-    return [(x.stream, x.time_text, x.text) for x in lines]
+def triples(batches: list[ContainerLines]) -> list[tuple[str, str, str]]:
+    """Each line of the batches: its stream, Docker's time text, its text."""
+    out = []
+    for batch in batches:
+        lines = batch.raw.split("\n")
+        assert len(lines) == batch.count
+        out += [(batch.stream, *line.partition(" ")[::2]) for line in lines]
+    return out
 
 
 SAMPLE = b"".join(
@@ -96,9 +102,17 @@ async def test_frames_become_timestamped_lines() -> None:
     """Each newline-ended line becomes one line with its stream, Docker's time text and text."""
     lines = await demux([SAMPLE])
     assert triples(lines) == SAMPLE_LINES
-    assert lines[0].time == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
-    assert lines[2].time == datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
-    assert lines[4].time == datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC)
+    assert [t for batch in lines for t in batch.times()] == [t for _, t, _ in SAMPLE_LINES]
+
+
+async def test_lines_of_one_stream_read_together_come_as_one_batch() -> None:
+    """Many frames of one stream in one read are split together: one batch, not one per line;
+    a change of stream starts the next batch."""
+    body = b"".join(frame(1, stamped(T1, f"line {i}\n")) for i in range(500))
+    body += frame(2, stamped(T2, "on stderr\n")) + frame(1, stamped(T3, "back\n"))
+    batches = await demux([body])
+    assert [(b.stream, b.count) for b in batches] == [("stdout", 500), ("stderr", 1), ("stdout", 1)]
+    assert triples(batches)[499] == ("stdout", T1, "line 499")
 
 
 async def test_split_into_two_chunks_at_every_offset() -> None:
@@ -188,7 +202,7 @@ async def test_body_cut_inside_a_header_ends_with_what_was_complete() -> None:
 async def test_body_cut_inside_a_payload_raises() -> None:
     """A body that ends part way through a frame's payload raises an end-of-file error."""
     body = frame(1, stamped(T1, "whole\n")) + frame(1, stamped(T2, "never finished\n"))[:-4]
-    seen: list[ContainerLine] = []
+    seen: list[ContainerLines] = []
     loop = asyncio.get_running_loop()
     reader = aiohttp.StreamReader(OpenConnection(loop), 1 << 16, loop=loop)
     reader.feed_data(body)
@@ -231,12 +245,12 @@ async def test_a_long_line_is_cut_at_the_cap_with_a_marker() -> None:
         frame(1, piece) for piece in _pieces(stamped(T2, long + "\n"), 997)
     )
     body += frame(1, stamped(T3, "after\n"))
-    lines = await demux_capped([body], 1024)
-    assert [line.text for line in (lines[0], lines[2])] == ["before", "after"]
-    cut = lines[1]
+    lines = triples(await demux_capped([body], 1024))
+    assert [text for _, _, text in (lines[0], lines[2])] == ["before", "after"]
+    _, time_text, text = lines[1]
     kept = 1024 - len(T2) - 1  # the timestamp and its space are part of the line's bytes
-    assert cut.text == "x" * kept + f" [line cut at 1 KiB: {len(long) - kept} more bytes not kept]"
-    assert cut.time_text == T2
+    assert text == "x" * kept + f" [line cut at 1 KiB: {len(long) - kept} more bytes not kept]"
+    assert time_text == T2
 
 
 def _pieces(data: bytes, size: int) -> list[bytes]:

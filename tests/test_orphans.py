@@ -27,11 +27,11 @@ async def test_orphaned_run_folders_and_lines_are_removed_at_start(
     (orphan / "run" / "reports" / "drc.json").write_text("{}")
     with closing(sqlite3.connect(root / "precheck.db")) as db, db:
         db.executemany(
-            "INSERT INTO log_lines VALUES (?, ?, ?, ?, ?, ?)",
-            [("gone-run", n, "2026-01-01T00:00:00Z", 0.0, "stdout", "x") for n in (1, 2)],
+            "INSERT INTO output_blocks VALUES (?, ?, ?, ?, ?, ?)",
+            [("gone-run", n, n, "stdout", "2026-01-01T00:00:00Z x", 0.0) for n in (1, 2)],
         )
     second = await aiohttp_client(create_app(config, run_containers=False))
     assert not orphan.exists()
     assert await second.app[keys.OUTPUT_LINES].run_ids() == set()
     with closing(sqlite3.connect(root / "precheck.db")) as db:
-        assert db.execute("SELECT count(*) FROM log_lines").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM output_blocks").fetchone() == (0,)

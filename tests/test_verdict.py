@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from precheck.domain.status import RunStatus
@@ -300,3 +302,43 @@ def test_huge_near_step_line_returns() -> None:
     is a 4 KiB one (the longest the patterns look at)."""
     assert parse_step("Running 'A' at '" + "1" * (8 * MIB)) is None
     assert parse_step("Running 'A' at '" + "1" * 4000) is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_feeding_blocks_finds_what_feeding_lines_finds(seed: int) -> None:
+    """A log fed in blocks of any size (each line behind a timestamp, as stored) gives the same
+    steps, verdict lines, reason and deferred counts as fed line by line, and each block's
+    steps are returned as the block is fed."""
+    rng = random.Random(seed)
+    interesting = [
+        CHECK_SIZE,
+        f"Running 'Checker.Density' at '{RUN}/05-checker-density'…",
+        SUCCESS_LINE,
+        FAILURE_LINE,
+        "   the reason   ",
+        DEFERRED_LINE,
+        "  3 Magic DRC errors found.",
+        "12 antenna errors found",
+        "",
+    ]
+    log = [rng.choice(interesting) if rng.random() < 0.1 else f"noise {i}" for i in range(400)]
+    by_line = OutputFacts().feed_all(log)
+    by_block, steps, i = OutputFacts(), [], 0
+    while i < len(log):
+        block = log[i : i + rng.randint(1, 40)]
+        joined = "\n".join(f"2026-01-02T03:04:05.{n}Z {text}" for n, text in enumerate(block))
+        steps += by_block.feed_block(joined, lambda block=block: block)  # type: ignore[misc]
+        i += len(block)
+    assert by_block == by_line
+    assert steps == [s for s in map(OutputFacts().feed, log) if s is not None]
+
+
+def test_a_block_without_any_verdict_line_is_not_read_line_by_line() -> None:
+    """Noise is passed over whole: the lines one by one are never asked for."""
+
+    def never() -> list[str]:
+        raise AssertionError("a block of noise was read line by line")
+
+    facts = OutputFacts()
+    assert facts.feed_block("t noise\nt more noise 'Running\nt Precheck", never) == []
+    assert facts == OutputFacts()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 
 import attrs
@@ -18,6 +18,9 @@ _STEP_HEAD = re.compile(r"Running '(?P<name>[A-Za-z0-9_.]+)' at '")
 # the tools it runs, and are not matched, so no pattern ever scans a huge line.
 MAX_FACT_LINE = 4096
 _DEFERRED_COUNT = re.compile(r"^\s*(?P<count>\d+) (?P<what>.+?) errors? found\.?\s*$")
+# A line `OutputFacts.feed` acts on holds one of these (unless it follows the failure or
+# deferred-errors line), so a block of lines holding none is passed over whole.
+_MARKERS = ("Running '", SUCCESS_LINE, FAILURE_LINE, DEFERRED_LINE)
 
 
 @attrs.frozen
@@ -91,6 +94,16 @@ class OutputFacts:
             if m:
                 self.deferred[m["what"]] = int(m["count"])
         return None
+
+    def feed_block(self, joined: str, texts: Callable[[], Iterable[str]]) -> list[Step]:
+        """Take consecutive lines; return the steps they start. `joined` holds every line (with
+        anything around each, such as its time) and `texts` gives them one by one: it is called
+        only when one may matter, so the tools' own output passes a block at a time."""
+        if not (self._in_deferred or self._after_failure) and not any(
+            marker in joined for marker in _MARKERS
+        ):
+            return []
+        return [step for step in map(self.feed, texts()) if step is not None]
 
     def feed_all(self, lines: Iterable[str]) -> OutputFacts:
         """Take many lines."""

@@ -6,6 +6,7 @@ Returns plain values (ids, dicts of what we asked for, byte streams); Docker's f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import ssl
@@ -38,13 +39,18 @@ FRAME_READ = 1 << 20  # a frame's payload is read in pieces of at most this
 
 
 @attrs.frozen
-class ContainerLine:
-    """One line of a container's output: Docker's timestamp, `stdout`/`stderr`, the text."""
+class ContainerLines:
+    """Lines of one stream of a container's output, read together, as Docker sends them with
+    timestamps: `raw` is each `<RFC 3339 time, nanoseconds> <text>` joined by newlines. A batch
+    kept whole, so a flood of short lines costs a few operations per batch, not per line."""
 
-    time: datetime
-    time_text: str  # Docker's own RFC 3339 text, with nanoseconds, to resume from exactly
     stream: str
-    text: str
+    raw: str
+    count: int  # lines in `raw`
+
+    def times(self) -> list[str]:
+        """Docker's timestamp text of each line (to resume from exactly)."""
+        return [line.partition(" ")[0] for line in self.raw.split("\n")]
 
 
 @attrs.frozen
@@ -283,8 +289,9 @@ class Engine:
 
     async def logs(
         self, container_id: str, *, follow: bool, since: str | None = None
-    ) -> AsyncIterator[ContainerLine]:
-        """The container's output lines with timestamps; with `follow`, until it stops.
+    ) -> AsyncIterator[ContainerLines]:
+        """The container's output lines with timestamps, in batches; with `follow`, until it
+        stops.
 
         `since` is Docker's timestamp text of the last line already kept; lines at that same
         instant come again and the caller drops the ones it has.
@@ -298,8 +305,8 @@ class Engine:
             async with self.docker._query(
                 f"containers/{container_id}/logs", params=params, timeout=LONG
             ) as response:
-                async for line in _demux_lines(response.content, self.max_line):
-                    yield line
+                async for lines in _demux_lines(response.content, self.max_line):
+                    yield lines
 
     async def events(self, label: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
         """Docker's event stream for containers carrying `label`, from `since` (unix.nanos)."""
@@ -321,29 +328,48 @@ class Engine:
 
 async def _demux_lines(
     content: aiohttp.StreamReader, max_line: int = MAX_LINE
-) -> AsyncIterator[ContainerLine]:
+) -> AsyncIterator[ContainerLines]:
     """Split Docker's multiplexed log stream (8-byte frame headers) into timestamped lines.
 
-    Linear in the bytes read: each frame is scanned once, from where the last scan stopped. A
-    line longer than `max_line` bytes keeps its first `max_line` bytes and ends with a marker
-    saying how much was cut; what lies beyond is counted, never held.
+    Linear in the bytes read: each piece of the body is scanned once, frames of one stream that
+    arrived together are split into lines together. A line longer than `max_line` bytes keeps
+    its first `max_line` bytes and ends with a marker saying how much was cut; what lies
+    beyond is counted, never held. A body that ends inside a frame's payload raises
+    `asyncio.IncompleteReadError`; one that ends between frames, or inside a header, ends the
+    lines (a last line without a newline included).
     """
-    lines = {1: _LineSplitter("stdout", max_line), 2: _LineSplitter("stderr", max_line)}
-    while True:
-        try:
-            header = await content.readexactly(8)
-        except EOFError:
-            break
-        kind, size = struct.unpack(">BxxxL", header)
-        splitter = lines.get(kind, lines[1])  # stdin (0) never comes; anything else as stdout
-        while size:
-            chunk = await content.readexactly(min(size, FRAME_READ))
-            size -= len(chunk)
-            for line in splitter.feed(chunk):
-                yield line
-    for splitter in lines.values():
-        last = splitter.finish()
-        if last is not None:
+    splitters = {1: _LineSplitter("stdout", max_line), 2: _LineSplitter("stderr", max_line)}
+    header = b""  # the part of a frame header read so far
+    splitter, left = splitters[1], 0  # the frame being read and its payload bytes to come
+    while data := await content.readany():
+        pos, pieces = 0, list[bytes]()  # pieces: consecutive payload of `splitter`, split together
+        while pos < len(data):
+            if not left:
+                need = 8 - len(header)
+                header += data[pos : pos + need]
+                pos += need
+                if len(header) < 8:
+                    break  # the rest of the header comes with the next piece
+                kind, left = struct.unpack(">BxxxL", header)
+                header = b""
+                # stdin (0) never comes; anything else counts as stdout
+                following = splitters.get(kind, splitters[1])
+                if following is not splitter and pieces:
+                    if got := splitter.feed(b"".join(pieces)):
+                        yield got
+                    pieces = []
+                splitter = following
+                continue
+            piece = data[pos : pos + left]
+            pos += len(piece)
+            left -= len(piece)
+            pieces.append(piece)
+        if pieces and (got := splitter.feed(b"".join(pieces))):
+            yield got
+    if left:
+        raise asyncio.IncompleteReadError(b"", left)
+    for each in splitters.values():
+        if last := each.finish():
             yield last
 
 
@@ -353,23 +379,36 @@ class _LineSplitter:
     def __init__(self, stream: str, max_line: int) -> None:
         self.stream = stream
         self.max_line = max_line
-        self.buf = bytearray()
-        self.cut = 0  # bytes of the current line dropped past `max_line`
+        self.buf = bytearray()  # the start of a line not yet ended, at most `max_line` bytes
+        self.cut = 0  # bytes of that line dropped past `max_line`
 
-    def feed(self, data: bytes) -> list[ContainerLine]:
-        out: list[ContainerLine] = []
-        start = 0
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                self._keep(data, start, len(data))
-                return out
-            self._keep(data, start, end)
-            out.append(self._line())
-            start = end + 1
+    def feed(self, data: bytes) -> ContainerLines | None:
+        """The lines `data` ends (None if it ends none); what follows the last is kept."""
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._keep(data, 0, len(data))
+            return None
+        start, raw = 0, []
+        if self.buf or self.cut:  # the line begun before ends at the first newline
+            start = data.find(b"\n") + 1
+            self._keep(data, 0, start - 1)
+            raw.append(self._take())
+        if start <= end:
+            body = data[start:end]
+            if len(body) <= self.max_line or max(map(len, parts := body.split(b"\n"))) <= (
+                self.max_line
+            ):
+                raw.append(body)  # the common case: every line short, all decoded at once
+            else:
+                for part in parts:
+                    self._keep(part, 0, len(part))
+                    raw.append(self._take())
+        self._keep(data, end + 1, len(data))
+        return self._lines(raw)
 
-    def finish(self) -> ContainerLine | None:
-        return self._line() if self.buf or self.cut else None
+    def finish(self) -> ContainerLines | None:
+        """The last line, if the stream ended without a newline."""
+        return self._lines([self._take()]) if self.buf or self.cut else None
 
     def _keep(self, data: bytes, start: int, end: int) -> None:
         room = self.max_line - len(self.buf)
@@ -378,22 +417,22 @@ class _LineSplitter:
             self.buf += data[start : start + take]
         self.cut += end - start - max(take, 0)
 
-    def _line(self) -> ContainerLine:
-        line = _parse_line(bytes(self.buf), self.stream)
+    def _take(self) -> bytes:
+        """The line held (cut lines marked), ending it."""
+        line = bytes(self.buf)
         if self.cut:
             kib = self.max_line >> 10
-            line = attrs.evolve(
-                line, text=f"{line.text} [line cut at {kib} KiB: {self.cut} more bytes not kept]"
-            )
+            note = f" [line cut at {kib} KiB: {self.cut} more bytes not kept]"
+            line = line.decode("utf-8", "replace").encode() + note.encode()
         self.buf.clear()
         self.cut = 0
         return line
 
-
-def _parse_line(raw: bytes, stream: str) -> ContainerLine:
-    text = raw.decode("utf-8", "replace").rstrip("\r")
-    stamp, _, rest = text.partition(" ")
-    return ContainerLine(parse_docker_time(stamp), stamp, stream, rest)
+    def _lines(self, raw: list[bytes]) -> ContainerLines:
+        text = b"\n".join(raw).decode("utf-8", "replace")
+        while "\r\n" in text:  # a line's trailing carriage returns are not part of it
+            text = text.replace("\r\n", "\n")
+        return ContainerLines(self.stream, text.rstrip("\r"), text.count("\n") + 1)
 
 
 def parse_docker_time(text: str) -> datetime:

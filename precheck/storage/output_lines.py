@@ -1,16 +1,20 @@
-"""Captured container output, one row per line, kept in `precheck.db` beside the event log.
+"""Captured container output, kept in `precheck.db` beside the event log.
 
-Lines are not events: a noisy run prints millions, and they carry no decision. They are stored
-durably as they arrive (group commit through `precheck.storage.sqlite_writer`, like the event
-store) so they outlive the container and a restart, and readers are woken when a run's log grows.
+Lines are not events: a noisy run prints millions, and they carry no decision. They travel and
+are stored in blocks (`LineBlock`: consecutive lines of one stream), so a flood of short lines
+costs a few operations per block rather than per line. Blocks are stored durably as they arrive
+(group commit through `precheck.storage.sqlite_writer`, like the event store) so they outlive
+the container and a restart, and readers are woken when a run's log grows. Readers still see
+numbered lines (`OutputLine`), made from the blocks they read.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Callable, Sequence
-from itertools import islice
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 
 import aiosqlite
@@ -19,16 +23,33 @@ import attrs
 from precheck.storage.sqlite_writer import SQLiteWriter, connect
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS log_lines (
-    run_id TEXT    NOT NULL,
-    line   INTEGER NOT NULL,
-    time   TEXT    NOT NULL,
-    ts     REAL    NOT NULL,
-    stream TEXT    NOT NULL,
-    text   TEXT    NOT NULL,
-    PRIMARY KEY (run_id, line)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS output_blocks (
+    run_id  TEXT    NOT NULL,
+    first   INTEGER NOT NULL,  -- number of the block's first line in the run
+    last    INTEGER NOT NULL,  -- and of its last
+    stream  TEXT    NOT NULL,
+    lines   TEXT    NOT NULL,  -- "<Docker's RFC 3339 time> <text>" of each, one per line
+    ts_last REAL    NOT NULL   -- unix time of the block's latest line, for `since`
+);
+CREATE UNIQUE INDEX IF NOT EXISTS output_blocks_by_line ON output_blocks (run_id, first);
 """
+# Lines of one stored block at most, so reading one line decodes few others. A block's bytes
+# are bounded by what one read from Docker brings (and one line by `docker.max_line_kib`).
+BLOCK_LINES = 1000
+
+
+@lru_cache(maxsize=4096)
+def _second(head: str) -> float:
+    return datetime.fromisoformat(head + "+00:00").timestamp()
+
+
+def stamp_seconds(stamp: str) -> float:
+    """Docker's RFC 3339 text (nanoseconds, trailing zeros trimmed) as unix seconds; 0 for
+    Docker's zero time or an empty text."""
+    if not stamp or stamp.startswith("0001-"):
+        return 0.0
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return _second(head) + (float("0." + frac) if frac else 0.0)
 
 
 @attrs.frozen
@@ -37,9 +58,71 @@ class OutputLine:
 
     line: int
     time: str
-    ts: float
     stream: str
     text: str
+
+    @property
+    def ts(self) -> float:
+        """The line's time as unix seconds."""
+        return stamp_seconds(self.time)
+
+
+@attrs.frozen
+class LineBlock:
+    """Consecutive lines of one stream, numbered from `first`, as Docker sent them with
+    timestamps: `raw` is each `<RFC 3339 time> <text>` joined by newlines (a line never holds
+    one: lines were split on them). Kept whole: a line is taken apart only when read."""
+
+    first: int
+    stream: str
+    raw: str
+    count: int  # lines in `raw`
+
+    @property
+    def last(self) -> int:
+        return self.first + self.count - 1
+
+    @property
+    def last_time(self) -> str:
+        return self.raw[self.raw.rfind("\n") + 1 :].partition(" ")[0]
+
+    def lines(self, after: int = 0, limit: int | None = None) -> list[OutputLine]:
+        """The block's lines numbered after `after`, at most `limit` of them."""
+        start = max(0, after + 1 - self.first)
+        stop = self.count if limit is None else min(self.count, start + limit)
+        parts = self.raw.split("\n")[start:stop]
+        return [
+            OutputLine(self.first + start + i, stamp, self.stream, text)
+            for i, (stamp, _, text) in enumerate(part.partition(" ") for part in parts)
+        ]
+
+    def texts(self) -> list[str]:
+        """Each line's text, without its time."""
+        return [part.partition(" ")[2] for part in self.raw.split("\n")]
+
+    def pieces(self, size: int) -> list[LineBlock]:
+        """The block cut into blocks of at most `size` lines."""
+        if self.count <= size:
+            return [self]
+        parts = self.raw.split("\n")
+        pieces = [parts[i : i + size] for i in range(0, self.count, size)]
+        return [
+            LineBlock(self.first + i * size, self.stream, "\n".join(piece), len(piece))
+            for i, piece in enumerate(pieces)
+        ]
+
+
+def blocks_of(lines: Iterable[OutputLine]) -> list[LineBlock]:
+    """Numbered lines (consecutive numbers) as blocks: one per run of a stream."""
+    runs: list[tuple[int, str, list[str]]] = []
+    for line in lines:
+        if "\n" in line.text:
+            raise ValueError(f"line {line.line}: a line's text holds no newline")
+        if runs and runs[-1][1] == line.stream and runs[-1][0] + len(runs[-1][2]) == line.line:
+            runs[-1][2].append(f"{line.time} {line.text}")
+        else:
+            runs.append((line.line, line.stream, [f"{line.time} {line.text}"]))
+    return [LineBlock(first, stream, "\n".join(raw), len(raw)) for first, stream, raw in runs]
 
 
 LineEncoder = Callable[[OutputLine, bool], bytes]  # (line, with timestamps) -> bytes to send
@@ -58,10 +141,71 @@ class Tail:
     same_time: int
 
 
+class _Window:
+    """A run's most recent lines in memory (about `size`), in the blocks they came in, and
+    each line as a ready SSE message once a follower asked for that form."""
+
+    def __init__(self, size: int, encode: LineEncoder) -> None:
+        self.size = size
+        self.encode = encode
+        self.blocks: list[LineBlock] = []
+        self.firsts: list[int] = []  # each block's first line, to find a line by bisection
+        self.count = 0
+        self.encoded: dict[bool, list[bytes]] = {}  # per `timestamps`, one message per line
+
+    @property
+    def first(self) -> int:
+        return self.firsts[0]
+
+    @property
+    def last(self) -> int:
+        return self.blocks[-1].last
+
+    def extend(self, blocks: Sequence[LineBlock]) -> None:
+        """Add `blocks`; a gap in the numbers (a resumed capture) starts the window again."""
+        if self.blocks and blocks[0].first != self.last + 1:
+            self.blocks, self.firsts, self.count, self.encoded = [], [], 0, {}
+        for b in blocks:
+            self.blocks.append(b)
+            self.firsts.append(b.first)
+            self.count += b.count
+            for stamps, messages in self.encoded.items():
+                messages.extend(self.encode(s, stamps) for s in b.lines())
+        drop = 0
+        while self.count - self.blocks[drop].count >= self.size:
+            self.count -= self.blocks[drop].count
+            drop += 1
+        if drop:
+            gone = self.blocks[drop].first - self.firsts[0]
+            del self.blocks[:drop], self.firsts[:drop]
+            for messages in self.encoded.values():
+                del messages[:gone]
+
+    def holds_next(self, after: int) -> bool:
+        return bool(self.blocks) and self.first <= after + 1 <= self.last
+
+    def read(self, after: int, limit: int) -> list[OutputLine]:
+        out: list[OutputLine] = []
+        i = bisect_right(self.firsts, after + 1) - 1
+        while i < len(self.blocks) and len(out) < limit:
+            out += self.blocks[i].lines(after, limit - len(out))
+            i += 1
+        return out
+
+    def messages(self, after: int, timestamps: bool, limit: int) -> list[bytes]:
+        messages = self.encoded.get(timestamps)
+        if messages is None:
+            messages = self.encoded[timestamps] = [
+                self.encode(s, timestamps) for b in self.blocks for s in b.lines()
+            ]
+        start = after + 1 - self.first
+        return messages[start : start + limit]
+
+
 @attrs.define
 class _Write:
     run_id: str
-    lines: Sequence[OutputLine]
+    blocks: Sequence[LineBlock]
 
 
 @attrs.define
@@ -69,7 +213,20 @@ class _Delete:
     run_id: str
 
 
-_INSERT = "INSERT OR IGNORE INTO log_lines VALUES (?,?,?,?,?,?)"
+_INSERT = "INSERT OR IGNORE INTO output_blocks VALUES (?,?,?,?,?,?)"
+_COLUMNS = "first, stream, lines"
+
+
+def _row(run_id: str, b: LineBlock) -> tuple[object, ...]:
+    # Docker stamps one stream's lines in order: the last is the latest (the first is checked
+    # too, so a clock step back inside a block can only widen what `since` reads).
+    ts_last = max(stamp_seconds(b.raw.partition(" ")[0]), stamp_seconds(b.last_time))
+    return (run_id, b.first, b.last, b.stream, b.raw, ts_last)
+
+
+def _block(row: Sequence[object]) -> LineBlock:
+    first, stream, raw = (str(x) for x in row)
+    return LineBlock(int(first), stream, raw, raw.count("\n") + 1)
 
 
 class OutputLineStore:
@@ -84,11 +241,8 @@ class OutputLineStore:
         reader: aiosqlite.Connection,
         encoder: LineEncoder | None = None,
     ) -> None:
-        self._recent: dict[str, deque[OutputLine]] = {}
+        self._recent: dict[str, _Window] = {}
         self._encode: LineEncoder = encoder or _plain
-        # Each line of the window as one ready SSE message, per (run, timestamps): shared by
-        # every follower of the run, so a line is formatted once however many follow it.
-        self._sse: dict[tuple[str, bool], deque[bytes]] = {}
         self._reader_db = reader
         self._writer: SQLiteWriter[_Write | _Delete, None, None] = SQLiteWriter(
             writer,
@@ -111,6 +265,7 @@ class OutputLineStore:
         writer = await connect(path)
         try:
             await writer.executescript(SCHEMA)
+            await _from_line_rows(writer)
             await writer.commit()
             reader = await connect(path)
         except BaseException:
@@ -131,49 +286,81 @@ class OutputLineStore:
                     f.set_result(None)
             await self._reader_db.close()
 
+    async def _blocks(
+        self, run_id: str, after: int, *, since: float | None = None, backwards: bool = False
+    ) -> AsyncIterator[LineBlock]:
+        """The run's stored blocks holding lines after `after` (and a line after `since`), in
+        order or from the end, read a page at a time."""
+        where, args = "run_id = ? AND last > ?", [run_id, after]
+        if since is not None:
+            where += " AND ts_last > ?"
+            args.append(since)
+        order = "DESC" if backwards else ""
+        bound = None
+        while True:
+            page = where
+            if bound is not None:
+                page += " AND first < ?" if backwards else " AND first > ?"
+            sql = f"SELECT {_COLUMNS} FROM output_blocks WHERE {page} ORDER BY first {order}"
+            sql += " LIMIT 64"
+            params = args if bound is None else [*args, bound]
+            async with self._reader_db.execute(sql, params) as cur:
+                rows = list(await cur.fetchall())
+            for row in rows:
+                yield _block(row)
+            if len(rows) < 64:
+                return
+            bound = int(rows[-1][0])
+
     async def tail(self, run_id: str) -> Tail:
         """Where the run's stored log ends (line 0 when it has none)."""
-        async with self._reader_db.execute(
-            "SELECT line, time FROM log_lines WHERE run_id = ? ORDER BY line DESC LIMIT 1",
-            (run_id,),
-        ) as cur:
-            row = await cur.fetchone()
-        if row is None:
+        last, same = None, 0
+        async for b in self._blocks(run_id, 0, backwards=True):
+            if last is None:
+                last = OutputLine(b.last, b.last_time, b.stream, "")
+            for line in reversed(b.lines()):
+                if line.time != last.time:
+                    break
+                same += 1
+            else:
+                continue  # the whole block shares the last time: look further back
+            break
+        if last is None:
             return Tail(0, "", 0)
-        async with self._reader_db.execute(
-            "SELECT COUNT(*) FROM log_lines WHERE run_id = ? AND time = ?", (run_id, row[1])
-        ) as cur:
-            (same,) = await cur.fetchone()  # type: ignore[misc]
-        self._last.setdefault(run_id, row[0])
-        return Tail(row[0], row[1], same)
+        self._last.setdefault(run_id, last.line)
+        return Tail(last.line, last.time, same)
 
-    def publish(self, run_id: str, lines: Sequence[OutputLine]) -> None:
-        """Show `lines` to readers now, from memory, before they are durable.
+    def publish(self, run_id: str, blocks: Sequence[LineBlock]) -> None:
+        """Show `blocks` to readers now, from memory, before they are durable.
 
         A line shown and then lost in a crash is captured again with the same number and text
         (capture resumes from Docker after the last stored line), so readers never see a
         different line under an id they were sent.
         """
-        if not lines:
+        if not blocks:
             return
-        self._remember(run_id, lines)
-        self._last[run_id] = max(self._last.get(run_id, 0), lines[-1].line)
+        window = self._recent.pop(run_id, None) or _Window(self.RECENT, self._encode)
+        window.extend(blocks)
+        self._recent[run_id] = window  # most recently written last
+        while len(self._recent) > self.WINDOWS:
+            del self._recent[next(iter(self._recent))]
+        self._last[run_id] = max(self._last.get(run_id, 0), blocks[-1].last)
         self._wake(run_id)
 
     async def append(
-        self, run_id: str, lines: Sequence[OutputLine], *, published: bool = False
+        self, run_id: str, blocks: Sequence[LineBlock], *, published: bool = False
     ) -> None:
-        """Durably store `lines` (numbered by the caller, following on from the tail).
+        """Durably store `blocks` (numbered by the caller, following on from the tail).
 
         They are published first unless the caller did (`published`).
         """
-        if not lines:
+        if not blocks:
             return
         if self._closed:
             raise RuntimeError("the log store is closed")
         if not published:
-            self.publish(run_id, lines)
-        await self._writer.submit(_Write(run_id, lines))
+            self.publish(run_id, blocks)
+        await self._writer.submit(_Write(run_id, blocks))
 
     def _after_commit(self, batch: list[_Write | _Delete], written: None) -> list[None]:
         for w in batch:
@@ -181,52 +368,26 @@ class OutputLineStore:
                 self._last.pop(w.run_id, None)
         return [None] * len(batch)
 
-    def _remember(self, run_id: str, lines: Sequence[OutputLine]) -> None:
-        recent = self._recent.pop(run_id, None) or deque(maxlen=self.RECENT)
-        if recent and lines[0].line != recent[-1].line + 1:
-            recent.clear()  # not contiguous (a resumed capture): start the window again
-            self._drop_sse(run_id)
-        recent.extend(lines)
-        self._recent[run_id] = recent  # most recently written last
-        for stamps in (False, True):
-            enc = self._sse.get((run_id, stamps))
-            if enc is not None:
-                enc.extend(self._encode(s, stamps) for s in lines)
-        while len(self._recent) > self.WINDOWS:
-            gone = next(iter(self._recent))
-            del self._recent[gone]
-            self._drop_sse(gone)
-
-    def _drop_sse(self, run_id: str) -> None:
-        self._sse.pop((run_id, False), None)
-        self._sse.pop((run_id, True), None)
-
     def encoded_from(
         self, run_id: str, after_line: int, timestamps: bool, limit: int = 1000
     ) -> tuple[bytes, int] | None:
         """Lines after `after_line` as ready SSE messages (id = line number) and the last line
         sent; None when the window does not hold them (the caller formats them itself)."""
-        recent = self._recent.get(run_id)
-        if recent and after_line >= recent[-1].line:
+        window = self._recent.get(run_id)
+        if window is not None and window.blocks and after_line >= window.last:
             return b"", after_line  # caught up
-        if not recent or not recent[0].line <= after_line + 1 <= recent[-1].line:
+        if window is None or not window.holds_next(after_line):
             return None
-        enc = self._sse.get((run_id, timestamps))
-        if enc is None:
-            enc = deque((self._encode(s, timestamps) for s in recent), maxlen=self.RECENT)
-            self._sse[(run_id, timestamps)] = enc
-        start = after_line + 1 - recent[0].line
-        chunk = list(islice(enc, start, start + limit))
+        chunk = window.messages(after_line, timestamps, limit)
         return b"".join(chunk), after_line + len(chunk)
 
     async def read_from(self, run_id: str, after_line: int, limit: int = 1000) -> list[OutputLine]:
         """Lines after `after_line`, from memory when the window holds them, else from the file."""
-        recent = self._recent.get(run_id)
-        if recent and after_line >= recent[-1].line:
+        window = self._recent.get(run_id)
+        if window is not None and window.blocks and after_line >= window.last:
             return []  # caught up: the window ends at the last line written
-        if recent and recent[0].line <= after_line + 1 <= recent[-1].line:
-            start = after_line + 1 - recent[0].line
-            return list(islice(recent, start, start + limit))
+        if window is not None and window.holds_next(after_line):
+            return window.read(after_line, limit)
         lines, _ = await self.read(run_id, after_line=after_line, limit=limit)
         return lines
 
@@ -272,52 +433,86 @@ class OutputLineStore:
 
         Returns the lines (at most `limit`, in order) and whether more follow them.
         """
-        where, args = "run_id = ? AND line > ?", [run_id, after_line]
-        if since is not None:
-            where += " AND ts > ?"
-            args.append(since)
+        want = min(tail, limit) if tail is not None else limit + 1
+        out: list[OutputLine] = []
+        if want <= 0:
+            return [], False
+        async for b in self._blocks(run_id, after_line, since=since, backwards=tail is not None):
+            lines = b.lines(after_line)
+            if since is not None:
+                lines = [s for s in lines if s.ts > since]
+            if tail is not None:
+                out[:0] = lines[-(want - len(out)) :]
+            else:
+                out += lines[: want - len(out)]
+            if len(out) >= want:
+                break
         if tail is not None:
-            sql = (
-                f"SELECT line, time, ts, stream, text FROM (SELECT * FROM log_lines WHERE {where} "
-                "ORDER BY line DESC LIMIT ?) ORDER BY line"
-            )
-            args.append(min(tail, limit))
-            more = False
-        else:
-            sql = (
-                f"SELECT line, time, ts, stream, text FROM log_lines WHERE {where} "
-                "ORDER BY line LIMIT ?"
-            )
-            args.append(limit + 1)
-        async with self._reader_db.execute(sql, args) as cur:
-            rows = list(await cur.fetchall())
-        if tail is None:
-            more = len(rows) > limit
-            rows = rows[:limit]
-        return [OutputLine(*r) for r in rows], more
+            return out, False
+        return out[:limit], len(out) > limit
+
+    async def read_blocks(self, run_id: str, after_line: int = 0) -> AsyncIterator[LineBlock]:
+        """Every stored block of the run after line `after_line`, in order, the first one cut
+        to start after it: for reading a whole log without an object per line."""
+        async for b in self._blocks(run_id, after_line):
+            if b.first <= after_line:
+                skip = after_line + 1 - b.first
+                raw = "\n".join(b.raw.split("\n")[skip:])
+                b = LineBlock(after_line + 1, b.stream, raw, b.count - skip)
+            yield b
 
     async def run_ids(self) -> set[str]:
         """The runs that have stored lines."""
-        async with self._reader_db.execute("SELECT DISTINCT run_id FROM log_lines") as cur:
+        async with self._reader_db.execute("SELECT DISTINCT run_id FROM output_blocks") as cur:
             return {str(row[0]) for row in await cur.fetchall()}
 
     async def delete_run(self, run_id: str) -> None:
         """Drop a retired run's lines (after the event that retired it), through the writer:
         in order with the writes queued before it, and durable when this returns."""
-        self._drop_sse(run_id)
+        self._recent.pop(run_id, None)
         await self._writer.submit(_Delete(run_id))
 
 
 async def _write_batch(db: aiosqlite.Connection, batch: list[_Write | _Delete]) -> None:
-    """Insert the batch's lines, and delete the runs it retires in their place in the order."""
+    """Insert the batch's blocks, and delete the runs it retires in their place in the order."""
     rows: list[tuple[object, ...]] = []
     for w in batch:
         if isinstance(w, _Write):
-            rows.extend((w.run_id, s.line, s.time, s.ts, s.stream, s.text) for s in w.lines)
+            rows.extend(_row(w.run_id, p) for b in w.blocks for p in b.pieces(BLOCK_LINES))
         else:
             if rows:
                 await db.executemany(_INSERT, rows)
                 rows = []
-            await db.execute("DELETE FROM log_lines WHERE run_id = ?", (w.run_id,))
+            await db.execute("DELETE FROM output_blocks WHERE run_id = ?", (w.run_id,))
     if rows:
         await db.executemany(_INSERT, rows)
+
+
+async def _from_line_rows(db: aiosqlite.Connection) -> None:
+    """Move lines stored one row per line (the table before blocks) into blocks, once."""
+    async with db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log_lines'"
+    ) as cur:
+        if await cur.fetchone() is None:
+            return
+    async with db.execute(
+        "SELECT run_id, line, time, stream, text FROM log_lines ORDER BY run_id, line"
+    ) as cur:
+        run, lines = "", list[OutputLine]()
+        async for row in cur:
+            if row[0] != run and lines:
+                await _insert_lines(db, run, lines)
+                lines = []
+            run = row[0]
+            lines.append(OutputLine(row[1], row[2], row[3], row[4].replace("\n", " ")))
+            if len(lines) >= 100_000:  # a long log moves in parts: memory stays bounded
+                await _insert_lines(db, run, lines)
+                lines = []
+        if lines:
+            await _insert_lines(db, run, lines)
+    await db.execute("DROP TABLE log_lines")
+
+
+async def _insert_lines(db: aiosqlite.Connection, run_id: str, lines: list[OutputLine]) -> None:
+    blocks = [piece for b in blocks_of(lines) for piece in b.pieces(BLOCK_LINES)]
+    await db.executemany(_INSERT, [_row(run_id, b) for b in blocks])
