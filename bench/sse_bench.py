@@ -7,8 +7,9 @@
    ?follow=1&timestamps=1`, attached on the container's `start` event). Latency = wall time the
    line was in the reader's hands minus the line's Docker timestamp; only lines printed after
    both readers were attached count. The app runs in this process, so the SSE path is split by
-   timing wrappers set on the running OutputLineStore instance: `append` (called by the capture) and
-   `_remember` (just after the commit, right before readers are woken).
+   a timing wrapper set on the running OutputLineStore instance's `publish` (called by the
+   capture before the commit): the time it is called and the time the lines are in the shared
+   window, right before readers are woken.
 2. 500 SSE clients on one run printing 10,000 lines. The server is its own process (`python -m
    precheck serve`); the clients live in separate client processes (default 2 x 250, asyncio +
    aiohttp). While the run streams a client only keeps the bytes it got and the time of each
@@ -157,22 +158,18 @@ class LineProbe:
     def __init__(self, log_store: Any) -> None:
         self.appended: dict[tuple[str, int], float] = {}
         self.stored: dict[tuple[str, int], float] = {}
-        publish, remember = log_store.publish, log_store._remember
+        publish = log_store.publish
 
-        def timed_publish(run_id: str, lines: Any) -> None:
+        def timed_publish(run_id: str, blocks: Any) -> None:
             t = time.time()
-            for s in lines:
-                self.appended[(run_id, s.line)] = t
-            publish(run_id, lines)
-
-        def timed_remember(run_id: str, lines: Any) -> None:
-            t = time.time()
-            for s in lines:
-                self.stored[(run_id, s.line)] = t
-            remember(run_id, lines)
+            publish(run_id, blocks)
+            shown = time.time()
+            for b in blocks:
+                for line in range(b.first, b.last + 1):
+                    self.appended[(run_id, line)] = t
+                    self.stored[(run_id, line)] = shown
 
         log_store.publish = timed_publish
-        log_store._remember = timed_remember
 
 
 async def _observe(conn: Any) -> None:
