@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS output_blocks (
     lines   TEXT    NOT NULL,  -- "<Docker's RFC 3339 time> <text>" of each, one per line
     ts_last REAL    NOT NULL   -- unix time of the block's latest line, for `since`
 );
-CREATE UNIQUE INDEX IF NOT EXISTS output_blocks_by_line ON output_blocks (run_id, first);
+-- Blocks follow each other without overlap: ordered by their last line as by their first, and
+-- the one holding line N is the first whose last line is N or more.
+CREATE UNIQUE INDEX IF NOT EXISTS output_blocks_by_last ON output_blocks (run_id, last);
 """
 # Lines of one stored block at most, so reading one line decodes few others. A block's bytes
 # are bounded by what one read from Docker brings (and one line by `docker.max_line_kib`).
@@ -214,7 +216,7 @@ class _Delete:
 
 
 _INSERT = "INSERT OR IGNORE INTO output_blocks VALUES (?,?,?,?,?,?)"
-_COLUMNS = "first, stream, lines"
+_COLUMNS = "first, stream, lines, last"
 
 
 def _row(run_id: str, b: LineBlock) -> tuple[object, ...]:
@@ -225,7 +227,7 @@ def _row(run_id: str, b: LineBlock) -> tuple[object, ...]:
 
 
 def _block(row: Sequence[object]) -> LineBlock:
-    first, stream, raw = (str(x) for x in row)
+    first, stream, raw = (str(x) for x in row[:3])
     return LineBlock(int(first), stream, raw, raw.count("\n") + 1)
 
 
@@ -300,8 +302,8 @@ class OutputLineStore:
         while True:
             page = where
             if bound is not None:
-                page += " AND first < ?" if backwards else " AND first > ?"
-            sql = f"SELECT {_COLUMNS} FROM output_blocks WHERE {page} ORDER BY first {order}"
+                page += " AND last < ?" if backwards else " AND last > ?"
+            sql = f"SELECT {_COLUMNS} FROM output_blocks WHERE {page} ORDER BY last {order}"
             sql += " LIMIT 64"
             params = args if bound is None else [*args, bound]
             async with self._reader_db.execute(sql, params) as cur:
@@ -310,7 +312,7 @@ class OutputLineStore:
                 yield _block(row)
             if len(rows) < 64:
                 return
-            bound = int(rows[-1][0])
+            bound = int(rows[-1][3])
 
     async def tail(self, run_id: str) -> Tail:
         """Where the run's stored log ends (line 0 when it has none)."""
@@ -318,13 +320,10 @@ class OutputLineStore:
         async for b in self._blocks(run_id, 0, backwards=True):
             if last is None:
                 last = OutputLine(b.last, b.last_time, b.stream, "")
-            for line in reversed(b.lines()):
-                if line.time != last.time:
-                    break
-                same += 1
-            else:
-                continue  # the whole block shares the last time: look further back
-            break
+            at = last.time + " "
+            same += b.raw.count("\n" + at) + b.raw.startswith(at)
+            if not b.raw.startswith(at):
+                break  # the block begins before that instant: the lines before it do too
         if last is None:
             return Tail(0, "", 0)
         self._last.setdefault(run_id, last.line)
