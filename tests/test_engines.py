@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest_asyncio
 from bench.soak import Relay
 from precheck.config import Config
 from precheck.events.types import RunRetried, RunStarted
+from precheck.runner.engine import Engine
 from tests.docker_fixtures import LABEL_INSTANCE, NoDocker, StartApp
 from tests.engines import DEFAULT_ENGINE_URL, PrivateEngine, TlsFiles, make_tls
 from tests.layouts import gds
@@ -91,6 +92,69 @@ async def test_runs_spread_over_engines_at_once(
     assert a_start < b_end and b_start < a_end, "the two runs did not overlap"
     started = [r.event for r in await api.events("run.started")]
     assert sorted(e.engine for e in started if isinstance(e, RunStarted)) == ["main", "second"]
+
+
+class CreateGate:
+    """Shared by the engines of one app: counts their container creates in flight, and opens
+    once `want` are in flight at the same time."""
+
+    def __init__(self, want: int, patience: float = 30) -> None:
+        self.want = want
+        self.patience = patience  # a create waits no longer than this for the others
+        self.in_flight: dict[str, int] = {}  # engine URL -> creates in flight there
+        self.most: dict[str, int] = {}  # engine URL -> the most in flight there at once
+        self.most_total = 0
+        self.opened = asyncio.Event()
+
+
+class GatedEngine(Engine):
+    """A real engine whose `create` waits at the gate until the gate's `want` creates, over
+    every engine sharing it, are in flight at once (or its patience runs out)."""
+
+    def __init__(self, url: str, gate: CreateGate) -> None:
+        super().__init__(url)
+        self.gate = gate
+
+    async def create(self, name: str, spec: Mapping[str, Any]) -> str:
+        gate, url = self.gate, self.url
+        gate.in_flight[url] = gate.in_flight.get(url, 0) + 1
+        gate.most[url] = max(gate.most.get(url, 0), gate.in_flight[url])
+        gate.most_total = max(gate.most_total, sum(gate.in_flight.values()))
+        if gate.most_total >= gate.want:
+            gate.opened.set()
+        try:
+            try:
+                await asyncio.wait_for(gate.opened.wait(), gate.patience)
+            except TimeoutError:
+                pass  # starts one at a time: go on, and the test says so
+            return await super().create(name, spec)
+        finally:
+            gate.in_flight[url] -= 1
+
+
+async def test_starts_overlap_on_one_engine_and_across_engines(
+    start_app: StartApp, sim_config: Callable[..., Config], on_second: PrivateEngine
+) -> None:
+    """Four runs queued on two engines with two free slots each are started at the same time:
+    the four creates are in flight together, two on each engine (a create waits at a gate
+    until the others arrive, so starts made one at a time never get there). `run.started`
+    still comes in queue order."""
+    gate = CreateGate(4)
+    api = await start_app(
+        two_engines(sim_config, on_second, slots=2), engine=lambda url: GatedEngine(url, gate)
+    )
+    await wait_health(api, "main", reachable=True)
+    await wait_health(api, "second", reachable=True)
+    runs = [await api.run(gds("chip_top", "step_sleep=0.05")) for _ in range(4)]
+    for run_id in runs:
+        assert (await api.wait(run_id, timeout=120))["Status"] == "completed"
+    assert gate.most_total == 4, f"at most {gate.most_total} of 4 creates were in flight at once"
+    assert sorted(gate.most.values()) == [2, 2], gate.most
+    started = [r.event for r in await api.events("run.started")]
+    assert [e.run_id for e in started if isinstance(e, RunStarted)] == runs
+    assert sorted(e.engine for e in started if isinstance(e, RunStarted)) == [
+        "main", "main", "second", "second",
+    ]  # fmt: skip
 
 
 @pytest.fixture
