@@ -200,3 +200,22 @@ def test_docker_time_text_as_unix_seconds() -> None:
     assert stamp_seconds("2026-11-26T12:00:00.5Z") == base + 0.5
     assert stamp_seconds("2026-11-26T12:00:01.000000001Z") == pytest.approx(base + 1, abs=1e-6)
     assert stamp_seconds("0001-01-01T00:00:00Z") == 0.0 and stamp_seconds("") == 0.0
+
+
+async def test_end_is_the_last_line_stored_or_shown(tmp_path: Path) -> None:
+    """`end` answers from the index for a store opened afresh, and counts lines shown before
+    their commit."""
+    path = tmp_path / "p.db"
+    store = await store_at(path)
+    try:
+        assert await store.end(RUN) == 0
+        await store.append(RUN, blocks_of(model(1500)))
+        store.publish(RUN, [LineBlock(1501, "stderr", f"{stamp(900)} shown, not stored", 1)])
+        assert await store.end(RUN) == 1501
+    finally:
+        await store.close()
+    fresh = await store_at(path)
+    try:
+        assert await fresh.end(RUN) == 1500
+    finally:
+        await fresh.close()

@@ -70,7 +70,7 @@ class RunEnd:
             # 3. The verdict, recorded: the slot is free from here on. A system failure with
             # attempts left queues the run again instead.
             stopped = _exit(container)
-            retry = Retry(self.max_attempts, (await self.output_lines.tail(run.id)).line)
+            retry = Retry(self.max_attempts, await self.output_lines.end(run.id))
             exited = await self.recorder.append_for(
                 run_id,
                 lambda r: exit_events(

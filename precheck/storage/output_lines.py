@@ -298,21 +298,21 @@ class OutputLineStore:
             where += " AND ts_last > ?"
             args.append(since)
         order = "DESC" if backwards else ""
-        bound = None
+        bound, size = None, 1  # pages grow from one block: most reads need one or two
         while True:
             page = where
             if bound is not None:
                 page += " AND last < ?" if backwards else " AND last > ?"
             sql = f"SELECT {_COLUMNS} FROM output_blocks WHERE {page} ORDER BY last {order}"
-            sql += " LIMIT 64"
+            sql += f" LIMIT {size}"
             params = args if bound is None else [*args, bound]
             async with self._reader_db.execute(sql, params) as cur:
                 rows = list(await cur.fetchall())
             for row in rows:
                 yield _block(row)
-            if len(rows) < 64:
+            if len(rows) < size:
                 return
-            bound = int(rows[-1][3])
+            bound, size = int(rows[-1][3]), min(2 * size, 64)
 
     async def tail(self, run_id: str) -> Tail:
         """Where the run's stored log ends (line 0 when it has none)."""
@@ -328,6 +328,14 @@ class OutputLineStore:
             return Tail(0, "", 0)
         self._last.setdefault(run_id, last.line)
         return Tail(last.line, last.time, same)
+
+    async def end(self, run_id: str) -> int:
+        """The number of the run's last line, stored or shown (0: none), from the index."""
+        async with self._reader_db.execute(
+            "SELECT MAX(last) FROM output_blocks WHERE run_id = ?", (run_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return max(self._last.get(run_id, 0), int(row[0] or 0) if row else 0)
 
     def publish(self, run_id: str, blocks: Sequence[LineBlock]) -> None:
         """Show `blocks` to readers now, from memory, before they are durable.

@@ -102,9 +102,7 @@ class RunFollower:
         return run
 
     async def _last_line(self) -> int:
-        return max(
-            self.log_store.last_line(self.run_id), (await self.log_store.tail(self.run_id)).line
-        )
+        return await self.log_store.end(self.run_id)
 
     # Sending ----------------------------------------------------------------------------------
 

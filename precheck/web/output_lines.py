@@ -111,15 +111,10 @@ async def _follow_logs(request: web.Request, run: RunRecord) -> web.StreamRespon
     tail = query_int(request, "tail", None, low=0)
     first = 0
     if tail is not None:
-        last = max(log_store.last_line(run.id), (await log_store.tail(run.id)).line)
-        first = max(0, last - tail)
+        first = max(0, await log_store.end(run.id) - tail)
     elif since:
         lines, _ = await log_store.read(run.id, since=since, limit=1)
-        first = (
-            lines[0].line - 1
-            if lines
-            else max(log_store.last_line(run.id), (await log_store.tail(run.id)).line)
-        )
+        first = lines[0].line - 1 if lines else await log_store.end(run.id)
     return await follow(
         request,
         run,
