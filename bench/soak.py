@@ -32,7 +32,7 @@ import aiohttp
 import attrs
 
 from bench.harness import ROOT, ServerProcess, temp_folder
-from tests.engines import PrivateEngine
+from tests.engines import PrivateEngine, unmount_below
 from tests.layouts import gds
 
 IMAGE = "precheck-simulator:latest"
@@ -316,15 +316,7 @@ class Soak:
             if left:
                 await self.engine.docker("rm", "-f", *left, check=False)
         await self.engine.stop()
-        _unmount_below(self.tmp)
-
-
-def _unmount_below(root: Path) -> None:
-    """Unmount what a stopped engine left mounted under `root`, so the folder can go."""
-    mounts = Path("/proc/mounts").read_text().splitlines()
-    for point in sorted({m.split()[1] for m in mounts if len(m.split()) > 1}, reverse=True):
-        if point.startswith(f"{root}/"):
-            subprocess.run(["umount", "-l", point], capture_output=True)
+        unmount_below(self.tmp)
 
 
 async def soak(tmp: Path, runs: int, seed: int, fault_every: float) -> Report:

@@ -106,7 +106,9 @@ class PrivateEngine:
         raise RuntimeError(f"the private engine did not start: see {self.root / 'dockerd.log'}")
 
     async def stop(self) -> None:
-        """Stop `dockerd` (SIGTERM, then SIGKILL after a minute)."""
+        """Stop `dockerd` (SIGTERM, then SIGKILL after a minute), and unmount what it left
+        mounted under its folder (an engine killed earlier leaves its data root mounted), so
+        the folder can be removed."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -114,6 +116,7 @@ class PrivateEngine:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 await asyncio.to_thread(self.proc.wait)
+        unmount_below(self.root)
 
     async def restart(self) -> None:
         """Stop and start again on the same folders."""
@@ -151,3 +154,11 @@ class PrivateEngine:
         )
         out, _ = await proc.communicate()
         return out.decode()
+
+
+def unmount_below(root: Path) -> None:
+    """Unmount everything mounted below `root`, deepest first."""
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    for point in sorted({m.split()[1] for m in mounts if len(m.split()) > 1}, reverse=True):
+        if point.startswith(f"{root}/"):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
