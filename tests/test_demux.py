@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from datetime import UTC, datetime
 
 import aiohttp
 import pytest
@@ -18,8 +17,6 @@ from precheck.runner.engine import (
     MAX_LINE,
     ContainerLines,
     _demux_lines,
-    _docker_since,
-    parse_docker_time,
 )
 
 T1 = "2026-01-02T03:04:05.123456789Z"
@@ -223,18 +220,6 @@ async def test_unknown_stream_number_with_final_partial_line() -> None:
     """A last line without newline on an unknown stream number comes out as stdout."""
     body = frame(1, stamped(T1, "ok\n")) + frame(3, stamped(T2, "no newline"))
     assert triples(await demux([body])) == [("stdout", T1, "ok"), ("stdout", T2, "no newline")]
-
-
-def test_docker_time_text_to_datetime_and_since() -> None:
-    """Docker's nanosecond times: kept to microseconds as datetimes, exactly as `since` text."""
-    assert parse_docker_time(T1) == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
-    assert parse_docker_time(T3) == datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC)
-    assert parse_docker_time("") == datetime(1, 1, 1, tzinfo=UTC)
-    assert parse_docker_time("0001-01-01T00:00:00Z") == datetime(1, 1, 1, tzinfo=UTC)
-    seconds = int(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp())
-    assert _docker_since(T1) == f"{seconds}.123456789"
-    assert _docker_since(T2) == f"{seconds}.500000000"
-    assert _docker_since(T3) == f"{seconds + 1}.000000000"
 
 
 async def test_a_long_line_is_cut_at_the_cap_with_a_marker() -> None:

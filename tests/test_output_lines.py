@@ -20,7 +20,6 @@ from precheck.storage.output_lines import (
     OutputLineStore,
     Tail,
     blocks_of,
-    stamp_seconds,
 )
 
 RUN = "run-1"
@@ -192,14 +191,6 @@ def test_a_text_with_a_newline_is_refused() -> None:
     """Lines were split on newlines: one holding a newline would become two when read."""
     with pytest.raises(ValueError, match="newline"):
         blocks_of([OutputLine(1, stamp(1), "stdout", "two\nlines")])
-
-
-def test_docker_time_text_as_unix_seconds() -> None:
-    """Trimmed nanoseconds, whole seconds and Docker's zero time."""
-    base = stamp_seconds("2026-11-26T12:00:00Z")
-    assert stamp_seconds("2026-11-26T12:00:00.5Z") == base + 0.5
-    assert stamp_seconds("2026-11-26T12:00:01.000000001Z") == pytest.approx(base + 1, abs=1e-6)
-    assert stamp_seconds("0001-01-01T00:00:00Z") == 0.0 and stamp_seconds("") == 0.0
 
 
 async def test_end_is_the_last_line_stored_or_shown(tmp_path: Path) -> None:

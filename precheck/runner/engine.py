@@ -12,7 +12,6 @@ import json
 import ssl
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import aiodocker
@@ -21,6 +20,7 @@ import attrs
 from aiodocker.exceptions import DockerError
 
 from precheck.config import EngineConfig
+from precheck.storage.docker_time import docker_datetime, docker_since
 
 LONG = aiohttp.ClientTimeout(total=None, sock_read=None)
 
@@ -147,7 +147,7 @@ class Engine:
         """The engine's clock now, as unix `seconds.nanoseconds` (a `since` for events)."""
         with _translated():
             info = await self.docker._query_json("info")
-        t = parse_docker_time(str(info.get("SystemTime", "")))
+        t = docker_datetime(str(info.get("SystemTime", "")))
         return f"{t.timestamp():.6f}"
 
     # Images -----------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ class Engine:
         if follow:
             params["follow"] = "true"
         if since:
-            params["since"] = _docker_since(since)
+            params["since"] = docker_since(since)
         with _translated():
             async with self.docker._query(
                 f"containers/{container_id}/logs", params=params, timeout=LONG
@@ -433,19 +433,3 @@ class _LineSplitter:
         while "\r\n" in text:  # a line's trailing carriage returns are not part of it
             text = text.replace("\r\n", "\n")
         return ContainerLines(self.stream, text.rstrip("\r"), text.count("\n") + 1)
-
-
-def parse_docker_time(text: str) -> datetime:
-    """Docker's RFC 3339 time with nanoseconds, to microseconds."""
-    if not text or text.startswith("0001-"):
-        return datetime(1, 1, 1, tzinfo=UTC)
-    head, _, frac = text.rstrip("Z").partition(".")
-    frac = (frac + "000000")[:6]
-    return datetime.fromisoformat(f"{head}.{frac}+00:00")
-
-
-def _docker_since(stamp: str) -> str:
-    """A log line's timestamp text as the `since` parameter (unix seconds.nanoseconds)."""
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    seconds = int(datetime.fromisoformat(head + "+00:00").timestamp())
-    return f"{seconds}.{(frac + '000000000')[:9]}"

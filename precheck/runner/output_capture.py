@@ -11,6 +11,7 @@ import attrs
 
 from precheck.domain.verdict import OutputFacts, Step
 from precheck.runner.engine import ContainerLines, Engine
+from precheck.storage.docker_time import docker_nanos
 from precheck.storage.output_lines import LineBlock, OutputLineStore
 
 log = logging.getLogger(__name__)
@@ -22,15 +23,6 @@ MAX_LOG_BYTES = 256 << 20
 MAX_BATCH = 4 << 20  # bytes of lines written in one go, so no single write holds the loop long
 MAX_PENDING = 16 << 20  # bytes of lines read and not yet written, before reading waits
 YIELD_EVERY = 500  # lines taken between two looks at the rest of the event loop
-
-
-def _nanos(stamp: str) -> int:
-    """Docker's RFC 3339 text (trailing zeros trimmed) as an integer, for exact ordering."""
-    from datetime import datetime
-
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    seconds = int(datetime.fromisoformat(head + "+00:00").timestamp())
-    return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
 
 
 async def stored_facts(lines: OutputLineStore, run_id: str, after: int = 0) -> OutputFacts:
@@ -46,7 +38,7 @@ def _already_stored(times: Sequence[str], since: int, same: int) -> tuple[int, i
     stored line's instant `since` (nanoseconds), and `same` of those at it. Also how many at
     that instant are still to drop, and whether a line past them was found."""
     for i, stamp in enumerate(times):
-        n = _nanos(stamp)
+        n = docker_nanos(stamp)
         if n < since:
             continue
         if n == since and same > 0:
@@ -112,7 +104,7 @@ class OutputCapture:
     async def _read(self, line_no: int, since: str, skip_same: int) -> tuple[int, str] | None:
         """Take every new line; the number and time of the last line taken, if any."""
         last, taken = None, 0
-        resuming, since_n = bool(since), _nanos(since) if since else 0
+        resuming, since_n = bool(since), docker_nanos(since) if since else 0
         stream = self.engine.logs(self.container_id, follow=True, since=since or None)
         async for lines in stream:
             if resuming:

@@ -18,9 +18,10 @@ from precheck.domain.verdict import OutputFacts
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.runner.copy_out import Caps, copy_out
-from precheck.runner.engine import ContainerState, Engine, parse_docker_time
+from precheck.runner.engine import ContainerState, Engine
 from precheck.runner.output_capture import stored_facts
 from precheck.runner.recorder import Recorder
+from precheck.storage.docker_time import docker_datetime
 from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
 
@@ -111,7 +112,7 @@ class RunEnd:
 def _exit(container: ContainerState | None) -> ContainerExit | None:
     if container is None:
         return None
-    finished = parse_docker_time(container.finished_at)
+    finished = docker_datetime(container.finished_at)
     return ContainerExit(
         container.exit_code, container.oom_killed, finished if finished.year > 1 else None
     )

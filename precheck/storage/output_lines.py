@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 
 import aiosqlite
 import attrs
 
+from precheck.storage.docker_time import docker_seconds
 from precheck.storage.sqlite_writer import SQLiteWriter, connect
 
 SCHEMA = """
@@ -40,20 +39,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS output_blocks_by_last ON output_blocks (run_id
 BLOCK_LINES = 1000
 
 
-@lru_cache(maxsize=4096)
-def _second(head: str) -> float:
-    return datetime.fromisoformat(head + "+00:00").timestamp()
-
-
-def stamp_seconds(stamp: str) -> float:
-    """Docker's RFC 3339 text (nanoseconds, trailing zeros trimmed) as unix seconds; 0 for
-    Docker's zero time or an empty text."""
-    if not stamp or stamp.startswith("0001-"):
-        return 0.0
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    return _second(head) + (float("0." + frac) if frac else 0.0)
-
-
 @attrs.frozen
 class OutputLine:
     """One captured line: its 1-based number in the run, Docker's timestamp, stream and text."""
@@ -66,7 +51,7 @@ class OutputLine:
     @property
     def ts(self) -> float:
         """The line's time as unix seconds."""
-        return stamp_seconds(self.time)
+        return docker_seconds(self.time)
 
 
 @attrs.frozen
@@ -222,7 +207,7 @@ _COLUMNS = "first, stream, lines, last"
 def _row(run_id: str, b: LineBlock) -> tuple[object, ...]:
     # Docker stamps one stream's lines in order: the last is the latest (the first is checked
     # too, so a clock step back inside a block can only widen what `since` reads).
-    ts_last = max(stamp_seconds(b.raw.partition(" ")[0]), stamp_seconds(b.last_time))
+    ts_last = max(docker_seconds(b.raw.partition(" ")[0]), docker_seconds(b.last_time))
     return (run_id, b.first, b.last, b.stream, b.raw, ts_last)
 
 
