@@ -395,12 +395,11 @@ class _LineSplitter:
             raw.append(self._take())
         if start <= end:
             body = data[start:end]
-            if len(body) <= self.max_line or max(map(len, parts := body.split(b"\n"))) <= (
-                self.max_line
-            ):
+            parts = body.split(b"\n") if len(body) > self.max_line else [body]
+            if max(map(len, parts)) <= self.max_line:
                 raw.append(body)  # the common case: every line short, all decoded at once
             else:
-                for part in parts:
+                for part in parts:  # some line is too long: each is cut to the cap
                     self._keep(part, 0, len(part))
                     raw.append(self._take())
         self._keep(data, end + 1, len(data))
