@@ -26,9 +26,9 @@ from pathlib import Path
 
 from bench.harness import proc_memory, temp_folder, verdict
 from precheck.domain.verdict import Step
-from precheck.runner.engine import ContainerLines, Engine, _demux_lines
+from precheck.runner.engine import Engine, _demux_lines
 from precheck.runner.output_capture import OutputCapture
-from precheck.storage.output_lines import OutputLineStore
+from precheck.storage.output_lines import LineBlock, OutputLineStore
 
 FRAME = 16 << 10
 READ = 64 << 10
@@ -75,7 +75,7 @@ class GeneratedEngine(Engine):
 
     async def logs(
         self, container_id: str, *, follow: bool, since: str | None = None
-    ) -> AsyncIterator[ContainerLines]:
+    ) -> AsyncIterator[LineBlock]:
         async for lines in _demux_lines(FrameSource(self.payloads), self.max_line):  # type: ignore[arg-type]
             yield lines
 

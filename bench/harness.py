@@ -373,7 +373,7 @@ class LocalServer:
     async def __aenter__(self) -> LocalServer:
         from aiohttp import web
 
-        from precheck import keys
+        from precheck.web import keys
 
         await self.runner.setup()
         port = free_port()
@@ -396,7 +396,7 @@ class LocalServer:
 
     @property
     def instance(self) -> str:
-        from precheck import keys
+        from precheck.web import keys
 
         return str(self.app[keys.PROJECTIONS].instance_id)
 

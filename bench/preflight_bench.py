@@ -26,12 +26,12 @@ import aiohttp
 from aiohttp import web
 
 from bench.harness import free_port, machine_line, temp_folder, verdict
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import parse_config
 from precheck.events.store import RecordedEvent
 from precheck.events.types import UploadInspected, UploadInspectionFailed
 from precheck.layout.reading import Limits, ReadFailed, read_layout
+from precheck.web import keys
 from tests.real_layouts import write_big_gds, write_big_oasis
 
 MB = 1_000_000

@@ -80,9 +80,9 @@ from bench.harness import (
     run_parts,
     verdict,
 )
-from precheck import keys
 from precheck.events.store import RecordedEvent
 from precheck.events.types import RunExited, RunOutputsStored
+from precheck.web import keys
 from tests import layouts, sse_client
 
 LATENCY_RUNS = 3

@@ -61,10 +61,10 @@ from bench.harness import (
     verdict,
     write_layout,
 )
-from precheck import keys
 from precheck.events.store import RecordedEvent
 from precheck.events.types import RunExited, RunOutputsStored, RunStarted
 from precheck.runner.container_spec import container_spec
+from precheck.web import keys
 from tests import layouts
 
 EXIT_RUNS = 30

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 import weakref
@@ -11,27 +9,30 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
 from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
 from precheck.layout.reading import Limits
 from precheck.projections import Projections
+from precheck.reactions import Reactions
 from precheck.runner.engine import Engine, engine_for
 from precheck.runner.supervisor import Supervisor
 from precheck.service.command_handler import CommandHandler
 from precheck.service.layout_inspector import LayoutInspector
+from precheck.service.metrics import Metrics
 from precheck.service.run_announcer import RunAnnouncer
 from precheck.service.upload_expiry import SERVER, UploadExpiry
 from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
+from precheck.tasks import background
 from precheck.web import (
     api_keys,
     audit,
     cleanup,
     downloads,
     health,
+    keys,
     metrics,
     openapi,
     output_lines,
@@ -103,11 +104,14 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     output_lines_store = await OutputLineStore.open(storage.db_path, encoder=line_message)
     try:
         projections = await Projections.replay(store)
-        projections.attach(store)
         projections.queue.max_running_per_owner = app[keys.CONFIG].server.max_running_per_owner
         app[keys.AUTH].issued = projections.keys  # keys issued through the API count at once
-        store.add_listener(lambda r: close_revoked_streams(app, r))
-        store.add_listener(RunAnnouncer(projections).on_event)
+        # Who reacts to which events: the table in `reactions.py`; each part attaches itself.
+        reactions = app[keys.REACTIONS] = Reactions()
+        reactions.attach("projections", projections.apply)
+        reactions.attach("stream closer", lambda r: close_revoked_streams(app, r))
+        reactions.attach("run announcer", RunAnnouncer(projections).on_event)
+        store.add_listener(reactions)
         if projections.instance_id is None:
             await store.append([InstanceCreated(uuid.uuid4().hex, app[keys.CLOCK]())], SERVER)
         # What a crash between a deleting event and removing its files left behind.
@@ -123,7 +127,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
         app[keys.PROJECTIONS] = projections
         app[keys.HANDLER] = CommandHandler(store, projections, storage, output_lines_store)
         app[keys.OUTPUT_LINES] = output_lines_store
-        app[keys.METRICS] = metrics.Metrics(
+        app[keys.METRICS] = Metrics(
             lambda: projections,
             lambda: store.head,
             lambda: len(app[keys.STREAMS]),
@@ -137,14 +141,10 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _upload_expiry(app: web.Application) -> AsyncIterator[None]:
-    expiry = UploadExpiry(app[keys.HANDLER], app[keys.CLOCK])
-    app[keys.STORE].add_listener(expiry.on_event)
-    app[keys.EXPIRY] = expiry
-    task = asyncio.create_task(expiry.run(), name="upload-expiry")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    expiry = app[keys.EXPIRY] = UploadExpiry(app[keys.HANDLER], app[keys.CLOCK])
+    app[keys.REACTIONS].attach("upload expiry", expiry.on_event)
+    async with background(expiry.run(), "upload-expiry"):
+        yield
 
 
 async def _layout_inspector(app: web.Application) -> AsyncIterator[None]:
@@ -155,13 +155,11 @@ async def _layout_inspector(app: web.Application) -> AsyncIterator[None]:
         app[keys.CLOCK],
         pf.max_concurrent,
     )
-    app[keys.STORE].add_listener(inspector.on_event)
     app[keys.INSPECTOR] = inspector
-    task = asyncio.create_task(inspector.run(), name="layout-inspector")
-    yield
-    task.cancel()  # kills the readings under way; their uploads stay pending, read at next start
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    app[keys.REACTIONS].attach("layout inspector", inspector.on_event)
+    # Stopping it kills the readings under way; their uploads stay pending, read at next start.
+    async with background(inspector.run(), "layout-inspector"):
+        yield
 
 
 async def _supervisor(app: web.Application) -> AsyncIterator[None]:
@@ -178,13 +176,10 @@ async def _supervisor(app: web.Application) -> AsyncIterator[None]:
         app[keys.OUTPUT_LINES],
         app[keys.CLOCK],
     )
-    app[keys.STORE].add_listener(supervisor.on_event)
     app[keys.SUPERVISOR] = supervisor
-    task = asyncio.create_task(supervisor.run(), name="supervisor")
-    yield
-    # Containers keep running: a restarted server adopts them.
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    app[keys.REACTIONS].attach("supervisor", supervisor.on_event)
+    # Containers keep running when it stops: a restarted server adopts them.
+    async with background(supervisor.run(), "supervisor"):
+        yield
     for engine in engines:
         await engine.close()

@@ -21,12 +21,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
 from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import RunProgressed, RunStarted
 from precheck.runner.engine import Engine
+from precheck.web import keys
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "simulator" / "build.sh"

@@ -11,9 +11,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
+from precheck.web import keys
 from tests.layouts import gds
 
 Client = TestClient[web.Request, web.Application]

@@ -12,11 +12,11 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
 from precheck.events.store import RecordedEvent
 from precheck.events.types import UploadReceived
+from precheck.web import keys
 from tests.layouts import gds
 
 Client = TestClient[web.Request, web.Application]

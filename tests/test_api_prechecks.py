@@ -14,11 +14,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
 from precheck.storage.output_lines import OutputLine, blocks_of
+from precheck.web import keys
 from tests.layouts import gds, oasis
 
 Client = TestClient[web.Request, web.Application]

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from precheck import keys
 from precheck.config import Config
+from precheck.web import keys
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
 

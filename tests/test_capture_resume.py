@@ -14,9 +14,9 @@ import attrs
 import pytest
 
 from precheck.domain.verdict import Step
-from precheck.runner.engine import ContainerLines, Engine
+from precheck.runner.engine import Engine
 from precheck.runner.output_capture import OutputCapture
-from precheck.storage.output_lines import OutputLine, OutputLineStore, blocks_of
+from precheck.storage.output_lines import LineBlock, OutputLine, OutputLineStore, blocks_of
 
 RUN = "r1"
 CONTAINER = "c1"
@@ -81,7 +81,7 @@ class FakeEngine(Engine):
 
     async def logs(
         self, container_id: str, *, follow: bool, since: str | None = None
-    ) -> AsyncIterator[ContainerLines]:
+    ) -> AsyncIterator[LineBlock]:
         self.calls.append((container_id, follow, since))
         upto = self.printed[len(self.calls) - 1]
         sent = [
@@ -91,7 +91,7 @@ class FakeEngine(Engine):
         ]
         for stream, group in itertools.groupby(sent, key=lambda item: item.stream):
             raw = [f"{item.time_text} {item.text}" for item in group]
-            yield ContainerLines(stream, "\n".join(raw), len(raw))
+            yield LineBlock(0, stream, "\n".join(raw), len(raw))
 
 
 async def capture(path: Path, engine: Engine) -> tuple[list[Step], list[str]]:

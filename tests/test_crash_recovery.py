@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
+from precheck.web import keys
 from tests.layouts import gds
 
 pytestmark = pytest.mark.docker

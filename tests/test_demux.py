@@ -13,11 +13,8 @@ import aiohttp
 import pytest
 from aiohttp.base_protocol import BaseProtocol
 
-from precheck.runner.engine import (
-    MAX_LINE,
-    ContainerLines,
-    _demux_lines,
-)
+from precheck.runner.engine import MAX_LINE, _demux_lines
+from precheck.storage.output_lines import LineBlock
 
 T1 = "2026-01-02T03:04:05.123456789Z"
 T2 = "2026-01-02T03:04:05.5Z"
@@ -41,12 +38,12 @@ def stamped(stamp: str, text: str) -> bytes:
     return f"{stamp} {text}".encode()
 
 
-async def demux(chunks: list[bytes]) -> list[ContainerLines]:
+async def demux(chunks: list[bytes]) -> list[LineBlock]:
     """The lines `_demux_lines` reads from a body arriving as `chunks`, one loop turn apart."""
     return await demux_capped(chunks, MAX_LINE)
 
 
-async def demux_capped(chunks: list[bytes], max_line: int) -> list[ContainerLines]:
+async def demux_capped(chunks: list[bytes], max_line: int) -> list[LineBlock]:
     """The same, with lines cut at `max_line` bytes."""
     loop = asyncio.get_running_loop()
     body = aiohttp.StreamReader(OpenConnection(loop), 1 << 16, loop=loop)
@@ -64,7 +61,7 @@ async def demux_capped(chunks: list[bytes], max_line: int) -> list[ContainerLine
         await sender
 
 
-def triples(batches: list[ContainerLines]) -> list[tuple[str, str, str]]:
+def triples(batches: list[LineBlock]) -> list[tuple[str, str, str]]:
     """Each line of the batches: its stream, Docker's time text, its text."""
     out = []
     for batch in batches:
@@ -199,7 +196,7 @@ async def test_body_cut_inside_a_header_ends_with_what_was_complete() -> None:
 async def test_body_cut_inside_a_payload_raises() -> None:
     """A body that ends part way through a frame's payload raises an end-of-file error."""
     body = frame(1, stamped(T1, "whole\n")) + frame(1, stamped(T2, "never finished\n"))[:-4]
-    seen: list[ContainerLines] = []
+    seen: list[LineBlock] = []
     loop = asyncio.get_running_loop()
     reader = aiohttp.StreamReader(OpenConnection(loop), 1 << 16, loop=loop)
     reader.feed_data(body)

@@ -12,12 +12,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
 from precheck.events.types import Metadata, RunExited, RunStarted
 from precheck.projections import Projections
 from precheck.projections.queue import queue_at
+from precheck.web import keys
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from precheck import keys
 from precheck.config import Config
 from precheck.events.types import RunFinishFailed
 from precheck.runner.engine import ContainerState, Engine, EngineError
-from precheck.runner.supervisor import FINISH_TRIES
+from precheck.runner.finishing import FINISH_TRIES
+from precheck.web import keys
 from tests.docker_fixtures import Api, StartApp
 from tests.layouts import gds
 

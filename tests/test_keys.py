@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.cli import main
 from precheck.config import Config
 from precheck.events.types import KeyIssued
 from precheck.ops.lock import INFO, StorageLock
+from precheck.web import keys
 from tests.layouts import gds
 
 Client = TestClient[web.Request, web.Application]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
+from precheck.web import keys
 
 
 async def test_orphaned_run_folders_and_lines_are_removed_at_start(

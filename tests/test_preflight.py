@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import SLOTS, Config
 from precheck.domain.preflight import SLOT_SIZES
 from precheck.events.types import UploadInspected
 from precheck.layout.reading import Limits, ReadFailed, read_layout
+from precheck.web import keys
 from tests.layouts import gds
 from tests.real_layouts import die, write_big_gds, write_big_oasis
 

@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
+from precheck.web import keys
 from tests.layouts import gds, gds_gz, oasis
 
 Client = TestClient[web.Request, web.Application]

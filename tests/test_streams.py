@@ -24,10 +24,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from pytest_aiohttp import AiohttpClient
 
-from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
 from precheck.events.store import RecordedEvent
+from precheck.web import keys
 from precheck.web.access_log import AccessLogger
 from tests.docker_fixtures import Api, StartApp
 from tests.layouts import gds

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from precheck import keys
 from precheck.config import Config
 from precheck.events.types import (
     RunProgressed,
@@ -31,6 +30,7 @@ from precheck.events.types import (
     StrayContainerRemoved,
 )
 from precheck.projections import Projections
+from precheck.web import keys
 from tests.docker_fixtures import Api, StartApp, docker, docker_inspect
 from tests.layouts import gds
 

@@ -16,6 +16,7 @@ from precheck.config import ROLES, SLOTS
 from precheck.domain.preflight import MODES, preflight_for_run
 from precheck.domain.status import ENDED, RunStatus
 from precheck.errors import Conflict, Expired, Invalid, NotFound, PreflightFailed, TooMany
+from precheck.events.streams import key_stream, run_stream, upload_stream
 from precheck.events.types import (
     Event,
     KeyIssued,
@@ -179,7 +180,7 @@ def _receive(c: ReceiveUpload, state: Projections) -> Decision:
     event = UploadReceived(
         c.upload_id, c.name, c.filename, c.format, c.size, c.sha256, c.now, c.expires_at
     )
-    return Decision((event,), {f"upload-{c.upload_id}": 0})
+    return Decision((event,), {upload_stream(c.upload_id): 0})
 
 
 @decide.register
@@ -190,7 +191,9 @@ def _delete_upload(c: DeleteUpload, state: Projections) -> Decision:
     busy = [rid for rid in upload.run_ids if _is_active(state, rid)]
     if busy:
         raise Conflict(f"upload {c.upload_id} is used by active run {busy[0]}")
-    return Decision((UploadDeleted(c.upload_id, c.now),), {f"upload-{c.upload_id}": upload.version})
+    return Decision(
+        (UploadDeleted(c.upload_id, c.now),), {upload_stream(c.upload_id): upload.version}
+    )
 
 
 @decide.register
@@ -200,7 +203,7 @@ def _expire(c: ExpireUploads, state: Projections) -> Decision:
     ]
     return Decision(
         tuple(UploadExpired(u.id, c.now) for u in due),
-        {f"upload-{u.id}": u.version for u in due},
+        {upload_stream(u.id): u.version for u in due},
     )
 
 
@@ -209,7 +212,7 @@ def _record_inspection(c: RecordInspection, state: Projections) -> Decision:
     upload = state.uploads.get(c.event.upload_id)
     if upload is None or upload.layout_status != "pending":
         return Decision((), {})  # deleted, expired or read meanwhile: nothing to record
-    return Decision((c.event,), {f"upload-{upload.id}": upload.version})
+    return Decision((c.event,), {upload_stream(upload.id): upload.version})
 
 
 @decide.register
@@ -266,7 +269,7 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
         c.now,
         preflight,
     )
-    return Decision((event,), {f"upload-{upload.id}": upload.version, f"run-{c.run_id}": 0})
+    return Decision((event,), {upload_stream(upload.id): upload.version, run_stream(c.run_id): 0})
 
 
 @decide.register
@@ -274,7 +277,7 @@ def _cancel(c: CancelRun, state: Projections) -> Decision:
     run = state.runs.get(c.run_id)
     if run is None:
         raise NotFound(f"No such precheck: {c.run_id}")
-    expect = {f"run-{run.id}": run.version}
+    expect = {run_stream(run.id): run.version}
     if run.status == RunStatus.QUEUED:
         return Decision((RunCancelled(run.id, c.now),), expect)
     if run.status == RunStatus.RUNNING:
@@ -299,7 +302,7 @@ def _delete_run(c: DeleteRun, state: Projections) -> Decision:
             f"precheck {c.run_id} is {run.status} and not settled; cancel it or let it end first"
         )
     return Decision(
-        (RunDeleted(run.id, run.upload_id, c.reason, c.now),), {f"run-{run.id}": run.version}
+        (RunDeleted(run.id, run.upload_id, c.reason, c.now),), {run_stream(run.id): run.version}
     )
 
 
@@ -317,7 +320,7 @@ def _prune(c: PruneRuns, state: Projections) -> Decision:
     ]
     return Decision(
         tuple(RunDeleted(r.id, r.upload_id, c.reason, c.now) for r in due),
-        {f"run-{r.id}": r.version for r in due},
+        {run_stream(r.id): r.version for r in due},
     )
 
 
@@ -333,14 +336,14 @@ def _issue_key(c: IssueKey, state: Projections) -> Decision:
     if c.name in state.keys.by_name:
         raise Conflict(f"key {c.name!r} exists; revoke it first")
     event = KeyIssued(c.name, c.role, c.key_sha256, c.now)
-    return Decision((event,), {f"key-{c.name}": state.keys.versions.get(c.name, 0)})
+    return Decision((event,), {key_stream(c.name): state.keys.versions.get(c.name, 0)})
 
 
 @decide.register
 def _revoke_key(c: RevokeKey, state: Projections) -> Decision:
     if c.name not in state.keys.by_name:
         raise NotFound(f"No such key: {c.name}")
-    return Decision((KeyRevoked(c.name, c.now),), {f"key-{c.name}": state.keys.versions[c.name]})
+    return Decision((KeyRevoked(c.name, c.now),), {key_stream(c.name): state.keys.versions[c.name]})
 
 
 def _is_active(state: Projections, run_id: str) -> bool:

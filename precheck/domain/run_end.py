@@ -3,7 +3,8 @@
 A run ends in two steps: `RunExited` (the verdict, once the container has stopped) and then
 `RunOutputsStored` (what was copied out). A cancelled run ends with `RunCancelled` alone. An
 attempt that ends in a system failure, with attempts left, is `RunRetried` instead: the run
-queues again.
+queues again. A start that fails on Docker's side is such a system failure too: the attempt
+ends before it began (`start_failed_events`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from precheck.events.types import (
     OutputFile,
     RunCancelled,
     RunExited,
+    RunFailedToStart,
     RunOutputsStored,
     RunRetried,
     SkippedFile,
@@ -112,6 +114,21 @@ def exit_events(
             now,
         )
     ]
+
+
+def start_failed_events(
+    run: RunRecord, engine: str, error: str, now: datetime, retry: Retry = Retry()
+) -> list[Event]:
+    """A start on `engine` that failed on Docker's side (`error`): with attempts left, the
+    next attempt, queued again at the run's place (another engine preferred); else the run
+    fails to start."""
+    if run.status != RunStatus.QUEUED or run.settled:
+        return []  # cancelled or deleted meanwhile
+    if run.attempt < retry.max_attempts:
+        return [
+            RunRetried(run.id, run.attempt + 1, engine, error, -1, None, now, retry.last_line, now)
+        ]
+    return [RunFailedToStart(run.id, error, now)]
 
 
 def stored_events(

@@ -9,6 +9,7 @@ import attrs
 
 from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
+from precheck.events.streams import run_stream
 from precheck.events.types import TAGS
 
 KNOWN_TYPES = frozenset(TAGS.values())
@@ -57,9 +58,9 @@ def event_query(
         ):
             raise Invalid(f"unknown event type {t!r}")
     if run is not None:
-        if stream is not None and stream != f"run-{run}":
+        if stream is not None and stream != run_stream(run):
             return EventQuery(stream="\0nothing")  # two streams at once: none matches
-        stream = f"run-{run}"
+        stream = run_stream(run)
     return EventQuery(
         stream,
         frozenset(t for t in types if not t.endswith(".")),

@@ -10,6 +10,8 @@ from datetime import datetime
 
 import attrs
 
+from precheck.events.streams import SERVER_STREAM, key_stream, run_stream, upload_stream
+
 
 @attrs.frozen
 class Metadata:
@@ -446,13 +448,13 @@ SCHEMAS: dict[str, int] = {tag: 1 for tag in TAGS.values()} | {"run.queued": 2}
 def stream_of(event: Event) -> str:
     """The stream an event belongs to: `upload-<id>`, `run-<id>`, `key-<name>` or `server`."""
     if isinstance(event, KeyIssued | KeyRevoked):
-        return f"key-{event.name}"
+        return key_stream(event.name)
     if isinstance(
         event,
         UploadReceived | UploadDeleted | UploadExpired | UploadInspected | UploadInspectionFailed,
     ):
-        return f"upload-{event.upload_id}"
+        return upload_stream(event.upload_id)
     run_id = getattr(event, "run_id", None)
     if run_id is not None and not isinstance(event, ReactionFailed):
-        return f"run-{run_id}"
-    return "server"
+        return run_stream(run_id)
+    return SERVER_STREAM

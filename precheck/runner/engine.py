@@ -21,36 +21,44 @@ from aiodocker.exceptions import DockerError
 
 from precheck.config import EngineConfig
 from precheck.storage.docker_time import docker_datetime, docker_since
+from precheck.storage.output_lines import LineBlock
 
 LONG = aiohttp.ClientTimeout(total=None, sock_read=None)
 
 
 class EngineError(Exception):
-    """Docker refused or could not be reached; `status` is Docker's HTTP status (900: no answer)."""
+    """Docker refused what was asked (`status`: Docker's HTTP status), or could not be reached:
+    the one error the engine's callers see. The kinds they branch on are subclasses."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int | None, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
 
 
+class EngineUnreachable(EngineError):
+    """No answer: the engine is down, the connection broke, or TLS refused it. Whatever was
+    under way is tried again once the engine answers (its reconcile)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
+
+
+class EngineNotFound(EngineError):
+    """Docker answered 404: no such container, image or path."""
+
+
+class EngineConflict(EngineError):
+    """Docker answered 409: the container is not in a state for that (e.g. not running)."""
+
+
+def _refusal(status: int, message: str) -> EngineError:
+    kind = {404: EngineNotFound, 409: EngineConflict}.get(status, EngineError)
+    return kind(status, message)
+
+
 MAX_LINE = 64 << 10  # bytes of one output line kept (the rest is counted, with a marker)
 FRAME_READ = 1 << 20  # a frame's payload is read in pieces of at most this
-
-
-@attrs.frozen
-class ContainerLines:
-    """Lines of one stream of a container's output, read together, as Docker sends them with
-    timestamps: `raw` is each `<RFC 3339 time, nanoseconds> <text>` joined by newlines. A batch
-    kept whole, so a flood of short lines costs a few operations per batch, not per line."""
-
-    stream: str
-    raw: str
-    count: int  # lines in `raw`
-
-    def times(self) -> list[str]:
-        """Docker's timestamp text of each line (to resume from exactly)."""
-        return [line.partition(" ")[0] for line in self.raw.split("\n")]
 
 
 @attrs.frozen
@@ -74,16 +82,15 @@ def _wrap(e: Exception) -> EngineError:
     if isinstance(e, DockerError) and isinstance(cause, aiohttp.ClientSSLError):
         e = cause  # a refused TLS connection, as aiodocker reports a failed connect
     if isinstance(e, DockerError):
-        return EngineError(e.status, str(e.message))
+        return _refusal(e.status, str(e.message))
     if isinstance(e, aiohttp.ClientConnectorCertificateError):
-        return EngineError(
-            900,
+        return EngineUnreachable(
             "TLS: the engine's certificate is not trusted (not signed by tls_ca, or not for"
             f" this host): {e.certificate_error}",
         )
     if isinstance(e, aiohttp.ClientSSLError):
-        return EngineError(900, f"TLS: the engine refused the connection: {e}")
-    return EngineError(900, f"Docker is unreachable: {e}")
+        return EngineUnreachable(f"TLS: the engine refused the connection: {e}")
+    return EngineUnreachable(f"Docker is unreachable: {e}")
 
 
 def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
@@ -138,15 +145,15 @@ class Engine:
     async def ping(self) -> bool:
         """Does the engine answer?"""
         try:
-            async with self.docker._query("_ping", versioned_api=False) as r:
-                return r.status == 200
+            async with self._api("_ping", versioned_api=False) as r:
+                return bool(r.status == 200)
         except Exception:
             return False
 
     async def system_time(self) -> str:
         """The engine's clock now, as unix `seconds.nanoseconds` (a `since` for events)."""
         with _translated():
-            info = await self.docker._query_json("info")
+            info = await self._api_json("info")
         t = docker_datetime(str(info.get("SystemTime", "")))
         return f"{t.timestamp():.6f}"
 
@@ -157,10 +164,8 @@ class Engine:
         try:
             with _translated():
                 info = await self.docker.images.inspect(image)
-        except EngineError as e:
-            if e.status == 404:
-                return None
-            raise
+        except EngineNotFound:
+            return None
         digests = info.get("RepoDigests") or []
         return str(digests[0] if digests else info["Id"])
 
@@ -169,9 +174,11 @@ class Engine:
         try:
             with _translated():
                 result = await self.docker.images.pull(image)
+        except EngineUnreachable:
+            raise
         except EngineError as e:
             # Docker's own message often names only the registry: say which image it was.
-            raise EngineError(e.status, f"pulling image {image} failed: {e.message}") from e
+            raise _refusal(e.status or 500, f"pulling image {image} failed: {e.message}") from e
         for item in result if isinstance(result, list) else [result]:
             if isinstance(item, dict) and item.get("error"):
                 raise EngineError(500, f"pulling image {image} failed: {item['error']}")
@@ -187,7 +194,7 @@ class Engine:
     async def put_archive(self, container_id: str, path: str, tar: AsyncIterator[bytes]) -> None:
         """Extract a tar stream into the container at `path`, sent in chunks."""
         with _translated():
-            async with self.docker._query(
+            async with self._api(
                 f"containers/{container_id}/archive",
                 method="PUT",
                 params={"path": path},
@@ -200,16 +207,12 @@ class Engine:
 
     async def get_archive(self, container_id: str, path: str) -> AsyncIterator[bytes] | None:
         """A tar stream of `path` in the container, None when the path does not exist."""
-        cm = self.docker._query(
-            f"containers/{container_id}/archive", params={"path": path}, timeout=LONG
-        )
+        cm = self._api(f"containers/{container_id}/archive", params={"path": path}, timeout=LONG)
         try:
             with _translated():
                 response = await cm.__aenter__()
-        except EngineError as e:
-            if e.status == 404:
-                return None
-            raise
+        except EngineNotFound:
+            return None
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -227,35 +230,29 @@ class Engine:
 
     async def kill(self, container_id: str) -> None:
         """SIGKILL the container; a container that is not running is left as it is."""
-        try:
+        with contextlib.suppress(EngineNotFound, EngineConflict):
             await self._post(f"containers/{container_id}/kill")
-        except EngineError as e:
-            if e.status not in (404, 409):
-                raise
 
     async def remove(self, container_id: str) -> None:
         """Remove the container (killing it if needed); an absent one is fine."""
         try:
             with _translated():
-                async with self.docker._query(
+                async with self._api(
                     f"containers/{container_id}",
                     method="DELETE",
                     params={"force": "true", "v": "true"},
                 ):
                     pass
-        except EngineError as e:
-            if e.status != 404:
-                raise
+        except EngineNotFound:
+            pass
 
     async def inspect(self, container_id: str) -> ContainerState | None:
         """The container's state, None when it no longer exists."""
         try:
             with _translated():
-                info = await self.docker._query_json(f"containers/{container_id}/json")
-        except EngineError as e:
-            if e.status == 404:
-                return None
-            raise
+                info = await self._api_json(f"containers/{container_id}/json")
+        except EngineNotFound:
+            return None
         s = info["State"]
         return ContainerState(
             id=info["Id"],
@@ -273,7 +270,7 @@ class Engine:
     async def list_labelled(self, label: str) -> list[str]:
         """Ids of all containers (running or not) carrying `label` (`key=value`)."""
         with _translated():
-            items = await self.docker._query_json(
+            items = await self._api_json(
                 "containers/json",
                 params={"all": "true", "filters": json.dumps({"label": [label]})},
             )
@@ -282,14 +279,14 @@ class Engine:
     async def stats(self, container_id: str) -> dict[str, Any]:
         """One sample of the container's resource use, as Docker reports it."""
         with _translated():
-            data: dict[str, Any] = await self.docker._query_json(
+            data: dict[str, Any] = await self._api_json(
                 f"containers/{container_id}/stats", params={"stream": "false"}
             )
         return data
 
     async def logs(
         self, container_id: str, *, follow: bool, since: str | None = None
-    ) -> AsyncIterator[ContainerLines]:
+    ) -> AsyncIterator[LineBlock]:
         """The container's output lines with timestamps, in batches; with `follow`, until it
         stops.
 
@@ -302,7 +299,7 @@ class Engine:
         if since:
             params["since"] = docker_since(since)
         with _translated():
-            async with self.docker._query(
+            async with self._api(
                 f"containers/{container_id}/logs", params=params, timeout=LONG
             ) as response:
                 async for lines in _demux_lines(response.content, self.max_line):
@@ -315,20 +312,32 @@ class Engine:
         if since:
             params["since"] = since
         with _translated():
-            async with self.docker._query("events", params=params, timeout=LONG) as response:
+            async with self._api("events", params=params, timeout=LONG) as response:
                 async for raw in response.content:
                     if raw.strip():
                         yield json.loads(raw)
 
+    # The one adapter over aiodocker's private request methods. Its public API reads archives
+    # and logs whole and has no `since` for events; this service streams all three (a layout
+    # of GBs, a log of millions of lines) and needs the raw response. Every call goes here.
+
+    def _api(self, path: str, **kw: Any) -> Any:
+        """A raw Engine API request, as an async context manager of the response."""
+        return self.docker._query(path, **kw)
+
+    async def _api_json(self, path: str, **kw: Any) -> Any:
+        """A raw Engine API request whose answer is JSON."""
+        return await self.docker._query_json(path, **kw)
+
     async def _post(self, path: str) -> None:
         with _translated():
-            async with self.docker._query(path, method="POST"):
+            async with self._api(path, method="POST"):
                 pass
 
 
 async def _demux_lines(
     content: aiohttp.StreamReader, max_line: int = MAX_LINE
-) -> AsyncIterator[ContainerLines]:
+) -> AsyncIterator[LineBlock]:
     """Split Docker's multiplexed log stream (8-byte frame headers) into timestamped lines.
 
     Linear in the bytes read: each piece of the body is scanned once, frames of one stream that
@@ -382,7 +391,7 @@ class _LineSplitter:
         self.buf = bytearray()  # the start of a line not yet ended, at most `max_line` bytes
         self.cut = 0  # bytes of that line dropped past `max_line`
 
-    def feed(self, data: bytes) -> ContainerLines | None:
+    def feed(self, data: bytes) -> LineBlock | None:
         """The lines `data` ends (None if it ends none); what follows the last is kept."""
         end = data.rfind(b"\n")
         if end < 0:
@@ -405,7 +414,7 @@ class _LineSplitter:
         self._keep(data, end + 1, len(data))
         return self._lines(raw)
 
-    def finish(self) -> ContainerLines | None:
+    def finish(self) -> LineBlock | None:
         """The last line, if the stream ended without a newline."""
         return self._lines([self._take()]) if self.buf or self.cut else None
 
@@ -427,8 +436,8 @@ class _LineSplitter:
         self.cut = 0
         return line
 
-    def _lines(self, raw: list[bytes]) -> ContainerLines:
+    def _lines(self, raw: list[bytes]) -> LineBlock:
         text = b"\n".join(raw).decode("utf-8", "replace")
         while "\r\n" in text:  # a line's trailing carriage returns are not part of it
             text = text.replace("\r\n", "\n")
-        return ContainerLines(self.stream, text.rstrip("\r"), text.count("\n") + 1)
+        return LineBlock(0, self.stream, text.rstrip("\r"), text.count("\n") + 1)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 
 from precheck.domain.verdict import OutputFacts, Step
-from precheck.runner.engine import ContainerLines, Engine
+from precheck.runner.engine import Engine
 from precheck.storage.docker_time import docker_nanos
 from precheck.storage.output_lines import LineBlock, OutputLineStore
 
@@ -115,8 +115,8 @@ class OutputCapture:
                     continue
                 if skip:
                     raw = "\n".join(lines.raw.split("\n")[skip:])
-                    lines = ContainerLines(lines.stream, raw, lines.count - skip)
-            block = LineBlock(line_no + 1, lines.stream, lines.raw, lines.count)
+                    lines = LineBlock(0, lines.stream, raw, lines.count - skip)
+            block = attrs.evolve(lines, first=line_no + 1)
             line_no = self._take(block)
             last = (line_no, block.last_time)
             taken += block.count

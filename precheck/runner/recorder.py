@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from precheck.clock import Clock
 from precheck.events.store import ConcurrencyError, EventStore
+from precheck.events.streams import run_stream
 from precheck.events.types import Event, Metadata, ReactionFailed
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
@@ -31,7 +32,7 @@ class Recorder:
     async def append(self, run: RunRecord, events: list[Event]) -> bool:
         """Append events about `run` if it has not changed since it was read."""
         try:
-            await self.store.append(events, SUPERVISOR, {f"run-{run.id}": run.version})
+            await self.store.append(events, SUPERVISOR, {run_stream(run.id): run.version})
         except ConcurrencyError:
             return False
         return True

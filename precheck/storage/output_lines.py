@@ -53,17 +53,28 @@ class OutputLine:
         """The line's time as unix seconds."""
         return docker_seconds(self.time)
 
+    def as_text(self, timestamps: bool) -> str:
+        """The line as `/logs` serves it: `<time> <text>` with timestamps, else `<text>`; also
+        how a block keeps it (`LineBlock.raw`)."""
+        return f"{self.time} {self.text}" if timestamps else self.text
+
 
 @attrs.frozen
 class LineBlock:
     """Consecutive lines of one stream, numbered from `first`, as Docker sent them with
     timestamps: `raw` is each `<RFC 3339 time> <text>` joined by newlines (a line never holds
-    one: lines were split on them). Kept whole: a line is taken apart only when read."""
+    one: lines were split on them). Kept whole, from the read from Docker to the disk, so a
+    flood of short lines costs a few operations per block, not per line; a line is taken apart
+    only when read. A block just read from Docker is not numbered yet: `first` is 0."""
 
     first: int
     stream: str
     raw: str
     count: int  # lines in `raw`
+
+    def times(self) -> list[str]:
+        """Docker's timestamp text of each line (to resume from exactly)."""
+        return [line.partition(" ")[0] for line in self.raw.split("\n")]
 
     @property
     def last(self) -> int:
@@ -106,9 +117,9 @@ def blocks_of(lines: Iterable[OutputLine]) -> list[LineBlock]:
         if "\n" in line.text:
             raise ValueError(f"line {line.line}: a line's text holds no newline")
         if runs and runs[-1][1] == line.stream and runs[-1][0] + len(runs[-1][2]) == line.line:
-            runs[-1][2].append(f"{line.time} {line.text}")
+            runs[-1][2].append(line.as_text(timestamps=True))
         else:
-            runs.append((line.line, line.stream, [f"{line.time} {line.text}"]))
+            runs.append((line.line, line.stream, [line.as_text(timestamps=True)]))
     return [LineBlock(first, stream, "\n".join(raw), len(raw)) for first, stream, raw in runs]
 
 
@@ -116,7 +127,7 @@ LineEncoder = Callable[[OutputLine, bool], bytes]  # (line, with timestamps) -> 
 
 
 def _plain(s: OutputLine, timestamps: bool) -> bytes:
-    return f"{s.time} {s.text}\n".encode() if timestamps else f"{s.text}\n".encode()
+    return f"{s.as_text(timestamps)}\n".encode()
 
 
 @attrs.frozen

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.errors import NotFound
 from precheck.events.store import RecordedEvent
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
+from precheck.web import keys
 from precheck.web.auth import ANONYMOUS, Identity
 
 

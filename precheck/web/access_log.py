@@ -8,7 +8,7 @@ from urllib.parse import unquote_plus
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from precheck import keys
+from precheck.web import keys
 
 _PAIR = re.compile(r"([?&])([^&=]*)(=?)([^&]*)")
 

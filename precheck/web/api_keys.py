@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.domain.commands import IssueKey, RevokeKey
 from precheck.errors import Conflict, NotFound
 from precheck.events.codec import iso
+from precheck.web import keys
 from precheck.web.access import identity, require_admin
 from precheck.web.auth import key_digest
 from precheck.web.context import metadata

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.errors import Invalid
 from precheck.events.filters import EventQuery, event_query
+from precheck.web import keys
 from precheck.web.access import owned_events, require_admin
 from precheck.web.render import event_document
 from precheck.web.requests import MAX_INT, query_int

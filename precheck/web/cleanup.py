@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.errors import Invalid
 from precheck.events.types import Event
 from precheck.ops.strays import container_document, find_strays, is_stray, remove_strays
@@ -22,6 +21,7 @@ from precheck.ops.writes import ADMIN_HEADER
 from precheck.runner.container_spec import LABEL_RUN
 from precheck.runner.engine import ContainerState
 from precheck.runner.supervisor import Supervisor
+from precheck.web import keys
 from precheck.web.context import metadata
 from precheck.web.requests import require_json
 

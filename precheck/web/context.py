@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.events.types import Metadata
+from precheck.web import keys
 
 
 def metadata(request: web.Request) -> Metadata:

@@ -8,7 +8,6 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from precheck import keys
 from precheck.domain.status import RunStatus
 from precheck.errors import Conflict, NotFound
 from precheck.projections.runs import RunRecord
@@ -16,6 +15,7 @@ from precheck.runner.copy_out import RUN_FOLDER
 from precheck.runner.engine import EngineError
 from precheck.runner.tar_stream import gzip_stream, tree_entries, write_tar
 from precheck.service.run_waiter import wait_for_end
+from precheck.web import keys
 from precheck.web.access import find_run
 from precheck.web.middleware import error
 from precheck.web.requests import query_float

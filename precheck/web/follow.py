@@ -13,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.domain.status import ACTIVE, RunStatus
 from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
+from precheck.events.streams import run_stream
 from precheck.events.types import (
     RunCancelled,
     RunFailedToStart,
@@ -26,6 +26,7 @@ from precheck.events.types import (
 )
 from precheck.projections.queue import queue_at
 from precheck.projections.runs import RunRecord, Runs
+from precheck.web import keys
 from precheck.web.render import run_document
 from precheck.web.sse import Stream, last_event_id, message
 
@@ -47,7 +48,7 @@ class RunFollower:
         self.request = request
         self.app = request.app
         self.run_id = run.id
-        self.stream_name = f"run-{run.id}"
+        self.stream_name = run_stream(run.id)
         self.events, self.logs, self.timestamps = events, logs, timestamps
         self.state = self.app[keys.PROJECTIONS]
         self.store = self.app[keys.STORE]
@@ -144,8 +145,8 @@ class RunFollower:
         out = []
         for s in lines:
             self.line = s.line
-            text = f"{s.time} {s.text}" if self.timestamps else s.text
-            out.append(message(text, id=self._id(), event="log" if self.events else None))
+            event = "log" if self.events else None
+            out.append(message(s.as_text(self.timestamps), id=self._id(), event=event))
         return "".join(out)
 
     def _end_message(self) -> str:

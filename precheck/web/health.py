@@ -6,7 +6,8 @@ import os
 
 from aiohttp import web
 
-from precheck import __version__, keys
+from precheck import __version__
+from precheck.web import keys
 from precheck.web.access import identity, visible_runs
 from precheck.web.render import queue_document
 

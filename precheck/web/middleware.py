@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.errors import (
     Conflict,
     Invalid,
@@ -22,7 +21,7 @@ from precheck.errors import (
 )
 from precheck.events.codec import to_jsonable
 from precheck.events.store import ConcurrencyError, StoreClosed
-from precheck.web import same_site
+from precheck.web import keys, same_site
 from precheck.web.auth import ANONYMOUS, CLI, AuthError, presented_key
 from precheck.web.sse import wants_stream
 

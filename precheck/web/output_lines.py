@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.errors import Invalid
+from precheck.events.streams import run_stream
 from precheck.projections.runs import RunRecord
+from precheck.web import keys
 from precheck.web.access import find_run
 from precheck.web.follow import follow
 from precheck.web.render import event_document
@@ -56,7 +57,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         lines = lines[:limit]
     return web.json_response(
         {
-            "lines": [f"{s.time} {s.text}" if stamps else s.text for s in lines],
+            "lines": [s.as_text(stamps) for s in lines],
             "since": since,
             "last_timestamp": lines[-1].ts if lines else since,
             "first_line": lines[0].line if lines else None,
@@ -95,7 +96,7 @@ async def _raw_log(request: web.Request, run: RunRecord) -> web.StreamResponse:
         if last is not None and lines and lines[-1].line >= last:
             lines, more = [s for s in lines if s.line <= last], False
         if lines:
-            text = "".join(f"{s.time} {s.text}\n" if stamps else f"{s.text}\n" for s in lines)
+            text = "".join(f"{s.as_text(stamps)}\n" for s in lines)
             await response.write(text.encode("utf-8", "replace"))
             after = lines[-1].line
         if not lines or not more:
@@ -136,7 +137,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             logs=query_bool(request, "logs"),
             timestamps=query_bool(request, "timestamps"),
         )
-    recorded = await request.app[keys.STORE].read(0, 100000, stream=f"run-{run.id}")
+    recorded = await request.app[keys.STORE].read(0, 100000, stream=run_stream(run.id))
     return web.json_response([event_document(r) for r in recorded])
 
 

@@ -7,13 +7,13 @@ from datetime import datetime, timedelta
 
 from aiohttp import web
 
-from precheck import keys
 from precheck.domain.commands import CancelRun, DeleteRun, PruneRuns, QueueRun, decide
 from precheck.domain.status import ENDED, STATUSES
 from precheck.errors import Invalid
 from precheck.events.types import RunDeleted
 from precheck.projections.runs import RunRecord
 from precheck.service.run_waiter import wait_for_end
+from precheck.web import keys
 from precheck.web.access import find_run, find_upload, require_admin, visible_runs
 from precheck.web.context import metadata
 from precheck.web.render import run_document

@@ -11,10 +11,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from precheck import keys
 from precheck.events.store import RecordedEvent
 from precheck.events.types import KeyRevoked
 from precheck.storage.output_lines import OutputLine
+from precheck.web import keys
 
 RETRY_MS = 3000
 SEND_TIMEOUT = 30.0  # a client that takes no data for this long is cut; it resumes by id
@@ -49,8 +49,7 @@ def message(data: Any, *, id: str | int | None = None, event: str | None = None)
 
 def line_message(line: OutputLine, timestamps: bool) -> bytes:
     """A captured log line as the SSE message `/logs?follow=1` sends (id = line number)."""
-    text = f"{line.time} {line.text}" if timestamps else line.text
-    return message(text, id=line.line).encode("utf-8")
+    return message(line.as_text(timestamps), id=line.line).encode("utf-8")
 
 
 class Stream:

@@ -9,12 +9,12 @@ from urllib.parse import unquote
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from precheck import keys
 from precheck.config import SLOTS
 from precheck.domain.commands import TOP_CELL, DeleteUpload, ReceiveUpload, upload_expiry
 from precheck.domain.preflight import check
 from precheck.errors import Invalid
 from precheck.storage.files import SUFFIX
+from precheck.web import keys
 from precheck.web.access import find_upload, visible_uploads
 from precheck.web.context import metadata
 from precheck.web.render import check_documents, upload_document

@@ -14,14 +14,15 @@ if TYPE_CHECKING:
     from precheck.config import Config
     from precheck.events.store import EventStore
     from precheck.projections import Projections
+    from precheck.reactions import Reactions
     from precheck.runner.supervisor import Supervisor
     from precheck.service.command_handler import CommandHandler
     from precheck.service.layout_inspector import LayoutInspector
+    from precheck.service.metrics import Metrics
     from precheck.service.upload_expiry import UploadExpiry
     from precheck.storage.files import Storage
     from precheck.storage.output_lines import OutputLineStore
     from precheck.web.auth import Authenticator
-    from precheck.web.metrics import Metrics
 
 CONFIG = web.AppKey["Config"]("config")
 STORE = web.AppKey["EventStore"]("store")
@@ -35,6 +36,7 @@ INSPECTOR = web.AppKey["LayoutInspector"]("inspector")
 OUTPUT_LINES = web.AppKey["OutputLineStore"]("output_lines")
 SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
 METRICS = web.AppKey["Metrics"]("metrics")
+REACTIONS = web.AppKey["Reactions"]("reactions")  # who reacts to which events
 ALLOWED_HOSTS = web.AppKey["frozenset[str]"]("allowed_hosts")
 STREAMS = web.AppKey["weakref.WeakSet[Any]"]("streams")
 
