@@ -271,6 +271,68 @@ async def test_engine_stopped_mid_run_is_retried_on_another(
     assert earlier["last_line"] < latest["first_line"]
 
 
+class CopyInGate(Engine):
+    """A real engine whose copy-in of a run's input waits, on the engine at `url`, until the
+    test opens the gate (`reached` is set once one waits there)."""
+
+    def __init__(self, url: str, gated_url: str) -> None:
+        super().__init__(url)
+        self.gated = url == gated_url
+        self.reached = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def put_archive(self, container_id: str, path: str, tar: AsyncIterator[bytes]) -> None:
+        if self.gated:
+            self.reached.set()
+            await asyncio.wait_for(self.opened.wait(), 60)
+        await super().put_archive(container_id, path, tar)
+
+
+async def test_engine_stopped_while_a_start_is_under_way_retries_the_run_elsewhere(
+    start_app: StartApp, sim_config: Callable[..., Config], on_second: PrivateEngine
+) -> None:
+    """The engine a run is being started on stops half-way (its container created, the input
+    not yet copied in): the attempt is recorded with Docker's error, the run queues again at
+    its place and completes on the other engine, not `failed` after one attempt."""
+    engines: list[CopyInGate] = []
+
+    def make(url: str) -> Engine:
+        engines.append(CopyInGate(url, on_second.url))
+        return engines[-1]
+
+    config = sim_config(
+        engines=[
+            {"name": "main", "url": DEFAULT_ENGINE_URL, "max_concurrent": 1},
+            {"name": "second", "url": on_second.url, "max_concurrent": 1},
+        ],
+        max_attempts=2,
+    )
+    api = await start_app(config, engine=make)
+    await wait_health(api, "main", reachable=True)
+    await wait_health(api, "second", reachable=True)
+    busy = await api.run(gds("chip_top", "step_sleep=0.2"))  # holds main's one slot
+    await api.wait_running(busy)
+    run = await api.run(gds("chip_top"))
+    gate = next(e for e in engines if e.gated)
+    await asyncio.wait_for(gate.reached.wait(), 30)
+    try:
+        await on_second.stop()
+        gate.opened.set()
+        retried = (await api.wait_event("run.retried", run, within=30)).event
+        assert isinstance(retried, RunRetried)
+        assert (retried.attempt, retried.engine, retried.exit_code) == (2, "second", -1)
+        assert retried.reason.startswith("Docker: "), retried.reason
+        assert (await api.wait(run, timeout=90))["Status"] == "completed"
+    finally:
+        await on_second.start()
+    doc = await api.get(run)
+    attempts = doc["Attempts"]
+    assert [(a["Attempt"], a["Engine"]) for a in attempts] == [(1, "second"), (2, "main")]
+    assert attempts[0]["Error"] == retried.reason and attempts[1]["ExitCode"] == 0
+    assert await api.events("run.failed-to-start", run) == []
+    assert (await api.wait(busy, timeout=60))["Status"] == "completed"
+
+
 async def test_engine_back_within_grace_is_adopted(
     start_app: StartApp, sim_config: Callable[..., Config], on_second: PrivateEngine
 ) -> None:

@@ -1,4 +1,4 @@
-"""No run stuck, ever: a finish, kill or copy-out that fails is tried again with backoff, and
+"""No run stuck, ever: a start, finish, kill or copy-out that fails is tried again with backoff, and
 after a bounded number of tries recorded as a system failure; an early `die` is still finished.
 
 Faults are injected by a subclass of our own `Engine` around a real Docker engine.
@@ -7,13 +7,13 @@ Faults are injected by a subclass of our own `Engine` around a real Docker engin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
 
 from precheck.config import Config
-from precheck.events.types import RunFinishFailed
+from precheck.events.types import RunFinishFailed, RunRetried
 from precheck.runner.engine import ContainerState, Engine, EngineError
 from precheck.runner.finishing import FINISH_TRIES
 from precheck.web import keys
@@ -24,8 +24,9 @@ pytestmark = pytest.mark.docker
 
 
 class FaultyEngine(Engine):
-    """A real engine whose `inspect`, `kill` or `get_archive` fail the first `fail[name]`
-    calls (-1: always) with a Docker 500, and whose `start` can return late."""
+    """A real engine whose `inspect`, `kill`, `get_archive`, `remove`, `create` or `start`
+    fail the first `fail[name]` calls (-1: always) with a Docker 500, and whose `start` can
+    return late."""
 
     def __init__(
         self, url: str, fail: dict[str, int] | None = None, start_delay: float = 0.0
@@ -60,7 +61,12 @@ class FaultyEngine(Engine):
         self._maybe_fail("remove")
         await super().remove(container_id)
 
+    async def create(self, name: str, spec: Mapping[str, Any]) -> str:
+        self._maybe_fail("create")
+        return await super().create(name, spec)
+
     async def start(self, container_id: str) -> None:
+        self._maybe_fail("start")
         await super().start(container_id)
         await asyncio.sleep(self.start_delay)  # the container may die before we record it
 
@@ -198,3 +204,43 @@ async def test_a_container_that_cannot_be_removed_wedges_nothing(
                 await asyncio.sleep(0.1)
     failures = [r for r in await api.events("server.reaction-failed") if "remove" in str(r.event)]
     assert len(failures) == 3
+
+
+async def test_a_start_that_fails_on_dockers_side_is_retried_as_the_next_attempt(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Docker failing a container's start is a system failure: the attempt is recorded, the
+    run queues again and completes on its next attempt; its first container is removed."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(max_attempts=2), engines, fail={"start": 1})
+    run = await api.run(gds("chip_top"))
+    assert (await api.wait(run, 60))["Status"] == "completed"
+    attempts = (await api.get(run))["Attempts"]
+    assert [(a["Attempt"], a["Engine"]) for a in attempts] == [(1, "local"), (2, "local")]
+    assert "injected start failure" in attempts[0]["Error"]
+    # It never started: Docker's zero time, as for any time that did not happen.
+    assert attempts[0]["ExitCode"] == -1 and attempts[0]["StartedAt"].startswith("0001-01-01")
+    retried = [r.event for r in await api.events("run.retried", run)]
+    assert len(retried) == 1 and isinstance(retried[0], RunRetried)
+    assert await api.events("run.failed-to-start", run) == []
+    assert len(await api.events("run.started", run)) == 1
+    assert engines[0].calls["start"] == 2 and engines[0].calls["create"] == 2
+
+
+async def test_a_start_that_always_fails_fails_once_its_attempts_are_spent(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Creating the container failing every time: tried `max_attempts` times, each recorded,
+    then the run fails to start as a system failure; the queue behind it goes on."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(max_attempts=3), engines, fail={"create": 3})
+    run = await api.run(gds("chip_top"))
+    assert (await api.wait(run, 60))["Status"] == "failed"
+    ended = await api.get(run)
+    assert ended["Result"]["Classification"] == "system"
+    assert "injected create failure" in ended["State"]["Error"]
+    assert [a["Attempt"] for a in ended["Attempts"]] == [1, 2, 3]
+    assert len(await api.events("run.retried", run)) == 2
+    assert len(await api.events("run.failed-to-start", run)) == 1
+    after = await api.run(gds("chip_top"))
+    assert (await api.wait(after, 60))["Status"] == "completed"
