@@ -7,7 +7,12 @@ private `dockerd` on its own socket, data root, exec root and pid file (the simu
 moved in with `docker save | docker load`), and between them a socket relay this script can
 cut. Afterwards every run must be final, each completed run must hold each of its log lines
 exactly once, `precheck-server verify` (chain, triggers, replay == the live server) must pass
-and no labelled container may be left. Prints runs, faults injected per kind and lost = 0.
+and no labelled container may be left. Prints runs, faults injected per kind, the runs that
+needed a second attempt, and lost = 0.
+
+System failures are retried (`docker.max_attempts`, 2 unless `--max-attempts` says otherwise),
+so the line check knows attempts: the attempts' lines tile the run's lines 1..N with no gap
+and no overlap, and the last attempt of a completed run holds each of its lines once.
 
 Run: `python -m bench.soak` (100 runs; under 10 minutes on 2 cores), `--runs N --seed S`.
 The suite runs a short version (tests/test_soak.py).
@@ -125,6 +130,9 @@ class Report:
     lost: list[str]
     seconds: float
     stuck_in_engine: list[str]
+    retried: int = 0  # runs that needed more than one attempt
+    max_attempts: int = 1
+    retry_reasons: Counter[str] = attrs.field(factory=Counter)  # why attempts failed
 
     def lines(self) -> list[str]:
         faults = ", ".join(f"{k}: {self.faults[k]}" for k in FAULTS)
@@ -132,6 +140,10 @@ class Report:
         return [
             f"runs: {self.runs} ({ended})",
             f"faults injected: {sum(self.faults.values())} ({faults})",
+            f"runs that needed a second attempt: {self.retried}"
+            f" (max_attempts = {self.max_attempts})",
+            "attempts that failed, by why: "
+            + (", ".join(f"{why}: {n}" for why, n in self.retry_reasons.most_common()) or "none"),
             f"lost = {len(self.lost)}" + ("" if not self.lost else f": {self.lost[:10]}"),
             f"containers the engine itself could not remove after its restart: "
             f"{len(self.stuck_in_engine)}",
@@ -142,8 +154,13 @@ class Report:
 class Soak:
     """The driver: submits the planned runs, injects faults, then checks what is left."""
 
-    def __init__(self, tmp: Path, runs: int, seed: int, fault_every: float) -> None:
+    def __init__(
+        self, tmp: Path, runs: int, seed: int, fault_every: float, max_attempts: int = 2
+    ) -> None:
         self.tmp = tmp
+        self.max_attempts = max_attempts
+        self.retried = 0
+        self.retry_reasons: Counter[str] = Counter()
         self.rng = random.Random(seed)
         self.planned = plan(runs, self.rng)
         self.fault_every = fault_every
@@ -164,7 +181,7 @@ class Soak:
         docker = {
             "image": IMAGE, "pull": "never", "url": f"unix://{self.relay.listen}",
             "memory_limit": "256m", "timeout_minutes": 2, "container_prefix": "soak-",
-            "max_attempts": 1,  # each run's log checked as one attempt's
+            "max_attempts": self.max_attempts,
         }  # fmt: skip
         self.server = await ServerProcess.start(self.tmp, "soak", server, docker)
         for _ in range(600):
@@ -244,7 +261,17 @@ class Soak:
         lost = await self.check()
         statuses = Counter(await self.statuses())
         seconds = time.monotonic() - started
-        return Report(len(self.planned), self.faults, statuses, lost, seconds, self.stuck_in_engine)
+        return Report(
+            len(self.planned),
+            self.faults,
+            statuses,
+            lost,
+            seconds,
+            self.stuck_in_engine,
+            self.retried,
+            self.max_attempts,
+            self.retry_reasons,
+        )
 
     async def statuses(self) -> list[str]:
         _, runs = await self.call("GET", "/api/v1/prechecks")
@@ -270,16 +297,18 @@ class Soak:
             if status not in FINAL:
                 lost.append(f"{p.run_id}: still {status}")
                 continue
+            attempts = [a["Attempt"] for a in doc.get("Attempts") or []] or [1]
+            if len(attempts) > 1:
+                self.retried += 1
+            for a in (doc.get("Attempts") or [])[:-1]:
+                self.retry_reasons[_gist(a["Error"])] += 1
+            pages = [await self.attempt_lines(p, n) for n in attempts]
+            lost += _gaps(p, pages)
             if status != "completed":
                 continue
-            _, page = await self.call(
-                "GET", f"/api/v1/prechecks/{p.run_id}/logs", params={"limit": "10000"}
-            )
-            noise = [t for t in page["lines"] if t.startswith("noise ")]
+            noise = [t for t in pages[-1]["lines"] if t.startswith("noise ")]
             if noise != [f"noise {i}" for i in range(1, p.lines + 1)]:
                 lost.append(f"{p.run_id}: {len(noise)} noise lines for {p.lines}")
-            if page["first_line"] != 1 or page["last_line"] != len(page["lines"]):
-                lost.append(f"{p.run_id}: line numbers not 1..{len(page['lines'])}")
         verify = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "precheck", "verify", "--config", str(self.tmp / "soak.toml"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -306,6 +335,15 @@ class Soak:
                     lost.append(f"container left: {name} ({status})")
         return lost
 
+    async def attempt_lines(self, p: Planned, attempt: int) -> dict[str, Any]:
+        """One attempt's output lines, as `/logs?attempt=N` serves them."""
+        _, page = await self.call(
+            "GET",
+            f"/api/v1/prechecks/{p.run_id}/logs",
+            params={"limit": "10000", "attempt": str(attempt)},
+        )
+        return dict(page)
+
     async def close(self) -> None:
         if self.server is not None:
             await self.server.stop(20)
@@ -319,9 +357,34 @@ class Soak:
         unmount_below(self.tmp)
 
 
-async def soak(tmp: Path, runs: int, seed: int, fault_every: float) -> Report:
+def _gist(error: str) -> str:
+    """An attempt's error without its ids and numbers, to count alike ones together."""
+    return " ".join(w for w in error.split()[:6] if not any(c.isdigit() for c in w))
+
+
+def _gaps(p: Planned, pages: list[dict[str, Any]]) -> list[str]:
+    """How the attempts' lines fail to tile the run's lines 1..N: a gap, an overlap, or a hole
+    inside an attempt (an attempt that printed nothing, like a failed start, has no lines)."""
+    wrong, expected = [], 1
+    for n, page in enumerate(pages, 1):
+        if not page["lines"]:
+            continue
+        first, last = page["first_line"], page["last_line"]
+        if first != expected:
+            wrong.append(f"{p.run_id}: attempt {n} starts at line {first}, not {expected}")
+        if last - first + 1 != len(page["lines"]):
+            wrong.append(
+                f"{p.run_id}: attempt {n} holds {len(page['lines'])} lines {first}..{last}"
+            )
+        expected = last + 1
+    return wrong
+
+
+async def soak(
+    tmp: Path, runs: int, seed: int, fault_every: float, max_attempts: int = 2
+) -> Report:
     """Run the soak in `tmp`; what it saw."""
-    driver = Soak(tmp, runs, seed, fault_every)
+    driver = Soak(tmp, runs, seed, fault_every, max_attempts)
     try:
         return await driver.run()
     finally:
@@ -333,11 +396,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-every", type=float, default=1.0, metavar="SECONDS")
+    parser.add_argument("--max-attempts", type=int, default=2, help="docker.max_attempts")
     parser.add_argument("--keep", action="store_true", help="keep the folder when runs are lost")
     args = parser.parse_args()
     # The private engine's sockets must stay short: a folder right under /tmp.
     with temp_folder("soak-", "/tmp") as tmp:
-        report = asyncio.run(soak(tmp, args.runs, args.seed, args.fault_every))
+        report = asyncio.run(soak(tmp, args.runs, args.seed, args.fault_every, args.max_attempts))
         if args.keep and report.lost:
             kept = Path(f"{tmp}-kept")
             os.rename(tmp, kept)
@@ -345,7 +409,11 @@ def main() -> None:
             print(f"kept in {kept}")
     for line in report.lines():
         print(line)
-    print(json.dumps({"lost": len(report.lost), "faults": dict(report.faults)}))
+    print(
+        json.dumps(
+            {"lost": len(report.lost), "faults": dict(report.faults), "retried": report.retried}
+        )
+    )
     sys.exit(1 if report.lost else 0)
 
 

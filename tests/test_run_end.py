@@ -9,10 +9,25 @@ from typing import Any
 import attrs
 
 from precheck.config import DockerConfig
-from precheck.domain.run_end import GONE, ContainerExit, CopiedOut, exit_events, stored_events
+from precheck.domain.run_end import (
+    GONE,
+    ContainerExit,
+    CopiedOut,
+    Retry,
+    exit_events,
+    start_failed_events,
+    stored_events,
+)
 from precheck.domain.status import RunStatus
 from precheck.domain.verdict import OutputFacts
-from precheck.events.types import OutputFile, RunCancelled, RunExited, RunOutputsStored
+from precheck.events.types import (
+    OutputFile,
+    RunCancelled,
+    RunExited,
+    RunFailedToStart,
+    RunOutputsStored,
+    RunRetried,
+)
 from precheck.projections.runs import InputFile, RunRecord, RunResult
 from precheck.runner.container_spec import (
     LABEL_INSTANCE,
@@ -135,6 +150,30 @@ def test_stored_events_of_a_completed_run_name_no_step() -> None:
 def test_stored_events_of_a_settled_run_add_nothing() -> None:
     """Outputs are stored once."""
     assert stored_events(_run(status=RunStatus.FAILED, settled=True), _facts(), None, NOW) == []
+
+
+def test_stored_events_of_a_retried_run_add_nothing() -> None:
+    """A finish that comes after the attempt was retried (the run queued again) stores no
+    outputs for it: they would settle a run that is about to start again."""
+    queued = _run(status=RunStatus.QUEUED, attempt=2)
+    assert stored_events(queued, _facts(), None, NOW) == []
+
+
+def test_a_failed_start_with_attempts_left_is_the_next_attempt() -> None:
+    """A start Docker refused queues the run again as its next attempt, on record."""
+    run = _run(status=RunStatus.QUEUED)
+    [e] = start_failed_events(run, "b", "Docker: gone", NOW, Retry(max_attempts=2, last_line=7))
+    assert e == RunRetried(run.id, 2, "b", "Docker: gone", -1, None, NOW, 7, NOW)
+
+
+def test_a_failed_start_of_the_last_attempt_fails_the_run() -> None:
+    """With no attempts left the run fails to start; a run no longer queued gets nothing."""
+    run = _run(status=RunStatus.QUEUED, attempt=2)
+    assert start_failed_events(run, "b", "Docker: gone", NOW, Retry(max_attempts=2)) == [
+        RunFailedToStart(run.id, "Docker: gone", NOW)
+    ]
+    cancelled = _run(status=RunStatus.CANCELLED, settled=True)
+    assert start_failed_events(cancelled, "b", "x", NOW, Retry(max_attempts=3)) == []
 
 
 def test_the_argv_is_productions_command_line() -> None:

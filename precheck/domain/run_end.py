@@ -135,8 +135,8 @@ def stored_events(
     run: RunRecord, facts: OutputFacts, copied: CopiedOut | None, now: datetime
 ) -> list[Event]:
     """What was stored of an exited run (`copied` None: its container was gone)."""
-    if run.settled:
-        return []
+    if run.settled or run.status != RunStatus.FINISHING:
+        return []  # recorded meanwhile, or retried: nothing of this attempt is kept
     completed = copied.completed_folders if copied is not None else frozenset()
     failed = run.result is not None and not run.result.passed
     step = failed_step(facts.steps, completed) if failed else None

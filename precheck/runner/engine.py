@@ -52,6 +52,11 @@ class EngineConflict(EngineError):
     """Docker answered 409: the container is not in a state for that (e.g. not running)."""
 
 
+# The status aiodocker gives its `DockerError` when it could not connect at all (no HTTP
+# status came back): read here, once, and never seen past this module.
+AIODOCKER_NO_CONNECTION = 900
+
+
 def _refusal(status: int, message: str) -> EngineError:
     kind = {404: EngineNotFound, 409: EngineConflict}.get(status, EngineError)
     return kind(status, message)
@@ -81,6 +86,8 @@ def _wrap(e: Exception) -> EngineError:
     cause = e.__cause__ or e.__context__
     if isinstance(e, DockerError) and isinstance(cause, aiohttp.ClientSSLError):
         e = cause  # a refused TLS connection, as aiodocker reports a failed connect
+    if isinstance(e, DockerError) and e.status == AIODOCKER_NO_CONNECTION:
+        return EngineUnreachable(str(e.message))
     if isinstance(e, DockerError):
         return _refusal(e.status, str(e.message))
     if isinstance(e, aiohttp.ClientConnectorCertificateError):

@@ -219,40 +219,72 @@ class EnginePool:
         f = self.of(run)
         return f is not None and await self.remove_on(f, container_id, why)
 
-    def remove_soon(
-        self, f: EngineFollower, container_id: str, why: str, stray_name: str | None = None
-    ) -> None:
-        """Remove a container in the background (once: a removal under way is not doubled)."""
-        if container_id not in self._removing:
-            self._removing.add(container_id)
-            self.tasks.spawn(
-                self.remove_on(f, container_id, why, stray_name), f"remove-{container_id[:12]}"
-            )
-
     async def remove_on(
         self, f: EngineFollower, container_id: str, why: str, stray_name: str | None = None
     ) -> bool:
-        """Remove a container from engine `f`, retried with backoff (Docker may be stuck
-        removing it), each failure recorded; after the last try it is left for the next
-        reconcile. A stray's removal is recorded as an event. False when not removed."""
-
-        async def failed(e: Exception, tries: int) -> None:
-            n = self.remove_backoff.tries
-            await self.recorder.failed(f"remove ({why}, try {tries} of {n})", e)
-
-        self._removing.add(container_id)
+        """Remove a container from engine `f`: one try now; a failure (Docker may be stuck
+        removing it) is recorded and tried again in the background with backoff, so one
+        container never wedges the rest; after the last try it is left for the next
+        reconcile. A stray's removal is recorded as an event. True when removed now."""
+        if container_id in self._removing:
+            return False  # tried again in the background already
         try:
-            await retried(lambda: f.engine.remove(container_id), self.remove_backoff, failed)
+            await f.engine.remove(container_id)
         except asyncio.CancelledError:
             raise
         except EngineUnreachable as e:
             self.lost(f, e.message)  # the reconcile after the reconnect tries again
             return False
-        except Exception:
-            return False  # recorded try by try
-        finally:
-            self._removing.discard(container_id)
+        except Exception as e:
+            await self._remove_failed(why, e, 1)
+            self.remove_soon(f, container_id, why, stray_name, failed=1)
+            return False
+        await self._removed(container_id, stray_name)
+        return True
+
+    def remove_soon(
+        self,
+        f: EngineFollower,
+        container_id: str,
+        why: str,
+        stray_name: str | None = None,
+        failed: int = 0,
+    ) -> None:
+        """Remove a container in the background, with retries (once: a removal under way
+        is not doubled)."""
+        if container_id in self._removing:
+            return
+        self._removing.add(container_id)
+
+        async def remove() -> None:
+            async def failed_again(e: Exception, tries: int) -> None:
+                await self._remove_failed(why, e, tries)
+
+            try:
+                await retried(
+                    lambda: f.engine.remove(container_id),
+                    self.remove_backoff,
+                    failed_again,
+                    failed=failed,
+                )
+            except asyncio.CancelledError:
+                raise
+            except EngineUnreachable as e:
+                self.lost(f, e.message)
+                return
+            except Exception:
+                return  # recorded try by try; the next reconcile finds it again
+            finally:
+                self._removing.discard(container_id)
+            await self._removed(container_id, stray_name)
+
+        self.tasks.spawn(remove(), f"remove-{container_id[:12]}")
+
+    async def _remove_failed(self, why: str, e: Exception, tries: int) -> None:
+        n = self.remove_backoff.tries
+        await self.recorder.failed(f"remove ({why}, try {tries} of {n})", e)
+
+    async def _removed(self, container_id: str, stray_name: str | None) -> None:
         if stray_name is not None:
             removed = StrayContainerRemoved(container_id, stray_name, self.recorder.clock())
             await self.recorder.append_fact([removed])
-        return True

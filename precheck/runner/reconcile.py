@@ -120,7 +120,8 @@ class Reconciler:
                 continue
             if run_id in self.finisher.finishing:
                 continue  # being recorded and removed right now
-            self.pool.remove_soon(f, c.id, "a stray", stray_name=c.name)
+            # Removed before the engine takes runs: a start may reuse the stray's name.
+            await self.pool.remove_on(f, c.id, "a stray", stray_name=c.name)
         for run in list(self.state.runs.by_id.values()):
             started = run.container_id and not run.settled and run.status != RunStatus.QUEUED
             ours = run.engine == f.name or run.engine not in self.pool.followers

@@ -34,13 +34,22 @@ class Backoff:
         return float(min(self.cap, self.base * 2 ** max(0, failures - 1)))
 
 
-async def retried(action: Callable[[], Awaitable[T]], backoff: Backoff, on_failure: OnFailure) -> T:
+async def retried(
+    action: Callable[[], Awaitable[T]],
+    backoff: Backoff,
+    on_failure: OnFailure,
+    *,
+    failed: int = 0,
+) -> T:
     """`action`'s result, tried up to `backoff.tries` times; the last error once they run out.
 
     An engine that no longer answers (`EngineUnreachable`) ends the tries at once: what was
     under way is taken up again by the engine's reconcile when it answers. Each other failure
-    is handed to `on_failure` before the wait."""
-    failures = 0
+    is handed to `on_failure` before the wait. `failed`: tries that failed before this call
+    (it then waits first), so one action's tries count once whoever makes them."""
+    failures = failed
+    if failures:
+        await asyncio.sleep(backoff.delay(failures))
     while True:
         try:
             return await action()

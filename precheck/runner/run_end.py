@@ -53,8 +53,8 @@ class RunEnd:
         """Record the end of the run; False when there was nothing to end (it runs on).
         `engine_lost`: its engine stopped answering for good, and this is why."""
         run = self.state.runs.get(run_id)
-        if run is None or run.settled:
-            return False
+        if run is None or run.settled or run.status not in (RunStatus.RUNNING, RunStatus.FINISHING):
+            return False  # gone, ended, or queued (again): no container of it to end
         # 1. What its engine says of the container (None: it is gone, or its engine is).
         engine = None if engine_lost else self.engine_of(run)
         container = None
