@@ -1,4 +1,4 @@
-"""The event catalogue in `docs/architecture.md` matches the event classes in the code."""
+"""The event catalogue and the reaction table in `docs/architecture.md` match the code."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 from precheck.events.types import SCHEMAS, TAGS
+from precheck.reactions import REACTIONS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
 SECTION = "## Event catalogue"
@@ -81,3 +82,27 @@ def test_fields_match_the_event_class(cls: type) -> None:
     declared = inspect.get_annotations(cls)  # the source text: the module defers annotations
     expected = [(a.name, declared[a.name]) for a in attrs.fields(cls)]
     assert catalogue().entries[TAGS[cls]].fields == expected
+
+
+def _doc_reactions() -> list[tuple[str, tuple[str, ...]]]:
+    """The reaction table's rows in `docs/architecture.md`: (name, the tags it takes)."""
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    start = lines.index("## Who reacts to what") + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("## "))
+    rows = []
+    for line in lines[start:end]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("Reaction", "---"):
+            continue
+        takes = tuple(
+            "*" if t == "every event" else t.strip("`").removesuffix("*")
+            for t in (part.strip() for part in cells[1].split(","))
+        )
+        rows.append((cells[0], takes))
+    return rows
+
+
+def test_the_reaction_table_in_the_docs_is_the_codes() -> None:
+    """The architecture page lists the reactions of `reactions.py`, in order, each taking the
+    same events."""
+    assert _doc_reactions() == [(r.name, r.on) for r in REACTIONS]
