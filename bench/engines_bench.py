@@ -37,6 +37,7 @@ from precheck.runner.engine import Engine
 from precheck.runner.tar_stream import Entry, write_tar
 from tests.engines import DEFAULT_ENGINE_URL, PrivateEngine
 from tests.layouts import gds
+from tests.simulator_config import simulator_tables
 
 RUNS = 24
 GRACE = 2.0
@@ -46,15 +47,11 @@ RUN = gds("chip_top", f"step_sleep={RUN_STEP_SLEEP:g}")
 
 def config(storage: Path, image: str, engines: list[dict[str, Any]]) -> Config:
     """The server's config: the simulator image, never pulled, on `engines`."""
-    raw = {
-        "server": {"storage_path": str(storage), "upload_expiry_minutes": 1440},
-        "docker": {
-            "image": image, "pull": "never", "memory_limit": "256m",
-            "container_prefix": "engines-bench-", "engines": engines,
-            "engine_grace_seconds": GRACE, "max_attempts": 2,
-        },
-        "preflight": {"enabled": False},
+    docker = {
+        "container_prefix": "engines-bench-", "engines": engines,
+        "engine_grace_seconds": GRACE, "max_attempts": 2,
     }  # fmt: skip
+    raw = simulator_tables(storage, image, server={"upload_expiry_minutes": 1440}, docker=docker)
     return parse_config(raw, "engines-bench")
 
 

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from tests.simulator_config import PREFLIGHT_OFF, simulator_docker, toml_text
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -156,32 +158,17 @@ def curl_post(path: Path, url: str) -> list[str]:
 
 
 def config_text(server: Mapping[str, object], docker: Mapping[str, object] | None = None) -> str:
-    """A server config file: `[server]`, then `[docker]` if given."""
-
-    def value(v: object) -> str:
-        return json.dumps(v) if isinstance(v, str) else str(v)
-
-    lines = ["[server]", *(f"{k} = {value(v)}" for k, v in server.items())]
-    if docker is not None:
-        lines += ["[docker]", *(f"{k} = {value(v)}" for k, v in docker.items())]
-    lines += ["[preflight]", "enabled = false"]  # see PREFLIGHT_OFF
-    return "\n".join(lines) + "\n"
-
-
-# The benches send the simulator's small layouts, which pre-flight would refuse (they are not
-# the slot's size): it has its own bench (preflight_bench), so the others run without it.
-PREFLIGHT_OFF = {"enabled": False}
+    """A server config file: `[server]`, then `[docker]` if given, and pre-flight off (the
+    benches send the simulator's small layouts, which it would refuse; it has its own bench,
+    preflight_bench)."""
+    docker_table = {} if docker is None else {"docker": docker}
+    return toml_text({"server": server, **docker_table, "preflight": PREFLIGHT_OFF})
 
 
 def docker_section(image: str, prefix: str, memory_limit: str = "1g") -> dict[str, object]:
-    """The `[docker]` settings of a bench server: the given image, never pulled, and container
-    names under `prefix` so clean-up finds every container the bench caused."""
-    return {
-        "image": image,
-        "pull": "never",
-        "container_prefix": prefix,
-        "memory_limit": memory_limit,
-    }
+    """The `[docker]` settings of a bench server: the simulator image, and container names
+    under `prefix` so clean-up finds every container the bench caused."""
+    return simulator_docker(image, container_prefix=prefix, memory_limit=memory_limit)
 
 
 class ServerProcess:

@@ -39,6 +39,7 @@ import attrs
 from bench.harness import ROOT, ServerProcess, temp_folder
 from tests.engines import PrivateEngine, unmount_below
 from tests.layouts import gds
+from tests.simulator_config import simulator_docker
 
 IMAGE = "precheck-simulator:latest"
 FINAL = ("completed", "failed", "cancelled")
@@ -178,11 +179,10 @@ class Soak:
             "max_concurrent": 3,
             "upload_expiry_minutes": 1440,
         }
-        docker = {
-            "image": IMAGE, "pull": "never", "url": f"unix://{self.relay.listen}",
-            "memory_limit": "256m", "timeout_minutes": 2, "container_prefix": "soak-",
-            "max_attempts": self.max_attempts,
-        }  # fmt: skip
+        docker = simulator_docker(
+            IMAGE, url=f"unix://{self.relay.listen}", timeout_minutes=2, container_prefix="soak-",
+            max_attempts=self.max_attempts,
+        )  # fmt: skip
         self.server = await ServerProcess.start(self.tmp, "soak", server, docker)
         for _ in range(600):
             with contextlib.suppress(aiohttp.ClientError, OSError):

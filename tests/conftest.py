@@ -1,4 +1,4 @@
-"""Shared fixtures: configs on a fresh storage folder and real apps on real sockets."""
+"""Shared fixtures: configs on a fresh storage folder, real apps on real sockets, a browser."""
 
 from __future__ import annotations
 
@@ -37,4 +37,4 @@ def config(make_config: Callable[..., Config]) -> Config:
     return make_config()
 
 
-pytest_plugins = ["tests.docker_fixtures"]
+pytest_plugins = ["tests.docker_fixtures", "tests.browser"]

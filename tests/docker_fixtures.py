@@ -27,6 +27,7 @@ from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import RunProgressed, RunStarted
 from precheck.runner.engine import Engine
 from precheck.web import keys
+from tests.simulator_config import simulator_docker
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "simulator" / "build.sh"
@@ -133,14 +134,9 @@ def sim_config(make_config: Callable[..., Config], simulator_image: str) -> Call
         server = dict(server or {})
         if max_concurrent is not None:
             server["max_concurrent"] = max_concurrent
+        # No retries unless a test asks for them.
         tables: dict[str, Any] = {
-            "docker": {
-                "image": simulator_image,
-                "pull": "never",
-                "memory_limit": "256m",
-                "max_attempts": 1,  # no retries unless a test asks for them
-                **docker,
-            }
+            "docker": simulator_docker(simulator_image, **{"max_attempts": 1, **docker})
         }
         if server:
             tables["server"] = server

@@ -23,6 +23,7 @@ from precheck.app import create_app
 from precheck.config import Config, load_config
 from precheck.events.store import SCHEMA, chain_hash
 from tests.layouts import gds
+from tests.simulator_config import write_simulator_config
 
 TRIGGERS = ("events_are_never_updated", "events_are_never_deleted")
 
@@ -38,13 +39,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 def _config_file(
     path: Path, storage: Path, image: str = "precheck-simulator:none", port: int = 8000
 ) -> Path:
-    path.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = {port}\nstorage_path = "{storage}"\n\n'
-        f'[docker]\nimage = "{image}"\npull = "never"\nmemory_limit = "256m"\n\n'
-        # The simulator's layouts are no slot-sized dies: pre-flight would refuse their runs.
-        "[preflight]\nenabled = false\n"
-    )
-    return path
+    return write_simulator_config(path, storage, image, server={"port": port})
 
 
 async def _fill(config: Config) -> None:

@@ -1,164 +1,96 @@
 """The web page in headless Chromium: key, upload, start a run, follow it live, see the verdict.
 
-Driven by selenium against Debian's `chromium` and `chromium-driver`, on an app that requires an
-API key and runs the simulator image. Selenium calls block, so they run in a thread while the
-app keeps serving on the test's event loop. A screenshot is saved under `artifacts/`.
+On an app that requires an API key and runs the simulator image, through the `browser` fixture
+(tests/browser.py). Screenshots are saved under `artifacts/`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 from pytest_aiohttp import AiohttpClient
 
 from precheck.app import create_app
 from precheck.config import ApiKey, AuthConfig, Config
+from tests.browser import Browser
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
 from tests.real_layouts import die
 
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 KEY = "k1"
-WAIT = 20  # seconds for anything the page must show
 
 
-@pytest.fixture
-def chromium() -> tuple[Path, Path]:
-    """Chromium and its driver; missing, the test is skipped (it fails under CI)."""
-    problems = [f"{p} is missing" for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        problems.append("selenium is not installed")
-    if problems:
-        why = "needs headless Chromium (Debian `chromium`, `chromium-driver`) and selenium: "
-        why += "; ".join(problems)
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return CHROMIUM, CHROMEDRIVER
-
-
-def _browser(profile: Path) -> Any:
-    """A headless Chromium driven by selenium, with no network of its own."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1400",
-    ):
-        options.add_argument(arg)
-    # Saved downloads stay in the test's own folder.
-    options.add_experimental_option(
-        "prefs", {"download.default_directory": str(profile / "downloads")}
-    )
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-
-
-def _drive(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, Any]:
+def _drive(browser: Browser, layout: Path) -> dict[str, Any]:
     """Do what a user does on the page; what was seen. Blocking: run in a thread."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver = _browser(profile)
     seen: dict[str, Any] = {}
-    try:
-        wait = WebDriverWait(driver, WAIT)
-        find = driver.find_element
-        driver.get(base_url)
+    browser.open()
 
-        # The API wants a key: the page asks for it; a wrong one is refused in other words.
-        wait.until(ec.visibility_of_element_located((By.ID, "key-form")))
-        seen["asked"] = find(By.ID, "key-why").text
-        find(By.ID, "key").send_keys("not-the-key")
-        find(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "key-why"), "refused"))
-        find(By.ID, "key").send_keys(KEY)
-        find(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
-        wait.until(ec.invisibility_of_element_located((By.ID, "key-form")))
+    # The API wants a key: the page asks for it; a wrong one is refused in other words.
+    browser.until_visible("key-form")
+    seen["asked"] = browser.find("key-why").text
+    browser.find("key").send_keys("not-the-key")
+    browser.css("#key-form button[type=submit]").click()
+    browser.until_text("key-why", "refused")
+    browser.find("key").send_keys(KEY)
+    browser.css("#key-form button[type=submit]").click()
+    browser.until_hidden("key-form")
 
-        seen["status_after_good_key"] = find(By.ID, "upload-status").text
+    seen["status_after_good_key"] = browser.find("upload-status").text
 
-        # Upload through the file input; the status line reports it.
-        find(By.ID, "file").send_keys(str(layout))
-        find(By.CSS_SELECTOR, "#upload-form button[type=submit]").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "upload-status"), "uploaded"))
-        seen["upload_status"] = find(By.ID, "upload-status").text
-        seen["upload_error"] = "error" in (
-            find(By.ID, "upload-status").get_attribute("class") or ""
-        )
-        wait.until(lambda d: d.find_element(By.ID, "upload-id").get_attribute("value"))
-        seen["upload_id"] = find(By.ID, "upload-id").get_attribute("value")
+    # Upload through the file input; the status line reports it.
+    browser.find("file").send_keys(str(layout))
+    browser.css("#upload-form button[type=submit]").click()
+    browser.until_text("upload-status", "uploaded")
+    seen["upload_status"] = browser.find("upload-status").text
+    seen["upload_error"] = "error" in (browser.find("upload-status").get_attribute("class") or "")
+    browser.until(lambda _: browser.find("upload-id").get_attribute("value"))
+    seen["upload_id"] = browser.find("upload-id").get_attribute("value")
 
-        # Start a run: top cell, then Start; the page goes to the run's own page.
-        top = find(By.ID, "top-cell")
-        top.clear()
-        top.send_keys("chip_top")
-        find(By.CSS_SELECTOR, "#run-form button[type=submit]").click()
-        wait.until(lambda d: "#/runs/" in d.current_url)
-        seen["run_id"] = driver.current_url.rsplit("/", 1)[1]
-        wait.until(ec.visibility_of_element_located((By.ID, "run-page")))
+    # Start a run: top cell, then Start; the page goes to the run's own page.
+    top = browser.find("top-cell")
+    top.clear()
+    top.send_keys("chip_top")
+    browser.css("#run-form button[type=submit]").click()
+    browser.until(lambda d: "#/runs/" in d.current_url)
+    seen["run_id"] = browser.driver.current_url.rsplit("/", 1)[1]
+    browser.until_visible("run-page")
 
-        # Log lines arrive live, before the verdict is there.
-        wait.until(
-            lambda d: (d.find_element(By.ID, "log").get_attribute("textContent") or "").strip()
-        )
-        seen["verdict_shown_with_first_lines"] = find(By.ID, "verdict").is_displayed()
+    # Log lines arrive live, before the verdict is there.
+    browser.until(lambda _: (browser.find("log").get_attribute("textContent") or "").strip())
+    seen["verdict_shown_with_first_lines"] = browser.find("verdict").is_displayed()
 
-        # Then the verdict and the downloads.
-        wait.until(ec.visibility_of_element_located((By.ID, "verdict")))
-        wait.until(ec.text_to_be_present_in_element((By.ID, "verdict-text"), "Passed"))
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#downloads li")) >= 3)
-        wait.until(lambda d: d.find_element(By.ID, "render").is_displayed())
-        seen["verdict"] = find(By.ID, "verdict-text").text
-        seen["state"] = find(By.ID, "run-state").text
-        seen["step"] = find(By.ID, "run-step").text
-        seen["downloads"] = [
-            li.text for li in driver.find_elements(By.CSS_SELECTOR, "#downloads li")
-        ]
-        seen["log"] = find(By.ID, "log").get_attribute("textContent")
-        seen["url"] = driver.current_url
+    # Then the verdict and the downloads.
+    browser.until_visible("verdict")
+    browser.until_text("verdict-text", "Passed")
+    browser.until(lambda _: len(browser.css_all("#downloads li")) >= 3)
+    browser.until(lambda _: browser.find("render").is_displayed())
+    seen["verdict"] = browser.find("verdict-text").text
+    seen["state"] = browser.find("run-state").text
+    seen["step"] = browser.find("run-step").text
+    seen["downloads"] = [li.text for li in browser.css_all("#downloads li")]
+    seen["log"] = browser.find("log").get_attribute("textContent")
+    seen["url"] = browser.driver.current_url
 
-        # With a key, a download link is fetched with it and saved: the raw log, whole.
-        driver.execute_script(
-            "window.saved = []; const make = URL.createObjectURL;"
-            "URL.createObjectURL = (b) => { window.saved.push(b.size); return make(b); };"
-        )
-        find(By.ID, "raw-log").click()
-        wait.until(lambda d: d.execute_script("return window.saved.length"))
-        seen["raw_log_saved"] = driver.execute_script("return window.saved")
-        seen["raw_log_status"] = find(By.ID, "run-action-status").text
-        seen["url_after_download"] = driver.current_url
-        assert driver.save_screenshot(str(shot)), "the screenshot was not written"
-    finally:
-        driver.quit()
+    # With a key, a download link is fetched with it and saved: the raw log, whole.
+    browser.script(
+        "window.saved = []; const make = URL.createObjectURL;"
+        "URL.createObjectURL = (b) => { window.saved.push(b.size); return make(b); };"
+    )
+    browser.find("raw-log").click()
+    browser.until(lambda _: browser.script("return window.saved.length"))
+    seen["raw_log_saved"] = browser.script("return window.saved")
+    seen["raw_log_status"] = browser.find("run-action-status").text
+    seen["url_after_download"] = browser.driver.current_url
+    seen["shot"] = browser.screenshot("browser-run.png")
     return seen
 
 
 async def test_page_follows_a_run_live(
-    chromium: tuple[Path, Path],
+    browser: Browser,
     start_app: StartApp,
     sim_config: Callable[..., Config],
     tmp_path: Path,
@@ -172,14 +104,9 @@ async def test_page_follows_a_run_live(
     headers = {"X-API-Key": KEY}
     layout = tmp_path / "chip_top.gds"
     layout.write_bytes(gds("chip_top", "step_sleep=0.1", "lines=20"))
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "browser-run.png"
-    shot.unlink(missing_ok=True)
-    profile = tmp_path / "chromium-profile"
+    browser.point_at(api.client)
 
-    seen = await asyncio.wait_for(
-        asyncio.to_thread(_drive, str(api.client.make_url("/")), layout, profile, shot), 60
-    )
+    seen = await browser.drive(lambda: _drive(browser, layout), 60)
 
     assert seen["asked"] == "an API key is needed"
     assert seen["status_after_good_key"] == "", "a message asking for a key outlives the key"
@@ -209,67 +136,57 @@ async def test_page_follows_a_run_live(
     assert seen["raw_log_status"] == ""
     assert seen["url_after_download"] == seen["url"]
 
-    assert shot.stat().st_size > 1000
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert seen["shot"].stat().st_size > 1000
+    assert seen["shot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _watch_home(base_url: str, profile: Path, start_runs: Callable[[], str]) -> dict[str, Any]:
+def _watch_home(browser: Browser, start_runs: Callable[[], str]) -> dict[str, Any]:
     """Keep the home page open while runs are started; the statuses one row showed, in order,
     then open an unknown run id. Blocking: run in a thread."""
     import time
 
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver = _browser(profile)
     seen: dict[str, Any] = {"statuses": []}
-    try:
-        wait = WebDriverWait(driver, WAIT)
-        driver.get(base_url)
-        wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "live"))
-        # The browser itself checks the top cell's pattern (an invalid pattern is ignored).
-        seen["pattern_checks"] = driver.execute_script(
-            "const i = document.getElementById('top-cell'); i.value = '9bad';"
-            "const bad = i.validity.patternMismatch; i.value = 'chip_top';"
-            "return [bad, i.validity.patternMismatch];"
-        )
-        run_id = start_runs()
-        # Read in one script: the list is rebuilt as events arrive.
-        read = "const b = document.querySelector(arguments[0]); return b ? b.textContent : null;"
-        row = f"#runs tr[data-id='{run_id}']"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            status = driver.execute_script(read, f"{row} .badge")
-            if status and (not seen["statuses"] or seen["statuses"][-1] != status):
-                seen["statuses"].append(status)
-            if status in ("completed", "failed", "cancelled"):
-                break
-            time.sleep(0.05)
-        time.sleep(0.5)  # the list is refreshed once more after the last event
-        seen["summary"] = driver.execute_script(read, "#queue-summary")
-        seen["failure_cell"] = driver.execute_script(read, f"{row} td:nth-child(6)")
+    browser.open()
+    browser.until_text("conn", "live")
+    # The browser itself checks the top cell's pattern (an invalid pattern is ignored).
+    seen["pattern_checks"] = browser.script(
+        "const i = document.getElementById('top-cell'); i.value = '9bad';"
+        "const bad = i.validity.patternMismatch; i.value = 'chip_top';"
+        "return [bad, i.validity.patternMismatch];"
+    )
+    run_id = start_runs()
+    # Read in one script: the list is rebuilt as events arrive.
+    read = "const b = document.querySelector(arguments[0]); return b ? b.textContent : null;"
+    row = f"#runs tr[data-id='{run_id}']"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = browser.script(read, f"{row} .badge")
+        if status and (not seen["statuses"] or seen["statuses"][-1] != status):
+            seen["statuses"].append(status)
+        if status in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # the list is refreshed once more after the last event
+    seen["summary"] = browser.script(read, "#queue-summary")
+    seen["failure_cell"] = browser.script(read, f"{row} td:nth-child(6)")
 
-        # A run page, then an id that is no run: "not found", nothing of the previous run.
-        driver.get(f"{base_url}#/runs/{run_id}")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-summary"), "chip_top"))
-        driver.get(f"{base_url}#/runs/0123456789abcdef")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "not found"))
-        seen["missing"] = {
-            "id": driver.find_element(By.ID, "run-id").text,
-            "summary": driver.find_element(By.ID, "run-summary").text,
-            "conn": driver.find_element(By.ID, "conn").text,
-        }
-    finally:
-        driver.quit()
+    # A run page, then an id that is no run: "not found", nothing of the previous run.
+    browser.open(f"#/runs/{run_id}")
+    browser.until_text("run-summary", "chip_top")
+    browser.open("#/runs/0123456789abcdef")
+    browser.until_text("run-state", "not found")
+    seen["missing"] = {
+        "id": browser.find("run-id").text,
+        "summary": browser.find("run-summary").text,
+        "conn": browser.find("conn").text,
+    }
     return seen
 
 
 async def test_home_page_stays_true_through_a_runs_life(
-    chromium: tuple[Path, Path],
+    browser: Browser,
     start_app: StartApp,
     sim_config: Callable[..., Config],
-    tmp_path: Path,
 ) -> None:
     """Without a reload the row goes queued -> running -> failed with its reason; an unknown
     run id shows "not found"; the page's patterns are valid."""
@@ -283,12 +200,8 @@ async def test_home_page_stays_true_through_a_runs_life(
     def start_runs() -> str:
         return asyncio.run_coroutine_threadsafe(start_two(), loop).result(30)
 
-    seen = await asyncio.wait_for(
-        asyncio.to_thread(
-            _watch_home, str(api.client.make_url("/")), tmp_path / "profile", start_runs
-        ),
-        120,
-    )
+    browser.point_at(api.client)
+    seen = await browser.drive(lambda: _watch_home(browser, start_runs), 120)
     assert seen["pattern_checks"] == [True, False]
     # `finishing` shows when the list is refreshed between the exit and the stored outputs.
     assert seen["statuses"] in (
@@ -322,135 +235,118 @@ LINE_JS = (
 )
 
 
-def _states(driver: Any) -> list[str]:
-    return [state for _, state, _ in driver.execute_script(STEPS_JS)]
+def _states(browser: Browser) -> list[str]:
+    """The state of each step the run page lists, in order."""
+    return [state for _, state, _ in browser.script(STEPS_JS)]
 
 
-def _use_run_page(base_url: str, profile: Path, run_id: str, shots: Path) -> dict[str, Any]:
+def _use_run_page(browser: Browser, run_id: str) -> dict[str, Any]:
     """Watch a run that passes on its page, then use its log viewer. Blocking: run in a thread."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver = _browser(profile)
     seen: dict[str, Any] = {}
-    try:
-        wait = WebDriverWait(driver, WAIT)
-        find = driver.find_element
-        page = f"{base_url}#/runs/{run_id}"
-        driver.get(page)
+    page = f"#/runs/{run_id}"
+    browser.open(page)
 
-        # While it runs: a step running, the others waiting, the clock ticking, Cancel offered.
-        wait.until(lambda d: "running" in _states(d))
-        seen["running_states"] = set(_states(driver))
-        seen["cancel_while_running"] = find(By.ID, "cancel-run").is_displayed()
-        seen["rerun_while_running"] = find(By.ID, "rerun").is_displayed()
-        before = find(By.ID, "run-elapsed").text
-        wait.until(lambda d: d.find_element(By.ID, "run-elapsed").text != before)
-        seen["elapsed"] = [before, find(By.ID, "run-elapsed").text]
+    # While it runs: a step running, the others waiting, the clock ticking, Cancel offered.
+    browser.until(lambda _: "running" in _states(browser))
+    seen["running_states"] = set(_states(browser))
+    seen["cancel_while_running"] = browser.find("cancel-run").is_displayed()
+    seen["rerun_while_running"] = browser.find("rerun").is_displayed()
+    before = browser.find("run-elapsed").text
+    browser.until(lambda _: browser.find("run-elapsed").text != before)
+    seen["elapsed"] = [before, browser.find("run-elapsed").text]
 
-        # At the end: every step done, each with its time; the times of the run.
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "completed"))
-        wait.until(lambda d: _states(d) == ["done"] * 16)
-        wait.until(ec.visibility_of_element_located((By.ID, "verdict")))
-        seen["steps"] = driver.execute_script(STEPS_JS)
-        seen["times"] = {
-            k: find(By.ID, f"run-{k}").text for k in ("created", "started", "finished", "elapsed")
-        }
-        seen["cancel_at_end"] = find(By.ID, "cancel-run").is_displayed()
-        seen["rerun_at_end"] = find(By.ID, "rerun").is_displayed()
-        seen["raw_log"] = {
-            "href": find(By.ID, "raw-log").get_attribute("href"),
-            "download": find(By.ID, "raw-log").get_attribute("download"),
-        }
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#downloads a")) >= 3)
-        seen["downloads"] = [
-            (a.get_attribute("href"), a.get_attribute("download"))
-            for a in driver.find_elements(By.CSS_SELECTOR, "#downloads a")
-        ]
-        seen["log_lines"] = driver.execute_script(
-            "return document.querySelectorAll('#log .line').length"
-        )
+    # At the end: every step done, each with its time; the times of the run.
+    browser.until_text("run-state", "completed")
+    browser.until(lambda _: _states(browser) == ["done"] * 16)
+    browser.until_visible("verdict")
+    seen["steps"] = browser.script(STEPS_JS)
+    seen["times"] = {
+        k: browser.find(f"run-{k}").text for k in ("created", "started", "finished", "elapsed")
+    }
+    seen["cancel_at_end"] = browser.find("cancel-run").is_displayed()
+    seen["rerun_at_end"] = browser.find("rerun").is_displayed()
+    seen["raw_log"] = {
+        "href": browser.find("raw-log").get_attribute("href"),
+        "download": browser.find("raw-log").get_attribute("download"),
+    }
+    browser.until(lambda _: len(browser.css_all("#downloads a")) >= 3)
+    seen["downloads"] = [
+        (a.get_attribute("href"), a.get_attribute("download"))
+        for a in browser.css_all("#downloads a")
+    ]
+    seen["log_lines"] = browser.script("return document.querySelectorAll('#log .line').length")
 
-        # Search: matches are counted and highlighted; Enter goes to the next one.
-        box = find(By.ID, "log-search")
-        box.send_keys("noise 7")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "of"))
-        seen["search_count"] = find(By.ID, "search-count").text
-        seen["search_line"] = driver.execute_script(LINE_JS, "#log .line.current")
-        seen["search_marks"] = driver.execute_script(
-            "return Array.from(document.querySelectorAll('#log mark')).map(m => m.textContent)"
-        )
-        seen["follow_after_search"] = find(By.ID, "autoscroll").is_selected()
-        driver.execute_script("window.scrollTo(0, 0)")
-        assert driver.save_screenshot(str(shots / "run-page.png")), "no screenshot written"
-        box.clear()
-        box.send_keys("noise")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "of 20"))
-        box.send_keys("\n")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "2 of 20"))
-        seen["search_next"] = driver.execute_script(LINE_JS, "#log .line.current")
-        find(By.ID, "search-prev").click()
-        find(By.ID, "search-prev").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "20 of 20"))
-        seen["search_wrapped"] = driver.execute_script(LINE_JS, "#log .line.current")
-        box.clear()
-        box.send_keys("\n")
-        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#log mark"))
+    # Search: matches are counted and highlighted; Enter goes to the next one.
+    box = browser.find("log-search")
+    box.send_keys("noise 7")
+    browser.until_text("search-count", "of")
+    seen["search_count"] = browser.find("search-count").text
+    seen["search_line"] = browser.script(LINE_JS, "#log .line.current")
+    seen["search_marks"] = browser.script(
+        "return Array.from(document.querySelectorAll('#log mark')).map(m => m.textContent)"
+    )
+    seen["follow_after_search"] = browser.find("autoscroll").is_selected()
+    browser.script("window.scrollTo(0, 0)")
+    browser.screenshot("run-page.png")
+    box.clear()
+    box.send_keys("noise")
+    browser.until_text("search-count", "of 20")
+    box.send_keys("\n")
+    browser.until_text("search-count", "2 of 20")
+    seen["search_next"] = browser.script(LINE_JS, "#log .line.current")
+    browser.find("search-prev").click()
+    browser.find("search-prev").click()
+    browser.until_text("search-count", "20 of 20")
+    seen["search_wrapped"] = browser.script(LINE_JS, "#log .line.current")
+    box.clear()
+    box.send_keys("\n")
+    browser.until(lambda _: not browser.css_all("#log mark"))
 
-        # Folding the Magic DRC step hides its lines, not its own line.
-        section = "#log .sec[data-step='12']"
-        noise = find(By.XPATH, "//div[@id='log']//div[contains(@class,'line')][.='noise 3\n']")
-        find(By.CSS_SELECTOR, f"{section} .fold").click()
-        seen["folded"] = [
-            noise.is_displayed(),
-            find(By.CSS_SELECTOR, f"{section} .head").is_displayed(),
-        ]
-        find(By.CSS_SELECTOR, f"{section} .fold").click()
-        seen["unfolded"] = noise.is_displayed()
+    # Folding the Magic DRC step hides its lines, not its own line.
+    section = "#log .sec[data-step='12']"
+    noise = browser.xpath("//div[@id='log']//div[contains(@class,'line')][.='noise 3\n']")
+    browser.css(f"{section} .fold").click()
+    seen["folded"] = [
+        noise.is_displayed(),
+        browser.css(f"{section} .head").is_displayed(),
+    ]
+    browser.css(f"{section} .fold").click()
+    seen["unfolded"] = noise.is_displayed()
 
-        # A line number is a link: clicking it puts the line in the address and marks it.
-        find(By.CSS_SELECTOR, "#log .ln[data-n='3']").click()
-        wait.until(lambda d: d.current_url.endswith("/L3"))
-        seen["clicked_line"] = driver.execute_script(LINE_JS, "#log .line.target")
+    # A line number is a link: clicking it puts the line in the address and marks it.
+    browser.css("#log .ln[data-n='3']").click()
+    browser.until(lambda d: d.current_url.endswith("/L3"))
+    seen["clicked_line"] = browser.script(LINE_JS, "#log .line.target")
 
-        # Opening an address with a line marks that line and scrolls it into sight.
-        driver.get(f"{page}/L5")
-        driver.refresh()
-        wait.until(lambda d: d.execute_script(LINE_JS, "#log .line.target"))
-        seen["opened_line"] = driver.execute_script(LINE_JS, "#log .line.target")
-        seen["follow_with_line"] = find(By.ID, "autoscroll").is_selected()
+    # Opening an address with a line marks that line and scrolls it into sight.
+    browser.open(f"{page}/L5")
+    browser.driver.refresh()
+    browser.until(lambda _: browser.script(LINE_JS, "#log .line.target"))
+    seen["opened_line"] = browser.script(LINE_JS, "#log .line.target")
+    seen["follow_with_line"] = browser.find("autoscroll").is_selected()
 
-        # A narrow screen: nothing wider than the window.
-        driver.set_window_size(400, 1000)
-        wait.until(lambda d: d.execute_script("return window.innerWidth") <= 400)
-        seen["narrow_overflow"] = driver.execute_script(
-            "return document.documentElement.scrollWidth - window.innerWidth"
-        )
-        driver.execute_script("window.scrollTo(0, 0)")
-        assert driver.save_screenshot(str(shots / "run-page-narrow.png"))
-    finally:
-        driver.quit()
+    # A narrow screen: nothing wider than the window.
+    browser.driver.set_window_size(400, 1000)
+    browser.until(lambda _: browser.script("return window.innerWidth") <= 400)
+    seen["narrow_overflow"] = browser.script(
+        "return document.documentElement.scrollWidth - window.innerWidth"
+    )
+    browser.script("window.scrollTo(0, 0)")
+    browser.screenshot("run-page-narrow.png")
     return seen
 
 
 async def test_run_page_shows_steps_times_and_a_log_to_search_and_link(
-    chromium: tuple[Path, Path],
+    browser: Browser,
     start_app: StartApp,
     sim_config: Callable[..., Config],
-    tmp_path: Path,
 ) -> None:
     """A passing run's page: steps as they go, then 16 done with times; the elapsed time
     ticks; search, fold, line links and the raw log link work."""
     api = await start_app(sim_config())
     run_id = await api.run(gds("chip_top", "step_sleep=0.4", "lines=20"))
-    ARTIFACTS.mkdir(exist_ok=True)
-    seen = await asyncio.wait_for(
-        asyncio.to_thread(
-            _use_run_page, str(api.client.make_url("/")), tmp_path / "profile", run_id, ARTIFACTS
-        ),
-        120,
-    )
+    browser.point_at(api.client)
+    seen = await browser.drive(lambda: _use_run_page(browser, run_id), 120)
     assert "running" in seen["running_states"] and "waiting" in seen["running_states"], seen
     assert seen["cancel_while_running"] and not seen["rerun_while_running"]
     assert seen["elapsed"][0] != seen["elapsed"][1]
@@ -491,54 +387,42 @@ async def test_run_page_shows_steps_times_and_a_log_to_search_and_link(
 
 
 def _fail_and_rerun(
-    base_url: str, profile: Path, run_id: str, delete_upload: Callable[[], None]
+    browser: Browser, run_id: str, delete_upload: Callable[[], None]
 ) -> dict[str, Any]:
     """A run failing at its third step; re-run it, then re-run once its upload is gone.
     Blocking: run in a thread."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver = _browser(profile)
     seen: dict[str, Any] = {}
-    try:
-        wait = WebDriverWait(driver, WAIT)
-        find = driver.find_element
-        driver.get(f"{base_url}#/runs/{run_id}")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "failed"))
-        wait.until(lambda d: "failed" in _states(d))
-        wait.until(ec.visibility_of_element_located((By.ID, "rerun")))
-        seen["steps"] = driver.execute_script(STEPS_JS)
-        ARTIFACTS.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(ARTIFACTS / "run-page-failed.png"))
+    browser.open(f"#/runs/{run_id}")
+    browser.until_text("run-state", "failed")
+    browser.until(lambda _: "failed" in _states(browser))
+    browser.until_visible("rerun")
+    seen["steps"] = browser.script(STEPS_JS)
+    browser.screenshot("run-page-failed.png")
 
-        find(By.ID, "rerun").click()
-        wait.until(lambda d: not d.current_url.endswith(run_id))
-        seen["new_id"] = driver.current_url.rsplit("/", 1)[1]
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-summary"), "chip_top"))
-        seen["new_run_id_shown"] = find(By.ID, "run-id").text
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "failed"))
-        wait.until(lambda d: "failed" in _states(d))
-        seen["new_steps"] = _states(driver)
+    browser.find("rerun").click()
+    browser.until(lambda d: not d.current_url.endswith(run_id))
+    seen["new_id"] = browser.driver.current_url.rsplit("/", 1)[1]
+    browser.until_text("run-summary", "chip_top")
+    seen["new_run_id_shown"] = browser.find("run-id").text
+    browser.until_text("run-state", "failed")
+    browser.until(lambda _: "failed" in _states(browser))
+    seen["new_steps"] = _states(browser)
 
-        # With the upload gone a re-run cannot be: the page says so and stays.
-        delete_upload()
-        wait.until(ec.visibility_of_element_located((By.ID, "rerun")))
-        find(By.ID, "rerun").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-action-status"), "re-run"))
-        status = find(By.ID, "run-action-status")
-        seen["rerun_refused"] = [status.text, "error" in (status.get_attribute("class") or "")]
-        seen["url_after_refusal"] = driver.current_url
-    finally:
-        driver.quit()
+    # With the upload gone a re-run cannot be: the page says so and stays.
+    delete_upload()
+    browser.until_visible("rerun")
+    browser.find("rerun").click()
+    browser.until_text("run-action-status", "re-run")
+    status = browser.find("run-action-status")
+    seen["rerun_refused"] = [status.text, "error" in (status.get_attribute("class") or "")]
+    seen["url_after_refusal"] = browser.driver.current_url
     return seen
 
 
 async def test_run_page_shows_the_failed_step_and_re_runs(
-    chromium: tuple[Path, Path],
+    browser: Browser,
     start_app: StartApp,
     sim_config: Callable[..., Config],
-    tmp_path: Path,
 ) -> None:
     """Steps 1-2 done, 3 failed, the rest not reached; Re-run opens the new run's page with the
     same parameters; with the upload deleted Re-run says why it cannot."""
@@ -555,16 +439,8 @@ async def test_run_page_shows_the_failed_step_and_re_runs(
     def delete_upload() -> None:
         asyncio.run_coroutine_threadsafe(delete(), loop).result(30)
 
-    seen = await asyncio.wait_for(
-        asyncio.to_thread(
-            _fail_and_rerun,
-            str(api.client.make_url("/")),
-            tmp_path / "profile",
-            run["Id"],
-            delete_upload,
-        ),
-        120,
-    )
+    browser.point_at(api.client)
+    seen = await browser.drive(lambda: _fail_and_rerun(browser, run["Id"], delete_upload), 120)
     assert [s[1] for s in seen["steps"]] == ["done", "done", "failed"] + ["not-reached"] * 13
     assert seen["steps"][2][0] == "KLayout.CheckSize"
     assert seen["steps"][3][0] == "KLayout.GenerateID", "steps not reached are named too"
@@ -579,54 +455,39 @@ async def test_run_page_shows_the_failed_step_and_re_runs(
     assert seen["url_after_refusal"].endswith(seen["new_id"])
 
 
-def _cancel(base_url: str, profile: Path, run_id: str) -> dict[str, Any]:
+def _cancel(browser: Browser, run_id: str) -> dict[str, Any]:
     """Cancel a running run from its page: once changing one's mind, then for real."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver = _browser(profile)
     seen: dict[str, Any] = {}
-    try:
-        wait = WebDriverWait(driver, WAIT)
-        find = driver.find_element
-        driver.get(f"{base_url}#/runs/{run_id}")
-        # Some step is running (which one depends on how fast the browser came up).
-        wait.until(lambda d: "running" in _states(d))
-        ARTIFACTS.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(ARTIFACTS / "run-page-running.png"))
-        find(By.ID, "cancel-run").click()
-        wait.until(ec.alert_is_present())
-        seen["question"] = driver.switch_to.alert.text
-        driver.switch_to.alert.dismiss()
-        seen["after_dismiss"] = find(By.ID, "run-state").text
-        find(By.ID, "cancel-run").click()
-        wait.until(ec.alert_is_present())
-        driver.switch_to.alert.accept()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-state"), "cancelled"))
-        wait.until(lambda d: "cancelled" in _states(d))
-        wait.until(ec.visibility_of_element_located((By.ID, "rerun")))
-        seen["steps"] = _states(driver)
-        seen["cancel_shown"] = find(By.ID, "cancel-run").is_displayed()
-        seen["verdict"] = find(By.ID, "verdict-text").text
-    finally:
-        driver.quit()
+    browser.open(f"#/runs/{run_id}")
+    # Some step is running (which one depends on how fast the browser came up).
+    browser.until(lambda _: "running" in _states(browser))
+    browser.screenshot("run-page-running.png")
+    browser.find("cancel-run").click()
+    question = browser.until_alert()
+    seen["question"] = question.text
+    question.dismiss()
+    seen["after_dismiss"] = browser.find("run-state").text
+    browser.find("cancel-run").click()
+    browser.until_alert().accept()
+    browser.until_text("run-state", "cancelled")
+    browser.until(lambda _: "cancelled" in _states(browser))
+    browser.until_visible("rerun")
+    seen["steps"] = _states(browser)
+    seen["cancel_shown"] = browser.find("cancel-run").is_displayed()
+    seen["verdict"] = browser.find("verdict-text").text
     return seen
 
 
 async def test_run_page_cancels_a_running_run(
-    chromium: tuple[Path, Path],
+    browser: Browser,
     start_app: StartApp,
     sim_config: Callable[..., Config],
-    tmp_path: Path,
 ) -> None:
     """Cancel asks first; confirmed, the run is cancelled and its step shows it."""
     api = await start_app(sim_config())
     run_id = await api.run(gds("chip_top", "step_sleep=1"))
-    seen = await asyncio.wait_for(
-        asyncio.to_thread(_cancel, str(api.client.make_url("/")), tmp_path / "profile", run_id),
-        120,
-    )
+    browser.point_at(api.client)
+    seen = await browser.drive(lambda: _cancel(browser, run_id), 120)
     assert run_id[:12] in seen["question"]
     assert seen["after_dismiss"] == "running"
     assert (await api.get(run_id))["State"]["Status"] == "cancelled"
@@ -638,46 +499,36 @@ async def test_run_page_cancels_a_running_run(
     assert seen["verdict"] == "Cancelled."
 
 
-def _big_log(base_url: str, profile: Path, run_id: str, total: int) -> dict[str, Any]:
+def _big_log(browser: Browser, run_id: str, total: int) -> dict[str, Any]:
     """Open the page of a run with a long log; how long the page took. Blocking: in a thread."""
     import time
 
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver = _browser(profile)
     seen: dict[str, Any] = {}
-    try:
-        wait = WebDriverWait(driver, 60)
-        start = time.monotonic()
-        driver.get(f"{base_url}#/runs/{run_id}")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "log-count"), f"{total} lines"))
-        seen["load_seconds"] = time.monotonic() - start
-        # The page answers at once: a script run now is not stuck behind the log.
-        start = time.monotonic()
-        driver.execute_script("return 1")
-        seen["script_seconds"] = time.monotonic() - start
-        seen["at_end"] = driver.execute_script(
-            "const l = document.getElementById('log');"
-            "return l.scrollHeight - l.scrollTop - l.clientHeight < 30"
-        )
-        start = time.monotonic()
-        driver.find_element(By.ID, "log-search").send_keys("noise 99999\n")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "search-count"), "of 1"))
-        seen["search_seconds"] = time.monotonic() - start
-        seen["search_line"] = driver.execute_script(LINE_JS, "#log .line.current")
-        seen["states"] = _states(driver)
-    finally:
-        driver.quit()
+    start = time.monotonic()
+    browser.open(f"#/runs/{run_id}")
+    browser.until_text("log-count", f"{total} lines", 60)
+    seen["load_seconds"] = time.monotonic() - start
+    # The page answers at once: a script run now is not stuck behind the log.
+    start = time.monotonic()
+    browser.script("return 1")
+    seen["script_seconds"] = time.monotonic() - start
+    seen["at_end"] = browser.script(
+        "const l = document.getElementById('log');"
+        "return l.scrollHeight - l.scrollTop - l.clientHeight < 30"
+    )
+    start = time.monotonic()
+    browser.find("log-search").send_keys("noise 99999\n")
+    browser.until_text("search-count", "of 1", 60)
+    seen["search_seconds"] = time.monotonic() - start
+    seen["search_line"] = browser.script(LINE_JS, "#log .line.current")
+    seen["states"] = _states(browser)
     return seen
 
 
 async def test_run_page_keeps_up_with_a_long_log(
-    chromium: tuple[Path, Path],
+    browser: Browser,
     start_app: StartApp,
     sim_config: Callable[..., Config],
-    tmp_path: Path,
 ) -> None:
     """100,000 lines come in batches: all shown, the end followed, search quick."""
     api = await start_app(sim_config())
@@ -685,12 +536,8 @@ async def test_run_page_keeps_up_with_a_long_log(
     await api.wait(run_id, 120)
     total = (await api.logs(run_id, tail=1))["last_line"]
     assert total > 100000
-    seen = await asyncio.wait_for(
-        asyncio.to_thread(
-            _big_log, str(api.client.make_url("/")), tmp_path / "profile", run_id, total
-        ),
-        150,
-    )
+    browser.point_at(api.client)
+    seen = await browser.drive(lambda: _big_log(browser, run_id, total), 150)
     assert seen["states"] == ["done"] * 16
     assert seen["at_end"], "the log does not follow its end"
     assert seen["search_line"][1] == "noise 99999\n" and seen["search_line"][2]
@@ -698,73 +545,63 @@ async def test_run_page_keeps_up_with_a_long_log(
     assert seen["search_seconds"] < 5, seen
 
 
-def _preflight(base_url: str, layout: Path, profile: Path, shot: Path) -> dict[str, Any]:
+def _preflight(browser: Browser, layout: Path) -> dict[str, Any]:
     """Upload a die and use the pre-flight hints: what was seen. Blocking: run in a thread."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
-
-    driver = _browser(profile)
     seen: dict[str, Any] = {}
 
     def codes() -> list[str]:
         # In one script: the list is redrawn as answers come, elements found may go stale.
-        found: list[str] = driver.execute_script(
+        found: list[str] = browser.script(
             "return [...document.querySelectorAll('#preflight-checks li')]"
             ".map((li) => li.dataset.code)"
         )
         return found
 
-    try:
-        wait = WebDriverWait(driver, WAIT)
-        find = driver.find_element
-        driver.get(base_url)
-        wait.until(ec.element_to_be_clickable((By.ID, "file")))
-        find(By.ID, "file").send_keys(str(layout))
-        find(By.CSS_SELECTOR, "#upload-form button[type=submit]").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "upload-status"), "uploaded"))
+    browser.open()
+    browser.until_clickable("file")
+    browser.find("file").send_keys(str(layout))
+    browser.css("#upload-form button[type=submit]").click()
+    browser.until_text("upload-status", "uploaded")
 
-        # Once the layout is read: its top cells offered, its slot chosen, the checks passed.
-        wait.until(ec.text_to_be_present_in_element((By.ID, "preflight-status"), "passed"))
-        seen["offered"] = driver.execute_script(
-            "return [...document.querySelectorAll('#top-cells option')].map((o) => o.value)"
-        )
-        seen["top_cell"] = find(By.ID, "top-cell").get_attribute("value")
-        seen["slot"] = Select(find(By.ID, "slot")).first_selected_option.text
-        seen["passed_class"] = find(By.ID, "preflight").get_attribute("class")
+    # Once the layout is read: its top cells offered, its slot chosen, the checks passed.
+    browser.until_text("preflight-status", "passed")
+    seen["offered"] = browser.script(
+        "return [...document.querySelectorAll('#top-cells option')].map((o) => o.value)"
+    )
+    seen["top_cell"] = browser.find("top-cell").get_attribute("value")
+    seen["slot"] = browser.select("slot").first_selected_option.text
+    seen["passed_class"] = browser.find("preflight").get_attribute("class")
 
-        # Another slot: the die no longer fits, and the page says so before Start.
-        Select(find(By.ID, "slot")).select_by_visible_text("1x1")
-        wait.until(lambda d: codes() == ["size"])
-        seen["size_message"] = driver.execute_script(
-            "return document.querySelector('#preflight-checks li').textContent"
-        )
-        # A top cell the layout lacks as well: both checks listed.
-        top = find(By.ID, "top-cell")
-        top.clear()
-        top.send_keys("no_such_top")
-        wait.until(lambda d: codes() == ["top_cell", "size"])
-        seen["both"] = codes()
+    # Another slot: the die no longer fits, and the page says so before Start.
+    browser.select("slot").select_by_visible_text("1x1")
+    browser.until(lambda _: codes() == ["size"])
+    seen["size_message"] = browser.script(
+        "return document.querySelector('#preflight-checks li').textContent"
+    )
+    # A top cell the layout lacks as well: both checks listed.
+    top = browser.find("top-cell")
+    top.clear()
+    top.send_keys("no_such_top")
+    browser.until(lambda _: codes() == ["top_cell", "size"])
+    seen["both"] = codes()
 
-        # Start is refused (422): the page stays and lists the checks.
-        find(By.CSS_SELECTOR, "#run-form button[type=submit]").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "run-status"), "not started"))
-        seen["refused_url"] = driver.current_url
-        seen["refused_codes"] = codes()
-        assert driver.save_screenshot(str(shot)), "the screenshot was not written"
+    # Start is refused (422): the page stays and lists the checks.
+    browser.css("#run-form button[type=submit]").click()
+    browser.until_text("run-status", "not started")
+    seen["refused_url"] = browser.driver.current_url
+    seen["refused_codes"] = codes()
+    seen["shot"] = browser.screenshot("browser-preflight.png")
 
-        # Ticked "start even if pre-flight fails": the run is queued and shown.
-        find(By.ID, "preflight-warn").click()
-        find(By.CSS_SELECTOR, "#run-form button[type=submit]").click()
-        wait.until(lambda d: "#/runs/" in d.current_url)
-        seen["run_id"] = driver.current_url.rsplit("/", 1)[1]
-    finally:
-        driver.quit()
+    # Ticked "start even if pre-flight fails": the run is queued and shown.
+    browser.find("preflight-warn").click()
+    browser.css("#run-form button[type=submit]").click()
+    browser.until(lambda d: "#/runs/" in d.current_url)
+    seen["run_id"] = browser.driver.current_url.rsplit("/", 1)[1]
     return seen
 
 
 async def test_page_shows_pre_flight_before_start(
-    chromium: tuple[Path, Path],
+    browser: Browser,
     aiohttp_client: AiohttpClient,
     make_config: Callable[..., Config],
     tmp_path: Path,
@@ -775,16 +612,9 @@ async def test_page_shows_pre_flight_before_start(
     client = await aiohttp_client(create_app(config, run_containers=False))
     layout = tmp_path / "design.gds"
     layout.write_bytes(die("0p5x1"))
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "browser-preflight.png"
-    shot.unlink(missing_ok=True)
+    browser.point_at(client)
 
-    seen = await asyncio.wait_for(
-        asyncio.to_thread(
-            _preflight, str(client.make_url("/")), layout, tmp_path / "profile", shot
-        ),
-        60,
-    )
+    seen = await browser.drive(lambda: _preflight(browser, layout), 60)
 
     assert seen["offered"] == ["chip_top"]
     assert seen["top_cell"] == "chip_top"  # the only top cell, not the file's name
@@ -797,4 +627,4 @@ async def test_page_shows_pre_flight_before_start(
     run = await (await client.get(f"/api/v1/prechecks/{seen['run_id']}")).json()
     assert run["Config"]["Labels"]["top_cell"] == "no_such_top"
     assert (run["Preflight"]["Mode"], run["Preflight"]["Status"]) == ("warn", "failed")
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert seen["shot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

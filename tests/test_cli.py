@@ -32,6 +32,7 @@ from precheck.app import create_app
 from precheck.cli import _parser
 from precheck.config import Config, load_config
 from tests.layouts import gds
+from tests.simulator_config import write_simulator_config
 
 LABEL_INSTANCE = "precheck.instance"
 
@@ -103,24 +104,7 @@ def _free_port() -> int:
 
 
 def _write_config(path: Path, storage: Path, image: str, port: int) -> None:
-    path.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-storage_path = "{storage}"
-max_concurrent = 1
-
-[docker]
-image = "{image}"
-pull = "never"
-memory_limit = "256m"
-
-# The simulator's layouts are no slot-sized dies: pre-flight would refuse their runs.
-[preflight]
-enabled = false
-"""
-    )
+    write_simulator_config(path, storage, image, server={"port": port, "max_concurrent": 1})
 
 
 class ServerProcess:

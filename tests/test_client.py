@@ -21,6 +21,7 @@ from precheck.config import Config
 from precheck.events.types import RunStarted
 from tests.docker_fixtures import REPO, Api, StartApp
 from tests.layouts import gds
+from tests.simulator_config import simulator_docker
 
 pytestmark = pytest.mark.docker
 
@@ -122,9 +123,7 @@ def sim_with(
 ) -> Config:
     """The simulator config with other tables set too."""
     docker = sim_config().docker  # fails the test here when there is no Docker engine
-    return make_config(
-        docker={"image": docker.image, "pull": "never", "memory_limit": "256m"}, **tables
-    )
+    return make_config(docker=simulator_docker(docker.image), **tables)
 
 
 def auth_config(make_config: Callable[..., Config], sim_config: Callable[..., Config]) -> Config:

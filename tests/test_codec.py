@@ -34,15 +34,10 @@ from precheck.events.types import (
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
-    RunExited,
     RunFailedToStart,
-    RunFinished,
     RunFinishFailed,
-    RunOutputsStored,
     RunProgressed,
-    RunQueued,
     RunRetried,
-    RunStarted,
     RunTimedOut,
     StrayContainerRemoved,
     TopCell,
@@ -50,9 +45,16 @@ from precheck.events.types import (
     UploadExpired,
     UploadInspected,
     UploadInspectionFailed,
-    UploadReceived,
 )
 from precheck.projections import Projections
+from tests.factories import (
+    run_exited,
+    run_finished,
+    run_outputs_stored,
+    run_queued,
+    run_started,
+    upload_received,
+)
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 LAYOUT = OutputFile("output/chip.gds.gz", 123456, "ab" * 32)
@@ -60,9 +62,7 @@ LAYOUT = OutputFile("output/chip.gds.gz", 123456, "ab" * 32)
 # One instance of every event type, with values that exercise the converter: optional fields
 # set and unset, nested records, tuples, dicts of mixed scalars, non-ASCII text.
 SAMPLES: list[object] = [
-    UploadReceived(
-        "u1", "chïp top.gds", "layout.gds", "gds", 4096, "cd" * 32, T0, T0 + timedelta(hours=1)
-    ),
+    upload_received(name="chïp top.gds", at=T0),
     UploadDeleted("u1", T0),
     UploadExpired("u1", T0),
     UploadInspected(
@@ -77,98 +77,62 @@ SAMPLES: list[object] = [
     ),
     UploadInspected("u2", "oas", 0.0005, (), 0, (), 0, T0, reused_from="u1"),
     UploadInspectionFailed("u1", "not a readable layout: unexpected end of file", T0),
-    RunQueued(
+    run_queued(
         "r2",
-        "u1",
-        "chip_top",
-        "ABCD1234",
-        "1x1",
-        False,
-        "chip.gds",
-        "layout.gds",
-        "gds",
-        4096,
-        "cd" * 32,
-        T0,
-        Preflight(
+        top_cell="chip_top",
+        at=T0,
+        preflight=Preflight(
             "failed",
             "warn",
             (PreflightCheck("size", "the die is 1 µm too wide", "3932 x 5122", "3933 x 5122"),),
         ),
     ),
-    RunQueued(
+    run_queued(
         "r3",
-        "u1",
-        "chip_top",
-        "ABCD1234",
-        "1x1",
-        False,
-        "c.gds",
-        "l.gds",
-        "gds",
-        1,
-        "cd" * 32,
-        T0,
-        Preflight("not-run", "enforce", reason="the layout has not been read yet"),
+        top_cell="chip_top",
+        input_name="c.gds",
+        input_filename="l.gds",
+        input_size=1,
+        at=T0,
+        preflight=Preflight("not-run", "enforce", reason="the layout has not been read yet"),
     ),
-    RunQueued(
-        "r1",
-        "u1",
-        "TOP_cell$1",
-        "ABCD1234",
-        "0p5x1",
-        True,
-        "chip.gds",
-        "layout.gds",
-        "gds",
-        4096,
-        "cd" * 32,
-        T0,
-    ),
+    run_queued(top_cell="TOP_cell$1", slot="0p5x1", cob=True, at=T0),
     RunCancelRequested("r1", T0),
     RunCancelled("r1", T0),
     RunCancelled("r1", T0, exit_code=137),
-    RunStarted("r1", "c0ffee" * 10, "precheck:latest", "sha256:" + "ef" * 32, T0),
+    run_started(container_id="c0ffee" * 10, image_digest="sha256:" + "ef" * 32, at=T0),
     RunProgressed("r1", 3, 16, "KLayout.CheckSize", T0),
-    RunFinished(
-        "r1",
-        "failed",
-        1,
-        "KLayout DRC found errors",
-        "Checker.KLayoutDRC",
-        "design",
-        {"KLayout DRC": 3, "Magic DRC": 0},
-        LAYOUT,
-        (LAYOUT, OutputFile("reports/drc.lyrdb", 10, "00" * 32)),
-        {"density": 0.42, "cells": 17, "tool": "klayout", "area": None},
-        False,
-        T0,
+    run_finished(
+        status="failed",
+        error="KLayout DRC found errors",
+        failed_step="Checker.KLayoutDRC",
+        classification="design",
+        deferred_errors={"KLayout DRC": 3, "Magic DRC": 0},
+        output=LAYOUT,
+        files=(LAYOUT, OutputFile("reports/drc.lyrdb", 10, "00" * 32)),
+        metrics={"density": 0.42, "cells": 17, "tool": "klayout", "area": None},
+        at=T0,
     ),
-    RunFinished("r2", "completed", 0, "", None, None, {}, None, (), {}, True, T0),
+    run_finished("r2", oom_killed=True, at=T0),
     RunFailedToStart("r1", "image precheck:latest not found", T0),
     RunFinishFailed("r1", "Docker: 500 injected", 5, T0),
     RunRetried("r1", 2, "build-2", "engine lost: build-2 did not answer", -1, T0, T0, 40, T0),
     RunRetried("r1", 3, "local", "OOM: killed", 137, None, T0, 80, T0),
     RunTimedOut("r1", 90, T0),
     RunDeleted("r1", "u1", "pruned by an operator", T0),
-    RunExited(
-        "r1",
-        "failed",
-        1,
-        "deferred errors: 3 KLayout DRC",
-        "design",
-        {"KLayout DRC": 3},
-        False,
-        T0,
-        T0,
+    run_exited(
+        status="failed",
+        error="deferred errors: 3 KLayout DRC",
+        classification="design",
+        deferred_errors={"KLayout DRC": 3},
+        at=T0,
     ),
-    RunOutputsStored(
-        "r1",
-        OutputFile("output/top.gds", 10, "a" * 64),
-        (OutputFile("run/reports/drc.json", 2, "b" * 64),),
-        {"klayout__drc_error__count": 3, "note": None},
-        "Checker.KLayoutDRC",
-        T0,
+    run_outputs_stored(
+        output=OutputFile("output/top.gds", 10, "a" * 64),
+        files=(OutputFile("run/reports/drc.json", 2, "b" * 64),),
+        metrics={"klayout__drc_error__count": 3, "note": None},
+        failed_step="Checker.KLayoutDRC",
+        at=T0,
     ),
     InstanceCreated("0123456789abcdef", T0),
     ReactionFailed("supervisor", "RuntimeError: boom", T0),
@@ -259,20 +223,7 @@ async def test_schema_1_run_queued_row_is_upcast(tmp_path: Path) -> None:
     store = await EventStore.open(path)
     try:
         [r] = await store.read()
-        assert r.event == RunQueued(
-            "r1",
-            "u1",
-            "TOP",
-            "ABCD1234",
-            "1x1",
-            False,
-            "chip.gds",
-            "layout.gds",
-            "gds",
-            4096,
-            "cd" * 32,
-            datetime(2025, 6, 1, 12, tzinfo=UTC),
-        )
+        assert r.event == run_queued(slot="1x1", cob=False, at=datetime(2025, 6, 1, 12, tzinfo=UTC))
         assert (await store.verify_chain()).first_bad is None
         run = (await Projections.replay(store)).runs.get("r1")
         assert run is not None

@@ -22,6 +22,7 @@ from precheck.app import create_app
 from precheck.config import Config
 from precheck.web import keys
 from tests.layouts import gds
+from tests.simulator_config import write_simulator_config
 
 pytestmark = pytest.mark.docker
 
@@ -40,26 +41,19 @@ class ServerProcess:
     def __init__(self, tmp_path: Path, image: str) -> None:
         self.port = _free_port()
         self.config = tmp_path / "config.toml"
-        self.config.write_text(
-            f"""
-[server]
-host = "127.0.0.1"
-port = {self.port}
-storage_path = "{tmp_path / "data"}"
-
-[docker]
-image = "{image}"
-pull = "never"
-memory_limit = "256m"
-
-# The simulator's layouts are no slot-sized dies: pre-flight would refuse their runs.
-[preflight]
-enabled = false
-"""
-        )
+        self.storage = tmp_path / "data"
+        self.image = image
+        self.write_config()
         self.log = tmp_path / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def write_config(self, **docker: object) -> None:
+        """Write its config file: the simulator image on its storage folder, `docker` settings
+        added to the `[docker]` table."""
+        write_simulator_config(
+            self.config, self.storage, self.image, server={"port": self.port}, docker=docker
+        )
 
     def start(self) -> None:
         out = self.log.open("ab")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TypedDict, Unpack
 
 import attrs
@@ -18,82 +18,28 @@ from precheck.domain.commands import (
     decide,
 )
 from precheck.errors import Conflict, Expired, Invalid, NotFound, TooMany
-from precheck.events.store import RecordedEvent
 from precheck.events.types import (
-    TAGS,
     Event,
-    Metadata,
-    OutputFile,
     Preflight,
     RunCancelled,
     RunCancelRequested,
-    RunExited,
     RunFailedToStart,
-    RunFinished,
     RunQueued,
-    RunStarted,
     UploadDeleted,
     UploadExpired,
-    UploadReceived,
-    stream_of,
 )
-from precheck.projections import Projections
+from tests.factories import (
+    EXPIRY,
+    T0,
+    given,
+    run_exited,
+    run_finished,
+    run_queued,
+    run_started,
+    upload_received,
+)
 
-T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
 LATER = T0 + timedelta(minutes=5)
-EXPIRY = timedelta(hours=1)
-
-
-def given(*events: Event) -> Projections:
-    """Read models built from `events`, numbered as the store would number them."""
-    state = Projections()
-    versions: dict[str, int] = {}
-    for position, e in enumerate(events, start=1):
-        stream = stream_of(e)
-        versions[stream] = versions.get(stream, 0) + 1
-        state.apply(
-            RecordedEvent(
-                position, stream, versions[stream], e, Metadata("test"), T0, TAGS[type(e)], ""
-            )
-        )
-    return state
-
-
-def received(upload_id: str = "u1", at: datetime = T0) -> UploadReceived:
-    """Upload `upload_id` arrived at `at` and expires an hour later."""
-    return UploadReceived(
-        upload_id, "chip.gds", "layout.gds", "gds", 4096, "cd" * 32, at, at + EXPIRY
-    )
-
-
-def queued(run_id: str, upload_id: str = "u1") -> RunQueued:
-    """Run `run_id` of `upload_id` joined the queue."""
-    return RunQueued(
-        run_id,
-        upload_id,
-        "TOP",
-        "ABCD1234",
-        "1x1",
-        False,
-        "chip.gds",
-        "layout.gds",
-        "gds",
-        4096,
-        "cd" * 32,
-        T0,
-    )
-
-
-def started(run_id: str) -> RunStarted:
-    """Run `run_id` got its container."""
-    return RunStarted(run_id, f"container-{run_id}", "precheck:latest", "sha256:00", T0)
-
-
-def finished(run_id: str, status: str = "completed") -> RunFinished:
-    """Run `run_id` ended with `status`."""
-    code = 0 if status == "completed" else 1
-    output = OutputFile("output/chip.gds", 10, "00" * 32)
-    return RunFinished(run_id, status, code, "", None, None, {}, output, (output,), {}, False, T0)
 
 
 class QueueRunChanges(TypedDict, total=False):
@@ -122,7 +68,7 @@ def test_receive_upload_records_it() -> None:
     """A new upload becomes `UploadReceived` on a stream that must not exist yet."""
     cmd = ReceiveUpload("u1", "chip.gds", "layout.gds", "gds", 4096, "cd" * 32, T0, T0 + EXPIRY)
     decision = decide(cmd, given())
-    assert decision.events == (received("u1"),)
+    assert decision.events == (upload_received("u1"),)
     assert decision.expect == {"upload-u1": 0}
 
 
@@ -130,28 +76,31 @@ def test_receive_upload_twice_conflicts() -> None:
     """An upload id already in use is refused."""
     cmd = ReceiveUpload("u1", "chip.gds", "layout.gds", "gds", 4096, "cd" * 32, T0, T0 + EXPIRY)
     with pytest.raises(Conflict):
-        decide(cmd, given(received("u1")))
+        decide(cmd, given(upload_received("u1")))
 
 
 def test_delete_upload_of_queued_run_conflicts() -> None:
     """An upload an active run still needs cannot be deleted."""
     with pytest.raises(Conflict, match="r2"):
         decide(
-            DeleteUpload("u1", LATER), given(received(), queued("r1"), finished("r1"), queued("r2"))
+            DeleteUpload("u1", LATER),
+            given(upload_received(), run_queued("r1"), run_finished("r1"), run_queued("r2")),
         )
     with pytest.raises(Conflict):
-        decide(DeleteUpload("u1", LATER), given(received(), queued("r1"), started("r1")))
+        decide(
+            DeleteUpload("u1", LATER), given(upload_received(), run_queued("r1"), run_started("r1"))
+        )
 
 
 def test_delete_upload_of_finished_runs_deletes_it() -> None:
     """An upload whose runs have all ended is deleted, decided on its current version."""
     state = given(
-        received(),
-        queued("r1"),
-        finished("r1", "failed"),
-        queued("r2"),
+        upload_received(),
+        run_queued("r1"),
+        run_finished("r1", "failed"),
+        run_queued("r2"),
         RunCancelled("r2", T0),
-        queued("r3"),
+        run_queued("r3"),
         RunFailedToStart("r3", "no image", T0),
     )
     decision = decide(DeleteUpload("u1", LATER), state)
@@ -164,7 +113,7 @@ def test_delete_unknown_upload_is_not_found() -> None:
     with pytest.raises(NotFound):
         decide(DeleteUpload("u1", LATER), given())
     with pytest.raises(NotFound):
-        decide(DeleteUpload("u1", LATER), given(received(), UploadDeleted("u1", T0)))
+        decide(DeleteUpload("u1", LATER), given(upload_received(), UploadDeleted("u1", T0)))
 
 
 # Queueing runs ----------------------------------------------------------------------------------
@@ -173,22 +122,21 @@ def test_delete_unknown_upload_is_not_found() -> None:
 def test_queue_run_copies_the_upload_into_the_event() -> None:
     """A good request becomes `RunQueued` naming the upload's file, decided on both streams."""
     cmd = queue_run(top_cell="Chip_Top$2-a", die_id="0123abCD", slot="0p5x0p5", cob=True)
-    decision = decide(cmd, given(received()))
+    upload = upload_received()
+    decision = decide(cmd, given(upload))
     assert decision.events == (
-        RunQueued(
-            "r1",
-            "u1",
-            "Chip_Top$2-a",
-            "0123abCD",
-            "0p5x0p5",
-            True,
-            "chip.gds",
-            "layout.gds",
-            "gds",
-            4096,
-            "cd" * 32,
-            LATER,
-            Preflight("not-run", "enforce", reason="the layout has not been read yet"),
+        run_queued(
+            top_cell="Chip_Top$2-a",
+            die_id="0123abCD",
+            slot="0p5x0p5",
+            cob=True,
+            input_name=upload.name,
+            input_filename=upload.filename,
+            input_format=upload.format,
+            input_size=upload.size,
+            input_sha256=upload.sha256,
+            at=LATER,
+            preflight=Preflight("not-run", "enforce", reason="the layout has not been read yet"),
         ),
     )
     assert decision.expect == {"upload-u1": 1, "run-r1": 0}
@@ -197,16 +145,18 @@ def test_queue_run_copies_the_upload_into_the_event() -> None:
 def test_queue_run_on_unknown_upload_is_not_found() -> None:
     """Queueing a run of an upload that does not exist is `NotFound`."""
     with pytest.raises(NotFound):
-        decide(queue_run(upload_id="nope"), given(received()))
+        decide(queue_run(upload_id="nope"), given(upload_received()))
 
 
 @pytest.mark.parametrize(
     "history, now",
     [
-        pytest.param((received(),), T0 + EXPIRY, id="expiry-reached"),
-        pytest.param((received(),), T0 + 2 * EXPIRY, id="expiry-passed"),
+        pytest.param((upload_received(),), T0 + EXPIRY, id="expiry-reached"),
+        pytest.param((upload_received(),), T0 + 2 * EXPIRY, id="expiry-passed"),
         pytest.param(
-            (received(), queued("r0"), UploadExpired("u1", T0)), LATER, id="expired-event"
+            (upload_received(), run_queued("r0"), UploadExpired("u1", T0)),
+            LATER,
+            id="expired-event",
         ),
     ],
 )
@@ -239,7 +189,7 @@ def test_queue_run_on_expired_upload_is_refused(history: tuple[Event, ...], now:
 )
 def test_queue_run_with_bad_values_is_invalid(field: str, value: str) -> None:
     """A malformed die id, slot or top cell is `Invalid`, and nothing is queued."""
-    state = given(received())
+    state = given(upload_received())
     with pytest.raises(Invalid) as raised:
         decide(QueueRun(**(attrs.asdict(queue_run()) | {field: value})), state)
     assert not isinstance(raised.value, Expired)
@@ -250,7 +200,7 @@ def test_queue_run_with_bad_values_is_invalid(field: str, value: str) -> None:
 def test_queue_run_with_max_running_runs_running_is_too_many() -> None:
     """An owner with `max_running` runs holding a slot is refused, and nothing is queued; its
     waiting runs, a run whose container has stopped, and other owners' runs do not count."""
-    state = given(received(), queued("r0"), started("r0"), queued("r2"))
+    state = given(upload_received(), run_queued("r0"), run_started("r0"), run_queued("r2"))
     with pytest.raises(TooMany) as raised:
         decide(queue_run(owner="test", max_running=1), state)
     assert str(raised.value).startswith(
@@ -263,8 +213,8 @@ def test_queue_run_with_max_running_runs_running_is_too_many() -> None:
         queue_run(owner="someone-else", max_running=1),
     ):
         assert [type(e) for e in decide(allowed, state).events] == [RunQueued]
-    stopped = RunExited("r0", "completed", 0, "", None, {}, False, T0, T0)
-    history = (received(), queued("r0"), started("r0"), stopped, queued("r2"))
+    stopped = run_exited("r0")
+    history = (upload_received(), run_queued("r0"), run_started("r0"), stopped, run_queued("r2"))
     decision = decide(queue_run(owner="test", max_running=1), given(*history))
     assert [type(e) for e in decision.events] == [RunQueued]
 
@@ -274,14 +224,14 @@ def test_queue_run_with_max_running_runs_running_is_too_many() -> None:
 
 def test_cancel_queued_run_cancels_it() -> None:
     """A queued run is cancelled at once."""
-    decision = decide(CancelRun("r1", LATER), given(received(), queued("r1")))
+    decision = decide(CancelRun("r1", LATER), given(upload_received(), run_queued("r1")))
     assert decision.events == (RunCancelled("r1", LATER),)
     assert decision.expect == {"run-r1": 1}
 
 
 def test_cancel_running_run_asks_the_supervisor_once() -> None:
     """A running run gets `RunCancelRequested`; asking again adds nothing."""
-    history = (received(), queued("r1"), started("r1"))
+    history = (upload_received(), run_queued("r1"), run_started("r1"))
     first = decide(CancelRun("r1", LATER), given(*history))
     assert first.events == (RunCancelRequested("r1", LATER),)
     assert first.expect == {"run-r1": 2}
@@ -292,8 +242,8 @@ def test_cancel_running_run_asks_the_supervisor_once() -> None:
 @pytest.mark.parametrize(
     "end",
     [
-        finished("r1"),
-        finished("r1", "failed"),
+        run_finished("r1"),
+        run_finished("r1", "failed"),
         RunCancelled("r1", T0),
         RunFailedToStart("r1", "no image", T0),
     ],
@@ -302,13 +252,16 @@ def test_cancel_running_run_asks_the_supervisor_once() -> None:
 def test_cancel_ended_run_conflicts(end: Event) -> None:
     """A run that has ended cannot be cancelled."""
     with pytest.raises(Conflict):
-        decide(CancelRun("r1", LATER), given(received(), queued("r1"), started("r1"), end))
+        decide(
+            CancelRun("r1", LATER),
+            given(upload_received(), run_queued("r1"), run_started("r1"), end),
+        )
 
 
 def test_cancel_unknown_run_is_not_found() -> None:
     """Cancelling a run that does not exist is `NotFound`."""
     with pytest.raises(NotFound):
-        decide(CancelRun("r1", LATER), given(received()))
+        decide(CancelRun("r1", LATER), given(upload_received()))
 
 
 # Expiring uploads -------------------------------------------------------------------------------
@@ -317,13 +270,13 @@ def test_cancel_unknown_run_is_not_found() -> None:
 def test_expire_retires_only_due_available_uploads() -> None:
     """Only uploads whose expiry has come and that are not yet expired are expired."""
     state = given(
-        received("due", at=T0),
-        received("exact", at=T0 + timedelta(minutes=30)),
-        received("fresh", at=T0 + timedelta(minutes=31)),
-        received("old", at=T0),
-        queued("r1", "old"),
+        upload_received("due", at=T0),
+        upload_received("exact", at=T0 + timedelta(minutes=30)),
+        upload_received("fresh", at=T0 + timedelta(minutes=31)),
+        upload_received("old", at=T0),
+        run_queued("r1", "old"),
         UploadExpired("old", T0 + EXPIRY),
-        received("gone", at=T0),
+        upload_received("gone", at=T0),
         UploadDeleted("gone", T0),
     )
     now = T0 + timedelta(minutes=90)
@@ -334,17 +287,20 @@ def test_expire_retires_only_due_available_uploads() -> None:
 
 def test_expire_with_nothing_due_decides_nothing() -> None:
     """Before any expiry, expiring decides no events."""
-    assert decide(ExpireUploads(LATER), given(received("u1"), received("u2"))).events == ()
+    assert (
+        decide(ExpireUploads(LATER), given(upload_received("u1"), upload_received("u2"))).events
+        == ()
+    )
 
 
 def test_expired_upload_keeps_its_runs_and_loses_the_rest() -> None:
     """After expiry an upload with runs stays, marked expired; one without runs is gone."""
     now = T0 + 2 * EXPIRY
-    state = given(received("used"), queued("r1", "used"), received("unused"))
+    state = given(upload_received("used"), run_queued("r1", "used"), upload_received("unused"))
     state = given(
-        received("used"),
-        queued("r1", "used"),
-        received("unused"),
+        upload_received("used"),
+        run_queued("r1", "used"),
+        upload_received("unused"),
         *decide(ExpireUploads(now), state).events,
     )
     used = state.uploads.get("used")
@@ -359,15 +315,15 @@ def test_expired_upload_keeps_its_runs_and_loses_the_rest() -> None:
 def test_queue_keeps_fifo_order_through_cancels_and_starts() -> None:
     """Queued runs keep their arrival order and 1-based places as others leave the queue."""
     runs = [f"r{i}" for i in range(1, 7)]
-    state = given(received(), *(queued(r) for r in runs))
+    state = given(upload_received(), *(run_queued(r) for r in runs))
     assert state.queue.queued() == runs
     assert [state.queue.position(r) for r in runs] == [1, 2, 3, 4, 5, 6]
 
     state = given(
-        received(),
-        *(queued(r) for r in runs),
+        upload_received(),
+        *(run_queued(r) for r in runs),
         RunCancelled("r2", T0),
-        started("r1"),
+        run_started("r1"),
         RunCancelled("r5", T0),
     )
     assert state.queue.queued() == ["r3", "r4", "r6"]
@@ -375,15 +331,15 @@ def test_queue_keeps_fifo_order_through_cancels_and_starts() -> None:
     assert (state.queue.length, state.queue.head(), state.queue.running) == (3, "r3", {"r1"})
 
     state = given(
-        received(),
-        *(queued(r) for r in runs),
+        upload_received(),
+        *(run_queued(r) for r in runs),
         RunCancelled("r2", T0),
-        started("r1"),
+        run_started("r1"),
         RunCancelled("r5", T0),
-        started("r3"),
-        finished("r1"),
+        run_started("r3"),
+        run_finished("r1"),
         RunFailedToStart("r4", "no image", T0),
-        queued("r7"),
+        run_queued("r7"),
     )
     assert state.queue.queued() == ["r6", "r7"]
     assert [state.queue.position(r) for r in ("r6", "r7")] == [1, 2]
@@ -395,10 +351,10 @@ def test_queue_keeps_fifo_order_through_cancels_and_starts() -> None:
 def test_deleting_the_last_run_of_an_expired_upload_retires_the_upload() -> None:
     """An expired upload kept for its runs goes with its last run; a live upload stays."""
     history: list[Event] = [
-        received("u1"),
-        received("u2", at=LATER),
-        queued("r1", "u1"),
-        queued("r2", "u2"),
+        upload_received("u1"),
+        upload_received("u2", at=LATER),
+        run_queued("r1", "u1"),
+        run_queued("r2", "u2"),
         RunCancelled("r1", T0),
         RunCancelled("r2", T0),
         UploadExpired("u1", T0 + EXPIRY),

@@ -471,13 +471,13 @@ async def test_kill_9_with_runs_on_two_engines_adopts_both(
     """A server killed with SIGKILL while runs go on on two engines adopts both after its
     restart, each on its own engine, with no retry and no stray."""
     server = process
-    text = server.config.read_text()
-    text = text.replace('pull = "never"\n', 'pull = "never"\nengine_grace_seconds = 30\n')
-    text += (
-        f'\n[[docker.engines]]\nname = "main"\nurl = "{DEFAULT_ENGINE_URL}"\n'
-        f'\n[[docker.engines]]\nname = "second"\nurl = "{on_second.url}"\n'
+    server.write_config(
+        engine_grace_seconds=30,
+        engines=[
+            {"name": "main", "url": DEFAULT_ENGINE_URL},
+            {"name": "second", "url": on_second.url},
+        ],
     )
-    server.config.write_text(text)
     api = Http(session, server.url)
     server.start()
     runs = [await api.run(gds("chip_top", "step_sleep=0.5")) for _ in range(2)]

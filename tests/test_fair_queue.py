@@ -14,11 +14,11 @@ from pytest_aiohttp import AiohttpClient
 
 from precheck.app import create_app
 from precheck.config import Config
-from precheck.events.types import Metadata, RunExited, RunStarted
 from precheck.projections import Projections
 from precheck.projections.queue import queue_at
 from precheck.web import keys
 from tests.docker_fixtures import StartApp
+from tests.factories import SUPERVISOR, run_exited, run_started
 from tests.layouts import gds
 
 Client = TestClient[web.Request, web.Application]
@@ -58,8 +58,8 @@ async def start_head(client: Client) -> str | None:
     """Record the queue's head as started, as the supervisor would; its id."""
     head = client.app[keys.PROJECTIONS].queue.head()
     if head is not None:
-        started = RunStarted(head, "c0ffee", "precheck:sim", "sha256:00", datetime.now(UTC))
-        await client.app[keys.STORE].append([started], Metadata("supervisor"))
+        started = run_started(head, at=datetime.now(UTC))
+        await client.app[keys.STORE].append([started], SUPERVISOR)
     return head
 
 
@@ -166,9 +166,7 @@ async def test_max_running_per_owner_is_429(
     assert (await rerun.json())["message"].startswith(message)
     assert [e.type for e in await store.read(head)] == ["upload.received"]
     b1 = await queued(client, "bob")
-    stopped = datetime.now(UTC)
-    exited = RunExited(a1, "completed", 0, "", None, {}, False, stopped, stopped)
-    await store.append([exited], Metadata("supervisor"))
+    await store.append([run_exited(a1, at=datetime.now(UTC))], SUPERVISOR)
     a2 = await queued(client, "alice")
     assert client.app[keys.PROJECTIONS].queue.queued() == [b1, a2]
 

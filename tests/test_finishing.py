@@ -3,34 +3,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from precheck.config import parse_config
 from precheck.domain.status import ENDED, RunStatus
 from precheck.events.store import EventStore
-from precheck.events.types import (
-    Metadata,
-    OutputFile,
-    RunExited,
-    RunFailedToStart,
-    RunOutputsStored,
-    RunQueued,
-    RunStarted,
-)
+from precheck.events.types import OutputFile, RunFailedToStart
 from precheck.projections import Projections
 from precheck.web.render import run_document
+from tests.factories import SUPERVISOR, T0, run_exited, run_outputs_stored, run_queued, run_started
 
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-RUNNER = Metadata("supervisor")
 CONFIG = parse_config({})
-
-
-def _queued(run_id: str) -> RunQueued:
-    return RunQueued(
-        run_id, "u1", "chip_top", "AB12CD34", "1x1", False, "chip.gds", "input.gds", "gds",
-        10, "0" * 64, T0,
-    )  # fmt: skip
 
 
 async def _state(tmp_path: Path) -> tuple[EventStore, Projections]:
@@ -46,10 +30,10 @@ async def test_a_passing_run_is_finishing_until_its_outputs_are_stored(tmp_path:
     store, state = await _state(tmp_path)
     try:
         stopped = T0 + timedelta(minutes=5)
-        await store.append([_queued("r1")], RUNNER)
-        await store.append([RunStarted("r1", "c" * 64, "sim", "sha256:x", T0)], RUNNER)
-        exited = RunExited("r1", "completed", 0, "", None, {}, False, stopped, stopped)
-        await store.append([exited], RUNNER)
+        await store.append([run_queued("r1")], SUPERVISOR)
+        await store.append([run_started("r1")], SUPERVISOR)
+        exited = run_exited("r1", at=stopped)
+        await store.append([exited], SUPERVISOR)
         doc = run_document(state.runs.by_id["r1"], state, CONFIG)
         assert doc["State"]["Status"] == "finishing"
         assert doc["State"]["Running"] is False
@@ -59,7 +43,7 @@ async def test_a_passing_run_is_finishing_until_its_outputs_are_stored(tmp_path:
         assert state.runs.by_id["r1"].status not in ENDED
         output = OutputFile("output/chip_top.gds", 10, "a" * 64)
         await store.append(
-            [RunOutputsStored("r1", output, (), {"cells": 1}, None, stopped)], RUNNER
+            [run_outputs_stored("r1", output=output, metrics={"cells": 1}, at=stopped)], SUPERVISOR
         )
         doc = run_document(state.runs.by_id["r1"], state, CONFIG)
         assert doc["State"]["Status"] == "completed"
@@ -76,13 +60,13 @@ async def test_a_failed_run_becomes_failed_with_its_step_only_when_stored(tmp_pa
     """A failed exit is `finishing` first; `failed` with its failed step once stored."""
     store, state = await _state(tmp_path)
     try:
-        await store.append([_queued("r1")], RUNNER)
-        await store.append([RunStarted("r1", "c" * 64, "sim", "sha256:x", T0)], RUNNER)
-        exited = RunExited("r1", "failed", 1, "the precheck failed: x", "design", {}, False, T0, T0)
-        await store.append([exited], RUNNER)
+        await store.append([run_queued("r1")], SUPERVISOR)
+        await store.append([run_started("r1")], SUPERVISOR)
+        exited = run_exited("r1", "failed", error="the precheck failed: x", classification="design")
+        await store.append([exited], SUPERVISOR)
         assert state.runs.by_id["r1"].status == RunStatus.FINISHING
-        stored = RunOutputsStored("r1", None, (), {}, "KLayout.CheckSize", T0)
-        await store.append([stored], RUNNER)
+        stored = run_outputs_stored("r1", failed_step="KLayout.CheckSize")
+        await store.append([stored], SUPERVISOR)
         run = state.runs.by_id["r1"]
         assert (run.status, run.settled) == (RunStatus.FAILED, True)
         assert run.result is not None and run.result.failed_step == "KLayout.CheckSize"
@@ -95,9 +79,9 @@ async def test_a_run_that_never_started_shows_exit_code_minus_one(tmp_path: Path
     one 0, as Docker shows a container not yet run."""
     store, state = await _state(tmp_path)
     try:
-        await store.append([_queued("r1"), _queued("r2")], RUNNER)
+        await store.append([run_queued("r1"), run_queued("r2")], SUPERVISOR)
         assert run_document(state.runs.by_id["r2"], state, CONFIG)["State"]["ExitCode"] == 0
-        await store.append([RunFailedToStart("r1", "Docker: no such image", T0)], RUNNER)
+        await store.append([RunFailedToStart("r1", "Docker: no such image", T0)], SUPERVISOR)
         doc = run_document(state.runs.by_id["r1"], state, CONFIG)
         assert (doc["State"]["Status"], doc["State"]["ExitCode"]) == ("failed", -1)
     finally:

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import attrs
 import pytest
 
 from precheck.domain.commands import QueueRun, RecordInspection, decide
 from precheck.domain.preflight import check, preflight_for_run, slot_of
 from precheck.errors import PreflightFailed
-from precheck.events.store import RecordedEvent
 from precheck.events.types import (
-    TAGS,
     BBox,
-    Event,
-    Metadata,
     Preflight,
     RunQueued,
     TopCell,
     UploadDeleted,
     UploadInspected,
     UploadInspectionFailed,
-    UploadReceived,
-    stream_of,
 )
-from precheck.projections import Projections
+from tests.factories import T0, given, upload_received
 
-T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
 DIE = BBox(0, 0, 3932, 5122)
 
 
@@ -38,22 +29,7 @@ def inspected(*tops: TopCell, dbu: float = 0.001, count: int | None = None) -> U
     )
 
 
-def given(*events: Event) -> Projections:
-    """Read models built from `events`."""
-    state = Projections()
-    versions: dict[str, int] = {}
-    for position, e in enumerate(events, start=1):
-        stream = stream_of(e)
-        versions[stream] = versions.get(stream, 0) + 1
-        state.apply(
-            RecordedEvent(
-                position, stream, versions[stream], e, Metadata("test"), T0, TAGS[type(e)], ""
-            )
-        )
-    return state
-
-
-RECEIVED = UploadReceived("u1", "c.gds", "input.gds", "gds", 10, "ab" * 32, T0, T0 + timedelta(1))
+RECEIVED = upload_received()
 
 
 def test_a_good_die_passes_every_check() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from precheck.domain.commands import CancelRun, DeleteUpload, ExpireUploads, QueueRun, ReceiveUpload
@@ -12,17 +12,14 @@ from precheck.events.types import (
     OutputFile,
     RunCancelled,
     RunFailedToStart,
-    RunFinished,
     RunProgressed,
-    RunStarted,
 )
 from precheck.projections import Projections
 from precheck.service.command_handler import CommandHandler
 from precheck.storage.files import Storage
+from tests.factories import SUPERVISOR, T0, run_finished, run_started
 
-T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
 CLIENT = Metadata("ci-key", "10.0.0.7", "req-1")
-SUPERVISOR = Metadata("supervisor")
 
 
 def assert_same_state(replayed: Projections, live: Projections) -> None:
@@ -71,49 +68,29 @@ async def write_history(handler: CommandHandler) -> None:
     await do(CancelRun("r2", T0 + timedelta(minutes=6)))  # cancelled while queued
 
     output = OutputFile("output/layout.gds", 10, "ab" * 32)
-    await supervisor(RunStarted("r1", "c1", "precheck:latest", "sha256:01", T0))
+    await supervisor(run_started("r1"))
     for step in range(1, 17):
         await supervisor(RunProgressed("r1", step, 16, f"Step.{step}", T0))
-    await supervisor(
-        RunFinished(
-            "r1",
-            "completed",
-            0,
-            "",
-            None,
-            None,
-            {},
-            output,
-            (output,),
-            {"density": 0.5, "cells": 3, "note": None},
-            False,
-            T0,
-        ),
-    )
-    await supervisor(RunStarted("r3", "c3", "precheck:latest", "sha256:01", T0))
+    metrics = {"density": 0.5, "cells": 3, "note": None}
+    await supervisor(run_finished("r1", output=output, files=(output,), metrics=metrics))
+    await supervisor(run_started("r3"))
     await do(CancelRun("r3", T0 + timedelta(minutes=7)))  # cancel requested while running
     await do(CancelRun("r3", T0 + timedelta(minutes=7)))  # asked twice: nothing new
     await supervisor(RunCancelled("r3", T0 + timedelta(minutes=8), exit_code=137))
-    await supervisor(RunStarted("r4", "c4", "precheck:latest", "sha256:01", T0))
+    await supervisor(run_started("r4"))
     await supervisor(RunProgressed("r4", 14, 16, "KLayout.DRC", T0))
     await supervisor(
-        RunFinished(
+        run_finished(
             "r4",
             "failed",
-            1,
-            "KLayout DRC found errors",
-            "Checker.KLayoutDRC",
-            "design",
-            {"KLayout DRC": 4},
-            None,
-            (),
-            {},
-            False,
-            T0,
-        ),
+            error="KLayout DRC found errors",
+            failed_step="Checker.KLayoutDRC",
+            classification="design",
+            deferred_errors={"KLayout DRC": 4},
+        )
     )
     await supervisor(RunFailedToStart("r7", "image missing", T0))
-    await supervisor(RunStarted("r5", "c5", "precheck:latest", "sha256:01", T0))
+    await supervisor(run_started("r5"))
 
     await do(DeleteUpload("u3", T0 + timedelta(minutes=10)))  # never used
     await do(

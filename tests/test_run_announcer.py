@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from precheck.events.store import EventStore
-from precheck.events.types import (
-    Metadata,
-    OutputFile,
-    RunExited,
-    RunFailedToStart,
-    RunOutputsStored,
-    RunQueued,
-    RunStarted,
-)
+from precheck.events.types import Metadata, OutputFile, RunFailedToStart
 from precheck.projections import Projections
 from precheck.service.run_announcer import RunAnnouncer
-
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-
-
-def _queued(run_id: str) -> RunQueued:
-    return RunQueued(
-        run_id, "u1", "chip_top", "AB12CD34", "1x1", False, "chip.gds", "input.gds", "gds",
-        10, "0" * 64, T0,
-    )  # fmt: skip
+from tests.factories import SUPERVISOR, T0, run_exited, run_outputs_stored, run_queued, run_started
 
 
 async def test_each_change_of_a_run_is_one_line(
@@ -41,19 +25,19 @@ async def test_each_change_of_a_run_is_one_line(
         state.attach(store)
         store.add_listener(RunAnnouncer(state).on_event)
         caplog.set_level(logging.INFO, logger="precheck.runs")
-        api, runner = Metadata("alice", "127.0.0.1"), Metadata("supervisor")
-        await store.append([_queued("r1")], api)
-        await store.append([RunStarted("r1", "c" * 64, "sim:1", "sha256:x", T0)], runner)
+        api = Metadata("alice", "127.0.0.1")
+        await store.append([run_queued("r1", top_cell="chip_top")], api)
+        await store.append([run_started("r1", container_id="c" * 64, image="sim:1")], SUPERVISOR)
         stopped = T0 + timedelta(seconds=90)
-        exited = RunExited("r1", "failed", 1, "deferred errors: 3 DRC", "design", {}, False,
-                           stopped, stopped)  # fmt: skip
-        await store.append([exited], runner)
-        stored = RunOutputsStored(
-            "r1", OutputFile("output/chip_top.gds", 1, "a" * 64), (), {}, "Checker.DRC", stopped
+        exited = run_exited(
+            "r1", "failed", error="deferred errors: 3 DRC", classification="design", at=stopped
         )
-        await store.append([stored], runner)
-        await store.append([_queued("r2")], api)
-        await store.append([RunFailedToStart("r2", "Docker: no such image", T0)], runner)
+        await store.append([exited], SUPERVISOR)
+        output = OutputFile("output/chip_top.gds", 1, "a" * 64)
+        stored = run_outputs_stored("r1", output=output, failed_step="Checker.DRC", at=stopped)
+        await store.append([stored], SUPERVISOR)
+        await store.append([run_queued("r2", top_cell="chip_top")], api)
+        await store.append([RunFailedToStart("r2", "Docker: no such image", T0)], SUPERVISOR)
     finally:
         await store.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "precheck.runs"]

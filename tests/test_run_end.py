@@ -25,7 +25,6 @@ from precheck.events.types import (
     RunCancelled,
     RunExited,
     RunFailedToStart,
-    RunOutputsStored,
     RunRetried,
 )
 from precheck.projections.runs import InputFile, RunRecord, RunResult
@@ -39,6 +38,7 @@ from precheck.runner.container_spec import (
     precheck_argv,
     step_total,
 )
+from tests.factories import run_outputs_stored
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 STOPPED = datetime(2026, 11, 26, 11, 59, 58, tzinfo=UTC)
@@ -137,14 +137,21 @@ def test_stored_events_name_the_first_step_that_did_not_complete() -> None:
         output, (report,), frozenset({f"runs/{run.id}/01-klayout-checktoplevel"}), {"cells": 3}
     )
     [e] = stored_events(run, facts, copied, NOW)
-    assert e == RunOutputsStored(run.id, output, (report,), {"cells": 3}, "KLayout.CheckSize", NOW)
+    assert e == run_outputs_stored(
+        run.id,
+        output=output,
+        files=(report,),
+        metrics={"cells": 3},
+        failed_step="KLayout.CheckSize",
+        at=NOW,
+    )
 
 
 def test_stored_events_of_a_completed_run_name_no_step() -> None:
     """A passed run has no failed step even if folders are missing."""
     run = _run(status=RunStatus.FINISHING, result=RunResult(passed=True))
     [e] = stored_events(run, _facts(_step(1, "KLayout.CheckTopLevel", run)), None, NOW)
-    assert e == RunOutputsStored(run.id, None, (), {}, None, NOW)
+    assert e == run_outputs_stored(run.id, at=NOW)
 
 
 def test_stored_events_of_a_settled_run_add_nothing() -> None:
