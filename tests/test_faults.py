@@ -244,3 +244,41 @@ async def test_a_start_that_always_fails_fails_once_its_attempts_are_spent(
     assert len(await api.events("run.failed-to-start", run)) == 1
     after = await api.run(gds("chip_top"))
     assert (await api.wait(after, 60))["Status"] == "completed"
+
+
+async def test_a_give_up_that_cannot_be_recorded_is_tried_again_and_frees_the_slot(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Recording a run's end gives up, and recording the give-up fails too (a full disk): the
+    give-up is tried again until it is in the log, and meanwhile the run's container is gone
+    and its slot free, so the next run starts and completes instead of waiting for a restart."""
+    engines: list[FaultyEngine] = []
+    api = await started(start_app, sim_config(max_concurrent=1), engines)
+    store = api.app[keys.STORE]
+    real_append = store.append
+    disk_full = asyncio.Event()
+    disk_full.set()
+    refused, refused_twice = 0, asyncio.Event()
+
+    async def append(events: Any, metadata: Any, expect: Any = None) -> Any:
+        nonlocal refused
+        if disk_full.is_set() and any(isinstance(e, RunFinishFailed) for e in events):
+            refused += 1
+            if refused >= 2:  # the give-up was tried, refused, and tried again
+                refused_twice.set()
+            raise OSError(28, "No space left on device")
+        return await real_append(events, metadata, expect)
+
+    store.append = append  # type: ignore[method-assign]
+    first = await api.run(gds("chip_top", "step_sleep=0.05"))
+    await api.wait_running(first)
+    engines[0].fail["inspect"] = -1
+    second = await api.run(gds("chip_top"))
+    await asyncio.wait_for(refused_twice.wait(), 30)
+    engines[0].fail["inspect"] = 0
+    assert (await api.wait(second, 60))["Status"] == "completed"
+    assert (await api.get(first))["State"]["Status"] == "running"  # not in the log yet
+    disk_full.clear()  # the operator frees the disk
+    assert (await api.wait(first, 60))["Status"] == "failed"
+    [gave_up] = await api.events("run.finish-failed", first)
+    assert isinstance(gave_up.event, RunFinishFailed)
