@@ -74,7 +74,7 @@ class DockerConfig:
     container_prefix: str = "precheck-"
     url: str = ""
     memory_limit: str = "24g"
-    timeout_minutes: float = 180
+    timeout_minutes: float = 1200  # 20 h, as production: a full KLayout DRC took 10 h 25 min
     pull: str = "missing"
     pids_limit: int = 4096
     max_line_kib: int = 64  # an output line's bytes kept; the rest is cut, with a marker

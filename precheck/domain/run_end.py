@@ -112,6 +112,7 @@ def exit_events(
             ending.oom_killed,
             finished_at or now,
             now,
+            verdict.detail,
         )
     ]
 

@@ -18,9 +18,18 @@ _STEP_HEAD = re.compile(r"Running '(?P<name>[A-Za-z0-9_.]+)' at '")
 # the tools it runs, and are not matched, so no pattern ever scans a huge line.
 MAX_FACT_LINE = 4096
 _DEFERRED_COUNT = re.compile(r"^\s*(?P<count>\d+) (?P<what>.+?) errors? found\.?\s*$")
+# The flow repeats the last lines of a step's failed subprocess under this logger line; among
+# them is the tool's own word on what is wrong (`[Error]: Layout size does not match ...`).
+_LAST_LINES = re.compile(r"\bERROR\s+Last (?P<n>\d+) line\(s\):")
+MAX_TOOL_LINES = 50  # of those repeated lines, at most this many are looked at
+# A step whose process the kernel (or a memory watchdog) killed: the flow's exception ends so.
+KILLED = "Interrupted (SIGKILL)"
+# ANSI colour sequences, printed when the image runs with `TERM` set: never part of a fact.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # A line `OutputFacts.feed` acts on holds one of these (unless it follows the failure or
-# deferred-errors line), so a block of lines holding none is passed over whole.
-_MARKERS = ("Running '", SUCCESS_LINE, FAILURE_LINE, DEFERRED_LINE)
+# deferred-errors line, or is one of the repeated lines), so a block of lines holding none is
+# passed over whole.
+_MARKERS = ("Running '", SUCCESS_LINE, FAILURE_LINE, DEFERRED_LINE, "line(s):")
 
 
 @attrs.frozen
@@ -67,12 +76,20 @@ class OutputFacts:
     success: bool = False
     failure: bool = False
     deferred: dict[str, int] = attrs.Factory(dict)
-    reason: str = ""  # the line after the failure line: what went wrong
+    reason: str = ""  # the line after the failure line: the flow's exception
+    tool_error: str = ""  # the failed tool's own line, from the lines the flow repeats
     _in_deferred: bool = False
     _after_failure: bool = False
+    _repeated_left: int = 0  # repeated lines of a failed subprocess still to come
+    _repeated: list[str] = attrs.Factory(list)
 
     def feed(self, text: str) -> Step | None:
         """Take one line; return the step it starts, if any."""
+        if "\x1b" in text:
+            text = _ANSI.sub("", text)
+        if self._repeated_left:
+            self._take_repeated(text)
+            return None
         step = parse_step(text)
         if step is not None:
             if not any(s.folder == step.folder for s in self.steps):
@@ -93,13 +110,26 @@ class OutputFacts:
             m = _DEFERRED_COUNT.match(stripped)
             if m:
                 self.deferred[m["what"]] = int(m["count"])
+        elif len(stripped) <= MAX_FACT_LINE and (m := _LAST_LINES.search(stripped)):
+            self._repeated_left, self._repeated = min(int(m["n"]), MAX_TOOL_LINES), []
         return None
+
+    def _take_repeated(self, text: str) -> None:
+        """One of the lines the flow repeats from a failed subprocess; after the last, the
+        tool's own error: the last of them that says error, else the last one said."""
+        self._repeated_left -= 1
+        stripped = text.strip()
+        if stripped and len(stripped) <= MAX_FACT_LINE:
+            self._repeated.append(stripped)
+        if self._repeated_left == 0 and self._repeated:
+            errors = [line for line in self._repeated if "error" in line.lower()]
+            self.tool_error = (errors or self._repeated)[-1][:500]
 
     def feed_block(self, joined: str, texts: Callable[[], Iterable[str]]) -> list[Step]:
         """Take consecutive lines; return the steps they start. `joined` holds every line (with
         anything around each, such as its time) and `texts` gives them one by one: it is called
         only when one may matter, so the tools' own output passes a block at a time."""
-        if not (self._in_deferred or self._after_failure) and not any(
+        if not (self._in_deferred or self._after_failure or self._repeated_left) and not any(
             marker in joined for marker in _MARKERS
         ):
             return []
@@ -130,13 +160,16 @@ class Verdict:
     status: RunStatus
     classification: str | None
     error: str
+    detail: str = ""  # the flow's own exception, when `error` gives the tool's words instead
 
 
 def decide_verdict(ending: Ending, facts: OutputFacts) -> Verdict:
     """Passed only on exit 0 with the success line; anything else is a design or system failure.
 
-    System failures are those a retry might cure: OOM, timeout, Docker errors, an exit the
-    precheck does not make on a design error.
+    System failures are those a retry might cure: OOM, timeout, Docker errors, a step's
+    process killed (`Interrupted (SIGKILL)`: the kernel or a memory watchdog, whatever Docker
+    says of OOM), an exit the precheck does not make on a design error. A design failure says
+    why in the failed tool's own words, the flow's exception kept as the detail.
     """
     if ending.timed_out:
         return Verdict(
@@ -154,10 +187,19 @@ def decide_verdict(ending: Ending, facts: OutputFacts) -> Verdict:
         return Verdict(RunStatus.FAILED, "system", "exit code 0 without the success line")
     if ending.exit_code == 137:
         return Verdict(RunStatus.FAILED, "system", "killed (exit code 137)")
+    if facts.failure and facts.reason.endswith(KILLED):
+        return Verdict(
+            RunStatus.FAILED,
+            "system",
+            f"killed: {facts.reason} (out of memory, or stopped from outside)",
+        )
     if ending.exit_code == 1 and (facts.failure or facts.deferred):
         if facts.deferred:
             found = ", ".join(f"{n} {what}" for what, n in facts.deferred.items())
             return Verdict(RunStatus.FAILED, "design", f"deferred errors: {found}")
+        if facts.tool_error:
+            why = f"the precheck failed: {facts.tool_error}"
+            return Verdict(RunStatus.FAILED, "design", why, facts.reason)
         return Verdict(
             RunStatus.FAILED, "design", f"the precheck failed: {facts.reason or 'no reason given'}"
         )

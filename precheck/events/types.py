@@ -250,6 +250,7 @@ class RunExited:
     oom_killed: bool
     finished_at: datetime
     at: datetime
+    detail: str = ""  # the flow's own exception, when `error` gives the failed tool's words
 
 
 @attrs.frozen

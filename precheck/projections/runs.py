@@ -74,6 +74,7 @@ class RunResult:
     deferred_errors: dict[str, int] = attrs.field(factory=dict)
     metrics: dict[str, float | int | str | None] = attrs.field(factory=dict)
     oom_killed: bool = False
+    detail: str = ""  # the flow's own exception, when the error gives the tool's words
 
 
 @attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.replacer`)
@@ -218,6 +219,7 @@ def _exited(e: RunExited) -> dict[str, Any]:
         classification=e.classification,
         deferred_errors=e.deferred_errors,
         oom_killed=e.oom_killed,
+        detail=e.detail,
     )
     # The verdict is known, the outputs not yet stored: not final until `RunOutputsStored`.
     return dict(

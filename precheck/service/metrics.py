@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from precheck.domain.status import ENDED, STATUSES
 from precheck.projections import Projections
 
-DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0)
+# Up to the 20 h timeout: a full-chip run takes many hours.
+DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0, 43200.0, 72000.0)
 
 
 class _StateCollector(Collector):

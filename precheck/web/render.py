@@ -174,6 +174,8 @@ def run_document(
                 "Classification": v.classification,
                 "DeferredErrors": v.deferred_errors,
                 "Metrics": v.metrics,
+                # The flow's own exception, where `State.Error` gives the failed tool's words.
+                "Detail": v.detail or None,
             }
             if v
             else None
