@@ -256,7 +256,7 @@ async def test_a_pass_exits_0_and_downloads_what_the_server_stored(
     reports = await r.json()
     assert reports, "the simulator writes reports"
     for report in reports:
-        path = out_dir / "reports" / report["Name"]
+        path = out_dir / "reports" / report["Path"]
         assert sha256(path) == report["Checksums"]["sha256"], report["Name"]
     r = await api.client.get(f"/api/v1/prechecks/{run_id}/render")
     assert r.status == 200

@@ -184,7 +184,12 @@ async def test_pass_serves_every_result_and_removes_the_container(start_app: Sta
     r = await api.client.get(f"{base}/reports")
     assert r.status == 200
     reports = await r.json()
-    assert [x["Name"] for x in reports] == REPORTS
+    # A run-level reports/ (the simulator's, older images'), each step folder's reports (the
+    # real flow's) under their step, and the flow's logs and metrics.
+    assert [x["Path"] for x in reports if x["Path"] in REPORTS] == REPORTS
+    paths = {x["Path"]: x["Step"] for x in reports}
+    assert {"flow.log", "warning.log", "error.log", "final/metrics.csv"} <= set(paths)
+    assert paths["14-klayout-drc/drc.klayout.json"] == "KLayout.DRC"
     drc = next(x for x in reports if x["Name"] == "drc.klayout.json")
     r = await api.client.get(f"{base}/reports/drc.klayout.json")
     assert r.status == 200

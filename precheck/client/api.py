@@ -214,7 +214,7 @@ class Api:
         return doc
 
     async def reports(self, run_id: str) -> list[dict[str, Any]]:
-        """`GET .../reports`: `[{"Name", "Size", "Checksums": {"sha256"}}]`."""
+        """`GET .../reports`: `[{"Step", "Name", "Path", "Size", "Checksums": {"sha256"}}]`."""
         docs: list[dict[str, Any]] = await self.json("GET", run_path(run_id, "reports"))
         return docs
 

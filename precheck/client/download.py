@@ -1,9 +1,10 @@
 """Fetching a final run's files into a folder, each checked against the sha256 the server gave.
 
-The folder gets the output layout under its own name, `reports/<name>` for every report, the
-render as `render.png` when there is one, the whole log as `precheck.log` and the final run
-document as `run.json`. A file already there with the right checksum is not fetched again; a
-file is written beside its place and renamed only once its checksum matched.
+The folder gets the output layout under its own name, `reports/<path>` for every report (in
+its step's folder), the render as `render.png` when there is one, the whole log as
+`precheck.log` and the final run document as `run.json`. A file already there with the right
+checksum is not fetched again; a file is written beside its place and renamed only once its
+checksum matched.
 """
 
 from __future__ import annotations
@@ -154,7 +155,9 @@ class Downloader:
             on_retry=self._retrying,
         )
         for report in reports:
-            name = str(report["Name"])
+            # `Path` is unique within the run (`14-klayout-drc/drc.klayout.lyrdb`); a server
+            # from before reports per step gives only `Name`.
+            name = str(report.get("Path") or report["Name"])
             saved.append(
                 await self.fetch(
                     "report",

@@ -820,8 +820,11 @@ async function showVerdict(v, doc) {
   let reports = [];
   try { reports = await api(`${v.base}/reports`); } catch { /* no reports */ }
   if (view !== v) return;
+  // Under the step that wrote each (the flow's order is the folders'), then the flow's own files.
   for (const rep of reports) {
-    list.append(link(`report ${rep.Name}`, `${v.base}/reports/${encodeURIComponent(rep.Name)}`, rep.Name));
+    const where = rep.Path.split("/").map(encodeURIComponent).join("/");
+    const label = rep.Step ? `${rep.Step} report ${rep.Name}` : `report ${rep.Path}`;
+    list.append(link(label, `${v.base}/reports/${where}`, rep.Name));
   }
   list.append(link("debug tarball", `/api/v1/debug/prechecks/${encodeURIComponent(doc.Id)}`, `precheck-${doc.Id}.tar.gz`));
   const png = await fetch(`${v.base}/render`, { headers: headers() });

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import attrs
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from precheck.domain.flow import step_of_folder
 from precheck.domain.status import RunStatus
 from precheck.errors import Conflict, NotFound
+from precheck.events.types import OutputFile
 from precheck.projections.runs import RunRecord
 from precheck.runner.copy_out import RUN_FOLDER
 from precheck.runner.engine import EngineError
@@ -94,35 +97,72 @@ async def get_render(request: web.Request) -> web.StreamResponse:
     return _serve(request, _run_dir(request, run) / png.path, png.sha256, Path(png.path).name)
 
 
-def _reports(run: RunRecord) -> dict[str, tuple[str, int, str]]:
-    prefix = f"{RUN_FOLDER}/reports/"
-    return {
-        f.path[len(prefix) :]: (f.path, f.size, f.sha256)
-        for f in run.files
-        if f.path.startswith(prefix)
-    }
+# Files of the run folder served as reports besides those in a `reports/` folder: the flow's
+# own logs and its final metrics.
+FLOW_FILES = ("flow.log", "warning.log", "error.log", "final/metrics.csv", "final/metrics.json")
+
+
+@attrs.frozen
+class Report:
+    """A report kept from a run: the step that wrote it (None: the flow itself), its name, a
+    path unique within the run (`14-klayout-drc/drc.klayout.lyrdb`), the stored file."""
+
+    step: str | None
+    name: str
+    path: str
+    file: OutputFile
+
+
+def reports_of(run: RunRecord) -> dict[str, Report]:
+    """Every report of the run, by path: each step folder's `reports/` (where the real flow
+    writes them), a run-level `reports/` (older images: served by file name alone), and the
+    flow's logs and final metrics. Only these paths are served: nothing else is readable."""
+    prefix = f"{RUN_FOLDER}/"
+    found: dict[str, Report] = {}
+    for f in run.files:
+        if not f.path.startswith(prefix):
+            continue
+        inner = f.path[len(prefix) :]
+        parts = inner.split("/")
+        if len(parts) >= 2 and parts[0] == "reports":
+            path, step = "/".join(parts[1:]), None
+        elif len(parts) >= 3 and parts[1] == "reports":
+            path, step = "/".join([parts[0], *parts[2:]]), step_of_folder(parts[0])
+        elif inner in FLOW_FILES:
+            path, step = inner, None
+        else:
+            continue
+        found[path] = Report(step, parts[-1], path, f)
+    return found
 
 
 async def list_reports(request: web.Request) -> web.Response:
-    """The check reports (DRC, antenna, density...) copied out of the run."""
+    """The check reports (DRC, antenna, density, Magic...) copied out of the run, with the
+    step that wrote each, in the flow's order."""
     run = find_run(request)
     return web.json_response(
         [
-            {"Name": name, "Size": size, "Checksums": {"sha256": sha}}
-            for name, (_, size, sha) in sorted(_reports(run).items())
+            {
+                "Step": r.step,
+                "Name": r.name,
+                "Path": r.path,
+                "Size": r.file.size,
+                "Checksums": {"sha256": r.file.sha256},
+            }
+            for r in sorted(reports_of(run).values(), key=lambda r: r.path)
         ]
     )
 
 
 async def get_report(request: web.Request) -> web.StreamResponse:
-    """One report by the name `list_reports` gives."""
+    """One report by the `Path` that `list_reports` gives (checked against that list)."""
     run = find_run(request)
     name = request.match_info["name"]
-    found = _reports(run).get(name)
+    found = reports_of(run).get(name)
     if found is None:
-        raise NotFound(f"precheck {run.id} has no report named {name!r}")
-    path, _, sha = found
-    return _serve(request, _run_dir(request, run) / path, sha, Path(path).name)
+        raise NotFound(f"precheck {run.id} has no report at {name!r}")
+    f = found.file
+    return _serve(request, _run_dir(request, run) / f.path, f.sha256, found.name)
 
 
 async def get_debug(request: web.Request) -> web.StreamResponse:
