@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -33,6 +34,10 @@ def _safe_relative(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
+class CopyOutFailed(Exception):
+    """A file the copy-out keeps could not be stored; the finish fails and is tried again."""
+
+
 @attrs.frozen
 class Caps:
     """How much of a run folder is copied out: files and bytes (`docker.max_output_files`,
@@ -45,8 +50,9 @@ class Caps:
 async def copy_out(
     engine: Engine, storage: Storage, run: RunRecord, container_id: str, caps: Caps = Caps()
 ) -> CopiedOut:
-    """Copy the output layout and the run folder (minus bulky intermediates) out; what is not
-    copied is listed with why."""
+    """Copy the output layout and the run folder (minus bulky intermediates) out; what the
+    caps leave out is listed with why. Raises `CopyOutFailed`, leaving nothing in the run's
+    folder, when a file it keeps cannot be stored."""
     run_dir = storage.run_dir(run.id)
     files: list[OutputFile] = []
     skipped: list[SkippedFile] = []
@@ -88,11 +94,17 @@ async def copy_out(
         copy(f"{WORKDIR}/runs/{run.id}", keep_run_file),
         copy(f"{OUTPUT_DIR}/{name}", lambda n, _: target if n == name else None),
     )
+    failed = [x for x in run_files + out_files if x.error is not None]
+    if failed:
+        # A kept file that cannot be stored (a full disk) fails the finish, which is tried
+        # again: a run is never final without its files. Nothing of this try is left behind.
+        await asyncio.to_thread(_remove_tree, run_dir)
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise CopyOutFailed(f"could not store {first.name!r}: {first.error}{more}")
     output = None
     for x in run_files + out_files:
-        if x.error is not None:
-            skipped.append(SkippedFile(x.name, x.size, f"could not be stored: {x.error}"))
-        elif x.path is not None and x.sha256 is not None:
+        if x.path is not None and x.sha256 is not None:
             rel = x.path.relative_to(run_dir).as_posix()
             if x.path == target:
                 output = OutputFile(rel, x.size, x.sha256)
@@ -102,6 +114,10 @@ async def copy_out(
     await asyncio.to_thread(_fsync_folders, run_dir)
     metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
     return CopiedOut(output, tuple(files), frozenset(completed), metrics, tuple(skipped))
+
+
+def _remove_tree(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _fsync_folders(root: Path) -> None:
