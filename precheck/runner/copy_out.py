@@ -34,6 +34,18 @@ def _safe_relative(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
+def _utf8_name(path: PurePosixPath) -> PurePosixPath:
+    """`path` with each byte that is not UTF-8 written as `\\xNN`: the name it is stored and
+    listed under, since the event log holds UTF-8 text only. UTF-8 names are unchanged."""
+    text = path.as_posix()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # the tar reader kept the raw bytes as surrogates
+        raw = text.encode("utf-8", "surrogateescape")
+        return PurePosixPath(raw.decode("utf-8", "backslashreplace"))
+    return path
+
+
 class CopyOutFailed(Exception):
     """A file the copy-out keeps could not be stored; the finish fails and is tried again."""
 
@@ -63,7 +75,7 @@ async def copy_out(
         rel = _safe_relative(name)
         if rel is None or len(rel.parts) < 2:
             return None
-        inner = PurePosixPath(*rel.parts[1:])  # drop the <tag>/ the archive starts with
+        inner = _utf8_name(PurePosixPath(*rel.parts[1:]))  # drop the <tag>/ it starts with
         if inner.name == "state_out.json" and len(inner.parts) == 2:
             completed.add(f"runs/{run.id}/{inner.parts[0]}")
         if inner.parts[:2] == ("final", "gds"):
