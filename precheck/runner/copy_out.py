@@ -23,6 +23,7 @@ from precheck.storage.files import Storage
 log = logging.getLogger(__name__)
 
 MAX_KEPT_FILE = 256 << 20  # intermediate layouts in step folders are not worth keeping
+MAX_SKIPPED_LISTED = 100  # files not copied out named in the event; the rest are counted
 RUN_FOLDER = "run"  # runs/<id>/run/ holds the precheck's own run folder (reports/, final/, ...)
 OUTPUT_FOLDER = "output"
 
@@ -69,6 +70,7 @@ async def copy_out(
     files: list[OutputFile] = []
     skipped: list[SkippedFile] = []
     completed: set[str] = set()
+    skipped_more = [0]  # files past MAX_SKIPPED_LISTED, counted only
     taken = [0, 0]  # files, bytes
 
     def keep_run_file(name: str, size: int) -> Path | None:
@@ -88,7 +90,10 @@ async def copy_out(
         elif taken[1] + size > caps.bytes:
             why = f"over docker.max_output_mib ({caps.bytes >> 20})"
         if why is not None:
-            skipped.append(SkippedFile(inner.as_posix(), size, why))
+            if len(skipped) < MAX_SKIPPED_LISTED:
+                skipped.append(SkippedFile(inner.as_posix(), size, why))
+            else:
+                skipped_more[0] += 1
             return None
         taken[0] += 1
         taken[1] += size
@@ -125,7 +130,9 @@ async def copy_out(
     # The folders' entries are on disk too before the event that names the files.
     await asyncio.to_thread(_fsync_folders, run_dir)
     metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
-    return CopiedOut(output, tuple(files), frozenset(completed), metrics, tuple(skipped))
+    return CopiedOut(
+        output, tuple(files), frozenset(completed), metrics, tuple(skipped), skipped_more[0]
+    )
 
 
 def _remove_tree(root: Path) -> None:
