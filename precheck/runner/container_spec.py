@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from precheck.config import DockerConfig, parse_memory
+from precheck.config import DockerConfig, EngineConfig, parse_memory
 from precheck.projections.runs import RunRecord
 from precheck.runner.tar_stream import Entry
 
@@ -17,6 +17,16 @@ WORKDIR = "/workspace"
 LABEL_INSTANCE = "precheck.instance"  # which server's storage the container belongs to
 LABEL_RUN = "precheck.run"
 LABEL_TOP_CELL = "precheck.top_cell"
+
+# The tools open many files at once, never this many. A container may not be given more than
+# its engine's own limit (the start is refused), so this stays below common ones (20000 up).
+OPEN_FILES = 16384
+# The engine keeps a container's output in files of its own; these bound them. The capture
+# reads the output as it comes, so they only need to hold what it has not read yet. The first
+# rotation comes after `docker.max_log_mib` of output, past which lines are only counted, and
+# never with one file alone: following a log across rotations stalled in some engine versions,
+# worst with a single file (truncated in place).
+LOG_FILES = 2
 
 
 def input_path(run: RunRecord) -> str:
@@ -73,11 +83,12 @@ def container_name(run: RunRecord, docker: DockerConfig) -> str:
 
 
 def container_spec(
-    run: RunRecord, docker: DockerConfig, instance_id: str, memory_limit: str = ""
+    run: RunRecord, docker: DockerConfig, instance_id: str, engine: EngineConfig | None = None
 ) -> dict[str, Any]:
-    """The Engine API create body: production's argv, no network, bounded resources
-    (`memory_limit`: the engine's own, else `docker.memory_limit`)."""
-    memory = parse_memory(memory_limit or docker.memory_limit)
+    """The Engine API create body: production's argv, no network, no capabilities, bounded
+    resources (memory and CPUs: the `engine`'s own, else `[docker]`'s) and output files."""
+    memory = parse_memory((engine.memory_limit if engine else "") or docker.memory_limit)
+    cpus = (engine.cpus if engine else 0) or docker.cpus
     return {
         "Image": docker.image,
         "Cmd": precheck_argv(run),
@@ -89,7 +100,16 @@ def container_spec(
             "Memory": memory,
             "MemorySwap": memory,  # no swap: an OOM should fail fast, not crawl
             "PidsLimit": docker.pids_limit,
+            **({"NanoCpus": round(cpus * 1e9)} if cpus else {}),
+            "Ulimits": [{"Name": "nofile", "Soft": OPEN_FILES, "Hard": OPEN_FILES}],
+            # The image runs as root on files it owns (/workspace, and /input and /output
+            # from our archive, root's too): no capability is needed, none is kept.
+            "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": {"max-size": f"{docker.max_log_mib}m", "max-file": str(LOG_FILES)},
+            },
             "AutoRemove": False,
         },
     }

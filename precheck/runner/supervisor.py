@@ -294,7 +294,7 @@ class Supervisor:
             docker, instance = self.config.docker, self.state.instance_id or ""
             container_id = await engine.create(
                 container_name(run, docker),
-                container_spec(run, docker, instance, f.config.memory_limit),
+                container_spec(run, docker, instance, f.config),
             )
             source = self.storage.upload_file(run.upload_id, run.input.filename)
             await engine.put_archive(container_id, "/", write_tar(input_entries(run, source)))
