@@ -9,6 +9,7 @@ never sees half a file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -145,10 +146,16 @@ class Storage:
                 fmt = sniff(bytes(head)) or _not_a_layout()
             await loop.run_in_executor(None, _finish, f, digest, parts)
         except BaseException:
-            if pending is not None and not pending.done():
-                await asyncio.shield(pending)
-            await loop.run_in_executor(None, f.close)
-            path.unlink(missing_ok=True)
+            # The partial file goes whatever happens; failing to write or close what is thrown
+            # away (a full disk) must neither keep it nor hide why the upload failed.
+            try:
+                if pending is not None and not pending.done():
+                    with contextlib.suppress(OSError):
+                        await asyncio.shield(pending)
+                with contextlib.suppress(OSError):
+                    await loop.run_in_executor(None, f.close)
+            finally:
+                path.unlink(missing_ok=True)
             raise
         return ReceivedFile(path, size, digest.hexdigest(), fmt)
 
