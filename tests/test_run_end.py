@@ -178,7 +178,7 @@ def test_the_container_spec_is_labelled_offline_and_bounded() -> None:
     assert host["CapDrop"] == ["ALL"] and "CapAdd" not in host
     assert "NanoCpus" not in host  # no CPU limit unless one is configured
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 16384, "Hard": 16384}]
-    assert host["LogConfig"]["Config"] == {"max-size": "256m", "max-file": "2"}
+    assert host["LogConfig"]["Config"] == {"max-size": "256m", "max-file": "4"}
     assert container_name(run, docker) == f"{docker.container_prefix}{run.id}"
 
 

@@ -252,7 +252,7 @@ async def test_container_is_created_as_the_contract_says(
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 16384, "Hard": 16384}]
     assert host["LogConfig"] == {
         "Type": "json-file",
-        "Config": {"max-size": "256m", "max-file": "2"},
+        "Config": {"max-size": "256m", "max-file": "4"},
     }
     assert not host.get("Binds")
     assert info["Mounts"] == []

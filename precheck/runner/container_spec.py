@@ -21,12 +21,15 @@ LABEL_TOP_CELL = "precheck.top_cell"
 # The tools open many files at once, never this many. A container may not be given more than
 # its engine's own limit (the start is refused), so this stays below common ones (20000 up).
 OPEN_FILES = 16384
-# The engine keeps a container's output in files of its own; these bound them. The capture
-# reads the output as it comes, so they only need to hold what it has not read yet. The first
-# rotation comes after `docker.max_log_mib` of output, past which lines are only counted, and
-# never with one file alone: following a log across rotations stalled in some engine versions,
-# worst with a single file (truncated in place).
-LOG_FILES = 2
+# The engine keeps a container's output in files of its own (at most LOG_FILES of LOG_FILE_MIB):
+# bounded, so a long run's output cannot fill the engine's disk; generous, because they are
+# the capture's buffer. The capture follows the output, but a flood outruns it, and a rotated
+# file dropped before it was read is lost (with 1 MiB files, most of a 150,000-line flood
+# was). Rotation also stalled a follower in some engine versions, worst with a single file
+# truncated in place: never one file, and none rotated before 256 MiB of output, past the
+# default `docker.max_log_mib`, where lines are only counted.
+LOG_FILE_MIB = 256
+LOG_FILES = 4
 
 
 def input_path(run: RunRecord) -> str:
@@ -108,7 +111,7 @@ def container_spec(
             "SecurityOpt": ["no-new-privileges"],
             "LogConfig": {
                 "Type": "json-file",
-                "Config": {"max-size": f"{docker.max_log_mib}m", "max-file": str(LOG_FILES)},
+                "Config": {"max-size": f"{LOG_FILE_MIB}m", "max-file": str(LOG_FILES)},
             },
             "AutoRemove": False,
         },
