@@ -20,6 +20,7 @@ from precheck.runner.engine import Engine, engine_for
 from precheck.runner.supervisor import Supervisor
 from precheck.service.command_handler import CommandHandler
 from precheck.service.layout_inspector import LayoutInspector
+from precheck.service.leftovers import settle_leftovers
 from precheck.service.metrics import Metrics
 from precheck.service.run_announcer import RunAnnouncer
 from precheck.service.upload_expiry import SERVER, UploadExpiry
@@ -112,16 +113,9 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
         reactions.attach("stream closer", lambda r: close_revoked_streams(app, r))
         reactions.attach("run announcer", RunAnnouncer(projections).on_event)
         store.add_listener(reactions)
+        await settle_leftovers(store, projections, storage, output_lines_store)
         if projections.instance_id is None:
             await store.append([InstanceCreated(uuid.uuid4().hex, app[keys.CLOCK]())], SERVER)
-        # What a crash between a deleting event and removing its files left behind.
-        storage.sweep_uploads(projections.uploads.by_id)
-        orphans = storage.sweep_runs(projections.runs.by_id)
-        for run_id in await output_lines_store.run_ids() - set(projections.runs.by_id):
-            await output_lines_store.delete_run(run_id)
-            orphans.append(run_id)
-        if orphans:
-            log.info("removed the files of %d deleted runs", len(set(orphans)))
         log.info("replayed %d events from %s", projections.position, storage.db_path)
         app[keys.STORE] = store
         app[keys.PROJECTIONS] = projections

@@ -26,13 +26,15 @@ from precheck.config import Config, ConfigError, load_config
 from precheck.domain.status import ENDED, STATUSES, RunStatus
 from precheck.errors import PrecheckError
 from precheck.ops.errors import OpsError, UsageError
+from precheck.storage.files import StorageRefused
 
 log = logging.getLogger("precheck.server")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-# What the operator sees as one line: ours, a bad config file, a command the log refuses.
-CLI_ERRORS = (OpsError, ConfigError, PrecheckError)
+# What the operator sees as one line: ours, a bad config file, a command the log refuses, a
+# storage folder the server will not start on.
+CLI_ERRORS = (OpsError, ConfigError, PrecheckError, StorageRefused)
 
 
 # Parsing -------------------------------------------------------------------------------------

@@ -47,8 +47,8 @@ LOCAL_ENGINE = "local"  # the one engine of `[docker] url` and `server.max_concu
 class EngineConfig:
     """One `[[docker.engines]]` entry: a Docker engine runs start on, and how many at once.
 
-    `memory_limit` and `pull` left empty take `[docker]`'s; `tls_*` are PEM files, all three or
-    none, and the engine's certificate is verified against `tls_ca`.
+    `memory_limit`, `pull` and `cpus` left empty (0) take `[docker]`'s; `tls_*` are PEM files,
+    all three or none, and the engine's certificate is verified against `tls_ca`.
     """
 
     name: str
@@ -59,6 +59,7 @@ class EngineConfig:
     max_concurrent: int = 1
     memory_limit: str = ""
     pull: str = ""
+    cpus: float = 0  # CPUs each run's container may use; 0: `[docker]`'s
 
     @property
     def tls(self) -> bool:
@@ -77,6 +78,7 @@ class DockerConfig:
     timeout_minutes: float = 1200  # 20 h, as production: a full KLayout DRC took 10 h 25 min
     pull: str = "missing"
     pids_limit: int = 4096
+    cpus: float = 0  # CPUs each run's container may use (fractions too); 0: no limit
     max_line_kib: int = 64  # an output line's bytes kept; the rest is cut, with a marker
     max_log_mib: int = 256  # a run's output kept; later lines are counted, with a marker
     max_output_files: int = 10000  # files copied out of a run folder (the output layout aside)
@@ -87,6 +89,7 @@ class DockerConfig:
 
 
 ROLES = ("user", "admin")
+MAX_CPUS = 1024
 
 
 @attrs.frozen
@@ -149,7 +152,12 @@ class Config:
             EngineConfig(LOCAL_ENGINE, d.url, max_concurrent=self.server.max_concurrent),
         )
         return tuple(
-            attrs.evolve(e, memory_limit=e.memory_limit or d.memory_limit, pull=e.pull or d.pull)
+            attrs.evolve(
+                e,
+                memory_limit=e.memory_limit or d.memory_limit,
+                pull=e.pull or d.pull,
+                cpus=e.cpus or d.cpus,
+            )
             for e in listed
         )
 
@@ -342,6 +350,8 @@ def _validate(config: Config, source: str) -> None:
         raise bad("docker.memory_limit", str(e)) from None
     if d.pids_limit < 16:
         raise bad("docker.pids_limit", "must be at least 16")
+    if not 0 <= d.cpus <= MAX_CPUS:
+        raise bad("docker.cpus", f"must be from 0 (no limit) to {MAX_CPUS}")
     if not 1 <= d.max_line_kib <= 1 << 20:
         raise bad("docker.max_line_kib", "must be from 1 to 1048576")
     if not 1 <= d.max_log_mib <= 1 << 30:
@@ -421,6 +431,8 @@ def _engine(e: EngineConfig, bad: Any, where: str, names: set[str]) -> None:
                 raise bad(f"{where}.memory_limit", "must be at least 6m (Docker's minimum)")
         except ValueError as err:
             raise bad(f"{where}.memory_limit", str(err)) from None
+    if not 0 <= e.cpus <= MAX_CPUS:
+        raise bad(f"{where}.cpus", f"must be from 0 ([docker] cpus) to {MAX_CPUS}")
     if e.pull and e.pull not in PULL_POLICIES:
         raise bad(f"{where}.pull", f"must be one of {', '.join(PULL_POLICIES)}")
 

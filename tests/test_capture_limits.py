@@ -3,11 +3,16 @@ with a visible marker, and the verdict still reads every line."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import tarfile
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from precheck.config import Config
+from precheck.events.types import RunOutputsStored
+from precheck.runner.copy_out import MAX_SKIPPED_LISTED
+from precheck.runner.engine import Engine
 from precheck.web import keys
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
@@ -56,3 +61,44 @@ async def test_copy_out_past_its_caps_lists_what_it_skipped(
     assert {s["Why"] for s in skipped} == {"over docker.max_output_files (3)"}
     files = api.app[keys.PROJECTIONS].runs.by_id[run].files
     assert len(files) == 3
+
+
+EXTRA_FILES = MAX_SKIPPED_LISTED + 150
+
+
+class ManyFilesEngine(Engine):
+    """A real engine that adds EXTRA_FILES small files to a run folder (through the archive
+    API of the stopped container) before handing out its archive."""
+
+    async def get_archive(self, container_id: str, path: str) -> AsyncIterator[bytes] | None:
+        if "/runs/" in path:
+            raw = io.BytesIO()
+            with tarfile.open(fileobj=raw, mode="w") as tar:
+                for n in range(EXTRA_FILES):
+                    info = tarfile.TarInfo(f"extra/file-{n:04}.txt")
+                    info.size = 1
+                    tar.addfile(info, io.BytesIO(b"x"))
+
+            async def body() -> AsyncIterator[bytes]:
+                yield raw.getvalue()
+
+            await self.put_archive(container_id, path, body())
+        return await super().get_archive(container_id, path)
+
+
+async def test_the_list_of_skipped_files_is_bounded(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Hundreds of files past `docker.max_output_files`: the event and the document list the
+    first MAX_SKIPPED_LISTED and count the rest."""
+    api = await start_app(sim_config(max_output_files=3), engine=ManyFilesEngine)
+    run = await api.run(gds("chip_top"))
+    ended = await api.wait(run, 60)
+    assert ended["Status"] == "completed", ended
+    [stored] = await api.events("run.outputs-stored", run)
+    assert isinstance(stored.event, RunOutputsStored)
+    assert len(stored.event.skipped) == MAX_SKIPPED_LISTED
+    assert stored.event.skipped_more >= EXTRA_FILES - MAX_SKIPPED_LISTED
+    output = (await api.get(run))["Output"]
+    assert len(output["Skipped"]) == MAX_SKIPPED_LISTED
+    assert output["SkippedMore"] == stored.event.skipped_more

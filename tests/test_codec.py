@@ -36,6 +36,7 @@ from precheck.events.types import (
     RunDeleted,
     RunFailedToStart,
     RunFinishFailed,
+    RunOutputsStored,
     RunProgressed,
     RunRetried,
     RunTimedOut,
@@ -256,3 +257,22 @@ async def test_unknown_row_in_a_log_is_refused_on_read(tmp_path: Path) -> None:
             await store.read()
     finally:
         await store.close()
+
+
+def test_outputs_stored_rows_before_the_skipped_count_decode() -> None:
+    """A `run.outputs-stored` row written before `skipped` (or before `skipped_more`) decodes
+    with none listed and none counted."""
+    row: dict[str, object] = {
+        "run_id": "r1",
+        "output": None,
+        "files": [],
+        "metrics": {},
+        "failed_step": None,
+        "at": "2026-01-01T00:00:00+00:00",
+    }
+    older = decode("run.outputs-stored", 1, json.dumps(row))
+    assert isinstance(older, RunOutputsStored)
+    assert (older.skipped, older.skipped_more) == ((), 0)
+    row["skipped"] = [{"path": "a", "size": 1, "why": "over docker.max_output_files (3)"}]
+    old = decode("run.outputs-stored", 1, json.dumps(row))
+    assert isinstance(old, RunOutputsStored) and old.skipped_more == 0 and len(old.skipped) == 1

@@ -276,21 +276,23 @@ def test_one_engine_form_is_the_local_engine(tmp_path: Path) -> None:
 
 
 def test_engine_list(tmp_path: Path) -> None:
-    """Every key of `[[docker.engines]]` is read; left-out memory limit and pull come from
-    [docker]; the slots add up."""
+    """Every key of `[[docker.engines]]` is read; left-out memory limit, pull and cpus come
+    from [docker]; the slots add up."""
     tls = tls_files(tmp_path)
     c = load_config(
         write(
             tmp_path,
             '[docker]\nmemory_limit = "4g"\nengine_grace_seconds = 30\nmax_attempts = 3\n'
+            "cpus = 1.5\n"
             '[[docker.engines]]\nname = "here"\nurl = "unix:///run/d.sock"\nmax_concurrent = 2\n'
             '[[docker.engines]]\nname = "far-1"\nurl = "tcp://10.0.0.7:2376"\n'
             f'tls_ca = "{tls["tls_ca"]}"\ntls_cert = "{tls["tls_cert"]}"\n'
             f'tls_key = "{tls["tls_key"]}"\nmax_concurrent = 4\nmemory_limit = "16g"\n'
-            'pull = "never"\n',
+            'pull = "never"\ncpus = 8\n',
         )
     )
     here, far = c.engines
+    assert (here.cpus, far.cpus) == (1.5, 8)
     assert (here.name, here.url, here.max_concurrent, here.memory_limit, here.pull) == (
         "here",
         "unix:///run/d.sock",
@@ -334,6 +336,9 @@ ONE = '[[docker.engines]]\nname = "a"\nurl = "unix:///run/a.sock"\n'
         (ONE + 'memory_limit = "1k"\n', "docker.engines[0].memory_limit"),
         (ONE + 'memory_limit = "lots"\n', "docker.engines[0].memory_limit"),
         (ONE + 'pull = "sometimes"\n', "docker.engines[0].pull"),
+        (ONE + "cpus = -1\n", "docker.engines[0].cpus"),
+        ("[docker]\ncpus = nan\n", "docker.cpus"),
+        ("[docker]\ncpus = 5000\n", "docker.cpus"),
         (ONE + "colour = 1\n", "docker.engines[0].colour"),
         (ONE + 'tls_ca = "/nowhere/ca.pem"\n', "docker.engines[0]"),
         ('[docker]\nengines = "a"\n', "docker.engines"),

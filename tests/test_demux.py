@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 
 import aiohttp
 import pytest
 from aiohttp.base_protocol import BaseProtocol
 
-from precheck.runner.engine import MAX_LINE, _demux_lines
+from precheck.runner.engine import MAX_LINE, _demux_lines, _LineSplitter
 from precheck.storage.output_lines import LineBlock
 
 T1 = "2026-01-02T03:04:05.123456789Z"
@@ -237,3 +238,15 @@ async def test_a_long_line_is_cut_at_the_cap_with_a_marker() -> None:
 
 def _pieces(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_a_long_run_of_carriage_returns_is_folded_in_one_pass() -> None:
+    """256 KiB of carriage returns before a newline, with lines after it in the same read, are
+    dropped in one linear pass (one per pass took minutes); those inside a line are kept."""
+    crs = b"\r" * (256 << 10)
+    splitter = _LineSplitter("stdout", 1 << 20)
+    began = time.monotonic()
+    got = splitter.feed(b"a" + crs + b"\nb" + crs + b"c" + crs + b"\r\nd\n")
+    assert time.monotonic() - began < 2.0, "a quadratic fold takes far longer"
+    assert got is not None and got.count == 3
+    assert got.raw == "a\nb" + "\r" * (256 << 10) + "c\nd"

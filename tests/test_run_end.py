@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from precheck.config import DockerConfig
+from precheck.config import DockerConfig, EngineConfig
 from precheck.domain.run_end import (
     GONE,
     ContainerExit,
@@ -221,7 +221,21 @@ def test_the_container_spec_is_labelled_offline_and_bounded() -> None:
     assert host["NetworkMode"] == "none"
     assert host["Memory"] == host["MemorySwap"] == 2 << 30
     assert host["PidsLimit"] == 64
+    assert host["CapDrop"] == ["ALL"] and "CapAdd" not in host
+    assert "NanoCpus" not in host  # no CPU limit unless one is configured
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 16384, "Hard": 16384}]
+    assert host["LogConfig"]["Config"] == {"max-size": "256m", "max-file": "4"}
     assert container_name(run, docker) == f"{docker.container_prefix}{run.id}"
+
+
+def test_an_engine_limits_memory_and_cpus_of_its_own() -> None:
+    """An engine's `memory_limit` and `cpus` win over `[docker]`'s; left empty, they are
+    `[docker]`'s."""
+    docker = DockerConfig(image="sim:1", memory_limit="2g", cpus=2)
+    own = container_spec(_run(), docker, "i", EngineConfig("big", memory_limit="8g", cpus=6.5))
+    assert (own["HostConfig"]["Memory"], own["HostConfig"]["NanoCpus"]) == (8 << 30, 6_500_000_000)
+    same = container_spec(_run(), docker, "i", EngineConfig("plain"))
+    assert (same["HostConfig"]["Memory"], same["HostConfig"]["NanoCpus"]) == (2 << 30, 2 * 10**9)
     assert instance_filter("i" * 32) == f"{LABEL_INSTANCE}={'i' * 32}"
 
 

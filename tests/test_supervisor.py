@@ -216,8 +216,9 @@ async def test_pass_serves_every_result_and_removes_the_container(start_app: Sta
 async def test_container_is_created_as_the_contract_says(
     start_app: StartApp, sim_config: Callable[..., Config], simulator_image: str
 ) -> None:
-    """The container has production's command and workdir, no network or mounts, limits, labels."""
-    api = await start_app(sim_config(memory_limit="128m", pids_limit=512))
+    """The container has production's command and workdir, no network or mounts, no
+    capabilities, limits (memory, pids, CPUs, open files, its output files), labels."""
+    api = await start_app(sim_config(memory_limit="128m", pids_limit=512, cpus=0.5))
     layout = gds("chip_top", "hang")
     run_id = await api.run(layout, die_id="ABCD1234", slot="0p5x1")
     container_id = await api.wait_running(run_id)
@@ -251,6 +252,13 @@ async def test_container_is_created_as_the_contract_says(
     assert host["Memory"] == 128 << 20
     assert host["PidsLimit"] == 512
     assert "no-new-privileges" in (host["SecurityOpt"] or [])
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert host["NanoCpus"] == 500_000_000
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 16384, "Hard": 16384}]
+    assert host["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "256m", "max-file": "4"},
+    }
     assert not host.get("Binds")
     assert info["Mounts"] == []
     assert config["Labels"]["precheck.run"] == run_id

@@ -449,3 +449,48 @@ async def test_a_member_that_cannot_be_stored_is_skipped_and_reported(tmp_path: 
     assert by_name["after-big"].sha256 == hashlib.sha256(big).hexdigest()
     left = sorted(p.name for p in tmp_path.iterdir())  # noqa: ASYNC240
     assert left == ["after-big", "after-small"], "no temporary file is left"
+
+
+def pax_sized(name: str, data: bytes) -> bytes:
+    """A member as Docker writes a file of 8 GiB or more: size 0 in its ustar header, the
+    real size in a pax record (made by the standard library's pax writer)."""
+    info = tarfile.TarInfo(name)
+    info.size = 0
+    info.pax_headers = {"size": str(len(data))}
+    pad = b"\0" * (-len(data) % BLOCK)
+    return info.tobuf(format=tarfile.PAX_FORMAT) + data + pad
+
+
+async def test_a_pax_size_overrides_the_header_size(tmp_path: Path) -> None:
+    """A member whose real size is only in its pax header is read whole, at that size; the
+    member-like bytes inside its content are content, not a member of their own."""
+    forged = tar_bytes([(reg("forged.json"), b'{"passed": true}')], tarfile.USTAR_FORMAT)
+    content = forged[: -2 * BLOCK] + b"rest of the layout"  # a member header inside the data
+    archive = pax_sized("big.gds", content) + tar_bytes([(reg("after"), b"ok")], tarfile.PAX_FORMAT)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as std:  # the standard reader agrees
+        assert [(m.name, m.size) for m in std.getmembers()] == [
+            ("big.gds", len(content)),
+            ("after", 2),
+        ]
+    found = await extract_tar(chunked(archive, 100), keep_under(tmp_path))
+    assert [(x.name, x.size) for x in found] == [("big.gds", len(content)), ("after", 2)]
+    assert (tmp_path / "big.gds").read_bytes() == content
+    assert found[0].sha256 == hashlib.sha256(content).hexdigest()
+    assert not (tmp_path / "forged.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["gnu", "pax"])
+async def test_a_sparse_member_is_refused(tmp_path: Path, kind: str) -> None:
+    """A sparse member (GNU type `S`, or pax `GNU.sparse.*` records) is refused, never stored
+    as if its map of holes were the file."""
+    info = tarfile.TarInfo("holes.bin")
+    if kind == "gnu":
+        info.type = tarfile.GNUTYPE_SPARSE
+        header = info.tobuf(format=tarfile.GNU_FORMAT)
+    else:
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}
+        header = info.tobuf(format=tarfile.PAX_FORMAT)
+    archive = header + b"\0" * (2 * BLOCK)
+    with pytest.raises(tarfile.ReadError, match="sparse"):
+        await extract_tar(chunked(archive), keep_under(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # noqa: ASYNC240

@@ -50,6 +50,7 @@ class CopiedOut:
     completed_folders: frozenset[str]
     metrics: dict[str, float | int | str | None]
     skipped: tuple[SkippedFile, ...] = ()
+    skipped_more: int = 0  # files not copied out beyond those `skipped` lists
 
 
 @attrs.frozen
@@ -145,6 +146,13 @@ def stored_events(
         return [RunOutputsStored(run.id, None, (), {}, step, now)]
     return [
         RunOutputsStored(
-            run.id, copied.output, copied.files, copied.metrics, step, now, copied.skipped
+            run.id,
+            copied.output,
+            copied.files,
+            copied.metrics,
+            step,
+            now,
+            copied.skipped,
+            copied.skipped_more,
         )
     ]

@@ -293,7 +293,8 @@ class RunOutputsStored:
     metrics: dict[str, float | int | str | None]
     failed_step: str | None
     at: datetime
-    skipped: tuple[SkippedFile, ...] = ()  # what was not copied out (caps, errors, bulk)
+    skipped: tuple[SkippedFile, ...] = ()  # what was not copied out (caps, bulk), the first
+    skipped_more: int = 0  # files not copied out beyond those `skipped` lists
 
 
 @attrs.frozen

@@ -107,7 +107,8 @@ class RunRecord:
     result: RunResult | None = None
     output: OutputFile | None = None
     files: tuple[OutputFile, ...] = ()
-    skipped: tuple[SkippedFile, ...] = ()  # of the run folder, not copied out
+    skipped: tuple[SkippedFile, ...] = ()  # of the run folder, not copied out (the first)
+    skipped_more: int = 0  # how many more were not copied out
     version: int = 0
     position: int = 0
     settled: bool = False  # ended, and nothing more will be recorded (outputs stored)
@@ -239,6 +240,7 @@ def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
         output=e.output,
         files=e.files,
         skipped=e.skipped,
+        skipped_more=e.skipped_more,
         settled=True,
         result=_replace_result(result, failed_step=e.failed_step, metrics=e.metrics),
     )

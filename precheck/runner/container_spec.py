@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from precheck.config import DockerConfig, parse_memory
+from precheck.config import DockerConfig, EngineConfig, parse_memory
 from precheck.projections.runs import RunRecord
 from precheck.runner.tar_stream import Entry
 
@@ -17,6 +17,19 @@ WORKDIR = "/workspace"
 LABEL_INSTANCE = "precheck.instance"  # which server's storage the container belongs to
 LABEL_RUN = "precheck.run"
 LABEL_TOP_CELL = "precheck.top_cell"
+
+# The tools open many files at once, never this many. A container may not be given more than
+# its engine's own limit (the start is refused), so this stays below common ones (20000 up).
+OPEN_FILES = 16384
+# The engine keeps a container's output in files of its own (at most LOG_FILES of LOG_FILE_MIB):
+# bounded, so a long run's output cannot fill the engine's disk; generous, because they are
+# the capture's buffer. The capture follows the output, but a flood outruns it, and a rotated
+# file dropped before it was read is lost (with 1 MiB files, most of a 150,000-line flood
+# was). Rotation also stalled a follower in some engine versions, worst with a single file
+# truncated in place: never one file, and none rotated before 256 MiB of output, past the
+# default `docker.max_log_mib`, where lines are only counted.
+LOG_FILE_MIB = 256
+LOG_FILES = 4
 
 
 def input_path(run: RunRecord) -> str:
@@ -73,11 +86,12 @@ def container_name(run: RunRecord, docker: DockerConfig) -> str:
 
 
 def container_spec(
-    run: RunRecord, docker: DockerConfig, instance_id: str, memory_limit: str = ""
+    run: RunRecord, docker: DockerConfig, instance_id: str, engine: EngineConfig | None = None
 ) -> dict[str, Any]:
-    """The Engine API create body: production's argv, no network, bounded resources
-    (`memory_limit`: the engine's own, else `docker.memory_limit`)."""
-    memory = parse_memory(memory_limit or docker.memory_limit)
+    """The Engine API create body: production's argv, no network, no capabilities, bounded
+    resources (memory and CPUs: the `engine`'s own, else `[docker]`'s) and output files."""
+    memory = parse_memory((engine.memory_limit if engine else "") or docker.memory_limit)
+    cpus = (engine.cpus if engine else 0) or docker.cpus
     return {
         "Image": docker.image,
         "Cmd": precheck_argv(run),
@@ -89,7 +103,16 @@ def container_spec(
             "Memory": memory,
             "MemorySwap": memory,  # no swap: an OOM should fail fast, not crawl
             "PidsLimit": docker.pids_limit,
+            **({"NanoCpus": round(cpus * 1e9)} if cpus else {}),
+            "Ulimits": [{"Name": "nofile", "Soft": OPEN_FILES, "Hard": OPEN_FILES}],
+            # The image runs as root on files it owns (/workspace, and /input and /output
+            # from our archive, root's too): no capability is needed, none is kept.
+            "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": {"max-size": f"{LOG_FILE_MIB}m", "max-file": str(LOG_FILES)},
+            },
             "AutoRemove": False,
         },
     }

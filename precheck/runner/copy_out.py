@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +23,7 @@ from precheck.storage.files import Storage
 log = logging.getLogger(__name__)
 
 MAX_KEPT_FILE = 256 << 20  # intermediate layouts in step folders are not worth keeping
+MAX_SKIPPED_LISTED = 100  # files not copied out named in the event; the rest are counted
 RUN_FOLDER = "run"  # runs/<id>/run/ holds the precheck's own run folder (reports/, final/, ...)
 OUTPUT_FOLDER = "output"
 
@@ -31,6 +33,22 @@ def _safe_relative(name: str) -> PurePosixPath | None:
     if not parts or any(p in ("..", "") or p.startswith("/") for p in parts):
         return None
     return PurePosixPath(*parts)
+
+
+def _utf8_name(path: PurePosixPath) -> PurePosixPath:
+    """`path` with each byte that is not UTF-8 written as `\\xNN`: the name it is stored and
+    listed under, since the event log holds UTF-8 text only. UTF-8 names are unchanged."""
+    text = path.as_posix()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # the tar reader kept the raw bytes as surrogates
+        raw = text.encode("utf-8", "surrogateescape")
+        return PurePosixPath(raw.decode("utf-8", "backslashreplace"))
+    return path
+
+
+class CopyOutFailed(Exception):
+    """A file the copy-out keeps could not be stored; the finish fails and is tried again."""
 
 
 @attrs.frozen
@@ -45,19 +63,21 @@ class Caps:
 async def copy_out(
     engine: Engine, storage: Storage, run: RunRecord, container_id: str, caps: Caps = Caps()
 ) -> CopiedOut:
-    """Copy the output layout and the run folder (minus bulky intermediates) out; what is not
-    copied is listed with why."""
+    """Copy the output layout and the run folder (minus bulky intermediates) out; what the
+    caps leave out is listed with why. Raises `CopyOutFailed`, leaving nothing in the run's
+    folder, when a file it keeps cannot be stored."""
     run_dir = storage.run_dir(run.id)
     files: list[OutputFile] = []
     skipped: list[SkippedFile] = []
     completed: set[str] = set()
+    skipped_more = [0]  # files past MAX_SKIPPED_LISTED, counted only
     taken = [0, 0]  # files, bytes
 
     def keep_run_file(name: str, size: int) -> Path | None:
         rel = _safe_relative(name)
         if rel is None or len(rel.parts) < 2:
             return None
-        inner = PurePosixPath(*rel.parts[1:])  # drop the <tag>/ the archive starts with
+        inner = _utf8_name(PurePosixPath(*rel.parts[1:]))  # drop the <tag>/ it starts with
         if inner.name == "state_out.json" and len(inner.parts) == 2:
             completed.add(f"runs/{run.id}/{inner.parts[0]}")
         if inner.parts[:2] == ("final", "gds"):
@@ -70,7 +90,10 @@ async def copy_out(
         elif taken[1] + size > caps.bytes:
             why = f"over docker.max_output_mib ({caps.bytes >> 20})"
         if why is not None:
-            skipped.append(SkippedFile(inner.as_posix(), size, why))
+            if len(skipped) < MAX_SKIPPED_LISTED:
+                skipped.append(SkippedFile(inner.as_posix(), size, why))
+            else:
+                skipped_more[0] += 1
             return None
         taken[0] += 1
         taken[1] += size
@@ -88,11 +111,17 @@ async def copy_out(
         copy(f"{WORKDIR}/runs/{run.id}", keep_run_file),
         copy(f"{OUTPUT_DIR}/{name}", lambda n, _: target if n == name else None),
     )
+    failed = [x for x in run_files + out_files if x.error is not None]
+    if failed:
+        # A kept file that cannot be stored (a full disk) fails the finish, which is tried
+        # again: a run is never final without its files. Nothing of this try is left behind.
+        await asyncio.to_thread(_remove_tree, run_dir)
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise CopyOutFailed(f"could not store {first.name!r}: {first.error}{more}")
     output = None
     for x in run_files + out_files:
-        if x.error is not None:
-            skipped.append(SkippedFile(x.name, x.size, f"could not be stored: {x.error}"))
-        elif x.path is not None and x.sha256 is not None:
+        if x.path is not None and x.sha256 is not None:
             rel = x.path.relative_to(run_dir).as_posix()
             if x.path == target:
                 output = OutputFile(rel, x.size, x.sha256)
@@ -101,7 +130,13 @@ async def copy_out(
     # The folders' entries are on disk too before the event that names the files.
     await asyncio.to_thread(_fsync_folders, run_dir)
     metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
-    return CopiedOut(output, tuple(files), frozenset(completed), metrics, tuple(skipped))
+    return CopiedOut(
+        output, tuple(files), frozenset(completed), metrics, tuple(skipped), skipped_more[0]
+    )
+
+
+def _remove_tree(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _fsync_folders(root: Path) -> None:

@@ -445,6 +445,7 @@ class _LineSplitter:
 
     def _lines(self, raw: list[bytes]) -> LineBlock:
         text = b"\n".join(raw).decode("utf-8", "replace")
-        while "\r\n" in text:  # a line's trailing carriage returns are not part of it
-            text = text.replace("\r\n", "\n")
+        if "\r\n" in text:  # a line's trailing carriage returns are not part of it
+            # One pass, however many there are (replacing one per pass was quadratic).
+            text = "\n".join(line.rstrip("\r") for line in text.split("\n"))
         return LineBlock(0, self.stream, text.rstrip("\r"), text.count("\n") + 1)

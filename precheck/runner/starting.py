@@ -156,7 +156,7 @@ class Starter:
             instance = self.state.instance_id or ""
             container_id = await f.engine.create(
                 container_name(run, self.docker),
-                container_spec(run, self.docker, instance, f.config.memory_limit),
+                container_spec(run, self.docker, instance, f.config),
             )
             source = self.storage.upload_file(run.upload_id, run.input.filename)
             await f.engine.put_archive(container_id, "/", write_tar(input_entries(run, source)))

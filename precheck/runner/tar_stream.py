@@ -158,40 +158,51 @@ async def _extract(
     small: list[tuple[int, Path, bytes]] = []
     small_bytes = 0
     long_name: str | None = None
+    pax_size: int | None = None  # a pax header's `size`, which overrides the next header's
     while True:
         block = await reader.exactly(BLOCK)
         if block == b"\0" * BLOCK:
             await _flush_small(loop, small, found)
             break
         info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        padded = -(-info.size // BLOCK) * BLOCK
         if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
             if info.size > MAX_NAME_HEADER:  # read whole into memory: refuse absurd sizes
                 raise tarfile.ReadError(f"tar header of {info.size} bytes is too large")
-            data = await reader.exactly(padded)
-            long_name = _long_name(info.type, data[: info.size]) or long_name
+            data = await reader.exactly(_padded(info.size))
+            name_found, size_found = _extended(info.type, data[: info.size])
+            long_name = name_found or long_name
+            pax_size = size_found if size_found is not None else pax_size
             continue
+        if info.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.ReadError(f"sparse member {info.name!r}: not supported")
         name, long_name = (long_name or info.name), None
+        # Files of 8 GiB or more have a size of 0 in their header and the real one in pax.
+        size, pax_size = (info.size if pax_size is None else pax_size), None
+        padded = _padded(size)
         if not info.isreg():
             await _skip(reader, padded)
             continue
-        target = keep(name, info.size)
+        target = keep(name, size)
         if target is None:
             await _skip(reader, padded)
-            found.append(Extracted(name, info.size, None, None))
+            found.append(Extracted(name, size, None, None))
             continue
-        if info.size <= SMALL:  # whole in memory; written with others in one thread hop
+        if size <= SMALL:  # whole in memory; written with others in one thread hop
             data = await reader.exactly(padded)
-            small.append((len(found), target, data[: info.size]))
-            small_bytes += info.size
-            found.append(Extracted(name, info.size, target, None))
+            small.append((len(found), target, data[:size]))
+            small_bytes += size
+            found.append(Extracted(name, size, target, None))
             if small_bytes > SMALL_BATCH:
                 await _flush_small(loop, small, found)
                 small_bytes = 0
             continue
-        found.append(await _write_member(loop, reader, name, info.size, target))
-        await _skip(reader, padded - info.size)
+        found.append(await _write_member(loop, reader, name, size, target))
+        await _skip(reader, padded - size)
     return found
+
+
+def _padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
 
 
 SMALL = 256 << 10
@@ -309,10 +320,13 @@ async def _skip(reader: _Reader, n: int) -> None:
         pass
 
 
-def _long_name(kind: bytes, data: bytes) -> str | None:
+def _extended(kind: bytes, data: bytes) -> tuple[str | None, int | None]:
+    """The name and size an extended header gives the next member (None: it gives none)."""
     if kind == tarfile.GNUTYPE_LONGNAME:
-        return data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        return data.rstrip(b"\0").decode("utf-8", "surrogateescape"), None
     # A pax header: records "<len> key=value\n".
+    name: str | None = None
+    size: int | None = None
     pos = 0
     while pos < len(data):
         space = data.find(b" ", pos)
@@ -324,6 +338,13 @@ def _long_name(kind: bytes, data: bytes) -> str | None:
             raise tarfile.ReadError("bad record in a pax header")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         if key == b"path":
-            return value.decode("utf-8", "surrogateescape")
+            name = value.decode("utf-8", "surrogateescape")
+        elif key == b"size":
+            if not value.isdigit() or len(value) > 20:
+                raise tarfile.ReadError(f"bad size {value[:40]!r} in a pax header")
+            size = int(value)
+        elif key.startswith(b"GNU.sparse."):
+            # Its data is a map of holes, not the file: refuse rather than store it as one.
+            raise tarfile.ReadError("sparse member in a pax header: not supported")
         pos += length
-    return None
+    return name, size

@@ -1,20 +1,22 @@
 """Files under `storage_path`: the database, uploads, run outputs, and partial writes.
 
 Layout: `precheck.db`, `uploads/<id>/<file>`, `runs/<id>/...`, `tmp/` (partial files, removed
-at start). A file is written to `tmp/` and renamed into place only when complete, so a reader
+at start), `orphans/<uploads|runs>/<id>` (folders the log never knew, moved aside at start, never
+deleted). A file is written to `tmp/` and renamed into place only when complete, so a reader
 never sees half a file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 
 import attrs
@@ -29,6 +31,20 @@ OASIS_MAGIC = b"%SEMI-OASIS\r\n"
 SUFFIX = {"gds": ".gds", "gds.gz": ".gds.gz", "oas": ".oas"}
 _BLOCK = 1 << 20
 _HEAD = 512  # enough to see a gzip stream's first decompressed bytes
+
+
+class StorageRefused(Exception):
+    """The server will not start on the storage folder as it is; the message says why and the
+    way out."""
+
+
+@attrs.frozen
+class Settled:
+    """What starting found in `uploads/` or `runs/` beyond the log's live entities: folders
+    removed (the log retired them) and folders moved aside (the log never knew them)."""
+
+    removed: tuple[str, ...] = ()
+    moved: tuple[Path, ...] = ()
 
 
 @attrs.frozen
@@ -65,10 +81,13 @@ class Storage:
         self.uploads = root / "uploads"
         self.runs = root / "runs"
         self.tmp = root / "tmp"
+        self.orphans = root / "orphans"
 
     def prepare(self) -> None:
         """Create the folders (the storage folder readable by its owner only) and drop partial
-        files a crash left in `tmp/`."""
+        files a crash left in `tmp/`. Refuses (`StorageRefused`) when the log is missing but
+        uploads or runs are there: a new log would know none of them."""
+        self.refuse_without_log(not self.db_path.exists())
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root.chmod(0o700)
         for d in (self.uploads, self.runs, self.tmp):
@@ -127,10 +146,16 @@ class Storage:
                 fmt = sniff(bytes(head)) or _not_a_layout()
             await loop.run_in_executor(None, _finish, f, digest, parts)
         except BaseException:
-            if pending is not None and not pending.done():
-                await asyncio.shield(pending)
-            await loop.run_in_executor(None, f.close)
-            path.unlink(missing_ok=True)
+            # The partial file goes whatever happens; failing to write or close what is thrown
+            # away (a full disk) must neither keep it nor hide why the upload failed.
+            try:
+                if pending is not None and not pending.done():
+                    with contextlib.suppress(OSError):
+                        await asyncio.shield(pending)
+                with contextlib.suppress(OSError):
+                    await loop.run_in_executor(None, f.close)
+            finally:
+                path.unlink(missing_ok=True)
             raise
         return ReceivedFile(path, size, digest.hexdigest(), fmt)
 
@@ -149,22 +174,48 @@ class Storage:
         """Delete a run's folder (after the event that retired it)."""
         _remove(self.runs / run_id)
 
-    def sweep_uploads(self, keep: Iterable[str]) -> list[str]:
-        """Remove upload folders no upload in the log owns (a crash between event and delete)."""
-        return _sweep(self.uploads, set(keep))
+    def refuse_without_log(self, log_empty: bool) -> None:
+        """Raise `StorageRefused` when the log is missing or empty (`log_empty`) while
+        `uploads/` or `runs/` hold folders: starting would strand or lose them."""
+        held = [f"{d.name}/ has {n}" for d in (self.uploads, self.runs) if (n := _count(d))]
+        if not log_empty or not held:
+            return
+        raise StorageRefused(
+            f"{self.root}: the event log {self.db_path.name} is missing or empty, but there are"
+            f" folders a log recorded ({', '.join(held)}); nothing was changed. Put the log back"
+            f" (restore {self.db_path.name} from a backup of this folder), or, to start afresh,"
+            f" move {self.uploads.name}/ and {self.runs.name}/ out of the folder."
+        )
 
-    def sweep_runs(self, keep: Iterable[str]) -> list[str]:
-        """Remove run folders no run in the log owns, likewise."""
-        return _sweep(self.runs, set(keep))
+    def settle(self, kind: str, live: Collection[str], retired: Callable[[str], bool]) -> Settled:
+        """Settle the folders of `uploads/` or `runs/` (`kind`) no `live` entity owns: one the
+        log retired (`retired(id)`: a crash came between the event and the removal) is
+        removed; one the log never knew is moved to `orphans/<kind>/`, not ours to delete."""
+        removed: list[str] = []
+        moved: list[Path] = []
+        for d in sorted((self.root / kind).iterdir()):
+            if d.name in live:
+                continue
+            if retired(d.name):
+                _remove(d)
+                removed.append(d.name)
+            else:
+                moved.append(_move_aside(d, self.orphans / kind))
+        return Settled(tuple(removed), tuple(moved))
 
 
-def _sweep(folder: Path, keep: set[str]) -> list[str]:
-    removed = []
-    for d in folder.iterdir():
-        if d.name not in keep:
-            _remove(d)
-            removed.append(d.name)
-    return removed
+def _count(folder: Path) -> int:
+    return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+
+
+def _move_aside(path: Path, into: Path) -> Path:
+    """Move `path` into the folder `into` under its own name (numbered if it is taken)."""
+    into.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target, n = into / path.name, 1
+    while target.exists():
+        target, n = into / f"{path.name}.{n}", n + 1
+    os.replace(path, target)  # same file system: a rename, nothing copied or lost
+    return target
 
 
 def _not_a_layout() -> str:

@@ -11,6 +11,7 @@ numbered lines (`OutputLine`), made from the blocks they read.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import aiosqlite
 import attrs
 
 from precheck.storage.docker_time import docker_seconds
+from precheck.storage.files import StorageRefused
 from precheck.storage.sqlite_writer import SQLiteWriter, connect
 
 SCHEMA = """
@@ -238,7 +240,9 @@ class OutputLineStore:
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         encoder: LineEncoder | None = None,
+        path: Path = Path("precheck.db"),
     ) -> None:
+        self.path = path
         self._recent: dict[str, _Window] = {}
         self._encode: LineEncoder = encoder or _plain
         self._reader_db = reader
@@ -266,10 +270,12 @@ class OutputLineStore:
             await _from_line_rows(writer)
             await writer.commit()
             reader = await connect(path)
-        except BaseException:
+        except BaseException as e:
             await writer.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise unreadable(path, e) from e
             raise
-        return cls(writer, reader, encoder)
+        return cls(writer, reader, encoder, path)
 
     async def close(self) -> None:
         """Write what is queued and close."""
@@ -465,15 +471,28 @@ class OutputLineStore:
             yield b
 
     async def run_ids(self) -> set[str]:
-        """The runs that have stored lines."""
-        async with self._reader_db.execute("SELECT DISTINCT run_id FROM output_blocks") as cur:
-            return {str(row[0]) for row in await cur.fetchall()}
+        """The runs that have stored lines (read at start: a damaged table refuses it, with
+        `StorageRefused`)."""
+        try:
+            async with self._reader_db.execute("SELECT DISTINCT run_id FROM output_blocks") as cur:
+                return {str(row[0]) for row in await cur.fetchall()}
+        except sqlite3.DatabaseError as e:
+            raise unreadable(self.path, e) from e
 
     async def delete_run(self, run_id: str) -> None:
         """Drop a retired run's lines (after the event that retired it), through the writer:
         in order with the writes queued before it, and durable when this returns."""
         self._recent.pop(run_id, None)
         await self._writer.submit(_Delete(run_id))
+
+
+def unreadable(path: Path, e: sqlite3.DatabaseError) -> StorageRefused:
+    """Why the server does not start on output lines it cannot read, and the way out."""
+    return StorageRefused(
+        f"{path}: the output lines stored there cannot be read ({e}); the server did not start"
+        f" and changed nothing. `precheck-server verify` checks the event log kept in the same"
+        f" file; restore {path.name} from a backup of this folder (stop the server first)."
+    )
 
 
 async def _write_batch(db: aiosqlite.Connection, batch: list[_Write | _Delete]) -> None:

@@ -159,8 +159,10 @@ def run_document(
             "Checksums": {"sha256": run.output.sha256} if run.output else None,
             # An output of a failed run (deferred errors) is kept, never shown as a pass.
             "Passed": (run.status == RunStatus.COMPLETED) if run.output else None,
-            # Files of the run folder not copied out, and why (caps, bulk, refused names).
+            # Files of the run folder not copied out, and why (caps, bulk): the first ones,
+            # and how many more.
             "Skipped": [{"Path": s.path, "Size": s.size, "Why": s.why} for s in run.skipped],
+            "SkippedMore": run.skipped_more,
         },
         "Progress": (
             {"Step": run.progress.step, "Total": run.progress.total, "Name": run.progress.name}
