@@ -19,9 +19,11 @@ from pytest_aiohttp import AiohttpClient
 from precheck import keys
 from precheck.app import create_app
 from precheck.config import SLOTS, Config
+from precheck.domain.commands import RecordInspection
 from precheck.domain.preflight import SLOT_SIZES
 from precheck.events.types import UploadInspected
 from precheck.layout.reading import Limits, ReadFailed, read_layout
+from precheck.service.layout_inspector import SERVER
 from tests.layouts import gds
 from tests.real_layouts import die, write_big_gds, write_big_oasis
 
@@ -297,6 +299,93 @@ async def test_the_same_bytes_are_read_once(client: Client) -> None:
     third = await upload(client, die("0p5x1", fmt="gds"))
     await read_upload(client, third)
     assert client.app[keys.INSPECTOR].reads == 2  # other bytes: read
+
+
+USERS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
+
+
+def as_user(name: str) -> dict[str, str]:
+    """The headers of a request made with `name`'s key."""
+    return {"Authorization": f"Bearer {USERS[name]}"}
+
+
+@pytest.fixture
+async def two_users(aiohttp_client: AiohttpClient, make_config: Callable[..., Config]) -> Client:
+    """A server reading layouts, with keys required: users alice and bob."""
+    api_keys = [{"name": n, "key": k, "role": "user"} for n, k in USERS.items()]
+    config = make_config(preflight=ON, auth={"required": True, "api_keys": api_keys})
+    return await aiohttp_client(create_app(config, run_containers=False))
+
+
+async def user_upload(client: Client, who: str, body: bytes) -> str:
+    """Upload `body` as `who` and wait for its reading; its id."""
+    form = aiohttp.FormData()
+    form.add_field("file", body, filename="chip.oas")
+    r = await client.post("/api/v1/uploads", data=form, headers=as_user(who))
+    assert r.status == 200, await r.text()
+    upload_id = str((await r.json())["Id"])
+    deadline = time.monotonic() + 30
+    while client.app[keys.PROJECTIONS].uploads.by_id[upload_id].layout_status == "pending":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    return upload_id
+
+
+async def test_another_owners_upload_of_the_same_bytes_is_read_again(two_users: Client) -> None:
+    """Bob's upload of the bytes alice uploaded is read again, and nothing bob sees (his feed, as
+    a page or a stream, and his upload's document) names alice's upload; alice's own second
+    upload of them reuses her reading."""
+    layout = die("0p5x1", fmt="oas")
+    alices = await user_upload(two_users, "alice", layout)
+    bobs = await user_upload(two_users, "bob", layout)
+    assert two_users.app[keys.INSPECTOR].reads == 2
+    again = await user_upload(two_users, "alice", layout)
+    assert two_users.app[keys.INSPECTOR].reads == 2
+    events = {
+        r.event.upload_id: r.event.reused_from
+        for r in await two_users.app[keys.STORE].read()
+        if isinstance(r.event, UploadInspected)
+    }
+    assert events == {alices: None, bobs: None, again: alices}
+    seen = [
+        await (await two_users.get("/api/v1/events", headers=as_user("bob"))).text(),
+        await (await two_users.get(f"/api/v1/uploads/{bobs}", headers=as_user("bob"))).text(),
+    ]
+    last = max(
+        r.position for r in await two_users.app[keys.STORE].read() if r.stream == f"upload-{bobs}"
+    )
+    async with two_users.get(f"/api/v1/events?follow=1&access_token={USERS['bob']}") as stream:
+        text = ""
+        while f"id: {last}\n" not in text:
+            text += (await stream.content.readany()).decode()
+    seen.append(text)
+    assert all(bobs in s for s in seen) and not any(alices in s for s in seen)
+
+
+async def test_a_users_feed_hides_an_older_rows_reuse_across_owners(
+    two_users: Client,
+) -> None:
+    """A row written before reuse was kept within one owner (bob's upload reusing alice's
+    reading) is shown to bob without alice's upload id; the row itself is unchanged."""
+    alices = await user_upload(two_users, "alice", gds("chip_top")[:40])
+    form = aiohttp.FormData()
+    form.add_field("file", gds("chip_top")[:41], filename="chip.gds")
+    app = two_users.app
+    app[keys.INSPECTOR].reader = _never_read
+    r = await two_users.post("/api/v1/uploads", data=form, headers=as_user("bob"))
+    bobs = str((await r.json())["Id"])
+    reading = UploadInspected(bobs, "gds", 0.001, (), 0, (), 0, app[keys.CLOCK](), alices)
+    await app[keys.HANDLER].handle(RecordInspection(reading), SERVER)
+    feed = await (await two_users.get("/api/v1/events", headers=as_user("bob"))).json()
+    shown = [e["data"] for e in feed["events"] if e["type"] == "upload.inspected"]
+    assert shown and shown[0]["upload_id"] == bobs and shown[0]["reused_from"] is None
+    stored = [r.event for r in await app[keys.STORE].read() if r.event == reading]
+    assert stored == [reading]
+
+
+async def _never_read(path: Path, limits: Limits) -> Any:
+    """A reader that never answers: the upload stays pending for a test to record its reading."""
+    await asyncio.Event().wait()
 
 
 async def test_uploads_of_the_same_bytes_at_once_are_read_once(client: Client) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import attrs
 from aiohttp import web
 
 from precheck import keys
 from precheck.errors import NotFound
 from precheck.events.store import RecordedEvent
+from precheck.events.types import UploadInspected
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
 from precheck.web.auth import ANONYMOUS, Identity
@@ -85,3 +87,15 @@ def owned_events(request: web.Request) -> Callable[[RecordedEvent], bool] | None
         return found is not None and found.owner == who.name
 
     return owned
+
+
+def shown_event(request: web.Request, r: RecordedEvent) -> RecordedEvent:
+    """`r` as the caller may see it: to a user, an inspection reused from an upload that is not
+    its own does not name it (rows written before reuse was kept within one owner may)."""
+    e = r.event
+    if not isinstance(e, UploadInspected) or e.reused_from is None or identity(request).admin:
+        return r
+    origin = request.app[keys.PROJECTIONS].uploads.get(e.reused_from)
+    if origin is not None and origin.owner == identity(request).name:
+        return r
+    return r._replace(event=attrs.evolve(e, reused_from=None))

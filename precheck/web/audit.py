@@ -7,7 +7,7 @@ from aiohttp import web
 from precheck import keys
 from precheck.errors import Invalid
 from precheck.events.filters import EventQuery, event_query
-from precheck.web.access import owned_events, require_admin
+from precheck.web.access import owned_events, require_admin, shown_event
 from precheck.web.render import event_document
 from precheck.web.requests import MAX_INT, query_int
 from precheck.web.sse import Stream, last_event_id, message, wants_stream
@@ -55,7 +55,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         shown = found if owned is None else [r for r in found if owned(r)]
         return web.json_response(
             {
-                "events": [event_document(r) for r in shown],
+                "events": [event_document(shown_event(request, r)) for r in shown],
                 "next": position,
                 "head": store.head,
                 "has_more": position < store.head,
@@ -73,7 +73,9 @@ async def events(request: web.Request) -> web.StreamResponse:
                     break  # the store closed
                 continue
             text = "".join(
-                message(event_document(r), id=r.position, event=r.type) for r in batch if keep(r)
+                message(event_document(shown_event(request, r)), id=r.position, event=r.type)
+                for r in batch
+                if keep(r)
             )
             position = batch[-1].position
             if text:
