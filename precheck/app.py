@@ -40,6 +40,7 @@ from precheck.web import (
     uploads,
 )
 from precheck.web.auth import Authenticator
+from precheck.web.held import HELD, Held
 from precheck.web.middleware import context
 from precheck.web.same_site import allowed_hosts
 from precheck.web.sse import close_revoked_streams, line_message, stop_streams
@@ -78,6 +79,7 @@ def create_app(
     if run_containers:
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
+    app[HELD] = Held()
     app.on_shutdown.append(stop_streams)
     for resource in (
         health,

@@ -134,6 +134,45 @@ async def test_streams_of_a_revoked_key_close_within_a_second(client: Client) ->
     assert (await client.get(url, headers={"Accept": "text/event-stream"})).status == 401
 
 
+async def queued_run(client: Client, key: str) -> str:
+    """Upload a layout and queue a run of it with `key` (no containers run: it stays queued)."""
+    form = aiohttp.FormData()
+    form.add_field("file", gds(), filename="chip.gds")
+    up = await (await client.post("/api/v1/uploads", data=form, headers=bearer(key))).json()
+    body = {"upload_id": up["Id"], "top_cell": "chip_top"}
+    run = await (await client.post("/api/v1/prechecks", json=body, headers=bearer(key))).json()
+    return str(run["Id"])
+
+
+async def test_a_wait_of_a_revoked_key_ends_at_once(client: Client) -> None:
+    """An open `/wait` of a key answers 401 within a second of the key's revocation, not at its
+    timeout."""
+    key = await issue(client, "carol")
+    run_id = await queued_run(client, key)
+    wait = asyncio.ensure_future(
+        client.post(f"/api/v1/prechecks/{run_id}/wait?timeout=60", headers=bearer(key))
+    )
+    await asyncio.sleep(0.2)
+    assert not wait.done()  # the run is queued: the wait is open
+    assert (await client.delete("/api/v1/keys/carol", headers=bearer(ROOT))).status == 200
+    async with asyncio.timeout(1.0):
+        r = await wait
+    assert r.status == 401, await r.text()
+    assert "revoked" in (await r.json())["message"]
+
+
+@pytest.mark.parametrize("seconds", ["1e308", "86401", "inf", "nan"])
+async def test_a_wait_longer_than_a_day_is_refused(client: Client, seconds: str) -> None:
+    """`/wait?timeout=` past a day (86400 s) is 400 at once, not a wait held for ages."""
+    run_id = await queued_run(client, ALICE)
+    async with asyncio.timeout(2.0):
+        r = await client.post(
+            f"/api/v1/prechecks/{run_id}/wait?timeout={seconds}", headers=bearer(ALICE)
+        )
+    assert r.status == 400, await r.text()
+    assert "timeout" in (await r.json())["message"]
+
+
 async def test_list_shows_names_roles_and_last_use_but_no_secret(client: Client) -> None:
     """`GET /api/v1/keys`: config and issued keys with role, creation and last use."""
     key = await issue(client, "carol")

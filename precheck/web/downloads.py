@@ -17,8 +17,12 @@ from precheck.runner.engine import EngineError
 from precheck.runner.tar_stream import gzip_stream, tree_entries, write_tar
 from precheck.service.run_waiter import wait_for_end
 from precheck.web.access import find_run
+from precheck.web.auth import AuthError
+from precheck.web.held import HELD
 from precheck.web.middleware import error
 from precheck.web.requests import query_float
+
+MAX_WAIT_SECONDS = 86400.0  # a wait's longest `timeout`: a day, longer than any run's limit
 
 
 class _ChecksumFileResponse(web.FileResponse):
@@ -149,11 +153,24 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
 
 
 async def post_wait(request: web.Request) -> web.Response:
-    """Docker's wait: answers when the run ends, with its exit code; 408 after `timeout` s."""
+    """Docker's wait: answers when the run ends, with its exit code; 408 after `timeout` s;
+    401 at once when the caller's key is revoked meanwhile."""
     run = find_run(request)
-    timeout = query_float(request, "timeout", 300.0)
+    timeout = query_float(request, "timeout", 300.0, high=MAX_WAIT_SECONDS)
     app = request.app
-    ended = await wait_for_end(app[keys.STORE], app[keys.PROJECTIONS], run.id, timeout)
+    with app[HELD].hold(request[keys.ACTOR], "wait") as held:
+        waiting = asyncio.ensure_future(
+            wait_for_end(app[keys.STORE], app[keys.PROJECTIONS], run.id, timeout)
+        )
+        try:
+            await asyncio.wait([waiting, held.revoked], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        if held.revoked.done():
+            raise AuthError(401, "Unauthorized: the API key was revoked")
+        ended = waiting.result()
     if ended is None:
         raise web.HTTPRequestTimeout(text=f"precheck {run.id} did not end within {timeout:g} s")
     return web.json_response(

@@ -120,8 +120,10 @@ async def json_body(request: web.Request, cls: type[T]) -> T:
     return structure(raw, cls)
 
 
-def query_float(request: web.Request, name: str, default: float, low: float = 0) -> float:
-    """A numeric query value, at least `low`."""
+def query_float(
+    request: web.Request, name: str, default: float, low: float = 0, high: float | None = None
+) -> float:
+    """A numeric query value, at least `low` (and at most `high`, if given)."""
     text = request.query.get(name)
     if text is None or text == "":
         return default
@@ -131,6 +133,8 @@ def query_float(request: web.Request, name: str, default: float, low: float = 0)
         raise Invalid(f"{name} must be a number") from None
     if not value >= low or value == float("inf"):
         raise Invalid(f"{name} must be a number of at least {low:g}")
+    if high is not None and value > high:
+        raise Invalid(f"{name} must be a number of at most {high:g}")
     return value
 
 

@@ -15,6 +15,7 @@ from precheck import keys
 from precheck.events.store import RecordedEvent
 from precheck.events.types import KeyRevoked
 from precheck.storage.output_lines import OutputLine
+from precheck.web.held import HELD
 
 RETRY_MS = 3000
 SEND_TIMEOUT = 30.0  # a client that takes no data for this long is cut; it resumes by id
@@ -133,9 +134,10 @@ def request_streams(app: web.Application) -> weakref.WeakSet[EventSourceResponse
 
 
 def close_revoked_streams(app: web.Application, r: RecordedEvent) -> None:
-    """On `key.revoked`: end every open stream that key opened, at once."""
+    """On `key.revoked`: end every open stream and wait that key opened, at once."""
     if not isinstance(r.event, KeyRevoked):
         return
+    app[HELD].revoke(r.event.name)
     for response in list(request_streams(app)):
         req = response._req
         if req is not None and req.get(keys.ACTOR) == r.event.name:
