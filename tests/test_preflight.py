@@ -185,6 +185,20 @@ async def test_warn_queues_and_records_the_failures(client: Client) -> None:
 # Layouts that cannot be read, or not yet ---------------------------------------------------------
 
 
+async def test_a_reading_error_names_the_file_but_not_the_storage_folder(client: Client) -> None:
+    """The reader's message names the upload's file without the server's storage path, in the
+    upload's document and in the log."""
+    whole = die("1x1")
+    upload_id = await upload(client, whole[: len(whole) // 2])
+    error = (await read_upload(client, upload_id))["Layout"]["Error"]
+    storage = client.app[keys.STORAGE]
+    assert error.startswith("not a readable layout: ") and "input.gds" in error
+    folders = {str(storage.root), str(storage.root.resolve()), "uploads/", upload_id}
+    assert not [f for f in folders if f in error], error
+    logged = await (await client.get("/api/v1/events?type=upload.inspection-failed")).text()
+    assert not [f for f in folders - {upload_id} if f in logged]
+
+
 async def test_a_truncated_file_fails_reading_and_still_queues(client: Client) -> None:
     """A GDS cut short is recorded as inspection failed with the reader's reason; a run of it
     queues (the precheck itself will say more), recording that pre-flight could not run."""

@@ -91,7 +91,7 @@ async def read_layout(path: Path, limits: Limits) -> LayoutFacts:
                 proc.kill()
             with contextlib.suppress(Exception):
                 await asyncio.shield(proc.wait())
-    return _facts(out, err, proc.returncode, limits)
+    return _facts(out, _unplaced(err, path), proc.returncode, limits, path)
 
 
 async def _output(proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
@@ -116,8 +116,16 @@ async def _output(proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
     return out, err
 
 
-def _facts(out: bytes, err: bytes, code: int | None, limits: Limits) -> LayoutFacts:
-    lines = out.decode("utf-8", "replace").strip().splitlines()
+def _unplaced(text: bytes, path: Path) -> bytes:
+    """`text` naming the layout by its file name only: where the server keeps it is not for
+    the users who read the reader's messages."""
+    for where in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+        text = text.replace(where.encode(), path.name.encode())
+    return text
+
+
+def _facts(out: bytes, err: bytes, code: int | None, limits: Limits, path: Path) -> LayoutFacts:
+    lines = _unplaced(out, path).decode("utf-8", "replace").strip().splitlines()
     try:
         answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
     except ValueError:
