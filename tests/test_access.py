@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -132,7 +133,10 @@ def route_key(route: web.AbstractRoute) -> str:
     """`METHOD path` of a route, as the table names it."""
     info = route.resource.get_info() if route.resource is not None else {}
     path = info.get("formatter") or info.get("path") or info.get("prefix", "")
-    return f"{route.method} {path}".replace("{name:.+}", "{name}")
+    return route.method + " " + _TEMPLATE.sub(r"{\1}", path)
+
+
+_TEMPLATE = re.compile(r"\{(\w+):[^}]+\}")  # `{name:regex}` is `{name}` in the table
 
 
 async def call(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -48,6 +50,19 @@ class _ChecksumFileResponse(web.FileResponse):
 
 
 _TAG_CONDITIONS = ("if-none-match", "if-match")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")  # what the plain `filename=` fallback may hold as is
+_ATTR_CHARS = "!#$&+-.^_`|~"  # RFC 5987 attr-char besides letters and digits
+
+
+def attachment(filename: str) -> str:
+    """`Content-Disposition` for a download named `filename` (RFC 6266): the name exactly, as
+    `filename*` in UTF-8, and a fallback of safe ASCII for clients that read only `filename`.
+
+    Names come from the container: quotes, `;`, `\\` or line breaks must not reach the header
+    as they are."""
+    plain = _UNSAFE.sub("_", filename).strip(".") or "download"
+    exact = quote(filename.encode("utf-8", "surrogateescape"), safe=_ATTR_CHARS)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{exact}"
 
 
 def _serve(request: web.Request, path: Path, sha256: str, filename: str) -> web.StreamResponse:
@@ -66,7 +81,7 @@ def _serve(request: web.Request, path: Path, sha256: str, filename: str) -> web.
     return _ChecksumFileResponse(
         path,
         sha256,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": attachment(filename)},
     )
 
 
@@ -139,7 +154,7 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/gzip",
-            "Content-Disposition": f'attachment; filename="precheck-{run.id}.tar.gz"',
+            "Content-Disposition": attachment(f"precheck-{run.id}.tar.gz"),
         }
     )
     await response.prepare(request)
@@ -201,7 +216,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/prechecks/{run_id}/output", get_output)
     app.router.add_get("/api/v1/prechecks/{run_id}/render", get_render)
     app.router.add_get("/api/v1/prechecks/{run_id}/reports", list_reports)
-    app.router.add_get("/api/v1/prechecks/{run_id}/reports/{name:.+}", get_report)
+    # Any character, a line break too: report names come from the container.
+    app.router.add_get(r"/api/v1/prechecks/{run_id}/reports/{name:[\s\S]+}", get_report)
     app.router.add_post("/api/v1/prechecks/{run_id}/wait", post_wait)
     app.router.add_get("/api/v1/prechecks/{run_id}/stats", get_stats)
     app.router.add_get("/api/v1/debug/prechecks/{run_id}", get_debug)
