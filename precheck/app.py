@@ -31,6 +31,7 @@ from precheck.web import (
     audit,
     cleanup,
     downloads,
+    headers,
     health,
     metrics,
     openapi,
@@ -93,6 +94,7 @@ def create_app(
         page,
         cleanup,
         api_keys,
+        headers,
     ):
         resource.setup_routes(app)
     return app
