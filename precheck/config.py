@@ -388,6 +388,15 @@ def _validate(config: Config, source: str) -> None:
             raise bad(f"{where}.role", "must be user or admin")
     if a.required and not a.api_keys:
         raise bad("auth.required", "is true but no auth.api_keys are configured")
+    users = [k.name for k in a.api_keys if k.role == "user"]
+    if users and not a.required:
+        # Without a key a request is an admin: a user key would keep no one from anything.
+        raise bad(
+            "auth.required",
+            f"is false, so the user-role keys {', '.join(map(repr, users))} would isolate"
+            " nothing (a request without a key reaches everything): set auth.required = true,"
+            ' or give them role = "admin"',
+        )
 
 
 def _engine(e: EngineConfig, bad: Any, where: str, names: set[str]) -> None:

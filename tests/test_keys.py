@@ -206,6 +206,35 @@ async def test_bad_issues_are_refused(client: Client, body: dict[str, str], stat
     assert client.app[keys.STORE].head == head
 
 
+async def test_a_user_key_is_not_issued_while_auth_is_off(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
+    """With auth off a user key would isolate nothing: issuing one is 409 with nothing logged;
+    an admin key is issued."""
+    client = await aiohttp_client(create_app(make_config(), run_containers=False))
+    head = client.app[keys.STORE].head
+    r = await client.post("/api/v1/keys", json={"name": "carol", "role": "user"})
+    assert r.status == 409 and "auth.required" in (await r.json())["message"]
+    assert client.app[keys.STORE].head == head
+    r = await client.post("/api/v1/keys", json={"name": "carol", "role": "admin"})
+    assert r.status == 201
+
+
+async def test_start_with_auth_off_warns_of_issued_user_keys(
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A log holding user keys issued while auth was on, started with auth off, is served with
+    a warning that names them."""
+    first = await aiohttp_client(create_app(keyed_config(make_config), run_containers=False))
+    await issue(first, "carol")
+    await first.close()
+    with caplog.at_level("WARNING"):
+        await aiohttp_client(create_app(make_config(), run_containers=False))
+    assert any("'carol'" in m and "isolate nothing" in m for m in caplog.messages)
+
+
 async def test_issuing_a_live_name_twice_and_revoking_unknown_or_config_keys(
     client: Client,
 ) -> None:
