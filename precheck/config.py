@@ -36,6 +36,13 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()  # names besides localhost and `host`, with auth off
     max_queued_per_owner: int = 0  # runs one key may have waiting; past it 429 (0: no limit)
     max_running_per_owner: int = 0  # runs of one key running at once; past it 429 (0: no limit)
+    # A request's head, a JSON body, and each such window of an upload must arrive in this.
+    read_timeout_seconds: float = 30
+    min_upload_kib_per_second: int = 8  # an upload slower over read_timeout_seconds: 408
+    max_uploads_per_key: int = 4  # uploads of one key under way at once; past it 429 (0: none)
+    max_streams_per_key: int = 16  # live streams one key holds open; past it 429 (0: no limit)
+    max_waits_per_key: int = 16  # `/wait` calls one key holds open; past it 429 (0: no limit)
+    max_storage_mb_per_user: int = 20480  # a user key's uploads and run outputs (0: no limit)
 
 
 ENGINE_SCHEMES = ("unix://", "tcp://")
@@ -331,6 +338,18 @@ def _validate(config: Config, source: str) -> None:
         raise bad("server.sse_heartbeat_seconds", "must be a number of seconds, 0 to 3600")
     if s.max_upload_mb < 1:
         raise bad("server.max_upload_mb", "must be at least 1")
+    if not 1 <= s.read_timeout_seconds <= 3600:
+        raise bad("server.read_timeout_seconds", "must be a number of seconds, 1 to 3600")
+    if s.min_upload_kib_per_second < 0:
+        raise bad("server.min_upload_kib_per_second", "must be at least 0 (0: no minimum)")
+    for key in (
+        "max_uploads_per_key",
+        "max_streams_per_key",
+        "max_waits_per_key",
+        "max_storage_mb_per_user",
+    ):
+        if getattr(s, key) < 0:
+            raise bad(f"server.{key}", "must be at least 0 (0: no limit)")
     for j, net in enumerate(s.trusted_proxies):
         _network(net, bad, f"server.trusted_proxies[{j}]")
     if not d.image:

@@ -20,7 +20,7 @@ from precheck.runner.tar_stream import gzip_stream, tree_entries, write_tar
 from precheck.service.run_waiter import wait_for_end
 from precheck.web.access import find_run
 from precheck.web.auth import AuthError
-from precheck.web.held import HELD
+from precheck.web.held import hold
 from precheck.web.middleware import error
 from precheck.web.requests import query_float
 
@@ -173,7 +173,7 @@ async def post_wait(request: web.Request) -> web.Response:
     run = find_run(request)
     timeout = query_float(request, "timeout", 300.0, high=MAX_WAIT_SECONDS)
     app = request.app
-    with app[HELD].hold(request[keys.ACTOR], "wait") as held:
+    with hold(request, "wait") as held:
         waiting = asyncio.ensure_future(
             wait_for_end(app[keys.STORE], app[keys.PROJECTIONS], run.id, timeout)
         )

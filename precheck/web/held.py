@@ -1,5 +1,6 @@
 """The long requests each key holds open (waits, streams, uploads): counted against the per-key
-caps, and ended when the key is revoked."""
+caps (`server.max_waits_per_key`, `max_streams_per_key`, `max_uploads_per_key`), and ended when
+the key is revoked. Without a key (auth off) each client address counts as its own key."""
 
 from __future__ import annotations
 
@@ -12,11 +13,32 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from precheck import keys
 from precheck.errors import TooMany
+from precheck.web.auth import ANONYMOUS
 
 HELD = web.AppKey["Held"]("held")
 
 KINDS = {"wait": "waits", "stream": "open streams", "upload": "uploads under way"}
+LIMITS = {
+    "wait": "max_waits_per_key",
+    "stream": "max_streams_per_key",
+    "upload": "max_uploads_per_key",
+}
+
+
+def holder(request: web.Request) -> str:
+    """Whose request it is for the caps: the key's name, or `anonymous` and the address."""
+    if request.get(keys.IDENTITY) is ANONYMOUS:
+        return f"{ANONYMOUS.name} {request[keys.CLIENT]}"
+    return str(request[keys.ACTOR])
+
+
+def hold(request: web.Request, kind: str) -> contextlib.AbstractContextManager[Hold]:
+    """Count `request` as one of its key's open requests of `kind` while it runs; 429 past the
+    configured cap."""
+    limit = getattr(request.app[keys.CONFIG].server, LIMITS[kind])
+    return request.app[HELD].hold(holder(request), kind, limit)
 
 
 @attrs.define(eq=False)
@@ -44,7 +66,8 @@ class Held:
         """Count a request of `kind` as `actor`'s while it is open; past `limit` (0: none) 429."""
         if limit and self._counts[actor, kind] >= limit:
             raise TooMany(
-                f"this key already has {limit} {KINDS[kind]}, as many as the server allows at once"
+                f"this key already has {limit} {KINDS[kind]}, as many as"
+                f" server.{LIMITS[kind]} allows at once"
             )
         held = Hold(actor, kind, asyncio.get_running_loop().create_future())
         self._holds.add(held)

@@ -11,6 +11,7 @@ from aiohttp import web
 from cattrs.gen import make_dict_structure_fn
 
 from precheck.errors import Invalid, NotJson
+from precheck.web.body_reading import read_whole
 
 T = TypeVar("T")
 
@@ -108,7 +109,7 @@ async def json_body(request: web.Request, cls: type[T]) -> T:
     """The request's JSON body as a `cls`."""
     require_json(request)
     try:
-        raw = json.loads(await request.read() or b"null")
+        raw = json.loads(await read_whole(request) or b"null")
         # JSON may spell a lone surrogate (`"\ud800"`): not text that can be stored.
         json.dumps(raw, ensure_ascii=False).encode("utf-8")
     except RecursionError:
