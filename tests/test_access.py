@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -15,6 +17,8 @@ from pytest_aiohttp import AiohttpClient
 from precheck import keys
 from precheck.app import create_app
 from precheck.config import Config
+from precheck.events import store as store_module
+from precheck.events.types import Metadata, UploadReceived
 from tests.layouts import gds
 
 Client = TestClient[web.Request, web.Application]
@@ -88,6 +92,7 @@ ROUTES: dict[str, str] = {
     "HEAD /api/v1/whoami": "open",
 }
 
+DAY = timedelta(days=1)
 ISSUED = "issued-key"  # the key `DELETE /api/v1/keys/{name}` revokes
 
 # Query values a route needs to answer at once rather than wait.
@@ -269,3 +274,49 @@ async def test_key_without_role_is_an_admin(
     assert r.status == 200
     r = await client.get("/api/v1/events", headers={"X-API-Key": "key-old-0123456789"})
     assert r.status == 200
+
+
+async def test_a_users_feed_reads_only_its_own_rows_from_the_log(
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bob's audit feed, as a page and as a stream from the start, is found by the log's own
+    query: of 3000 events of alice's, none is read into Python, and bob's page holds his."""
+    api_keys = [{"name": n, "key": k, "role": ROLES[n]} for n, k in KEYS.items()]
+    config = make_config(auth={"required": True, "api_keys": api_keys})
+    first = await aiohttp_client(create_app(config, run_containers=False))
+    now = datetime.now(UTC)
+    alices = [
+        UploadReceived(f"a{i:05d}", "x.gds", "input.gds", "gds", 1, "0" * 64, now, now + DAY)
+        for i in range(3000)
+    ]
+    await first.app[keys.STORE].append(alices, Metadata("alice"))
+    bobs = await upload(first, "bob")
+    await first.close()
+
+    client = await aiohttp_client(create_app(config, run_containers=False))  # nothing in memory
+    position = next(
+        r.position
+        for r in await client.app[keys.STORE].read(0, 10000)
+        if r.stream == f"upload-{bobs}"
+    )
+    decoded = 0
+    real = store_module._row_to_event
+
+    def counted(row: Any) -> Any:
+        nonlocal decoded
+        decoded += 1
+        return real(row)
+
+    monkeypatch.setattr(store_module, "_row_to_event", counted)
+    page = await (await client.get("/api/v1/events?limit=10", headers=auth("bob"))).json()
+    assert [e["stream"] for e in page["events"]] == [f"upload-{bobs}"]
+    url = f"/api/v1/events?follow=1&access_token={KEYS['bob']}"
+    async with client.get(url) as stream:
+        text = ""
+        async with asyncio.timeout(10):
+            while f"id: {position}\n" not in text:
+                text += (await stream.content.readany()).decode()
+    assert "a00000" not in text
+    assert decoded < 20, decoded

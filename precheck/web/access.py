@@ -7,6 +7,7 @@ cannot learn another's ids. Admin-only routes answer 403 to a user.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -87,6 +88,18 @@ def owned_events(request: web.Request) -> Callable[[RecordedEvent], bool] | None
         return found is not None and found.owner == who.name
 
     return owned
+
+
+def owned_streams(request: web.Request) -> tuple[str, tuple[object, ...]]:
+    """For a user, the SQL (a clause starting with AND, and its argument) that keeps the events
+    of the uploads and runs it owns now, so the log reads no other row; empty for an admin."""
+    who = identity(request)
+    if who.admin:
+        return "", ()
+    state = request.app[keys.PROJECTIONS]
+    streams = [f"upload-{u.id}" for u in state.uploads.by_id.values() if u.owner == who.name]
+    streams += [f"run-{r.id}" for r in state.runs.by_id.values() if r.owner == who.name]
+    return " AND stream IN (SELECT value FROM json_each(?))", (json.dumps(streams),)
 
 
 def shown_event(request: web.Request, r: RecordedEvent) -> RecordedEvent:
