@@ -39,7 +39,7 @@ class ServerConfig:
     # A request's head, a JSON body, and each such window of an upload must arrive in this.
     read_timeout_seconds: float = 30
     min_upload_kib_per_second: int = 8  # an upload slower over read_timeout_seconds: 408
-    max_uploads_per_key: int = 4  # uploads of one key under way at once; past it 429 (0: none)
+    max_uploads_per_key: int = 8  # uploads of one key under way at once; past it 429 (0: none)
     max_streams_per_key: int = 16  # live streams one key holds open; past it 429 (0: no limit)
     max_waits_per_key: int = 16  # `/wait` calls one key holds open; past it 429 (0: no limit)
     max_storage_mb_per_user: int = 20480  # a user key's uploads and run outputs (0: no limit)
