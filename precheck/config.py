@@ -94,6 +94,8 @@ class DockerConfig:
 
 
 ROLES = ("user", "admin")
+# Actors the server records itself: no key may take their names (it would act as them).
+RESERVED_NAMES = frozenset({"anonymous", "cli", "server", "supervisor"})
 
 
 @attrs.frozen
@@ -398,6 +400,12 @@ def _validate(config: Config, source: str) -> None:
             raise bad(f"{where}.name", "must not be empty")
         if k.name in names:
             raise bad(f"{where}.name", f"duplicate name {k.name!r}")
+        if k.name in RESERVED_NAMES:
+            raise bad(
+                f"{where}.name",
+                f"{k.name!r} is a name the server records itself"
+                f" ({', '.join(sorted(RESERVED_NAMES))}): choose another",
+            )
         names.add(k.name)
         if bool(k.key) == bool(k.key_sha256):
             raise bad(where, "give exactly one of key or key_sha256")

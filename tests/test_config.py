@@ -218,6 +218,15 @@ def test_user_keys_with_auth_off_are_refused(tmp_path: Path) -> None:
     assert not load_config(write(tmp_path, "[auth]\nrequired = false\n" + admins)).auth.required
 
 
+@pytest.mark.parametrize("name", ["anonymous", "cli", "server", "supervisor"])
+def test_a_config_key_may_not_take_a_name_the_server_records(tmp_path: Path, name: str) -> None:
+    """A key named as one of the server's own actors would act as it: refused, naming the key."""
+    path = write(tmp_path, f'[[auth.api_keys]]\nname = "{name}"\nkey = "k"\n')
+    message = refused(path)
+    assert message.startswith(f"{path}: auth.api_keys[0].name: "), message
+    assert repr(name) in message
+
+
 def test_invalid_toml(tmp_path: Path) -> None:
     """A file that is not TOML is a ConfigError naming the file."""
     path = write(tmp_path, "[server\nport = 1\n")

@@ -103,13 +103,33 @@ async def test_a_revoked_key_is_refused_at_once(client: Client) -> None:
     assert types[-2:] == ["key.issued", "key.revoked"]
 
 
-async def test_a_name_can_be_issued_again_after_a_revoke(client: Client) -> None:
-    """Revoke then issue the same name: the new key works, the old one does not."""
+async def test_a_revoked_name_is_never_issued_again(
+    client: Client, aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
+    """A revoked name is refused (409, nothing logged), also after a restart: a new key under it
+    would own what the old key made; the old key stays refused."""
     old = await issue(client, "carol")
+    run_id = await queued_run(client, old)
     assert (await client.delete("/api/v1/keys/carol", headers=bearer(ROOT))).status == 200
-    new = await issue(client, "carol", "admin")
-    assert (await client.get("/api/v1/events", headers=bearer(new))).status == 200
-    assert (await client.get("/api/v1/events", headers=bearer(old))).status == 401
+    server = client
+    for restart in (False, True):
+        if restart:
+            server = await restarted(client, aiohttp_client, make_config)
+        head = server.app[keys.STORE].head
+        r = await server.post("/api/v1/keys", json={"name": "carol"}, headers=bearer(ROOT))
+        assert r.status == 409 and "never issued again" in (await r.json())["message"]
+        assert server.app[keys.STORE].head == head
+        assert server.app[keys.PROJECTIONS].runs.by_id[run_id].owner == "carol"
+        assert (await server.get("/api/v1/events", headers=bearer(old))).status == 401
+
+
+async def restarted(
+    client: Client, aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> Client:
+    """A new server on `client`'s storage folder, once `client` is closed."""
+    await client.close()
+    app = create_app(keyed_config(make_config), run_containers=False, admin_token=TOKEN)
+    return await aiohttp_client(app)
 
 
 async def test_streams_of_a_revoked_key_close_within_a_second(client: Client) -> None:
@@ -193,6 +213,9 @@ async def test_list_shows_names_roles_and_last_use_but_no_secret(client: Client)
     [
         ({"name": "alice"}, 409),  # a config key's name
         ({"name": "cli"}, 400),  # a name the server uses
+        ({"name": "anonymous"}, 400),
+        ({"name": "supervisor"}, 400),
+        ({"name": "server"}, 400),
         ({"name": "a b"}, 400),
         ({"name": "carol", "role": "boss"}, 400),
         ({"role": "user"}, 400),

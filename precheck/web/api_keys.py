@@ -98,8 +98,17 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def _warn_of_open_user_keys(app: web.Application) -> None:
-    """At start: user keys issued while auth was on isolate nothing now it is off."""
-    users = [k.name for k in app[keys.PROJECTIONS].keys.by_name.values() if k.role == "user"]
+    """At start: user keys issued while auth was on isolate nothing now it is off; a config key
+    named as a key once issued acts as it, owning what it made."""
+    issued = app[keys.PROJECTIONS].keys
+    taken = sorted(app[keys.AUTH].config_names & set(issued.versions))
+    if taken:
+        log.warning(
+            "the config keys %s have the names of keys issued before, and own what those made;"
+            " rename them unless that is meant",
+            ", ".join(map(repr, taken)),
+        )
+    users = [k.name for k in issued.by_name.values() if k.role == "user"]
     if users and not app[keys.AUTH].required:
         log.warning(
             "auth.required is false: the issued user keys %s isolate nothing (a request without"
