@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import pwd
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -447,6 +449,64 @@ async def test_a_big_layout_is_read_while_requests_answer_quickly(
 
 
 # The reader's limits, on the reader itself -------------------------------------------------------
+
+
+def _reader_processes() -> list[int]:
+    """The layout readers running now (children of this process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ppid = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")
+        )
+        if ppid == os.getpid() and any(a.endswith(b"layout/inspect.py") for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the reader gives up root only when run as root")
+async def test_the_reader_run_by_root_reads_as_nobody_outside_the_storage(tmp_path: Path) -> None:
+    """Run by root, the child reading a layout is `nobody` with no groups, works in a folder of
+    its own outside the storage folder, holds no path into it, and its folder is gone after."""
+    storage = tmp_path / "data" / "uploads" / "u1"
+    storage.mkdir(parents=True)
+    tmp_path.joinpath("data").chmod(0o700)
+    path = storage / "input.gds"
+    write_big_gds(path, 120 << 20)
+    path.chmod(0o600)
+    nobody = pwd.getpwnam("nobody")
+    reading = asyncio.ensure_future(read_layout(path, Limits(max_seconds=60, max_memory_mb=4096)))
+    seen: dict[str, object] = {}
+    while not reading.done() and "uid" not in seen:
+        for pid in _reader_processes():
+            proc = Path(f"/proc/{pid}")
+            try:
+                status = (proc / "status").read_text()
+                uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
+                if uids.split()[1:] != [str(nobody.pw_uid)] * 4:
+                    continue  # not yet given up (it loads the reader first), or never
+                groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
+                cwd = os.readlink(proc / "cwd")
+                links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            except (OSError, StopIteration):
+                continue
+            seen.update(uid=uids, groups=groups.split()[1:], cwd=cwd, links=links)
+        await asyncio.sleep(0.005)
+    facts = await reading
+    assert facts.top_cells[0].name == "chip_top"
+    assert seen, "the reader was never seen as nobody"
+    assert seen["groups"] == []
+    cwd = str(seen["cwd"])
+    assert not cwd.startswith(str(tmp_path)) and Path(cwd).name.startswith("precheck-reading-")
+    # stdin is the open upload: the one way to it, and no path to open anything beside it
+    assert [link for link in seen["links"] if str(tmp_path) in link] == [str(path)]  # type: ignore[attr-defined]
+    assert not await asyncio.to_thread(Path(cwd).exists)
 
 
 async def test_the_reader_is_stopped_past_its_time(tmp_path: Path) -> None:
