@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -33,15 +33,15 @@ def bearer(name: str) -> dict[str, str]:
 
 
 async def serve(
-    aiohttp_client: AiohttpClient, make_config: Callable[..., Config], **server: Any
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config], **settings: Any
 ) -> Client:
     """A server run as `serve` runs it, keys required (users alice and bob)."""
     api_keys = [{"name": n, "key": k, "role": "user"} for n, k in USERS.items()]
-    config = make_config(server=server, auth={"required": True, "api_keys": api_keys})
+    config = make_config(server=settings, auth={"required": True, "api_keys": api_keys})
     # The runner's options go to `start_server`: `TestServer(**kwargs)` would drop them.
     server = TestServer(create_app(config, run_containers=False))
     await server.start_server(**runner_options(config))
-    return await aiohttp_client(server)
+    return cast(Client, await aiohttp_client(server))
 
 
 async def raw(client: Client, head: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -171,7 +171,7 @@ async def test_open_streams_waits_and_uploads_are_capped_per_key(
         yield gds()[:10]
         await asyncio.sleep(30)
 
-    slow = asyncio.ensure_future(upload(client, "alice", trickle()))  # type: ignore[arg-type]
+    slow = asyncio.ensure_future(upload(client, "alice", trickle()))
     await asyncio.sleep(0.2)
     r = await upload(client, "alice", gds())
     assert r.status == 429 and "max_uploads_per_key" in (await r.json())["message"]
