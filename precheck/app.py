@@ -32,6 +32,7 @@ from precheck.web import (
     audit,
     cleanup,
     downloads,
+    headers,
     health,
     keys,
     metrics,
@@ -42,6 +43,7 @@ from precheck.web import (
     uploads,
 )
 from precheck.web.auth import Authenticator
+from precheck.web.held import HELD, Held
 from precheck.web.middleware import context
 from precheck.web.same_site import allowed_hosts
 from precheck.web.sse import close_revoked_streams, line_message, stop_streams
@@ -80,6 +82,7 @@ def create_app(
     if run_containers:
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
+    app[HELD] = Held()
     app.on_shutdown.append(stop_streams)
     for resource in (
         health,
@@ -93,6 +96,7 @@ def create_app(
         page,
         cleanup,
         api_keys,
+        headers,
     ):
         resource.setup_routes(app)
     return app

@@ -234,6 +234,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from precheck.service.diagnostics import setup_logging
     from precheck.web.access_log import AccessLogger
     from precheck.web.same_site import is_loopback
+    from precheck.web.serving import runner_options
 
     config = _load(args, expand_secrets=True)
     setup_logging(args.log_format)
@@ -252,6 +253,7 @@ async def _serve(args: argparse.Namespace) -> int:
             access_log_class=AccessLogger,
             shutdown_timeout=15,
             handle_signals=False,
+            **runner_options(config),
         )
         await runner.setup()
         try:

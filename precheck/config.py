@@ -36,6 +36,13 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()  # names besides localhost and `host`, with auth off
     max_queued_per_owner: int = 0  # runs one key may have waiting; past it 429 (0: no limit)
     max_running_per_owner: int = 0  # runs of one key running at once; past it 429 (0: no limit)
+    # A request's head, a JSON body, and each such window of an upload must arrive in this.
+    read_timeout_seconds: float = 30
+    min_upload_kib_per_second: int = 8  # an upload slower over read_timeout_seconds: 408
+    max_uploads_per_key: int = 8  # uploads of one key under way at once; past it 429 (0: none)
+    max_streams_per_key: int = 16  # live streams one key holds open; past it 429 (0: no limit)
+    max_waits_per_key: int = 16  # `/wait` calls one key holds open; past it 429 (0: no limit)
+    max_storage_mb_per_user: int = 20480  # a user key's uploads and run outputs (0: no limit)
 
 
 ENGINE_SCHEMES = ("unix://", "tcp://")
@@ -90,6 +97,8 @@ class DockerConfig:
 
 ROLES = ("user", "admin")
 MAX_CPUS = 1024
+# Actors the server records itself: no key may take their names (it would act as them).
+RESERVED_NAMES = frozenset({"anonymous", "cli", "server", "supervisor"})
 
 
 @attrs.frozen
@@ -339,6 +348,18 @@ def _validate(config: Config, source: str) -> None:
         raise bad("server.sse_heartbeat_seconds", "must be a number of seconds, 0 to 3600")
     if s.max_upload_mb < 1:
         raise bad("server.max_upload_mb", "must be at least 1")
+    if not 1 <= s.read_timeout_seconds <= 3600:
+        raise bad("server.read_timeout_seconds", "must be a number of seconds, 1 to 3600")
+    if s.min_upload_kib_per_second < 0:
+        raise bad("server.min_upload_kib_per_second", "must be at least 0 (0: no minimum)")
+    for key in (
+        "max_uploads_per_key",
+        "max_streams_per_key",
+        "max_waits_per_key",
+        "max_storage_mb_per_user",
+    ):
+        if getattr(s, key) < 0:
+            raise bad(f"server.{key}", "must be at least 0 (0: no limit)")
     for j, net in enumerate(s.trusted_proxies):
         _network(net, bad, f"server.trusted_proxies[{j}]")
     if not d.image:
@@ -389,6 +410,12 @@ def _validate(config: Config, source: str) -> None:
             raise bad(f"{where}.name", "must not be empty")
         if k.name in names:
             raise bad(f"{where}.name", f"duplicate name {k.name!r}")
+        if k.name in RESERVED_NAMES:
+            raise bad(
+                f"{where}.name",
+                f"{k.name!r} is a name the server records itself"
+                f" ({', '.join(sorted(RESERVED_NAMES))}): choose another",
+            )
         names.add(k.name)
         if bool(k.key) == bool(k.key_sha256):
             raise bad(where, "give exactly one of key or key_sha256")
@@ -398,6 +425,15 @@ def _validate(config: Config, source: str) -> None:
             raise bad(f"{where}.role", "must be user or admin")
     if a.required and not a.api_keys:
         raise bad("auth.required", "is true but no auth.api_keys are configured")
+    users = [k.name for k in a.api_keys if k.role == "user"]
+    if users and not a.required:
+        # Without a key a request is an admin: a user key would keep no one from anything.
+        raise bad(
+            "auth.required",
+            f"is false, so the user-role keys {', '.join(map(repr, users))} would isolate"
+            " nothing (a request without a key reaches everything): set auth.required = true,"
+            ' or give them role = "admin"',
+        )
 
 
 def _engine(e: EngineConfig, bad: Any, where: str, names: set[str]) -> None:

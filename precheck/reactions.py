@@ -46,7 +46,11 @@ REACTIONS: tuple[Reaction, ...] = (
     Reaction(
         "projections", (EVERY,), "fold the event into the read models (uploads, runs, queue, keys)"
     ),
-    Reaction("stream closer", ("key.revoked",), "close every open stream the revoked key opened"),
+    Reaction(
+        "stream closer",
+        ("key.revoked",),
+        "close every open stream and end every wait the revoked key opened",
+    ),
     Reaction(
         "run announcer", ("run.",), "write one line of server output per change in a run's life"
     ),

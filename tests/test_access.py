@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -13,6 +16,8 @@ from pytest_aiohttp import AiohttpClient
 
 from precheck.app import create_app
 from precheck.config import Config
+from precheck.events import store as store_module
+from precheck.events.types import Metadata, UploadReceived
 from precheck.web import keys
 from tests.layouts import gds
 
@@ -87,6 +92,7 @@ ROUTES: dict[str, str] = {
     "HEAD /api/v1/whoami": "open",
 }
 
+DAY = timedelta(days=1)
 ISSUED = "issued-key"  # the key `DELETE /api/v1/keys/{name}` revokes
 
 # Query values a route needs to answer at once rather than wait.
@@ -132,7 +138,10 @@ def route_key(route: web.AbstractRoute) -> str:
     """`METHOD path` of a route, as the table names it."""
     info = route.resource.get_info() if route.resource is not None else {}
     path = info.get("formatter") or info.get("path") or info.get("prefix", "")
-    return f"{route.method} {path}".replace("{name:.+}", "{name}")
+    return route.method + " " + _TEMPLATE.sub(r"{\1}", path)
+
+
+_TEMPLATE = re.compile(r"\{(\w+):[^}]+\}")  # `{name:regex}` is `{name}` in the table
 
 
 async def call(
@@ -265,3 +274,49 @@ async def test_key_without_role_is_an_admin(
     assert r.status == 200
     r = await client.get("/api/v1/events", headers={"X-API-Key": "key-old-0123456789"})
     assert r.status == 200
+
+
+async def test_a_users_feed_reads_only_its_own_rows_from_the_log(
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bob's audit feed, as a page and as a stream from the start, is found by the log's own
+    query: of 3000 events of alice's, none is read into Python, and bob's page holds his."""
+    api_keys = [{"name": n, "key": k, "role": ROLES[n]} for n, k in KEYS.items()]
+    config = make_config(auth={"required": True, "api_keys": api_keys})
+    first = await aiohttp_client(create_app(config, run_containers=False))
+    now = datetime.now(UTC)
+    alices = [
+        UploadReceived(f"a{i:05d}", "x.gds", "input.gds", "gds", 1, "0" * 64, now, now + DAY)
+        for i in range(3000)
+    ]
+    await first.app[keys.STORE].append(alices, Metadata("alice"))
+    bobs = await upload(first, "bob")
+    await first.close()
+
+    client = await aiohttp_client(create_app(config, run_containers=False))  # nothing in memory
+    position = next(
+        r.position
+        for r in await client.app[keys.STORE].read(0, 10000)
+        if r.stream == f"upload-{bobs}"
+    )
+    decoded = 0
+    real = store_module._row_to_event
+
+    def counted(row: Any) -> Any:
+        nonlocal decoded
+        decoded += 1
+        return real(row)
+
+    monkeypatch.setattr(store_module, "_row_to_event", counted)
+    page = await (await client.get("/api/v1/events?limit=10", headers=auth("bob"))).json()
+    assert [e["stream"] for e in page["events"]] == [f"upload-{bobs}"]
+    url = f"/api/v1/events?follow=1&access_token={KEYS['bob']}"
+    async with client.get(url) as stream:
+        text = ""
+        async with asyncio.timeout(10):
+            while f"id: {position}\n" not in text:
+                text += (await stream.content.readany()).decode()
+    assert "a00000" not in text
+    assert decoded < 20, decoded

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -64,6 +67,46 @@ async def test_health_is_open(client: Client) -> None:
     r = await client.get("/health")
     assert r.status == 200
     assert (await r.json())["status"] == "healthy"
+
+
+async def _health_of(client: Client, headers: dict[str, str]) -> dict[str, object]:
+    """`/health` once the supervisor has tried the engine (and found it gone)."""
+    for _ in range(200):
+        r = await client.get("/health", headers=headers)
+        assert r.status == 200
+        doc: dict[str, object] = await r.json()
+        if doc["status"] == "degraded":
+            return doc
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the engine was never found gone: {doc}")
+
+
+@pytest.mark.parametrize("required", [True, False])
+async def test_health_without_a_key_says_only_up_or_down(
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+    required: bool,
+) -> None:
+    """With keys required, `/health` without a key (or with a wrong one) answers only its status:
+    no Docker error, engine, image or version; a key sees them all; with auth off, everyone."""
+    gone = tmp_path / "no-engine.sock"
+    config = make_config(
+        docker={"url": f"unix://{gone}", "image": "secret-registry.example/precheck:1"},
+        auth={"required": required, "api_keys": KEYS},
+    )
+    client = await aiohttp_client(create_app(config))
+    detail = await _health_of(client, bearer())
+    docker = detail["docker"]
+    assert isinstance(docker, dict) and docker["image"] == "secret-registry.example/precheck:1"
+    assert docker["engines"] and "version" in detail
+    for headers in ({}, bearer("wrong")):
+        doc = await _health_of(client, headers)
+        if required:
+            assert doc == {"status": "degraded"}, doc
+            assert "no-engine" not in json.dumps(doc) and "secret" not in json.dumps(doc)
+        else:
+            assert set(doc) == set(detail) and doc["docker"]["image"] == docker["image"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,20 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from precheck.app import create_app
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
+from precheck.events.types import Metadata, OutputFile, RunExited, RunOutputsStored, RunStarted
+from precheck.runner.copy_out import RUN_FOLDER
 from precheck.storage.output_lines import OutputLine, blocks_of
 from precheck.web import keys
 from tests.layouts import gds, oasis
@@ -437,3 +441,40 @@ async def test_the_events_head_is_the_last_position_and_its_hash(client: Client)
     assert head["Position"] == feed["events"][-1]["position"] == client.app[keys.STORE].head
     [last] = await client.app[keys.STORE].read(head["Position"] - 1, 1)
     assert head["Hash"] == last.hash and len(head["Hash"]) == 64
+
+
+REPORT_NAMES = ['a"b;c=d.lyrdb', "line\nbreak.lyrdb", "déjà vu.lyrdb", "back\\slash.txt"]
+
+
+@pytest.mark.parametrize("name", REPORT_NAMES)
+async def test_a_report_name_from_the_container_is_escaped_in_its_download(
+    client: Client, name: str
+) -> None:
+    """A report whose name holds quotes, `;`, a line break or letters beyond ASCII downloads with
+    its exact name in `filename*` (RFC 6266) and a plain ASCII `filename` fallback."""
+    run = await create(client, (await upload(client))["Id"])
+    run_id, body = run["Id"], b"<report/>"
+    path = f"{RUN_FOLDER}/reports/{name}"
+    folder = client.app[keys.STORAGE].run_dir(run_id) / RUN_FOLDER / "reports"
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(body)
+    report = OutputFile(path, len(body), hashlib.sha256(body).hexdigest())
+    at = datetime.now(UTC)
+    await client.app[keys.STORE].append(
+        [
+            RunStarted(run_id, "c" * 64, "sim", "sha256:x", at),
+            RunExited(run_id, "completed", 0, "", None, {}, False, at, at),
+            RunOutputsStored(run_id, None, (report,), {}, None, at),
+        ],
+        Metadata("supervisor"),
+    )
+    r = await client.get(f"/api/v1/prechecks/{run_id}/reports/{quote(name)}")
+    assert r.status == 200, await r.text()
+    assert await r.read() == body
+    header = r.headers["Content-Disposition"]
+    assert "\n" not in header and "\r" not in header
+    kind, params = parse_content_disposition(header)
+    assert kind == "attachment"
+    assert content_disposition_filename(params, "filename") == name
+    fallback = params["filename"]
+    assert fallback.isascii() and not set(fallback) & set('"\\;\n/')

@@ -201,6 +201,32 @@ def test_bad_file_names_file_and_key(tmp_path: Path, text: str, key: str) -> Non
     assert key in message, message
 
 
+def test_user_keys_with_auth_off_are_refused(tmp_path: Path) -> None:
+    """With `auth.required = false` user-role keys would isolate nothing (no key is an admin):
+    the config is refused with a message naming those keys; admin keys alone are fine."""
+    keys = (
+        '[[auth.api_keys]]\nname = "alice"\nkey = "a"\nrole = "user"\n'
+        '[[auth.api_keys]]\nname = "root"\nkey = "r"\n'
+        '[[auth.api_keys]]\nname = "bob"\nkey = "b"\nrole = "user"\n'
+    )
+    path = write(tmp_path, "[auth]\nrequired = false\n" + keys)
+    message = refused(path)
+    assert message.startswith(f"{path}: auth.required: "), message
+    assert "'alice', 'bob'" in message and "'root'" not in message
+    assert load_config(write(tmp_path, "[auth]\nrequired = true\n" + keys)).auth.required
+    admins = '[[auth.api_keys]]\nname = "root"\nkey = "r"\n'
+    assert not load_config(write(tmp_path, "[auth]\nrequired = false\n" + admins)).auth.required
+
+
+@pytest.mark.parametrize("name", ["anonymous", "cli", "server", "supervisor"])
+def test_a_config_key_may_not_take_a_name_the_server_records(tmp_path: Path, name: str) -> None:
+    """A key named as one of the server's own actors would act as it: refused, naming the key."""
+    path = write(tmp_path, f'[[auth.api_keys]]\nname = "{name}"\nkey = "k"\n')
+    message = refused(path)
+    assert message.startswith(f"{path}: auth.api_keys[0].name: "), message
+    assert repr(name) in message
+
+
 def test_invalid_toml(tmp_path: Path) -> None:
     """A file that is not TOML is a ConfigError naming the file."""
     path = write(tmp_path, "[server\nport = 1\n")

@@ -103,13 +103,33 @@ async def test_a_revoked_key_is_refused_at_once(client: Client) -> None:
     assert types[-2:] == ["key.issued", "key.revoked"]
 
 
-async def test_a_name_can_be_issued_again_after_a_revoke(client: Client) -> None:
-    """Revoke then issue the same name: the new key works, the old one does not."""
+async def test_a_revoked_name_is_never_issued_again(
+    client: Client, aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
+    """A revoked name is refused (409, nothing logged), also after a restart: a new key under it
+    would own what the old key made; the old key stays refused."""
     old = await issue(client, "carol")
+    run_id = await queued_run(client, old)
     assert (await client.delete("/api/v1/keys/carol", headers=bearer(ROOT))).status == 200
-    new = await issue(client, "carol", "admin")
-    assert (await client.get("/api/v1/events", headers=bearer(new))).status == 200
-    assert (await client.get("/api/v1/events", headers=bearer(old))).status == 401
+    server = client
+    for restart in (False, True):
+        if restart:
+            server = await restarted(client, aiohttp_client, make_config)
+        head = server.app[keys.STORE].head
+        r = await server.post("/api/v1/keys", json={"name": "carol"}, headers=bearer(ROOT))
+        assert r.status == 409 and "never issued again" in (await r.json())["message"]
+        assert server.app[keys.STORE].head == head
+        assert server.app[keys.PROJECTIONS].runs.by_id[run_id].owner == "carol"
+        assert (await server.get("/api/v1/events", headers=bearer(old))).status == 401
+
+
+async def restarted(
+    client: Client, aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> Client:
+    """A new server on `client`'s storage folder, once `client` is closed."""
+    await client.close()
+    app = create_app(keyed_config(make_config), run_containers=False, admin_token=TOKEN)
+    return await aiohttp_client(app)
 
 
 async def test_streams_of_a_revoked_key_close_within_a_second(client: Client) -> None:
@@ -134,6 +154,45 @@ async def test_streams_of_a_revoked_key_close_within_a_second(client: Client) ->
     assert (await client.get(url, headers={"Accept": "text/event-stream"})).status == 401
 
 
+async def queued_run(client: Client, key: str) -> str:
+    """Upload a layout and queue a run of it with `key` (no containers run: it stays queued)."""
+    form = aiohttp.FormData()
+    form.add_field("file", gds(), filename="chip.gds")
+    up = await (await client.post("/api/v1/uploads", data=form, headers=bearer(key))).json()
+    body = {"upload_id": up["Id"], "top_cell": "chip_top"}
+    run = await (await client.post("/api/v1/prechecks", json=body, headers=bearer(key))).json()
+    return str(run["Id"])
+
+
+async def test_a_wait_of_a_revoked_key_ends_at_once(client: Client) -> None:
+    """An open `/wait` of a key answers 401 within a second of the key's revocation, not at its
+    timeout."""
+    key = await issue(client, "carol")
+    run_id = await queued_run(client, key)
+    wait = asyncio.ensure_future(
+        client.post(f"/api/v1/prechecks/{run_id}/wait?timeout=60", headers=bearer(key))
+    )
+    await asyncio.sleep(0.2)
+    assert not wait.done()  # the run is queued: the wait is open
+    assert (await client.delete("/api/v1/keys/carol", headers=bearer(ROOT))).status == 200
+    async with asyncio.timeout(1.0):
+        r = await wait
+    assert r.status == 401, await r.text()
+    assert "revoked" in (await r.json())["message"]
+
+
+@pytest.mark.parametrize("seconds", ["1e308", "86401", "inf", "nan"])
+async def test_a_wait_longer_than_a_day_is_refused(client: Client, seconds: str) -> None:
+    """`/wait?timeout=` past a day (86400 s) is 400 at once, not a wait held for ages."""
+    run_id = await queued_run(client, ALICE)
+    async with asyncio.timeout(2.0):
+        r = await client.post(
+            f"/api/v1/prechecks/{run_id}/wait?timeout={seconds}", headers=bearer(ALICE)
+        )
+    assert r.status == 400, await r.text()
+    assert "timeout" in (await r.json())["message"]
+
+
 async def test_list_shows_names_roles_and_last_use_but_no_secret(client: Client) -> None:
     """`GET /api/v1/keys`: config and issued keys with role, creation and last use."""
     key = await issue(client, "carol")
@@ -154,6 +213,9 @@ async def test_list_shows_names_roles_and_last_use_but_no_secret(client: Client)
     [
         ({"name": "alice"}, 409),  # a config key's name
         ({"name": "cli"}, 400),  # a name the server uses
+        ({"name": "anonymous"}, 400),
+        ({"name": "supervisor"}, 400),
+        ({"name": "server"}, 400),
         ({"name": "a b"}, 400),
         ({"name": "carol", "role": "boss"}, 400),
         ({"role": "user"}, 400),
@@ -165,6 +227,35 @@ async def test_bad_issues_are_refused(client: Client, body: dict[str, str], stat
     r = await client.post("/api/v1/keys", json=body, headers=bearer(ROOT))
     assert r.status == status, await r.text()
     assert client.app[keys.STORE].head == head
+
+
+async def test_a_user_key_is_not_issued_while_auth_is_off(
+    aiohttp_client: AiohttpClient, make_config: Callable[..., Config]
+) -> None:
+    """With auth off a user key would isolate nothing: issuing one is 409 with nothing logged;
+    an admin key is issued."""
+    client = await aiohttp_client(create_app(make_config(), run_containers=False))
+    head = client.app[keys.STORE].head
+    r = await client.post("/api/v1/keys", json={"name": "carol", "role": "user"})
+    assert r.status == 409 and "auth.required" in (await r.json())["message"]
+    assert client.app[keys.STORE].head == head
+    r = await client.post("/api/v1/keys", json={"name": "carol", "role": "admin"})
+    assert r.status == 201
+
+
+async def test_start_with_auth_off_warns_of_issued_user_keys(
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A log holding user keys issued while auth was on, started with auth off, is served with
+    a warning that names them."""
+    first = await aiohttp_client(create_app(keyed_config(make_config), run_containers=False))
+    await issue(first, "carol")
+    await first.close()
+    with caplog.at_level("WARNING"):
+        await aiohttp_client(create_app(make_config(), run_containers=False))
+    assert any("'carol'" in m and "isolate nothing" in m for m in caplog.messages)
 
 
 async def test_issuing_a_live_name_twice_and_revoking_unknown_or_config_keys(

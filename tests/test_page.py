@@ -1,10 +1,14 @@
-"""The page's static files agree with the server: event names, patterns."""
+"""The page's static files agree with the server: event names, patterns, its policy."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from pytest_aiohttp import AiohttpClient
+
+from precheck.app import create_app
+from precheck.config import Config
 from precheck.domain.commands import DIE_ID, TOP_CELL
 from precheck.events.types import TAGS
 
@@ -35,3 +39,30 @@ def test_the_forms_patterns_are_the_servers_rules() -> None:
     for pattern in patterns.values():
         for cls in re.findall(r"\[([^\]]*)\]", pattern):
             assert not re.search(r"(?<!\\)-$", cls), f"unescaped '-' ends [{cls}]"
+
+
+async def test_every_answer_carries_the_page_policy(
+    aiohttp_client: AiohttpClient, config: Config
+) -> None:
+    """The page, the API page, their files, API answers, errors and streams all say: only this
+    server's scripts and styles, no framing, no type sniffing."""
+    client = await aiohttp_client(create_app(config, run_containers=False))
+    paths = ["/", "/docs", "/static/app.js", "/static/style.css", "/api/v1/uploads", "/nowhere"]
+    for path in paths:
+        r = await client.get(path)
+        assert r.headers.get("X-Content-Type-Options") == "nosniff", path
+        assert r.headers.get("X-Frame-Options") == "DENY", path
+        policy = r.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, path
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy, path
+    async with client.get("/api/v1/events?follow=1") as stream:
+        assert stream.headers.get("X-Content-Type-Options") == "nosniff"
+
+
+def test_the_pages_hold_no_inline_script_or_style() -> None:
+    """What the policy would refuse is not in the pages: no inline script, style or handler."""
+    for page in STATIC.glob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        assert "<style" not in html and " style=" not in html, page.name
+        assert not re.search(r"<script(?![^>]*\ssrc=)", html), page.name
+        assert not re.search(r"\son[a-z]+=", html), page.name

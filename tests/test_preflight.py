@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import pwd
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +20,11 @@ from pytest_aiohttp import AiohttpClient
 
 from precheck.app import create_app
 from precheck.config import SLOTS, Config
+from precheck.domain.commands import RecordInspection
 from precheck.domain.preflight import SLOT_SIZES
 from precheck.events.types import UploadInspected
 from precheck.layout.reading import Limits, ReadFailed, read_layout
+from precheck.service.layout_inspector import SERVER
 from precheck.web import keys
 from tests.layouts import gds
 from tests.real_layouts import die, write_big_gds, write_big_oasis
@@ -183,6 +187,20 @@ async def test_warn_queues_and_records_the_failures(client: Client) -> None:
 # Layouts that cannot be read, or not yet ---------------------------------------------------------
 
 
+async def test_a_reading_error_names_the_file_but_not_the_storage_folder(client: Client) -> None:
+    """The reader's message names the upload's file without the server's storage path, in the
+    upload's document and in the log."""
+    whole = die("1x1")
+    upload_id = await upload(client, whole[: len(whole) // 2])
+    error = (await read_upload(client, upload_id))["Layout"]["Error"]
+    storage = client.app[keys.STORAGE]
+    assert error.startswith("not a readable layout: ") and "input.gds" in error
+    folders = {str(storage.root), str(storage.root.resolve()), "uploads/", upload_id}
+    assert not [f for f in folders if f in error], error
+    logged = await (await client.get("/api/v1/events?type=upload.inspection-failed")).text()
+    assert not [f for f in folders - {upload_id} if f in logged]
+
+
 async def test_a_truncated_file_fails_reading_and_still_queues(client: Client) -> None:
     """A GDS cut short is recorded as inspection failed with the reader's reason; a run of it
     queues (the precheck itself will say more), recording that pre-flight could not run."""
@@ -299,6 +317,93 @@ async def test_the_same_bytes_are_read_once(client: Client) -> None:
     assert client.app[keys.INSPECTOR].reads == 2  # other bytes: read
 
 
+USERS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
+
+
+def as_user(name: str) -> dict[str, str]:
+    """The headers of a request made with `name`'s key."""
+    return {"Authorization": f"Bearer {USERS[name]}"}
+
+
+@pytest.fixture
+async def two_users(aiohttp_client: AiohttpClient, make_config: Callable[..., Config]) -> Client:
+    """A server reading layouts, with keys required: users alice and bob."""
+    api_keys = [{"name": n, "key": k, "role": "user"} for n, k in USERS.items()]
+    config = make_config(preflight=ON, auth={"required": True, "api_keys": api_keys})
+    return await aiohttp_client(create_app(config, run_containers=False))
+
+
+async def user_upload(client: Client, who: str, body: bytes) -> str:
+    """Upload `body` as `who` and wait for its reading; its id."""
+    form = aiohttp.FormData()
+    form.add_field("file", body, filename="chip.oas")
+    r = await client.post("/api/v1/uploads", data=form, headers=as_user(who))
+    assert r.status == 200, await r.text()
+    upload_id = str((await r.json())["Id"])
+    deadline = time.monotonic() + 30
+    while client.app[keys.PROJECTIONS].uploads.by_id[upload_id].layout_status == "pending":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    return upload_id
+
+
+async def test_another_owners_upload_of_the_same_bytes_is_read_again(two_users: Client) -> None:
+    """Bob's upload of the bytes alice uploaded is read again, and nothing bob sees (his feed, as
+    a page or a stream, and his upload's document) names alice's upload; alice's own second
+    upload of them reuses her reading."""
+    layout = die("0p5x1", fmt="oas")
+    alices = await user_upload(two_users, "alice", layout)
+    bobs = await user_upload(two_users, "bob", layout)
+    assert two_users.app[keys.INSPECTOR].reads == 2
+    again = await user_upload(two_users, "alice", layout)
+    assert two_users.app[keys.INSPECTOR].reads == 2
+    events = {
+        r.event.upload_id: r.event.reused_from
+        for r in await two_users.app[keys.STORE].read()
+        if isinstance(r.event, UploadInspected)
+    }
+    assert events == {alices: None, bobs: None, again: alices}
+    seen = [
+        await (await two_users.get("/api/v1/events", headers=as_user("bob"))).text(),
+        await (await two_users.get(f"/api/v1/uploads/{bobs}", headers=as_user("bob"))).text(),
+    ]
+    last = max(
+        r.position for r in await two_users.app[keys.STORE].read() if r.stream == f"upload-{bobs}"
+    )
+    async with two_users.get(f"/api/v1/events?follow=1&access_token={USERS['bob']}") as stream:
+        text = ""
+        while f"id: {last}\n" not in text:
+            text += (await stream.content.readany()).decode()
+    seen.append(text)
+    assert all(bobs in s for s in seen) and not any(alices in s for s in seen)
+
+
+async def test_a_users_feed_hides_an_older_rows_reuse_across_owners(
+    two_users: Client,
+) -> None:
+    """A row written before reuse was kept within one owner (bob's upload reusing alice's
+    reading) is shown to bob without alice's upload id; the row itself is unchanged."""
+    alices = await user_upload(two_users, "alice", gds("chip_top")[:40])
+    form = aiohttp.FormData()
+    form.add_field("file", gds("chip_top")[:41], filename="chip.gds")
+    app = two_users.app
+    app[keys.INSPECTOR].reader = _never_read
+    r = await two_users.post("/api/v1/uploads", data=form, headers=as_user("bob"))
+    bobs = str((await r.json())["Id"])
+    reading = UploadInspected(bobs, "gds", 0.001, (), 0, (), 0, app[keys.CLOCK](), alices)
+    await app[keys.HANDLER].handle(RecordInspection(reading), SERVER)
+    feed = await (await two_users.get("/api/v1/events", headers=as_user("bob"))).json()
+    shown = [e["data"] for e in feed["events"] if e["type"] == "upload.inspected"]
+    assert shown and shown[0]["upload_id"] == bobs and shown[0]["reused_from"] is None
+    stored = [r.event for r in await app[keys.STORE].read() if r.event == reading]
+    assert stored == [reading]
+
+
+async def _never_read(path: Path, limits: Limits) -> Any:
+    """A reader that never answers: the upload stays pending for a test to record its reading."""
+    await asyncio.Event().wait()
+
+
 async def test_uploads_of_the_same_bytes_at_once_are_read_once(client: Client) -> None:
     """Five uploads of the same bytes, sent together, cause one reading between them."""
     layout = die("1x1", fmt="gds.gz")
@@ -344,6 +449,64 @@ async def test_a_big_layout_is_read_while_requests_answer_quickly(
 
 
 # The reader's limits, on the reader itself -------------------------------------------------------
+
+
+def _reader_processes() -> list[int]:
+    """The layout readers running now (children of this process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ppid = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")
+        )
+        if ppid == os.getpid() and any(a.endswith(b"layout/inspect.py") for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the reader gives up root only when run as root")
+async def test_the_reader_run_by_root_reads_as_nobody_outside_the_storage(tmp_path: Path) -> None:
+    """Run by root, the child reading a layout is `nobody` with no groups, works in a folder of
+    its own outside the storage folder, holds no path into it, and its folder is gone after."""
+    storage = tmp_path / "data" / "uploads" / "u1"
+    storage.mkdir(parents=True)
+    tmp_path.joinpath("data").chmod(0o700)
+    path = storage / "input.gds"
+    write_big_gds(path, 120 << 20)
+    path.chmod(0o600)
+    nobody = pwd.getpwnam("nobody")
+    reading = asyncio.ensure_future(read_layout(path, Limits(max_seconds=60, max_memory_mb=4096)))
+    seen: dict[str, object] = {}
+    while not reading.done() and "uid" not in seen:
+        for pid in _reader_processes():
+            proc = Path(f"/proc/{pid}")
+            try:
+                status = (proc / "status").read_text()
+                uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
+                if uids.split()[1:] != [str(nobody.pw_uid)] * 4:
+                    continue  # not yet given up (it loads the reader first), or never
+                groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
+                cwd = os.readlink(proc / "cwd")
+                links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            except (OSError, StopIteration):
+                continue
+            seen.update(uid=uids, groups=groups.split()[1:], cwd=cwd, links=links)
+        await asyncio.sleep(0.005)
+    facts = await reading
+    assert facts.top_cells[0].name == "chip_top"
+    assert seen, "the reader was never seen as nobody"
+    assert seen["groups"] == []
+    cwd = str(seen["cwd"])
+    assert not cwd.startswith(str(tmp_path)) and Path(cwd).name.startswith("precheck-reading-")
+    # stdin is the open upload: the one way to it, and no path to open anything beside it
+    assert [link for link in seen["links"] if str(tmp_path) in link] == [str(path)]  # type: ignore[attr-defined]
+    assert not await asyncio.to_thread(Path(cwd).exists)
 
 
 async def test_the_reader_is_stopped_past_its_time(tmp_path: Path) -> None:

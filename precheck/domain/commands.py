@@ -12,7 +12,7 @@ from functools import singledispatch
 
 import attrs
 
-from precheck.config import ROLES, SLOTS
+from precheck.config import RESERVED_NAMES, ROLES, SLOTS
 from precheck.domain.preflight import MODES, preflight_for_run
 from precheck.domain.status import ENDED, RunStatus
 from precheck.errors import Conflict, Expired, Invalid, NotFound, PreflightFailed, TooMany
@@ -124,7 +124,6 @@ class PruneRuns:
 
 # An issued key's name: the actor of its requests, so a plain word, never one the server uses.
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
-RESERVED_NAMES = frozenset({"anonymous", "cli", "server", "supervisor"})
 
 
 @attrs.frozen
@@ -334,7 +333,13 @@ def _issue_key(c: IssueKey, state: Projections) -> Decision:
     if c.role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}")
     if c.name in state.keys.by_name:
-        raise Conflict(f"key {c.name!r} exists; revoke it first")
+        raise Conflict(f"key {c.name!r} exists")
+    if c.name in state.keys.versions:
+        # What a key made is owned by its name: a new key under it would inherit that.
+        raise Conflict(
+            f"key {c.name!r} was revoked, and a revoked name is never issued again (its uploads"
+            " and runs are still owned by it): choose another name"
+        )
     event = KeyIssued(c.name, c.role, c.key_sha256, c.now)
     return Decision((event,), {key_stream(c.name): state.keys.versions.get(c.name, 0)})
 

@@ -86,8 +86,8 @@ class UploadInspected:
     """The upload's layout was read: its units, top cells and their extents, layers and cells.
 
     `top_cells` lists at most `MAX_TOP_CELLS` of them (`top_cell_count` counts all) and
-    `layers` at most `MAX_LAYERS`. `reused_from` names the upload whose reading of the same
-    bytes (same sha256) gave these facts, when they were not read again.
+    `layers` at most `MAX_LAYERS`. `reused_from` names the upload of the same owner whose
+    reading of the same bytes (same sha256) gave these facts, when they were not read again.
     """
 
     upload_id: str

@@ -5,6 +5,12 @@ Run as `python -P inspect.py --max-memory-mb N --max-seconds S PATH` by `reading
 imported by the server: it limits its own address space and CPU time first, so a layout that
 needs more than the configured memory fails here, not in the server. It imports only the
 standard library and the layout reader, so it starts fast.
+
+With `--as-user UID:GID --from-stdin` (how a server running as root starts it, in a folder of
+its own) the child loads the reader, then gives up root for that user with no supplementary
+groups before it touches the layout; PATH is then a file name in the working folder: the layout
+comes on stdin, an open file the child could not open itself, and is copied there first, so the
+reader parses a file it may read with no way into the server's storage folder.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -45,10 +52,25 @@ def _um(value: int, dbu: float) -> float:
     return round(value * dbu, 9)
 
 
-def read(path: str) -> dict[str, Any]:
-    """What the layout at `path` holds (see the module's docstring)."""
-    import klayout.db as kdb  # here: the limits are set before the reader's libraries load
+def load_reader() -> Any:
+    """The layout reader's module; loaded once the limits are set, before any user is given up
+    (its files are the server's to read)."""
+    import klayout.db as kdb
 
+    return kdb
+
+
+def give_up_root(uid: int, gid: int) -> None:
+    """Become `uid`:`gid` with no supplementary groups, for good."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise SystemExit("could not give up root")
+
+
+def read(path: str, kdb: Any) -> dict[str, Any]:
+    """What the layout at `path` holds (see the module's docstring)."""
     fmt = sniff(path)
     layout = kdb.Layout()
     layout.read(path)  # gzip-compressed streams are read as they are
@@ -81,17 +103,32 @@ def read(path: str) -> dict[str, Any]:
     }
 
 
+def copy_stdin(name: str) -> None:
+    """Copy the layout given on stdin to `name` in the working folder, for the reader."""
+    with open(name, "xb") as out:
+        while chunk := os.read(0, 1 << 20):
+            out.write(chunk)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Read the layout within the limits; print `{"ok": true, ...}` or `{"ok": false, "error"}`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--max-memory-mb", type=int, required=True)
     parser.add_argument("--max-seconds", type=float, required=True)
+    parser.add_argument("--as-user", default="", help="UID:GID to give up root for")
+    parser.add_argument("--from-stdin", action="store_true")
     parser.add_argument("path")
     args = parser.parse_args(argv)
     started = time.monotonic()
     limit(args.max_memory_mb, args.max_seconds)
+    kdb = load_reader()
+    if args.as_user:
+        uid, gid = (int(n) for n in args.as_user.split(":"))
+        give_up_root(uid, gid)
     try:
-        result: dict[str, Any] = {"ok": True, **read(args.path)}
+        if args.from_stdin:
+            copy_stdin(args.path)
+        result: dict[str, Any] = {"ok": True, **read(args.path, kdb)}
     except MemoryError:
         result = {"ok": False, "error": "memory", "detail": ""}
     except Exception as e:  # the reader's errors are RuntimeErrors with its message

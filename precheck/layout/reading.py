@@ -2,6 +2,12 @@
 
 The child (`inspect.py`) caps its own address space (`RLIMIT_AS`) and CPU time; this side
 kills it when the wall-clock limit passes, or when the awaiting task is cancelled.
+
+The reader parses untrusted files. When the server runs as root, the child loads the reader,
+then becomes `READER_USER` (no supplementary groups) before it touches the layout, in a fresh
+folder of its own outside the storage folder, handed the layout as an open file on stdin: it can
+read neither `server.json` (the admin token) nor the databases, nor any other upload. Run as any
+other user, the child has that user's rights (only its limits hold it).
 """
 
 from __future__ import annotations
@@ -9,13 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import pwd
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
 CHILD = Path(__file__).with_name("inspect.py")
+READER_USER = "nobody"  # whom the child runs as when the server runs as root
 MAX_STDOUT = 32 << 20  # the child's answer is bounded by its caps; more is a fault
 STDERR_TAIL = 2048
 
@@ -54,8 +65,9 @@ class LayoutFacts:
     max_rss_kib: int
 
 
-def child_argv(path: Path, limits: Limits) -> list[str]:
-    """The child's command line (`-P`: its own folder is not put on the import path)."""
+def child_argv(path: Path, limits: Limits, *, as_user: tuple[int, int] | None = None) -> list[str]:
+    """The child's command line (`-P`: its own folder is not put on the import path); with
+    `as_user`, the child gives up root for it and takes the layout on stdin."""
     return [
         sys.executable,
         "-P",
@@ -64,18 +76,56 @@ def child_argv(path: Path, limits: Limits) -> list[str]:
         str(limits.max_memory_mb),
         "--max-seconds",
         str(limits.max_seconds),
+        *(["--as-user", f"{as_user[0]}:{as_user[1]}", "--from-stdin"] if as_user else []),
         str(path),
     ]
 
 
+def reader_identity() -> tuple[int, int] | None:
+    """The uid and gid the child runs as: `READER_USER`'s when the server runs as root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam(READER_USER)
+    except KeyError:
+        return None
+    return user.pw_uid, user.pw_gid
+
+
+def _own_folder(uid: int, gid: int) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="precheck-reading-"))
+    os.chown(folder, uid, gid)
+    return folder
+
+
 async def read_layout(path: Path, limits: Limits) -> LayoutFacts:
     """The facts of the layout at `path`, or `ReadFailed`."""
+    identity = reader_identity()
+    if identity is None:
+        return await _read(child_argv(path, limits), path, limits)
+    folder = await asyncio.to_thread(_own_folder, *identity)
+    try:
+        with path.open("rb") as layout:
+            argv = child_argv(Path(path.name), limits, as_user=identity)
+            return await _read(argv, path, limits, layout, folder)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)  # the copy, even of a killed child
+
+
+async def _read(
+    argv: list[str],
+    path: Path,
+    limits: Limits,
+    stdin: IO[bytes] | None = None,
+    folder: Path | None = None,
+) -> LayoutFacts:
     proc = await asyncio.create_subprocess_exec(
-        *child_argv(path, limits),
-        stdin=asyncio.subprocess.DEVNULL,
+        *argv,
+        stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # a signal to the server's group does not reach it
+        cwd=folder,
     )
     try:
         out, err = await asyncio.wait_for(_output(proc), limits.max_seconds)
@@ -91,7 +141,7 @@ async def read_layout(path: Path, limits: Limits) -> LayoutFacts:
                 proc.kill()
             with contextlib.suppress(Exception):
                 await asyncio.shield(proc.wait())
-    return _facts(out, err, proc.returncode, limits)
+    return _facts(out, _unplaced(err, path), proc.returncode, limits, path)
 
 
 async def _output(proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
@@ -116,8 +166,16 @@ async def _output(proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
     return out, err
 
 
-def _facts(out: bytes, err: bytes, code: int | None, limits: Limits) -> LayoutFacts:
-    lines = out.decode("utf-8", "replace").strip().splitlines()
+def _unplaced(text: bytes, path: Path) -> bytes:
+    """`text` naming the layout by its file name only: where the server keeps it is not for
+    the users who read the reader's messages."""
+    for where in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+        text = text.replace(where.encode(), path.name.encode())
+    return text
+
+
+def _facts(out: bytes, err: bytes, code: int | None, limits: Limits, path: Path) -> LayoutFacts:
+    lines = _unplaced(out, path).decode("utf-8", "replace").strip().splitlines()
     try:
         answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
     except ValueError:

@@ -26,7 +26,7 @@ class Keys:
     def __init__(self) -> None:
         self.by_name: dict[str, KeyRecord] = {}
         self.by_digest: dict[str, KeyRecord] = {}
-        self.versions: dict[str, int] = {}  # kept after a revoke, so a name can be issued again
+        self.versions: dict[str, int] = {}  # kept after a revoke: a name once issued is taken
 
     def apply(self, r: RecordedEvent) -> None:
         """Evolve the state by one event."""

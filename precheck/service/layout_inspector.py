@@ -1,9 +1,10 @@
 """Reads each new upload's layout for pre-flight, in a child process, and records what it found.
 
 A store listener wakes it (an upload arrived, a reading was recorded); it never polls. At start
-it looks at every upload still `pending`, so a restart reads those again. Uploads of the same
-bytes (sha256) are read once: the others get the same facts, with `reused_from` naming the
-upload that was read.
+it looks at every upload still `pending`, so a restart reads those again. One owner's uploads
+of the same bytes (sha256) are read once: the others get the same facts, with `reused_from`
+naming the upload that was read. Another owner's upload of those bytes is read again, so that
+neither an event nor a timing tells one user of another's upload.
 """
 
 from __future__ import annotations
@@ -38,10 +39,16 @@ from precheck.service.command_handler import CommandHandler
 
 log = logging.getLogger(__name__)
 SERVER = Metadata(actor="server")
-KNOWN = 4096  # readings remembered by sha256 for uploads of the same bytes
+KNOWN = 4096  # readings remembered by owner and sha256 for uploads of the same bytes
 RETRY_SECONDS = 5.0
 
 Reader = Callable[[Path, Limits], Awaitable[LayoutFacts]]
+Content = tuple[str, str]  # an owner and a sha256: what is read once
+
+
+def content(upload: UploadRecord) -> Content:
+    """What `upload`'s reading is shared by: its owner's uploads of the same bytes."""
+    return upload.owner, upload.sha256
 
 
 def inspected_event(upload_id: str, facts: LayoutFacts, clock: Clock) -> UploadInspected:
@@ -62,7 +69,7 @@ def inspected_event(upload_id: str, facts: LayoutFacts, clock: Clock) -> UploadI
 
 
 class LayoutInspector:
-    """At most `max_concurrent` readings at once, one per distinct content."""
+    """At most `max_concurrent` readings at once, one per owner and distinct content."""
 
     def __init__(
         self,
@@ -79,8 +86,8 @@ class LayoutInspector:
         self.reader = reader
         self.reads = 0  # readings made in a child process (reused facts not counted)
         self._wake = asyncio.Event()
-        self._busy: dict[str, asyncio.Task[None]] = {}  # by sha256
-        self._known: OrderedDict[str, UploadInspected] = OrderedDict()
+        self._busy: dict[Content, asyncio.Task[None]] = {}
+        self._known: OrderedDict[Content, UploadInspected] = OrderedDict()
 
     def on_event(self, r: RecordedEvent) -> None:
         """Store listener: a new upload to read, or a reading recorded (its facts reusable)."""
@@ -88,7 +95,7 @@ class LayoutInspector:
         if isinstance(e, UploadInspected):
             upload = self.handler.projections.uploads.get(e.upload_id)
             if upload is not None:
-                self._remember(upload.sha256, e)
+                self._remember(content(upload), e)
             self._wake.set()
         elif isinstance(e, UploadReceived | UploadInspectionFailed):
             self._wake.set()
@@ -97,7 +104,7 @@ class LayoutInspector:
         """Start readings for pending uploads whenever woken; never dies."""
         for u in self.handler.projections.uploads.by_id.values():
             if u.layout is not None and u.layout.reused_from is None:
-                self._remember(u.sha256, u.layout)
+                self._remember(content(u), u.layout)
         try:
             while True:
                 self._wake.clear()
@@ -111,39 +118,40 @@ class LayoutInspector:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    def _remember(self, sha256: str, event: UploadInspected) -> None:
-        self._known[sha256] = event
-        self._known.move_to_end(sha256)
+    def _remember(self, key: Content, event: UploadInspected) -> None:
+        self._known[key] = event
+        self._known.move_to_end(key)
         while len(self._known) > KNOWN:
             self._known.popitem(last=False)
 
-    def _pending(self, sha256: str | None = None) -> list[UploadRecord]:
+    def _pending(self, key: Content | None = None) -> list[UploadRecord]:
         return [
             u
             for u in self.handler.projections.uploads.by_id.values()
-            if u.layout_status == "pending" and (sha256 is None or u.sha256 == sha256)
+            if u.layout_status == "pending" and (key is None or content(u) == key)
         ]
 
     def _start_due(self) -> None:
         for u in self._pending():
-            if u.sha256 in self._busy:
+            key = content(u)
+            if key in self._busy:
                 continue
-            if u.sha256 not in self._known and len(self._busy) >= self.max_concurrent:
+            if key not in self._known and len(self._busy) >= self.max_concurrent:
                 continue
-            task = asyncio.create_task(self._settle(u.sha256), name=f"inspect-{u.id}")
-            self._busy[u.sha256] = task
-            task.add_done_callback(functools.partial(self._done, u.sha256))
+            task = asyncio.create_task(self._settle(key), name=f"inspect-{u.id}")
+            self._busy[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
 
-    def _done(self, sha256: str, _: object = None) -> None:
-        self._busy.pop(sha256, None)
+    def _done(self, key: Content, _: object = None) -> None:
+        self._busy.pop(key, None)
         self._wake.set()
 
-    async def _settle(self, sha256: str) -> None:
+    async def _settle(self, key: Content) -> None:
         """Read the content once (unless known), then record it for every pending upload of it."""
         try:
-            known = self._known.get(sha256)
+            known = self._known.get(key)
             if known is None:
-                pending = self._pending(sha256)
+                pending = self._pending(key)
                 if not pending:
                     return
                 first = pending[0]
@@ -151,23 +159,23 @@ class LayoutInspector:
                 try:
                     facts = await self.reader(path, self.limits)
                 except ReadFailed as e:
-                    for u in self._pending(sha256):
+                    for u in self._pending(key):
                         await self._record(UploadInspectionFailed(u.id, str(e), self.clock()))
                     return
                 finally:
                     self.reads += 1
                 known = inspected_event(first.id, facts, self.clock)
                 await self._record(known)
-                self._remember(sha256, known)
+                self._remember(key, known)
             origin = known.reused_from or known.upload_id
-            for u in self._pending(sha256):
+            for u in self._pending(key):
                 await self._record(
                     attrs.evolve(known, upload_id=u.id, at=self.clock(), reused_from=origin)
                 )
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("reading the layout of content %s failed; trying again", sha256[:12])
+            log.exception("reading the layout of content %s failed; trying again", key[1][:12])
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _record(self, event: UploadInspected | UploadInspectionFailed) -> None:

@@ -770,12 +770,21 @@ document.addEventListener("click", (e) => {
   saveWithKey(path, a.getAttribute("download"));
 });
 
+// The exact name (RFC 6266 `filename*`), else the plain fallback.
+function savedName(disposition) {
+  const exact = disposition.match(/filename\*=UTF-8''([^;\s]+)/i)?.[1];
+  if (exact) {
+    try { return decodeURIComponent(exact); } catch { /* not UTF-8: the fallback */ }
+  }
+  return disposition.match(/filename="([^"]*)"/)?.[1];
+}
+
 async function saveWithKey(path, name) {
   try {
     const response = await fetch(path, { headers: headers() });
     if (response.status === 401) { askForKey(body401(apiKey())); throw new Error(body401(apiKey())); }
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-    const given = response.headers.get("Content-Disposition")?.match(/filename="?([^";]+)"?/)?.[1];
+    const given = savedName(response.headers.get("Content-Disposition") || "");
     const url = URL.createObjectURL(await response.blob());
     const a = Object.assign(document.createElement("a"), { href: url, download: name || given || "download" });
     document.body.append(a);

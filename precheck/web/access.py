@@ -7,12 +7,15 @@ cannot learn another's ids. Admin-only routes answer 403 to a user.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 
+import attrs
 from aiohttp import web
 
 from precheck.errors import NotFound
 from precheck.events.store import RecordedEvent
+from precheck.events.types import UploadInspected
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
 from precheck.web import keys
@@ -85,3 +88,27 @@ def owned_events(request: web.Request) -> Callable[[RecordedEvent], bool] | None
         return found is not None and found.owner == who.name
 
     return owned
+
+
+def owned_streams(request: web.Request) -> tuple[str, tuple[object, ...]]:
+    """For a user, the SQL (a clause starting with AND, and its argument) that keeps the events
+    of the uploads and runs it owns now, so the log reads no other row; empty for an admin."""
+    who = identity(request)
+    if who.admin:
+        return "", ()
+    state = request.app[keys.PROJECTIONS]
+    streams = [f"upload-{u.id}" for u in state.uploads.by_id.values() if u.owner == who.name]
+    streams += [f"run-{r.id}" for r in state.runs.by_id.values() if r.owner == who.name]
+    return " AND stream IN (SELECT value FROM json_each(?))", (json.dumps(streams),)
+
+
+def shown_event(request: web.Request, r: RecordedEvent) -> RecordedEvent:
+    """`r` as the caller may see it: to a user, an inspection reused from an upload that is not
+    its own does not name it (rows written before reuse was kept within one owner may)."""
+    e = r.event
+    if not isinstance(e, UploadInspected) or e.reused_from is None or identity(request).admin:
+        return r
+    origin = request.app[keys.PROJECTIONS].uploads.get(e.reused_from)
+    if origin is not None and origin.owner == identity(request).name:
+        return r
+    return r._replace(event=attrs.evolve(e, reused_from=None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,8 @@ from precheck.web.auth import key_digest
 from precheck.web.context import metadata
 from precheck.web.requests import IssueKeyRequest, json_body
 
+log = logging.getLogger(__name__)
+
 
 def new_key() -> str:
     """A fresh API key: 32 random bytes, URL-safe."""
@@ -30,6 +33,11 @@ async def issue_key(request: web.Request) -> web.Response:
     auth = request.app[keys.AUTH]
     if body.name in auth.config_names:
         raise Conflict(f"key {body.name!r} is defined in the config file")
+    if body.role == "user" and not auth.required:
+        raise Conflict(
+            "auth.required is false: a user key would isolate nothing (a request without a key"
+            " reaches everything); turn auth on first, or issue an admin key"
+        )
     key = new_key()
     now = request.app[keys.CLOCK]()
     await request.app[keys.HANDLER].handle(
@@ -89,8 +97,29 @@ async def whoami(request: web.Request) -> web.Response:
     return web.json_response({"Name": who.name, "Role": who.role})
 
 
+async def _warn_of_open_user_keys(app: web.Application) -> None:
+    """At start: user keys issued while auth was on isolate nothing now it is off; a config key
+    named as a key once issued acts as it, owning what it made."""
+    issued = app[keys.PROJECTIONS].keys
+    taken = sorted(app[keys.AUTH].config_names & set(issued.versions))
+    if taken:
+        log.warning(
+            "the config keys %s have the names of keys issued before, and own what those made;"
+            " rename them unless that is meant",
+            ", ".join(map(repr, taken)),
+        )
+    users = [k.name for k in issued.by_name.values() if k.role == "user"]
+    if users and not app[keys.AUTH].required:
+        log.warning(
+            "auth.required is false: the issued user keys %s isolate nothing (a request without"
+            " a key reaches everything); turn auth on or revoke them",
+            ", ".join(map(repr, users)),
+        )
+
+
 def setup_routes(app: web.Application) -> None:
     """Register the key routes."""
+    app.on_startup.append(_warn_of_open_user_keys)
     app.router.add_get("/api/v1/keys", list_keys)
     app.router.add_post("/api/v1/keys", issue_key)
     app.router.add_delete("/api/v1/keys/{name}", revoke_key)

@@ -7,7 +7,7 @@ from aiohttp import web
 from precheck.errors import Invalid
 from precheck.events.filters import EventQuery, event_query
 from precheck.web import keys
-from precheck.web.access import owned_events, require_admin
+from precheck.web.access import owned_events, owned_streams, require_admin, shown_event
 from precheck.web.render import event_document
 from precheck.web.requests import MAX_INT, query_int
 from precheck.web.sse import Stream, last_event_id, message, wants_stream
@@ -49,13 +49,13 @@ async def events(request: web.Request) -> web.StreamResponse:
         # One query the database answers from its own rows: a filter that matches nothing
         # reads no event into Python. A full page goes on after its last event; a short one
         # has reached the head.
-        found = await store.read(after, limit, where=query.sql())
+        found = await store.read(after, limit, where=_where(request, query, head))
         last = found[-1].position if found else 0
         position = last if len(found) == limit else max(after, head, last)
         shown = found if owned is None else [r for r in found if owned(r)]
         return web.json_response(
             {
-                "events": [event_document(r) for r in shown],
+                "events": [event_document(shown_event(request, r)) for r in shown],
                 "next": position,
                 "head": store.head,
                 "has_more": position < store.head,
@@ -66,16 +66,25 @@ async def events(request: web.Request) -> web.StreamResponse:
     position = after
     try:
         while True:
-            batch = await store.read_from(position, 500)
-            if not batch:
+            if owned is None:
+                batch = await store.read_from(position, 500)
+                reached = batch[-1].position if batch else position
+            else:
+                # A user's events are found by the log, not by reading everyone's into Python.
+                head = store.head
+                batch = await store.read(position, 500, where=_where(request, query, head))
+                reached = batch[-1].position if len(batch) == 500 else max(position, head)
+            if reached == position:
                 await stream.wait_for(store.wait_beyond(position))
                 if position >= store.head:
                     break  # the store closed
                 continue
             text = "".join(
-                message(event_document(r), id=r.position, event=r.type) for r in batch if keep(r)
+                message(event_document(shown_event(request, r)), id=r.position, event=r.type)
+                for r in batch
+                if keep(r)
             )
-            position = batch[-1].position
+            position = reached
             if text:
                 await stream.write(text)
     except ConnectionResetError:
@@ -83,6 +92,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     finally:
         await stream.close()
     return stream.response
+
+
+def _where(request: web.Request, query: EventQuery, head: int) -> tuple[str, tuple[object, ...]]:
+    """The feed's query as SQL: its filters, a user's own streams, and no row past `head` (the
+    streams a user owns are known up to there)."""
+    clause, args = query.sql()
+    mine, owned_args = owned_streams(request)
+    return f"{clause}{mine} AND position <= ?", (*args, *owned_args, head)
 
 
 async def head(request: web.Request) -> web.Response:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 import attrs
 from aiohttp import web
@@ -20,8 +22,12 @@ from precheck.runner.tar_stream import gzip_stream, tree_entries, write_tar
 from precheck.service.run_waiter import wait_for_end
 from precheck.web import keys
 from precheck.web.access import find_run
+from precheck.web.auth import AuthError
+from precheck.web.held import hold
 from precheck.web.middleware import error
 from precheck.web.requests import query_float
+
+MAX_WAIT_SECONDS = 86400.0  # a wait's longest `timeout`: a day, longer than any run's limit
 
 
 class _ChecksumFileResponse(web.FileResponse):
@@ -47,6 +53,19 @@ class _ChecksumFileResponse(web.FileResponse):
 
 
 _TAG_CONDITIONS = ("if-none-match", "if-match")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")  # what the plain `filename=` fallback may hold as is
+_ATTR_CHARS = "!#$&+-.^_`|~"  # RFC 5987 attr-char besides letters and digits
+
+
+def attachment(filename: str) -> str:
+    """`Content-Disposition` for a download named `filename` (RFC 6266): the name exactly, as
+    `filename*` in UTF-8, and a fallback of safe ASCII for clients that read only `filename`.
+
+    Names come from the container: quotes, `;`, `\\` or line breaks must not reach the header
+    as they are."""
+    plain = _UNSAFE.sub("_", filename).strip(".") or "download"
+    exact = quote(filename.encode("utf-8", "surrogateescape"), safe=_ATTR_CHARS)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{exact}"
 
 
 def _serve(request: web.Request, path: Path, sha256: str, filename: str) -> web.StreamResponse:
@@ -65,7 +84,7 @@ def _serve(request: web.Request, path: Path, sha256: str, filename: str) -> web.
     return _ChecksumFileResponse(
         path,
         sha256,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": attachment(filename)},
     )
 
 
@@ -175,7 +194,7 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/gzip",
-            "Content-Disposition": f'attachment; filename="precheck-{run.id}.tar.gz"',
+            "Content-Disposition": attachment(f"precheck-{run.id}.tar.gz"),
         }
     )
     await response.prepare(request)
@@ -189,11 +208,24 @@ async def get_debug(request: web.Request) -> web.StreamResponse:
 
 
 async def post_wait(request: web.Request) -> web.Response:
-    """Docker's wait: answers when the run ends, with its exit code; 408 after `timeout` s."""
+    """Docker's wait: answers when the run ends, with its exit code; 408 after `timeout` s;
+    401 at once when the caller's key is revoked meanwhile."""
     run = find_run(request)
-    timeout = query_float(request, "timeout", 300.0)
+    timeout = query_float(request, "timeout", 300.0, high=MAX_WAIT_SECONDS)
     app = request.app
-    ended = await wait_for_end(app[keys.STORE], app[keys.PROJECTIONS], run.id, timeout)
+    with hold(request, "wait") as held:
+        waiting = asyncio.ensure_future(
+            wait_for_end(app[keys.STORE], app[keys.PROJECTIONS], run.id, timeout)
+        )
+        try:
+            await asyncio.wait([waiting, held.revoked], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        if held.revoked.done():
+            raise AuthError(401, "Unauthorized: the API key was revoked")
+        ended = waiting.result()
     if ended is None:
         raise web.HTTPRequestTimeout(text=f"precheck {run.id} did not end within {timeout:g} s")
     return web.json_response(
@@ -224,7 +256,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/prechecks/{run_id}/output", get_output)
     app.router.add_get("/api/v1/prechecks/{run_id}/render", get_render)
     app.router.add_get("/api/v1/prechecks/{run_id}/reports", list_reports)
-    app.router.add_get("/api/v1/prechecks/{run_id}/reports/{name:.+}", get_report)
+    # Any character, a line break too: report names come from the container.
+    app.router.add_get(r"/api/v1/prechecks/{run_id}/reports/{name:[\s\S]+}", get_report)
     app.router.add_post("/api/v1/prechecks/{run_id}/wait", post_wait)
     app.router.add_get("/api/v1/prechecks/{run_id}/stats", get_stats)
     app.router.add_get("/api/v1/debug/prechecks/{run_id}", get_debug)

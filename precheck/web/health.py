@@ -9,18 +9,41 @@ from aiohttp import web
 from precheck import __version__
 from precheck.web import keys
 from precheck.web.access import identity, visible_runs
+from precheck.web.auth import CLI, AuthError, presented_key
 from precheck.web.render import queue_document
 
 
+def _detailed(request: web.Request) -> bool:
+    """Does the caller see more than up or down: a valid key (or the CLI), or anyone with auth
+    off? Without a key the answer names no engine, image, version or Docker error."""
+    auth = request.app[keys.AUTH]
+    if not auth.required or identity(request) is CLI:
+        return True
+    key = presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
+    if key is None:
+        return False
+    try:
+        auth.check_address(request[keys.CLIENT])
+        auth.identify(key)
+    except AuthError:
+        return False
+    return True
+
+
 async def health(request: web.Request) -> web.Response:
-    """Liveness plus the state of storage (and, with a supervisor, of Docker)."""
+    """Liveness; with a key (or auth off) the state of storage (and, with a supervisor, of
+    Docker)."""
     app = request.app
     storage, store = app[keys.STORAGE], app[keys.STORE]
     writable = os.access(storage.root, os.W_OK)
     supervisor = app.get(keys.SUPERVISOR)
     docker_ok = supervisor is None or supervisor.docker_reachable
+    status = "healthy" if writable and docker_ok else "degraded"
+    code = 200 if writable else 503
+    if not _detailed(request):
+        return web.json_response({"status": status}, status=code)
     body: dict[str, object] = {
-        "status": "healthy" if writable and docker_ok else "degraded",
+        "status": status,
         "version": __version__,
         "storage": {"writable": writable, "events": store.head},
     }
@@ -32,7 +55,7 @@ async def health(request: web.Request) -> web.Response:
             "engines": supervisor.engine_documents(),
         }
     # Degraded still answers 200: the API serves reads and queues runs while Docker is away.
-    return web.json_response(body, status=200 if writable else 503)
+    return web.json_response(body, status=code)
 
 
 async def queue(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from precheck.errors import Invalid
 from precheck.events.types import RunDeleted
 from precheck.projections.runs import RunRecord
 from precheck.service.run_waiter import wait_for_end
-from precheck.web import keys
+from precheck.web import keys, quota
 from precheck.web.access import find_run, find_upload, require_admin, visible_runs
 from precheck.web.context import metadata
 from precheck.web.render import run_document
@@ -34,6 +34,7 @@ async def create_precheck(request: web.Request) -> web.Response:
     app = request.app
     body = await json_body(request, CreateRun)
     find_upload(request, body.upload_id)  # only its owner (or an admin) runs an upload
+    quota.require_room(request)
     run_id = uuid.uuid4().hex
     await app[keys.HANDLER].handle(
         QueueRun(
@@ -80,6 +81,7 @@ async def rerun_precheck(request: web.Request) -> web.Response:
     """Queue a new run of the same upload with the same parameters (while the upload exists)."""
     app = request.app
     run = find_run(request)
+    quota.require_room(request)
     run_id = uuid.uuid4().hex
     # A run queued despite pre-flight failures is re-run the same way.
     mode = run.preflight.mode if run.preflight is not None else "enforce"

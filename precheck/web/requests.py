@@ -11,6 +11,7 @@ from aiohttp import web
 from cattrs.gen import make_dict_structure_fn
 
 from precheck.errors import Invalid, NotJson
+from precheck.web.body_reading import read_whole
 
 T = TypeVar("T")
 
@@ -108,7 +109,7 @@ async def json_body(request: web.Request, cls: type[T]) -> T:
     """The request's JSON body as a `cls`."""
     require_json(request)
     try:
-        raw = json.loads(await request.read() or b"null")
+        raw = json.loads(await read_whole(request) or b"null")
         # JSON may spell a lone surrogate (`"\ud800"`): not text that can be stored.
         json.dumps(raw, ensure_ascii=False).encode("utf-8")
     except RecursionError:
@@ -120,8 +121,10 @@ async def json_body(request: web.Request, cls: type[T]) -> T:
     return structure(raw, cls)
 
 
-def query_float(request: web.Request, name: str, default: float, low: float = 0) -> float:
-    """A numeric query value, at least `low`."""
+def query_float(
+    request: web.Request, name: str, default: float, low: float = 0, high: float | None = None
+) -> float:
+    """A numeric query value, at least `low` (and at most `high`, if given)."""
     text = request.query.get(name)
     if text is None or text == "":
         return default
@@ -131,6 +134,8 @@ def query_float(request: web.Request, name: str, default: float, low: float = 0)
         raise Invalid(f"{name} must be a number") from None
     if not value >= low or value == float("inf"):
         raise Invalid(f"{name} must be a number of at least {low:g}")
+    if high is not None and value > high:
+        raise Invalid(f"{name} must be a number of at most {high:g}")
     return value
 
 

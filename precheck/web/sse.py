@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import weakref
 from collections.abc import Coroutine
@@ -15,6 +16,7 @@ from precheck.events.store import RecordedEvent
 from precheck.events.types import KeyRevoked
 from precheck.storage.output_lines import OutputLine
 from precheck.web import keys
+from precheck.web.held import HELD, hold
 
 RETRY_MS = 3000
 SEND_TIMEOUT = 30.0  # a client that takes no data for this long is cut; it resumes by id
@@ -61,10 +63,16 @@ class Stream:
         self.response = EventSourceResponse(ping_interval=heartbeat, send_timeout=SEND_TIMEOUT)
         self.response.headers["X-Request-Id"] = request[keys.REQUEST_ID]
         self._gone: asyncio.Future[None] | None = None
+        self._held = contextlib.ExitStack()
 
     async def open(self) -> None:
-        """Send the headers and the reconnection delay."""
-        await self.response.prepare(self.request)
+        """Send the headers and the reconnection delay; 429 past the key's open streams."""
+        self._held.enter_context(hold(self.request, "stream"))
+        try:
+            await self.response.prepare(self.request)
+        except BaseException:
+            self._held.close()
+            raise
         request_streams(self.request.app).add(self.response)
         await self.write(f"retry: {RETRY_MS}\n\n")
 
@@ -116,6 +124,7 @@ class Stream:
 
     async def close(self) -> None:
         """End the stream cleanly."""
+        self._held.close()
         request_streams(self.request.app).discard(self.response)
         self.response.stop_streaming()
         if self._gone is not None:
@@ -132,9 +141,10 @@ def request_streams(app: web.Application) -> weakref.WeakSet[EventSourceResponse
 
 
 def close_revoked_streams(app: web.Application, r: RecordedEvent) -> None:
-    """On `key.revoked`: end every open stream that key opened, at once."""
+    """On `key.revoked`: end every open stream and wait that key opened, at once."""
     if not isinstance(r.event, KeyRevoked):
         return
+    app[HELD].revoke(r.event.name)
     for response in list(request_streams(app)):
         req = response._req
         if req is not None and req.get(keys.ACTOR) == r.event.name:

@@ -12,11 +12,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from precheck.config import SLOTS
 from precheck.domain.commands import TOP_CELL, DeleteUpload, ReceiveUpload, upload_expiry
 from precheck.domain.preflight import check
-from precheck.errors import Invalid
+from precheck.errors import Invalid, TooLarge
 from precheck.storage.files import SUFFIX
-from precheck.web import keys
+from precheck.web import keys, quota
 from precheck.web.access import find_upload, visible_uploads
+from precheck.web.body_reading import paced
 from precheck.web.context import metadata
+from precheck.web.held import hold
 from precheck.web.render import check_documents, upload_document
 
 CHUNK = 1 << 20
@@ -26,8 +28,18 @@ async def create_upload(request: web.Request) -> web.Response:
     """Store a layout sent as multipart field `file` (or as the raw body) and record it."""
     app = request.app
     config, storage = app[keys.CONFIG], app[keys.STORAGE]
-    name, chunks = await _layout_stream(request)
-    received = await storage.receive(chunks, config.server.max_upload_mb << 20)
+    left = quota.room(request)
+    if left is not None and left <= 0:
+        raise TooLarge(quota.full(request))
+    with hold(request, "upload"):
+        name, chunks = await _layout_stream(request)
+        limit = config.server.max_upload_mb << 20
+        try:
+            received = await storage.receive(paced(request, chunks), min(limit, left or limit))
+        except TooLarge:
+            if left is not None and left < limit:
+                raise TooLarge(quota.full(request)) from None
+            raise
     upload_id = uuid.uuid4().hex
     filename = f"input{SUFFIX[received.format]}"
     try:
