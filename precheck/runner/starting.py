@@ -77,6 +77,7 @@ class Starter:
         followers = list(self.pool)
         queue, limit = self.state.queue, self.state.queue.max_running_per_owner
         now = asyncio.get_running_loop().time()
+        self._held = {run_id: t for run_id, t in self._held.items() if t > now}
         for run_id in queue.startable():
             if run_id in self.starting:
                 continue
