@@ -183,6 +183,14 @@ def _parser() -> argparse.ArgumentParser:
         help="also prove the log still holds this event (from GET /api/v1/events/head)",
     )
 
+    backup = _command(
+        commands,
+        "backup",
+        _backup,
+        "copy the event log, output lines and the files they name into DEST, while serving",
+    )
+    backup.add_argument("dest", metavar="DEST", help="the backup folder (made if needed)")
+
     replay = _command(
         commands,
         "replay",
@@ -530,6 +538,16 @@ async def _verify(args: argparse.Namespace) -> int:
             print(line)
     if not report.ok:
         raise OpsError(f"verify failed: {report.problem}")
+    return EXIT_OK
+
+
+async def _backup(args: argparse.Namespace) -> int:
+    from precheck.ops.backup import backup
+
+    config = _load(args)
+    report = await backup(config, Path(args.dest))
+    for line in report.lines():
+        print(line)
     return EXIT_OK
 
 
