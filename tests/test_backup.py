@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from precheck.app import create_app
 from precheck.cli import main
@@ -33,7 +33,7 @@ async def test_a_backup_taken_while_serving_verifies_and_serves_the_same(
     start_app: StartApp,
     sim_config: Callable[..., Config],
     tmp_path: Path,
-    aiohttp_client: Callable[..., TestClient],  # type: ignore[type-arg]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     """Two finished runs, uploads going on during the backup: the copy passes verify, a
     server on it gives the runs' documents and files as the original does, and a second
