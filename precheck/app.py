@@ -130,6 +130,7 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
             lambda: store.head,
             lambda: len(app[keys.STREAMS]),
             lambda: app[keys.SUPERVISOR].engine_documents() if keys.SUPERVISOR in app else None,
+            storage.free_bytes,
         )
         store.append_observer = app[keys.METRICS].append_seconds.observe
         yield

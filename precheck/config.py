@@ -31,6 +31,9 @@ class ServerConfig:
     max_concurrent: int = 1
     upload_expiry_minutes: int = 15
     max_upload_mb: int = 2048
+    # Free space the storage keeps: an upload that would leave less is refused (507), and
+    # runs wait to start while there is less (their outputs must fit).
+    min_free_mb: int = 1024
     trusted_proxies: tuple[str, ...] = ()
     sse_heartbeat_seconds: float = 15
     allowed_hosts: tuple[str, ...] = ()  # names besides localhost and `host`, with auth off
@@ -348,6 +351,8 @@ def _validate(config: Config, source: str) -> None:
         raise bad("server.sse_heartbeat_seconds", "must be a number of seconds, 0 to 3600")
     if s.max_upload_mb < 1:
         raise bad("server.max_upload_mb", "must be at least 1")
+    if s.min_free_mb < 0:
+        raise bad("server.min_free_mb", "must be 0 or more")
     if not 1 <= s.read_timeout_seconds <= 3600:
         raise bad("server.read_timeout_seconds", "must be a number of seconds, 1 to 3600")
     if s.min_upload_kib_per_second < 0:

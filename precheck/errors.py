@@ -33,6 +33,10 @@ class TooLarge(PrecheckError):
     """The upload is bigger than `server.max_upload_mb`."""
 
 
+class NoRoom(PrecheckError):
+    """Storing it would leave the storage with less free space than `server.min_free_mb`."""
+
+
 class TooMany(PrecheckError):
     """The key has as many runs waiting as `server.max_queued_per_owner` allows, or as many
     running as `server.max_running_per_owner` allows."""

@@ -34,6 +34,8 @@ from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
 from precheck.tasks import TaskSet
 
+ROOM_RECHECK = 30.0  # seconds between looks at the disk while runs wait for room
+
 
 class Starter:
     """Starts queued runs, head first, each on the eligible engine with the most free slots."""
@@ -53,6 +55,7 @@ class Starter:
         clock: Clock,
     ) -> None:
         self.docker = config.docker
+        self.min_free_mb = config.server.min_free_mb
         self.state = state
         self.pool = pool
         self.watcher = watcher
@@ -65,6 +68,8 @@ class Starter:
         self.clock = clock
         self.backoff = Backoff(config.docker.max_attempts)  # the wait before a retried start
         self.starting: set[str] = set()
+        self.room_recheck = ROOM_RECHECK
+        self._room_timer: asyncio.TimerHandle | None = None
         self._held: dict[str, float] = {}  # run -> loop time before which it does not start
         # Done when the last start spawned has recorded `RunStarted` (or given up): starts
         # overlap, but each records after the one before, so the log shows queue order.
@@ -74,6 +79,11 @@ class Starter:
         """Start queued runs, head first; the first that cannot be placed waits, and its
         document says why."""
         waiting: dict[str, str] = {}
+        if (why := self._no_room()) is not None:
+            for run_id in self.state.queue.startable()[:1]:
+                waiting[run_id] = why
+            self.state.queue.waiting = waiting
+            return
         followers = list(self.pool)
         queue, limit = self.state.queue, self.state.queue.max_running_per_owner
         now = asyncio.get_running_loop().time()
@@ -116,6 +126,26 @@ class Starter:
             self._last_start = turn
             self.tasks.spawn(self._start(run, f, before, turn), f"start-{run.id}")  # ends: wakes
         self.state.queue.waiting = waiting
+
+    def _no_room(self) -> str | None:
+        """Why no run may start for lack of disk, or None. A run's outputs are copied into the
+        storage folder at its end; one started with the disk full would fail half-copied. No
+        event says the disk was freed: while runs wait for room it is looked at again every
+        ROOM_RECHECK seconds (a timer, not a poll of the queue)."""
+        keep_free = self.min_free_mb << 20
+        if not keep_free or not self.state.queue.length:
+            return None
+        free = self.storage.free_bytes()
+        if free >= keep_free:
+            return None
+        if self._room_timer is None or self._room_timer.when() <= asyncio.get_running_loop().time():
+            self._room_timer = asyncio.get_running_loop().call_later(
+                self.room_recheck, self.wake.set
+            )
+        return (
+            f"the server's storage has {free >> 20} MB free, below server.min_free_mb"
+            f" ({self.min_free_mb}): runs wait until there is room for their outputs"
+        )
 
     async def _look_at_image(self, f: EngineFollower) -> None:
         try:

@@ -27,8 +27,10 @@ class _StateCollector(Collector):
         events: Callable[[], int],
         streams: Callable[[], int],
         docker: Callable[[], list[dict[str, Any]] | None],
+        free_bytes: Callable[[], int] | None = None,
     ) -> None:
         self.state, self.events, self.streams, self.docker = state, events, streams, docker
+        self.free_bytes = free_bytes
 
     def collect(self) -> Iterator[Metric]:
         state = self.state()
@@ -48,6 +50,12 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("precheck_uploads", "Uploads kept.", value=len(state.uploads.by_id))
         yield GaugeMetricFamily("precheck_events", "Events in the log.", value=self.events())
         yield GaugeMetricFamily("precheck_open_streams", "Open SSE streams.", value=self.streams())
+        if self.free_bytes is not None:
+            yield GaugeMetricFamily(
+                "precheck_storage_free_bytes",
+                "Free space on the storage folder's file system.",
+                value=self.free_bytes(),
+            )
         engines = self.docker()
         if engines is not None:
             reachable = GaugeMetricFamily(
@@ -83,6 +91,7 @@ class Metrics:
         events: Callable[[], int],
         streams: Callable[[], int],
         docker: Callable[[], list[dict[str, Any]] | None],
+        free_bytes: Callable[[], int] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.append_seconds = Histogram(
@@ -91,4 +100,4 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(state, events, streams, docker))
+        self.registry.register(_StateCollector(state, events, streams, docker, free_bytes))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import attrs
 
-from precheck.errors import NotALayout, TooLarge
+from precheck.errors import NoRoom, NotALayout, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +103,33 @@ class Storage:
         """Where a run's outputs are kept."""
         return self.runs / run_id
 
+    def free_bytes(self) -> int:
+        """Free space on the storage folder's file system, in bytes."""
+        return shutil.disk_usage(self.root).free
+
+    def check_room(self, needed: int, keep_free: int) -> None:
+        """Refuse (`NoRoom`) storing `needed` more bytes when it would leave less than
+        `keep_free` free."""
+        free = self.free_bytes()
+        if free - needed < keep_free:
+            raise NoRoom(
+                f"the server's storage has {free >> 20} MB free and keeps {keep_free >> 20} MB"
+                f" free (server.min_free_mb): {needed >> 20} MB more do not fit; try later"
+            )
+
     def temp_path(self, suffix: str = ".part") -> Path:
         """A fresh name in `tmp/`."""
         return self.tmp / f"{uuid.uuid4().hex}{suffix}"
 
-    async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int) -> ReceivedFile:
+    async def receive(
+        self, chunks: AsyncIterator[bytes], max_bytes: int, keep_free: int = 0
+    ) -> ReceivedFile:
         """Write a layout stream to `tmp/` with its sha256; nothing is left behind on error.
 
-        Raises `TooLarge` past `max_bytes` and `NotALayout` when the first bytes are not a
-        layout. Disk writes and hashing run in a thread so the event loop keeps serving.
+        Raises `TooLarge` past `max_bytes`, `NotALayout` when the first bytes are not a
+        layout and `NoRoom` once the disk would keep less than `keep_free` bytes free (looked
+        at before each block is written). Disk writes and hashing run in a thread so the
+        event loop keeps serving.
         """
         path = self.temp_path()
         loop = asyncio.get_running_loop()
@@ -138,6 +156,8 @@ class Storage:
                 if held >= _BLOCK:
                     if pending is not None:
                         await pending
+                    if keep_free:
+                        self.check_room(held, keep_free)
                     pending = loop.run_in_executor(None, _write_parts, f, digest, parts)
                     parts, held = [], 0
             if pending is not None:

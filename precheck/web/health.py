@@ -45,7 +45,12 @@ async def health(request: web.Request) -> web.Response:
     body: dict[str, object] = {
         "status": status,
         "version": __version__,
-        "storage": {"writable": writable, "events": store.head},
+        "storage": {
+            "writable": writable,
+            "events": store.head,
+            "free_mb": storage.free_bytes() >> 20,
+            "min_free_mb": app[keys.CONFIG].server.min_free_mb,
+        },
     }
     if supervisor is not None:
         body["docker"] = {

@@ -12,6 +12,7 @@ from aiohttp import web
 from precheck.errors import (
     Conflict,
     Invalid,
+    NoRoom,
     NotFound,
     NotJson,
     PrecheckError,
@@ -37,6 +38,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
     (NotJson, 415),
     (TooLarge, 413),
+    (NoRoom, 507),
     (TooMany, 429),
     (Invalid, 400),
     (Conflict, 409),

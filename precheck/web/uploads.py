@@ -31,11 +31,15 @@ async def create_upload(request: web.Request) -> web.Response:
     left = quota.room(request)
     if left is not None and left <= 0:
         raise TooLarge(quota.full(request))
+    keep_free = config.server.min_free_mb << 20
+    storage.check_room(request.content_length or 0, keep_free)  # before a byte is stored
     with hold(request, "upload"):
         name, chunks = await _layout_stream(request)
         limit = config.server.max_upload_mb << 20
         try:
-            received = await storage.receive(paced(request, chunks), min(limit, left or limit))
+            received = await storage.receive(
+                paced(request, chunks), min(limit, left or limit), keep_free
+            )
         except TooLarge:
             if left is not None and left < limit:
                 raise TooLarge(quota.full(request)) from None
