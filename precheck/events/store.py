@@ -387,6 +387,13 @@ class EventStore:
         async with self._reader_db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
+    async def position_at(self, t: datetime) -> int:
+        """The position of the last event recorded at or before `t` (0: none was)."""
+        sql = "SELECT max(position) FROM events WHERE recorded <= ?"
+        async with self._reader_db.execute(sql, (iso(t),)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
     async def read_all(self, after: int = 0, page: int = 5000) -> AsyncIterator[RecordedEvent]:
         """Every event after `after` that is committed now, read in pages."""
         end = self._head

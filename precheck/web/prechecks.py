@@ -9,9 +9,11 @@ from aiohttp import web
 
 from precheck.domain.commands import CancelRun, DeleteRun, PruneRuns, QueueRun, decide
 from precheck.domain.status import ENDED, STATUSES
-from precheck.errors import Invalid
+from precheck.errors import Invalid, NotFound
 from precheck.events.types import RunDeleted
+from precheck.projections.queue import queue_at
 from precheck.projections.runs import RunRecord
+from precheck.service.as_of import position_of, run_as_of
 from precheck.service.run_waiter import wait_for_end
 from precheck.web import keys, quota
 from precheck.web.access import find_run, find_upload, require_admin, visible_runs
@@ -73,8 +75,22 @@ async def list_prechecks(request: web.Request) -> web.Response:
 
 
 async def get_precheck(request: web.Request) -> web.Response:
-    """One run."""
-    return _document(request, find_run(request))
+    """One run; with `as_of` (a log position, or an ISO time), as it stood then."""
+    run = find_run(request)
+    if "as_of" not in request.query:
+        return _document(request, run)
+    app = request.app
+    store, state = app[keys.STORE], app[keys.PROJECTIONS]
+    try:
+        position = await position_of(store, request.query["as_of"])
+    except ValueError as e:
+        raise Invalid(f"as_of: a log position or an ISO time: {e}") from None
+    then = await run_as_of(store, run.id, position)
+    if then is None:
+        raise NotFound(f"precheck {run.id} did not exist yet at position {position}")
+    queue = queue_at(state.runs.by_id.values(), then, position)
+    doc = run_document(then, state, app[keys.CONFIG], queue=queue)
+    return web.json_response({**doc, "AsOf": position})
 
 
 async def rerun_precheck(request: web.Request) -> web.Response:

@@ -12,7 +12,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from precheck.config import SLOTS
 from precheck.domain.commands import TOP_CELL, DeleteUpload, ReceiveUpload, upload_expiry
 from precheck.domain.preflight import check
-from precheck.errors import Invalid, TooLarge
+from precheck.errors import Invalid, NotFound, TooLarge
+from precheck.service.as_of import position_of, upload_as_of
 from precheck.storage.files import SUFFIX
 from precheck.web import keys, quota
 from precheck.web.access import find_upload, visible_uploads
@@ -114,9 +115,20 @@ async def list_uploads(request: web.Request) -> web.Response:
 
 
 async def get_upload(request: web.Request) -> web.Response:
-    """One upload."""
+    """One upload; with `as_of` (a log position, or an ISO time), as it stood then."""
     upload = find_upload(request)
-    return web.json_response(upload_document(upload, request.app[keys.CLOCK]()))
+    now = request.app[keys.CLOCK]()
+    if "as_of" not in request.query:
+        return web.json_response(upload_document(upload, now))
+    store = request.app[keys.STORE]
+    try:
+        position = await position_of(store, request.query["as_of"])
+    except ValueError as e:
+        raise Invalid(f"as_of: a log position or an ISO time: {e}") from None
+    then = await upload_as_of(store, upload.id, position)
+    if then is None:
+        raise NotFound(f"upload {upload.id} did not exist yet at position {position}")
+    return web.json_response({**upload_document(then, now), "AsOf": position})
 
 
 async def get_preflight(request: web.Request) -> web.Response:
