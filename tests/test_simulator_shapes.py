@@ -1,8 +1,9 @@
-"""The simulator held against real runs of the precheck flow (`../shared/reference/real-runs/`,
-when present beside the checkout; tests/fixtures/real_runs/ has excerpts of their logs): steered
-to each case, it prints the same kinds of lines and the same logger lines, leaves the same
-folder tree, and writes the same reports in the same formats, with the same rules firing at
-the coordinates the steering text asks for."""
+"""The simulator held against real runs of the precheck flow: steered to each case, it prints
+the same kinds of lines and the same logger lines, leaves the same folder tree, and writes the
+same reports in the same formats, with the same rules firing at the coordinates the steering
+text asks for. The real runs' shapes are kept in tests/fixtures/simulator_shapes.json, made
+from the recorded runs (`../shared/reference/real-runs/`, when beside the checkout) by
+`python -m tests.test_simulator_shapes`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.test_simulator import Run, run_precheck
 pytestmark = pytest.mark.docker
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "real-runs"
+SNAPSHOT = Path(__file__).parent / "fixtures" / "simulator_shapes.json"  # the real runs' shapes
 # Each real case and the steering that makes the simulator do what it did; the layouts were
 # 0p5x0p5 dies run with `--slot 0p5x0p5 --id ABCD1234` (the cases' argv.txt).
 CASES = {
@@ -44,6 +47,7 @@ RULE = re.compile(r"^─+ \S.* ─+$")
 PROGRESS = re.compile(r"^PrecheckFlow'? - Stage \d+ - .+ [━╸ ]{40} +\d+/\d+ \d+:\d\d:\d\d$")
 CHECKER = re.compile(r"^(Check for .+ clear\.|\d+ .+ found\.( - deferred)?)$")
 TAG = re.compile(r"RUN_[A-Za-z0-9_-]+")
+ARGV = re.compile(r"\[.*\]\) failed$")  # a failed subprocess's command line: the real one's paths
 WIDTH = 200  # the COLUMNS the server sets
 
 
@@ -79,20 +83,8 @@ def logger_lines(lines: Iterable[str]) -> list[str]:
     return said
 
 
-def real_tree(case: str) -> set[str]:
-    rows = (REAL / case / "tree.txt").read_text(encoding="utf-8").splitlines()
-    return {row.split("\t", 1)[1] for row in rows}
-
-
-def sim_tree(run: Run) -> set[str]:
-    found = {
-        f"runs/<tag>/{p.relative_to(run.run_dir)}" for p in run.run_dir.rglob("*") if p.is_file()
-    }
-    return found | {f"output/{p.relative_to(run.output_dir)}" for p in run.output_dir.rglob("*")}
-
-
 def reports(root: Path) -> dict[str, Path]:
-    """The case's reports by `NN-step/reports/name`."""
+    """The reports under a run folder by `NN-step/reports/name`."""
     return {str(p.relative_to(root)): p for p in sorted(root.glob("[0-9][0-9]-*/reports/*"))}
 
 
@@ -103,25 +95,82 @@ def findings(path: Path) -> dict[str, tuple[int, tuple[float, float] | None]]:
     return {r.rule: (r.count, r.markers[0].points[0] if r.markers else None) for r in got.rules}
 
 
-def lyrdb_shape(path: Path) -> tuple[list[str], list[str], set[str], set[str]]:
-    """A report database's outline: its top elements, its categories, the item categories as
-    written (quoted) and the kinds of the items' values."""
+def lyrdb_outline(path: Path, layers: bool) -> list[Any]:
+    """A report database's outline: its top elements, its categories (each described; left out
+    where they are the layout's layers), the item categories as written (quoted) and the kinds
+    of the items' values."""
     root = ET.parse(path).getroot()
     assert root.tag == "report-database"
-    tops = [child.tag for child in root]
     names = [c.findtext("name") or "" for c in root.iterfind("categories/category")]
     for c in root.iterfind("categories/category"):
         assert c.findtext("description"), (path, c.findtext("name"))
     quoted = {i.findtext("category") or "" for i in root.iterfind("items/item")}
     kinds = {(v.text or "").split(":")[0] for v in root.iterfind("items/item/values/value")}
-    return tops, names, quoted, kinds
+    return [[c.tag for c in root], None if layers else names, sorted(quoted), sorted(kinds)]
+
+
+def report_shape(name: str, path: Path) -> Any:
+    """What a report says, in a form to compare (and to keep as JSON)."""
+    layers = "zeroareapolygons" in name  # a category per layer of the layout: ours differ
+    if path.suffix == ".json":
+        counts = json.loads(path.read_text(encoding="utf-8"))
+        return {k: v for k, v in counts.items() if v or k == "total" or not layers}
+    found = {rule: [n, list(p) if p else None] for rule, (n, p) in findings(path).items()}
+    if path.suffix == ".lyrdb":
+        return {"findings": found, "outline": lyrdb_outline(path, layers)}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return {"findings": found, "first": lines[0], "last": lines[-3:]}
+
+
+def shapes(lines: list[str], state: str, tree: set[str], root: Path) -> dict[str, Any]:
+    """A run's shapes: its ending, the kinds of its lines and their order (tool output taken as
+    one), its logger lines, its last line, its folder tree, its reports, metrics and logs.
+    `root` holds the run folder's reports, final/ and logs."""
+    kinds = [kind(line) for line in lines]
+    final = root / "final"
+    return {
+        "state": state,
+        "kinds": sorted(set(kinds)),
+        "outline": [k for i, k in enumerate(kinds) if k != "tool" or kinds[i - 1] != "tool"],
+        "logger": logger_lines(lines),
+        "last": ARGV.sub("[<argv>]) failed", lines[-1]),
+        "tree": sorted(tree),
+        "reports": {name: report_shape(name, path) for name, path in reports(root).items()},
+        "metrics": [
+            (final / "metrics.csv").read_text(encoding="utf-8"),
+            json.loads((final / "metrics.json").read_text(encoding="utf-8")),
+        ]
+        if final.is_dir()
+        else None,
+        "logs": {
+            name: TAG.sub("<tag>", (root / name).read_text(encoding="utf-8"))
+            for name in ("warning.log", "error.log")
+        },
+    }
+
+
+def real_shapes(case: str) -> dict[str, Any]:
+    """The shapes of a recorded real run."""
+    folder = REAL / case
+    rows = (folder / "tree.txt").read_text(encoding="utf-8").splitlines()
+    lines = (folder / "log.txt").read_text(encoding="utf-8").splitlines()
+    state = (folder / "state.txt").read_text(encoding="utf-8").strip()
+    return shapes(lines, state, {row.split("\t", 1)[1] for row in rows}, folder / "files")
+
+
+def sim_shapes(run: Run) -> dict[str, Any]:
+    """The shapes of a simulator run."""
+    tree = {
+        f"runs/<tag>/{p.relative_to(run.run_dir)}" for p in run.run_dir.rglob("*") if p.is_file()
+    }
+    tree |= {f"output/{p.relative_to(run.output_dir)}" for p in run.output_dir.rglob("*")}
+    state = f"ExitCode={run.exit_code} OOMKilled={str(run.oom_killed).lower()}"
+    return shapes(run.lines, state, tree, run.run_dir)
 
 
 @pytest.fixture(scope="module")
 def runs(simulator_image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """The simulator run once per case."""
-    if not REAL.is_dir():
-        pytest.skip(f"the real runs are not at {REAL}")
     if isinstance(simulator_image, NoDocker):
         pytest.fail(simulator_image)
     done = {}
@@ -137,99 +186,45 @@ def runs(simulator_image: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     return done
 
 
+@pytest.fixture(scope="module")
+def sim(runs: dict[str, Run]) -> dict[str, dict[str, Any]]:
+    return {case: sim_shapes(run) for case, run in runs.items()}
+
+
+def test_the_snapshot_is_the_real_runs() -> None:
+    """The shapes kept in the fixture are those of the recorded real runs (where they are at
+    hand: `python -m tests.test_simulator_shapes` writes the fixture anew)."""
+    if not REAL.is_dir():
+        pytest.skip(f"the real runs are not at {REAL}")
+    assert {case: real_shapes(case) for case in CASES} == json.loads(SNAPSHOT.read_text())
+
+
+ASPECTS = ["state", "kinds", "outline", "logger", "last", "tree", "reports", "metrics", "logs"]
+
+
+@pytest.mark.parametrize("aspect", ASPECTS)
 @pytest.mark.parametrize("case", CASES)
-def test_the_same_ending(runs: dict[str, Run], case: str) -> None:
-    """Exit code and Docker's OOMKilled as the real run's."""
-    state = (REAL / case / "state.txt").read_text(encoding="utf-8").split()
-    run = runs[case]
-    assert [f"ExitCode={run.exit_code}", f"OOMKilled={str(run.oom_killed).lower()}"] == state
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_the_same_kinds_of_lines(runs: dict[str, Run], case: str) -> None:
-    """The same set of line kinds, and the lines that are not tool output in the same order of
-    kinds (tool output, which the real tools print more of, taken as one)."""
-    real = (REAL / case / "log.txt").read_text(encoding="utf-8").splitlines()
-    sim = runs[case].lines
-    assert {kind(line) for line in sim} == {kind(line) for line in real}
-
-    def outline(lines: list[str]) -> list[str]:
-        kinds = [kind(line) for line in lines]
-        return [k for i, k in enumerate(kinds) if k != "tool" or kinds[i - 1] != "tool"]
-
-    assert outline(sim) == outline(real)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_the_same_logger_lines(runs: dict[str, Run], case: str) -> None:
-    """Every logger line of the real run, level, words and source, in order."""
-    real = (REAL / case / "log.txt").read_text(encoding="utf-8").splitlines()
-    assert logger_lines(runs[case].lines) == logger_lines(real)
-    assert runs[case].lines[-1] == real[-1] or case == "checksize"  # its reason names real paths
+def test_the_simulator_has_the_real_shape(
+    sim: dict[str, dict[str, Any]], case: str, aspect: str
+) -> None:
+    """Steered to a real case, the simulator ends as it did (exit code, OOMKilled), prints the
+    same kinds of lines in the same order and the same logger lines (level, words, source),
+    leaves the same files, writes the same reports (rules, counts, first markers, database
+    outline, .json counts), metrics, warning and error logs."""
+    real = json.loads(SNAPSHOT.read_text())[case][aspect]
+    assert json.loads(json.dumps(sim[case][aspect])) == real
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_the_same_folder_tree(runs: dict[str, Run], case: str) -> None:
-    """Every file the real run left under its run folder and /output, and no other."""
-    assert sim_tree(runs[case]) == real_tree(case)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_the_same_reports(runs: dict[str, Run], case: str) -> None:
-    """The same reports, outlined alike, the same rules firing as often, at the same first
-    points; each .json beside a .lyrdb is the count per rule the real one has, and the
-    database reads to those counts."""
-    files = REAL / case / "files"
-    real, sim = reports(files), reports(runs[case].run_dir)
-    assert set(sim) == set(real)
-    for name, real_path in real.items():
-        sim_path = sim[name]
-        if real_path.suffix == ".json":
-            sim_counts, real_counts = (
-                json.loads(sim_path.read_text()),
-                json.loads(real_path.read_text()),
-            )
-            if "zeroareapolygons" in name:  # a category per layer of the layout: ours differ
-                sim_counts = {k: v for k, v in sim_counts.items() if v or k == "total"}
-                real_counts = {k: v for k, v in real_counts.items() if v or k == "total"}
-            assert sim_counts == real_counts, name
-            lyrdb = sim_path.with_suffix(".lyrdb")
-            counts = {rule: n for rule, (n, _) in findings(lyrdb).items()}
-            declared = json.loads(sim_path.read_text())
-            assert counts == {k: v for k, v in declared.items() if k != "total" and v}, name
-            assert sum(counts.values()) == declared["total"]
+def test_each_json_is_what_its_database_holds(runs: dict[str, Run], case: str) -> None:
+    """Beside each .lyrdb, the .json counts its markers per rule (and `total`), as read."""
+    for name, path in reports(runs[case].run_dir).items():
+        if path.suffix != ".json":
             continue
-        assert findings(sim_path) == findings(real_path), name
-        if real_path.suffix == ".lyrdb":
-            # The zero-area report's categories are the layout's layers: ours differ.
-            keep = slice(None, None, 2) if "zeroareapolygons" in name else slice(None)
-            assert lyrdb_shape(sim_path)[keep] == lyrdb_shape(real_path)[keep], name
-        else:  # Magic's report: the top cell first, its count last
-            sim_text, real_text = sim_path.read_text(), real_path.read_text()
-            assert sim_text.splitlines()[0] == real_text.splitlines()[0]
-            assert sim_text.splitlines()[-3:] == real_text.splitlines()[-3:]
-
-
-@pytest.mark.parametrize("case", ["pass", "drc", "density", "magic"])
-def test_the_same_metrics(runs: dict[str, Run], case: str) -> None:
-    """final/metrics.csv and metrics.json hold the real run's metrics, in its order."""
-    final = runs[case].run_dir / "final"
-    real = REAL / case / "files" / "final"
-    if not real.is_dir():
-        real = REAL / "pass" / "files" / "final"
-    assert (final / "metrics.csv").read_text() == (real / "metrics.csv").read_text()
-    assert json.loads((final / "metrics.json").read_text()) == json.loads(
-        (real / "metrics.json").read_text()
-    )
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_the_same_error_and_warning_logs(runs: dict[str, Run], case: str) -> None:
-    """warning.log and error.log say what the real run's say (the run's tag as `<tag>`)."""
-    for name in ("warning.log", "error.log"):
-        real = (REAL / case / "files" / name).read_text(encoding="utf-8")
-        sim = (runs[case].run_dir / name).read_text(encoding="utf-8")
-        assert TAG.sub("<tag>", sim) == TAG.sub("<tag>", real), name
+        declared = json.loads(path.read_text())
+        counts = {rule: n for rule, (n, _) in findings(path.with_suffix(".lyrdb")).items()}
+        assert counts == {k: v for k, v in declared.items() if k != "total" and v}, name
+        assert sum(counts.values()) == declared["total"], name
 
 
 def test_counter_of_kinds_is_plausible(runs: dict[str, Run]) -> None:
@@ -282,3 +277,12 @@ def test_markers_where_the_steering_asks(simulator_image: str, tmp_path: Path) -
             assert counts == {k: v for k, v in declared.items() if k != "total" and v}, name
     metrics = json.loads((run.run_dir / "final" / "metrics.json").read_text())
     assert (metrics["klayout__antenna_error__count"], metrics["magic__drc_error__count"]) == (1, 1)
+
+
+if __name__ == "__main__":
+    SNAPSHOT.write_text(
+        json.dumps({case: real_shapes(case) for case in CASES}, indent=1, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    print(SNAPSHOT)
