@@ -353,7 +353,7 @@ async def test_run_page_shows_steps_times_and_a_log_to_search_and_link(
 
     run = await api.get(run_id)
     lines = (await api.logs(run_id))["lines"]
-    steps = [line.split("'")[1] for line in lines if line.startswith("Running '")]
+    steps = [line.split("'")[1] for line in lines if "VERBOSE  Running '" in line]
     assert [name for name, _, _ in seen["steps"]] == steps
     assert all(time.endswith("s") for _, _, time in seen["steps"]), seen["steps"]
     assert all(seen["times"][k] != "\u2013" for k in seen["times"]), seen["times"]

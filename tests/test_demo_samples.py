@@ -23,6 +23,8 @@ def test_the_readme_lists_every_sample_and_steering_key() -> None:
     for name in SAMPLES:
         assert f"simulator/samples/{name}" in readme, name
     header = (ROOT / "simulator" / "precheck.py").read_text(encoding="utf-8")
-    for key in ("fail", "deferred", "magic", "sleep", "step_sleep", "lines", "oom", "hang", "exit"):
+    keys = ("fail", "deferred", "magic", "sleep", "step_sleep", "lines", "oom", "hang", "exit")
+    markers = ("drc_at", "density", "antenna", "antenna_at", "zeroarea", "zeroarea_at", "magic_at")
+    for key in (*keys, *markers, "oom_step", "oom_flow"):
         assert f"{key})" in header, key  # the simulator parses it
         assert f"`{key}" in readme, key

@@ -21,47 +21,55 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "simulator" / "build.sh"
 
+# The real flow's steps and the long names its rule lines show.
 STEPS = [
-    ("KLayout.ReadLayout", "Read Layout"),
-    ("KLayout.CheckTopLevel", "Check Top Level"),
+    ("KLayout.ReadLayout", "Read the Layout"),
+    ("KLayout.CheckTopLevel", "Check Top-Level Name"),
     ("KLayout.CheckSize", "Check Slot Size"),
     ("KLayout.GenerateID", "Generate ID"),
-    ("KLayout.Render", "Render"),
-    ("KLayout.Density", "Density"),
-    ("Checker.KLayoutDensity", "Density Checker"),
-    ("KLayout.ZeroArea", "Zero Area Polygons"),
-    ("Checker.ZeroArea", "Zero Area Checker"),
-    ("KLayout.Antenna", "Antenna"),
-    ("Checker.KLayoutAntenna", "Antenna Checker"),
-    ("Magic.DRC", "Magic DRC"),
-    ("Checker.MagicDRC", "Magic DRC Checker"),
-    ("KLayout.DRC", "KLayout DRC"),
-    ("Checker.KLayoutDRC", "KLayout DRC Checker"),
-    ("KLayout.WriteLayout", "Write Layout"),
+    ("KLayout.Render", "Render Image (w/ KLayout)"),
+    ("KLayout.Density", "Density Check"),
+    ("Checker.KLayoutDensity", "KLayout Density Checker"),
+    ("KLayout.ZeroAreaPolygons", "Find Zero Area Polygons"),
+    ("Checker.KLayoutZeroAreaPolygons", "KLayout Zero Area Polygons Checker"),
+    ("KLayout.Antenna", "Antenna Check"),
+    ("Checker.KLayoutAntenna", "KLayout Antenna Checker"),
+    ("Magic.DRC", "Design Rule Checks"),
+    ("Checker.MagicDRC", "Magic Design Rule Checker"),
+    ("KLayout.DRC", "Design Rule Check (KLayout)"),
+    ("Checker.KLayoutDRC", "KLayout Design Rule Checker"),
+    ("KLayout.WriteLayout", "Write the Layout"),
 ]
 COB_STEPS = [*STEPS[:3], ("KLayout.CheckPadMask", "Check Pad Mask"), *STEPS[3:]]
 
-STEP_FILES = ["COMMANDS", "config.json", "state_in.json", "runtime.txt"]
+# Checkers run no subprocess: no COMMANDS and no log of their own.
+STEP_FILES = ["config.json", "state_in.json", "runtime.txt"]
+TOOL_STEP_FILES = ["COMMANDS", *STEP_FILES]
 RUN_FILES = ["flow.log", "warning.log", "error.log", "resolved.json"]
+# Each report in its step's folder, the zero-area step's named like the density step's.
 REPORTS = [
-    "density.klayout.json",
-    "density.klayout.lyrdb",
-    "antenna.klayout.json",
-    "antenna.klayout.lyrdb",
-    "drc.klayout.json",
-    "drc.klayout.lyrdb",
-    "drc.magic.rpt",
-    "drc.magic.lyrdb",
+    "06-klayout-density/reports/density.klayout.json",
+    "06-klayout-density/reports/density.klayout.lyrdb",
+    "08-klayout-zeroareapolygons/reports/density.klayout.json",
+    "08-klayout-zeroareapolygons/reports/density.klayout.lyrdb",
+    "10-klayout-antenna/reports/antenna.klayout.json",
+    "10-klayout-antenna/reports/antenna.klayout.lyrdb",
+    "12-magic-drc/reports/drc.magic.rpt",
+    "12-magic-drc/reports/drc.magic.lyrdb",
+    "14-klayout-drc/reports/drc.klayout.json",
+    "14-klayout-drc/reports/drc.klayout.lyrdb",
 ]
 METRICS = [
-    "klayout__drc_error__count",
+    "klayout__density_error__count",
+    "klayout__zero_area_polygons__count",
+    "klayout__antenna_error__count",
     "magic__drc_error__count",
-    "antenna__violating__nets",
-    "density__error__count",
+    "klayout__drc_error__count",
 ]
 SUCCESS = "Precheck successfully completed."
 FAILED = "Error: The precheck failed with the following exception:"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUNNING = re.compile(r"^\[\d\d:\d\d:\d\d\] VERBOSE  (Running '.*'\u2026) +step\.py:1138$")
 
 
 def slug(step_id: str) -> str:
@@ -178,8 +186,12 @@ def run_precheck(
 
 def assert_passed(run: Run, steps: Sequence[tuple[str, str]], top: str = "chip_top") -> None:
     assert run.exit_code == 0, run.stdout + run.stderr
-    assert run.lines[-2:] == ["Flow complete.", SUCCESS]
-    header = run.lines[:8]
+    assert "INFO     Flow complete." in run.lines[-4]
+    flow = "PrecheckFlow'" if len(steps) == 17 else "PrecheckFlow"
+    assert run.lines[-3].startswith(f"{flow} - Stage {len(steps)} - Write the Layout ━")
+    assert run.lines[-2:] == ["", SUCCESS]
+    assert run.lines[0] == "None"
+    header = run.lines[1:9]
     assert header[0].startswith("PDK_ROOT = ")
     assert header[1].startswith("PDK = ")
     assert header[2:] == [
@@ -190,24 +202,31 @@ def assert_passed(run: Run, steps: Sequence[tuple[str, str]], top: str = "chip_t
         "threads: max",
         "workers: 1",
     ]
-    running = [line for line in run.lines if line.startswith("Running '")]
+    running = [line for line in run.lines if RUNNING.match(line)]
     expected = folders(steps)
     assert len(running) == len(steps)
     for line, folder, (step_id, name) in zip(running, expected, steps, strict=True):
-        assert line == f"Running '{step_id}' at 'runs/{run.run_tag}/{folder}'\u2026"
+        said = RUNNING.match(line)
+        assert said is not None and len(line) == 200, line
+        assert said[1] == f"Running '{step_id}' at 'runs/{run.run_tag}/{folder}'\u2026"
         rule_index = run.lines.index(line) - 1
-        assert name in run.lines[rule_index], (name, run.lines[rule_index])
+        assert f" {name} " in run.lines[rule_index], (name, run.lines[rule_index])
+        assert len(run.lines[rule_index]) == 200
     found = sorted(p.name for p in run.run_dir.iterdir() if re.match(r"\d\d-", p.name))
     assert found == expected
     for folder in expected:
         step_dir = run.run_dir / folder
-        for name in [*STEP_FILES, "state_out.json", f"{folder[3:]}.log"]:
+        tool = [] if "-checker-" in folder else [*TOOL_STEP_FILES, f"{folder[3:]}.log"]
+        for name in [*STEP_FILES, *tool, "state_out.json"]:
             assert (step_dir / name).is_file(), step_dir / name
     for name in RUN_FILES:
         assert (run.run_dir / name).is_file(), name
     assert SUCCESS in (run.run_dir / "flow.log").read_text()
+    offset = 1 if len(steps) == 17 else 0  # --cob moves the steps after CheckSize one on
     for name in REPORTS:
-        assert (run.run_dir / "reports" / name).is_file(), name
+        number = int(name[:2]) + offset
+        assert (run.run_dir / f"{number:02d}{name[2:]}").is_file(), name
+    assert not (run.run_dir / "reports").exists()  # the real flow has no run-level reports/
     final = run.run_dir / "final"
     assert (final / "render" / f"{top}.png").read_bytes().startswith(PNG_MAGIC)
     metrics = json.loads((final / "metrics.json").read_text())
@@ -229,7 +248,7 @@ def assert_failed_at(run: Run, folder: str) -> None:
     for name in step_dirs[:-1]:
         assert (run.run_dir / name / "state_out.json").is_file(), name
     assert not (run.run_dir / folder / "state_out.json").exists()
-    assert (run.run_dir / folder / "runtime.txt").is_file()
+    assert not (run.run_dir / folder / "runtime.txt").exists()  # as the real flow leaves it
     assert not (run.run_dir / "final").exists()
     assert list(run.output_dir.iterdir()) == []
 
@@ -297,7 +316,8 @@ def test_deferred_failure(image: str, tmp_path: Path) -> None:
     assert (run.run_dir / "final" / "gds" / "chip_top.gds").read_bytes() == layout
     assert (run.output_dir / "chip_top.gds").read_bytes() == layout
     assert (run.run_dir / "16-klayout-writelayout" / "state_out.json").is_file()
-    assert json.loads((run.run_dir / "reports" / "drc.klayout.json").read_text())["total"] == 3
+    drc = json.loads((run.run_dir / "14-klayout-drc/reports/drc.klayout.json").read_text())
+    assert drc["total"] == 3
 
 
 def test_noise_lines(image: str, tmp_path: Path) -> None:
@@ -307,18 +327,38 @@ def test_noise_lines(image: str, tmp_path: Path) -> None:
     noise = [line for line in run.lines if line.startswith("noise ")]
     assert noise == [f"noise {i}" for i in range(1, 5001)]
     first = run.lines.index("noise 1")
-    assert run.lines[first - 2].startswith("Running 'Magic.DRC'")
+    assert "Running 'Magic.DRC'" in run.lines[first - 2]
     step_log = (run.run_dir / "12-magic-drc" / "magic-drc.log").read_text()
     assert "noise 5000\n" in step_log
 
 
 def test_oom_killed(image: str, tmp_path: Path) -> None:
-    """oom=256 under a 64 MB limit gets the container OOM-killed: exit 137, OOMKilled true."""
+    """oom=256 under a 64 MB limit: as in the real flow, the kernel kills the step's process,
+    the flow says so and exits 1, and Docker reports OOMKilled."""
     run = run_precheck(image, tmp_path, gds("chip_top", "oom=256"), memory="64m")
-    assert run.exit_code == 137
+    assert run.exit_code == 1, run.stdout[-2000:]
     assert run.oom_killed is True
     assert SUCCESS not in run.stdout
-    assert run.lines[-1].startswith("Running KLayout DRC")
+    assert run.lines[-2:] == [FAILED + " ", "Design Rule Check (KLayout): Interrupted (SIGKILL)"]
+    assert run.lines[-3].startswith("PrecheckFlow - Stage 14 - Design Rule Check (KLayout) ━")
+    assert (run.run_dir / "13-checker-magicdrc" / "state_out.json").is_file()
+    assert not (run.run_dir / "14-klayout-drc" / "state_out.json").exists()
+
+
+def test_oom_of_the_flow_itself(image: str, tmp_path: Path) -> None:
+    """oom_flow: the flow's own process is the one killed: exit 137, OOMKilled true."""
+    layout = gds("chip_top", "oom=256", "oom_step=KLayout.Render", "oom_flow")
+    run = run_precheck(image, tmp_path, layout, memory="64m")
+    assert run.exit_code == 137
+    assert run.oom_killed is True
+    assert "Running 'KLayout.Render'" in run.stdout and FAILED not in run.stdout
+
+
+def test_old_step_names_still_steer(image: str, tmp_path: Path) -> None:
+    """fail=Checker.ZeroArea (the simulator's old name) fails the real zero-area checker."""
+    run = run_precheck(image, tmp_path, gds("chip_top", "fail=Checker.ZeroArea"))
+    assert_failed_at(run, "09-checker-klayoutzeroareapolygons")
+    assert run.lines[-1] == "1 KLayout zero area polygons count found."
 
 
 @pytest.mark.parametrize(
