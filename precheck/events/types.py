@@ -284,6 +284,21 @@ class SkippedFile:
 
 
 @attrs.frozen
+class FindingsCount:
+    """What reading one kept report found, in counts: its path as `/reports` serves it, the
+    step that wrote it, markers over all rules, rules that fired; `cut_short` when the reading
+    stopped early (a cap, a damaged file: the counts are at least these), `error` when it
+    could not be read at all."""
+
+    path: str
+    step: str | None
+    count: int
+    rules: int
+    cut_short: bool = False
+    error: str = ""
+
+
+@attrs.frozen
 class RunOutputsStored:
     """An exited run's outputs are in `runs/<id>/`: nothing more will be recorded about it."""
 
@@ -295,6 +310,7 @@ class RunOutputsStored:
     at: datetime
     skipped: tuple[SkippedFile, ...] = ()  # what was not copied out (caps, bulk), the first
     skipped_more: int = 0  # files not copied out beyond those `skipped` lists
+    findings: tuple[FindingsCount, ...] = ()  # per report read (`runs/<id>/findings.json`)
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ import attrs
 from precheck.domain.status import ACTIVE, ENDED, RunStatus
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
+    FindingsCount,
     OutputFile,
     Preflight,
     RunCancelled,
@@ -75,6 +76,7 @@ class RunResult:
     metrics: dict[str, float | int | str | None] = attrs.field(factory=dict)
     oom_killed: bool = False
     detail: str = ""  # the flow's own exception, when the error gives the tool's words
+    findings: tuple[FindingsCount, ...] = ()  # per report read at copy-out
 
 
 @attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.replacer`)
@@ -242,7 +244,9 @@ def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
         skipped=e.skipped,
         skipped_more=e.skipped_more,
         settled=True,
-        result=_replace_result(result, failed_step=e.failed_step, metrics=e.metrics),
+        result=_replace_result(
+            result, failed_step=e.failed_step, metrics=e.metrics, findings=e.findings
+        ),
     )
 
 
