@@ -116,6 +116,10 @@ def exit_events(
             finished_at or now,
             now,
             verdict.detail,
+            tuple(facts.warnings),
+            facts.warning_count,
+            tuple(facts.errors),
+            facts.error_count,
         )
     ]
 

@@ -251,6 +251,10 @@ class RunExited:
     finished_at: datetime
     at: datetime
     detail: str = ""  # the flow's own exception, when `error` gives the failed tool's words
+    warnings: tuple[str, ...] = ()  # the flow's first WARNING lines, trimmed
+    warning_count: int = 0  # all of them
+    errors: tuple[str, ...] = ()  # the flow's first ERROR lines, trimmed
+    error_count: int = 0  # all of them
 
 
 @attrs.frozen

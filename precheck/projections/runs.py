@@ -77,6 +77,10 @@ class RunResult:
     oom_killed: bool = False
     detail: str = ""  # the flow's own exception, when the error gives the tool's words
     findings: tuple[FindingsCount, ...] = ()  # per report read at copy-out
+    warnings: tuple[str, ...] = ()  # the flow's first WARNING lines
+    warning_count: int = 0
+    errors: tuple[str, ...] = ()  # the flow's first ERROR lines
+    error_count: int = 0
 
 
 @attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.replacer`)
@@ -223,6 +227,10 @@ def _exited(e: RunExited) -> dict[str, Any]:
         deferred_errors=e.deferred_errors,
         oom_killed=e.oom_killed,
         detail=e.detail,
+        warnings=e.warnings,
+        warning_count=e.warning_count,
+        errors=e.errors,
+        error_count=e.error_count,
     )
     # The verdict is known, the outputs not yet stored: not final until `RunOutputsStored`.
     return dict(

@@ -180,6 +180,9 @@ def run_document(
                 "Detail": v.detail or None,
                 # What reading each kept report found (`/findings` has the rules and markers).
                 "Findings": findings_counts(v.findings),
+                # The flow's WARNING and ERROR lines (Magic's DRC counts warn, never fail).
+                "Warnings": {"Count": v.warning_count, "Lines": list(v.warnings)},
+                "Errors": {"Count": v.error_count, "Lines": list(v.errors)},
             }
             if v
             else None
