@@ -735,6 +735,17 @@ def _findings(browser: Browser, run_id: str) -> dict[str, Any]:
         ".map((s) => s.getAttribute('points'))"
     )
     seen["rings"] = len(browser.css_all("#markers .spot"))
+    # A marker's line zooms in on it: its ring ends up in the middle of the frame.
+    browser.css("#marker-list li").click()
+    browser.until(
+        lambda _: "scale(16)" in (browser.find("render-box").get_attribute("style") or "")
+    )
+    seen["off_centre"] = browser.script(
+        "const f = document.getElementById('render-frame').getBoundingClientRect();"
+        "const r = document.querySelector('#markers .spot').getBoundingClientRect();"
+        "return [r.x + r.width / 2 - (f.x + f.width / 2),"
+        " r.y + r.height / 2 - (f.y + f.height / 2)]"
+    )
     seen["shot"] = browser.screenshot("run-page-findings.png")
     return seen
 
@@ -771,3 +782,5 @@ async def test_run_page_shows_warnings_findings_and_draws_a_rules_markers(
     first = [tuple(float(c) for c in p.split(",")) for p in seen["shapes"][0].split()]
     assert first[0] == pytest.approx((15.0, (2531 - 100) * 1265 / 2531), abs=0.01)
     assert seen["rings"] == 2
+    # Within a few screen pixels at 16 times: a fraction of a pixel of the render.
+    assert all(abs(d) < 4 for d in seen["off_centre"]), seen["off_centre"]

@@ -1,6 +1,8 @@
 // The Precheck page: upload, start runs, follow them live. One SSE connection at a time:
 // the audit feed on the home page, the run's own stream (changes and log) on a run page.
 
+import Panzoom from "./panzoom.es.js"; // vendored from the npm registry, MIT (panzoom.LICENSE.txt)
+
 const $ = (id) => document.getElementById(id);
 const KEY = "precheck.apiKey";
 let source = null; // the one open EventSource
@@ -945,8 +947,37 @@ async function showRule(v, rep, rule, row) {
   const markers = data.Reports[0]?.Rules[0]?.Markers || [];
   const kept = markers.length < rule.Count ? `the first ${markers.length} of ${rule.Count}` : `${rule.Count}`;
   $("marker-title").textContent = `${rule.Rule}: ${kept} marker${rule.Count === 1 ? "" : "s"} (µm)`;
-  $("marker-list").replaceChildren(...markers.map((m) => Object.assign(document.createElement("li"), { textContent: markerText(m) })));
-  drawMarkers(v, markers);
+  $("marker-list").replaceChildren(...markers.map((m, i) => {
+    const li = Object.assign(document.createElement("li"), { textContent: markerText(m) });
+    li.addEventListener("click", () => goToMarker(v, i, li));
+    return li;
+  }));
+  v.centres = drawMarkers(v, markers);
+  zoom().reset({ animate: false });
+}
+
+// Zoom and pan on the render and its markers together, made once for the page.
+let panzoom = null;
+function zoom() {
+  if (!panzoom) {
+    panzoom = Panzoom($("render-box"), { maxScale: 64, step: 0.3 });
+    $("render-frame").addEventListener("wheel", panzoom.zoomWithWheel);
+    $("zoom-reset").addEventListener("click", () => panzoom.reset());
+  }
+  return panzoom;
+}
+
+// Centre the marker's place at a close zoom (the render's pixels are several µm).
+function goToMarker(v, i, li) {
+  for (const el of document.querySelectorAll("#marker-list li.chosen")) el.classList.remove("chosen");
+  li.classList.add("chosen");
+  const c = v.centres?.[i];
+  if (!c) return;
+  const img = $("findings-render"), box = $("render-box");
+  const scale = box.clientWidth / (img.naturalWidth || box.clientWidth);
+  const pz = zoom();
+  pz.zoom(16, { animate: false });
+  pz.pan(box.clientWidth / 2 - c[0] * scale, box.clientHeight / 2 - c[1] * scale, { animate: false });
 }
 
 // Markers over the render: the render is the die box, so µm map linearly to its pixels (y up
@@ -959,16 +990,17 @@ function drawMarkers(v, markers) {
   let box = v.die;
   if (!box) {
     const xs = markers.flatMap((m) => m.Points.map((p) => p[0])), ys = markers.flatMap((m) => m.Points.map((p) => p[1]));
-    if (!xs.length) return;
+    if (!xs.length) return [];
     box = { Left: Math.min(...xs), Right: Math.max(...xs), Bottom: Math.min(...ys), Top: Math.max(...ys) };
     if (box.Right === box.Left) box.Right = box.Left + 1;
     if (box.Top === box.Bottom) box.Top = box.Bottom + 1;
   }
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  const centres = []; // each marker's centre in the render's pixels
   const px = ([x, y]) => [((x - box.Left) / (box.Right - box.Left)) * w, ((box.Top - y) / (box.Top - box.Bottom)) * h];
   for (const m of markers) {
     const pts = m.Points.map(px);
-    if (!pts.length) continue;
+    if (!pts.length) { centres.push(null); continue; }
     let shape;
     if (m.Kind === "box" && pts.length === 2) {
       const [[x1, y1], [x2, y2]] = pts;
@@ -987,7 +1019,9 @@ function drawMarkers(v, markers) {
     ring.setAttribute("cx", cx); ring.setAttribute("cy", cy); ring.setAttribute("r", Math.max(w, h) / 100);
     ring.setAttribute("class", "spot");
     svg.append(ring);
+    centres.push([cx, cy]);
   }
+  return centres;
 }
 
 async function showRun(id, line) {
