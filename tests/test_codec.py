@@ -283,7 +283,7 @@ def test_outputs_stored_rows_before_the_skipped_count_decode() -> None:
 def test_rows_before_findings_and_warnings_decode_and_new_rows_round_trip() -> None:
     """`run.outputs-stored` without `findings` and `run.exited` without the warning and error
     lines decode with none; rows with them come back equal."""
-    stored = {
+    stored: dict[str, object] = {
         "run_id": "r1",
         "output": None,
         "files": [],
@@ -293,7 +293,7 @@ def test_rows_before_findings_and_warnings_decode_and_new_rows_round_trip() -> N
     }
     older = decode("run.outputs-stored", 1, json.dumps(stored))
     assert isinstance(older, RunOutputsStored) and older.findings == ()
-    exited = {
+    exited: dict[str, object] = {
         "run_id": "r1",
         "status": "completed",
         "exit_code": 0,
