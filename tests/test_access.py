@@ -68,6 +68,8 @@ ROUTES: dict[str, str] = {
     "HEAD /api/v1/prechecks/{run_id}/output": "mine",
     "GET /api/v1/prechecks/{run_id}/render": "mine",
     "HEAD /api/v1/prechecks/{run_id}/render": "mine",
+    "GET /api/v1/prechecks/{run_id}/findings": "mine",
+    "HEAD /api/v1/prechecks/{run_id}/findings": "mine",
     "GET /api/v1/prechecks/{run_id}/reports": "mine",
     "HEAD /api/v1/prechecks/{run_id}/reports": "mine",
     "GET /api/v1/prechecks/{run_id}/reports/{name}": "mine",

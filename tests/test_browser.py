@@ -7,15 +7,24 @@ On an app that requires an API key and runs the simulator image, through the `br
 from __future__ import annotations
 
 import asyncio
+import shutil
+import struct
+import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
+import pytest
 from pytest_aiohttp import AiohttpClient
 
 from precheck.app import create_app
 from precheck.config import ApiKey, AuthConfig, Config
+from precheck.events.types import Metadata, OutputFile, RunExited, RunOutputsStored, RunStarted
+from precheck.runner.findings_file import store_findings
+from precheck.web import keys
 from tests.browser import Browser
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
@@ -628,3 +637,150 @@ async def test_page_shows_pre_flight_before_start(
     assert run["Config"]["Labels"]["top_cell"] == "no_such_top"
     assert (run["Preflight"]["Mode"], run["Preflight"]["Status"]) == ("warn", "failed")
     assert seen["shot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _png(width: int, height: int) -> bytes:
+    """A grey PNG of this size (the render; only its size matters to the markers)."""
+    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    head = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", head)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + (chunk(b"IEND", b""))
+    )
+
+
+REAL_REPORTS = Path(__file__).parent / "fixtures" / "real_runs" / "reports"
+
+
+async def _ended_like_the_drc_case(client: Any) -> str:
+    """A run of a 0p5x0p5 die ended as the real drc case did: its real reports kept and read,
+    a render of 968 x 1265 px (the die at half the width of 1936 µm), a warning."""
+    form = aiohttp.FormData()
+    form.add_field("file", die("0p5x0p5"), filename="chip_top.gds")
+    upload = await (await client.post("/api/v1/uploads", data=form)).json()
+    for _ in range(200):  # the layout is read in a child process
+        doc = await (await client.get(f"/api/v1/uploads/{upload['Id']}")).json()
+        if doc["Layout"]["Status"] != "pending":
+            break
+        await asyncio.sleep(0.05)
+    assert doc["Layout"]["Status"] == "done", doc["Layout"]
+    body = {"upload_id": upload["Id"], "top_cell": "chip_top", "slot": "0p5x0p5"}
+    run = await (await client.post("/api/v1/prechecks", json=body)).json()
+    run_id: str = run["Id"]
+    run_dir = client.app[keys.STORAGE].run_dir(run_id)
+    files = []
+    for src in sorted((REAL_REPORTS / "drc").rglob("*.*")):
+        rel = f"run/{src.parent.name}/reports/{src.name}"
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, run_dir / rel)
+        files.append(OutputFile(rel, src.stat().st_size, "0" * 64))
+    png = run_dir / "run/final/render/chip_top.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(_png(968, 1265))
+    files.append(OutputFile("run/final/render/chip_top.png", png.stat().st_size, "1" * 64))
+    found = store_findings(run_dir, files)
+    at = datetime.now(UTC)
+    exited = RunExited(
+        run_id, "failed", 1, "deferred errors: 3 KLayout DRC", "design", {"KLayout DRC": 3},
+        False, at, at, warnings=("3 Magic DRC errors found.",), warning_count=1,
+        errors=("3 KLayout DRC errors found. - deferred",), error_count=1,
+    )  # fmt: skip
+    await client.app[keys.STORE].append(
+        [
+            RunStarted(run_id, "c" * 64, "sim", "sha256:x", at),
+            exited,
+            RunOutputsStored(run_id, None, tuple(files), {}, None, at, findings=found),
+        ],
+        Metadata("supervisor"),
+    )
+    return run_id
+
+
+def _findings(browser: Browser, run_id: str) -> dict[str, Any]:
+    """Open the run, read its warnings and findings, choose DE.2: what was seen."""
+    seen: dict[str, Any] = {}
+    browser.open(f"#/runs/{run_id}")
+    browser.until_visible("notes")
+    browser.until_visible("findings-card")
+    browser.until(lambda _: browser.css_all("#findings tr[data-rule]"))
+    seen["warnings"] = [li.text for li in browser.css_all("#warnings li")]
+    seen["errors"] = [li.text for li in browser.css_all("#errors li")]
+    seen["notes_above_log"] = browser.script(
+        "return !!(document.getElementById('notes').compareDocumentPosition("
+        "document.getElementById('log')) & Node.DOCUMENT_POSITION_FOLLOWING)"
+    )
+    seen["checks"] = [h.text for h in browser.css_all("#findings h4")]
+    seen["clear"] = [p.text for p in browser.css_all("#findings .clear")]
+    seen["rules"] = [
+        [td.text for td in tr.find_elements("css selector", "td")][:3]
+        for tr in browser.css_all("#findings tr[data-rule]")
+    ]
+    browser.css("#findings tr[data-rule='DE.2'] button").click()
+    browser.until(lambda _: len(browser.css_all("#marker-list li")) == 2)
+    browser.until(lambda _: browser.find("findings-render").get_attribute("naturalWidth") != "0")
+    seen["title"] = browser.find("marker-title").text
+    seen["markers"] = [li.text for li in browser.css_all("#marker-list li")]
+    seen["viewbox"] = browser.script(
+        "return document.getElementById('markers').getAttribute('viewBox')"
+    )
+    seen["shapes"] = browser.script(
+        "return [...document.querySelectorAll('#markers .shape')]"
+        ".map((s) => s.getAttribute('points'))"
+    )
+    seen["rings"] = len(browser.css_all("#markers .spot"))
+    # A marker's line zooms in on it: its ring ends up in the middle of the frame.
+    browser.css("#marker-list li").click()
+    browser.until(
+        lambda _: "scale(16)" in (browser.find("render-box").get_attribute("style") or "")
+    )
+    seen["off_centre"] = browser.script(
+        "const f = document.getElementById('render-frame').getBoundingClientRect();"
+        "const r = document.querySelector('#markers .spot').getBoundingClientRect();"
+        "return [r.x + r.width / 2 - (f.x + f.width / 2),"
+        " r.y + r.height / 2 - (f.y + f.height / 2)]"
+    )
+    seen["shot"] = browser.screenshot("run-page-findings.png")
+    return seen
+
+
+async def test_run_page_shows_warnings_findings_and_draws_a_rules_markers(
+    browser: Browser,
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+) -> None:
+    """The real drc case's reports: warnings and errors above the log, a panel per check (the
+    clean Magic report says so), and DE.2's two edge pairs listed as KLayout writes them and
+    drawn over the render where the die box puts them."""
+    config = make_config(preflight={"enabled": True})
+    client = await aiohttp_client(create_app(config, run_containers=False))
+    run_id = await _ended_like_the_drc_case(client)
+    browser.point_at(client)
+
+    seen = await browser.drive(lambda: _findings(browser, run_id), 60)
+
+    assert seen["warnings"] == ["3 Magic DRC errors found."]
+    assert seen["errors"] == ["3 KLayout DRC errors found. - deferred"]
+    assert seen["notes_above_log"]
+    assert seen["checks"] == [
+        "Magic.DRC: 12-magic-drc/drc.magic.lyrdb",
+        "KLayout.DRC: 14-klayout-drc/drc.klayout.lyrdb",
+    ]
+    assert seen["clear"] == ["clear: no rule fired"]
+    assert [r[:2] for r in seen["rules"]] == [["DE.2", "2"], ["DE.4", "1"]]
+    assert seen["rules"][0][2].startswith("DE.2 :")
+    assert seen["title"].startswith("DE.2: 2 markers")
+    assert seen["markers"][0] == "edge-pair: (30,100;30,100.5)|(30.5,100.5;30.5,100)"
+    assert seen["viewbox"] == "0 0 968 1265"
+    # (30 µm, 100 µm) on a 1936 x 2531 µm die at 968 x 1265 px: x 15, y (2531 - 100) / 2 px.
+    first = [tuple(float(c) for c in p.split(",")) for p in seen["shapes"][0].split()]
+    assert first[0] == pytest.approx((15.0, (2531 - 100) * 1265 / 2531), abs=0.01)
+    assert seen["rings"] == 2
+    # Within a few screen pixels at 16 times: a fraction of a pixel of the render.
+    assert all(abs(d) < 4 for d in seen["off_centre"]), seen["off_centre"]

@@ -22,6 +22,7 @@ from precheck.events.types import (
     SCHEMAS,
     TAGS,
     BBox,
+    FindingsCount,
     InstanceCreated,
     KeyIssued,
     KeyRevoked,
@@ -34,6 +35,7 @@ from precheck.events.types import (
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
+    RunExited,
     RunFailedToStart,
     RunFinishFailed,
     RunOutputsStored,
@@ -276,3 +278,45 @@ def test_outputs_stored_rows_before_the_skipped_count_decode() -> None:
     row["skipped"] = [{"path": "a", "size": 1, "why": "over docker.max_output_files (3)"}]
     old = decode("run.outputs-stored", 1, json.dumps(row))
     assert isinstance(old, RunOutputsStored) and old.skipped_more == 0 and len(old.skipped) == 1
+
+
+def test_rows_before_findings_and_warnings_decode_and_new_rows_round_trip() -> None:
+    """`run.outputs-stored` without `findings` and `run.exited` without the warning and error
+    lines decode with none; rows with them come back equal."""
+    stored: dict[str, object] = {
+        "run_id": "r1",
+        "output": None,
+        "files": [],
+        "metrics": {},
+        "failed_step": None,
+        "at": "2026-01-01T00:00:00+00:00",
+    }
+    older = decode("run.outputs-stored", 1, json.dumps(stored))
+    assert isinstance(older, RunOutputsStored) and older.findings == ()
+    exited: dict[str, object] = {
+        "run_id": "r1",
+        "status": "completed",
+        "exit_code": 0,
+        "error": "",
+        "classification": None,
+        "deferred_errors": {},
+        "oom_killed": False,
+        "finished_at": "2026-01-01T00:00:00+00:00",
+        "at": "2026-01-01T00:00:00+00:00",
+    }
+    old = decode("run.exited", 1, json.dumps(exited))
+    assert isinstance(old, RunExited)
+    assert (old.warnings, old.warning_count, old.errors, old.error_count) == ((), 0, (), 0)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for event in (
+        RunOutputsStored(
+            "r1", None, (), {}, None, at,
+            findings=(FindingsCount("14-klayout-drc/drc.klayout.lyrdb", "KLayout.DRC", 3, 2),
+                      FindingsCount("x.rpt", None, 0, 0, cut_short=True, error="damaged")),
+        ),
+        RunExited(
+            "r1", "completed", 0, "", None, {}, False, at, at,
+            warnings=("3 Magic DRC errors found.",), warning_count=3, errors=(), error_count=0,
+        ),
+    ):  # fmt: skip
+        assert decode(*encode(event)) == event

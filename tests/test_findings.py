@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from precheck.events.types import FindingsCount, OutputFile
 from precheck.runner.findings import (
+    MAX_KEPT_POINTS,
     MAX_MARKERS,
     Marker,
     parse_marker,
@@ -19,6 +21,7 @@ from precheck.runner.findings import (
     read_magic_rpt,
     read_report,
 )
+from precheck.runner.findings_file import load_findings, reports_to_read, store_findings
 
 REPORTS = Path(__file__).parent / "fixtures" / "real_runs" / "reports"
 
@@ -140,3 +143,102 @@ def test_an_over_long_line_in_a_magic_report_is_skipped_not_held() -> None:
     )  # fmt: skip
     found = read_magic_rpt(io.BytesIO(data), "m.rpt", "Magic.DRC")
     assert [(r.rule, r.count) for r in found.rules] == [("M1.1", 1)]
+
+
+def _kept(run_dir: Path, case: str) -> list[OutputFile]:
+    """The case's real reports, copied into `run_dir` as the copy-out keeps them."""
+    files = []
+    for src in sorted((REPORTS / case).rglob("*")):
+        if src.is_file():
+            folder = src.parent.name
+            rel = f"run/{folder}/reports/{src.name}"
+            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / rel).write_bytes(src.read_bytes())
+            files.append(OutputFile(rel, src.stat().st_size, "0" * 64))
+    return files
+
+
+def test_the_reports_read_are_the_databases_and_magics_report_where_no_database() -> None:
+    """A step folder's `.lyrdb` is read; Magic's `.rpt` only without a `.lyrdb` beside it;
+    a run-level `reports/` only when no step folder has a report; nothing else."""
+
+    def f(path: str) -> OutputFile:
+        return OutputFile(path, 1, "0" * 64)
+
+    files = [
+        f("run/14-klayout-drc/reports/drc.klayout.lyrdb"),
+        f("run/14-klayout-drc/reports/drc.klayout.json"),
+        f("run/12-magic-drc/reports/drc.magic.rpt"),
+        f("run/12-magic-drc/reports/drc.magic.lyrdb"),
+        f("run/13-magic-old/reports/drc.magic.rpt"),
+        f("run/reports/drc.klayout.lyrdb"),
+        f("run/14-klayout-drc/drc.lyrdb"),
+        f("output/chip_top.gds"),
+    ]
+    assert [(p, s) for _, p, s in reports_to_read(files)] == [
+        ("12-magic-drc/drc.magic.lyrdb", "Magic.DRC"),
+        ("13-magic-old/drc.magic.rpt", None),
+        ("14-klayout-drc/drc.klayout.lyrdb", "KLayout.DRC"),
+    ]
+    older = [f("run/reports/drc.klayout.lyrdb"), f("run/reports/drc.magic.rpt")]
+    assert [p for _, p, _ in reports_to_read(older)] == ["drc.klayout.lyrdb"]
+
+
+def test_stored_findings_are_written_whole_and_counted_for_the_event(tmp_path: Path) -> None:
+    """The drc case's reports: `findings.json` per report with rules and markers, and the
+    counts the event records (the clean Magic report counts 0)."""
+    files = _kept(tmp_path, "drc")
+    found = store_findings(tmp_path, files)
+    assert found == (
+        FindingsCount("12-magic-drc/drc.magic.lyrdb", "Magic.DRC", 0, 0),
+        FindingsCount("14-klayout-drc/drc.klayout.lyrdb", "KLayout.DRC", 3, 2),
+    )
+    stored = load_findings(tmp_path)
+    assert [r["path"] for r in stored] == [f.path for f in found]
+    de2 = next(r for r in stored[1]["rules"] if r["rule"] == "DE.2")
+    assert de2["count"] == 2 and de2["markers"][0]["kind"] == "edge-pair"
+    assert de2["markers"][0]["points"][0] == [30.0, 100.0]
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_report_that_cannot_be_read_is_recorded_not_raised(tmp_path: Path) -> None:
+    """A damaged database is cut short, a missing one an error: the others are still read."""
+    files = _kept(tmp_path, "density")
+    damaged = tmp_path / "run/10-klayout-antenna/reports/antenna.klayout.lyrdb"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"<report-database><items><item><category>'A'")
+    files.append(OutputFile("run/10-klayout-antenna/reports/antenna.klayout.lyrdb", 1, "0" * 64))
+    files.append(OutputFile("run/14-klayout-drc/reports/drc.klayout.lyrdb", 1, "0" * 64))
+    found = {f.path: f for f in store_findings(tmp_path, files)}
+    assert found["06-klayout-density/density.klayout.lyrdb"].count == 6
+    assert found["10-klayout-antenna/antenna.klayout.lyrdb"].cut_short
+    missing = found["14-klayout-drc/drc.klayout.lyrdb"]
+    assert missing.error.startswith("FileNotFoundError") and missing.count == 0
+
+
+def test_a_run_without_reports_has_no_findings_file(tmp_path: Path) -> None:
+    """Nothing to read: no file, no counts, and loading gives none."""
+    assert store_findings(tmp_path, [OutputFile("run/flow.log", 1, "0" * 64)]) == ()
+    assert not (tmp_path / "findings.json").exists() and load_findings(tmp_path) == []
+
+
+def test_a_huge_database_keeps_a_bounded_number_of_points(tmp_path: Path) -> None:
+    """Many rules of big polygons: counts whole, kept points within the report's budget;
+    and the reading speed, printed."""
+    rules = 300
+    head = (
+        b"<?xml version='1.0'?><report-database><categories>"
+        + b"".join(f"<category><name>R{i}</name></category>".encode() for i in range(rules))
+        + b"</categories><items>"
+    )
+    poly = "polygon: (" + ";".join(f"{i},{i}" for i in range(200)) + ")"
+    value = f"<values><value>{poly}</value></values></item>"
+    items = b"".join(
+        f"<item><category>'R{i % rules}'</category>{value}".encode() for i in range(60_000)
+    )
+    started = time.monotonic()
+    found = read_lyrdb(io.BytesIO(head + items + b"</items></report-database>"), "x", None)
+    took = time.monotonic() - started
+    print(f"{60_000 / took:.0f} items/s")
+    assert found.total == 60_000 and len(found.rules) == rules
+    assert sum(len(m.points) for r in found.rules for m in r.markers) <= MAX_KEPT_POINTS

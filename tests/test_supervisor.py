@@ -351,6 +351,34 @@ async def test_deferred_errors_fail_but_keep_the_output(start_app: StartApp) -> 
     assert r.headers["X-Precheck-Passed"] == "false"
     assert await r.read() == layout
 
+    # The step folders' report databases were read at copy-out (not the run-level copies).
+    found = {f["Path"]: (f["Step"], f["Count"]) for f in doc["Result"]["Findings"]}
+    assert found == {
+        "06-klayout-density/density.klayout.lyrdb": ("KLayout.Density", 0),
+        "10-klayout-antenna/antenna.klayout.lyrdb": ("KLayout.Antenna", 0),
+        "12-magic-drc/drc.magic.lyrdb": ("Magic.DRC", 0),
+        "14-klayout-drc/drc.klayout.lyrdb": ("KLayout.DRC", 3),
+    }
+    r = await api.client.get(f"/api/v1/prechecks/{run_id}/findings", params={"limit": "2"})
+    assert r.status == 200
+    [drc] = [x for x in (await r.json())["Reports"] if x["Count"]]
+    [rule] = drc["Rules"]
+    assert (rule["Count"], rule["Kept"], len(rule["Markers"])) == (3, 3, 2)
+
+
+async def test_a_passed_run_with_magic_drc_errors_says_so(start_app: StartApp) -> None:
+    """magic=2 passes (Magic DRC counts warn, never fail), and the run says so: its warning
+    line, and the Magic report's findings."""
+    api = await start_app()
+    run_id = await api.run(gds("chip_top", "magic=2"))
+    assert (await api.wait(run_id))["Status"] == "completed"
+    result = (await api.get(run_id))["Result"]
+    assert result["Passed"] is True
+    assert result["Warnings"] == {"Count": 1, "Lines": ["2 Magic DRC errors found."]}
+    assert result["Errors"] == {"Count": 0, "Lines": []}
+    found = {f["Path"]: f["Count"] for f in result["Findings"]}
+    assert found["12-magic-drc/drc.magic.lyrdb"] == 2
+
 
 # 5 ---------------------------------------------------------------------------------------------
 

@@ -320,6 +320,10 @@ def test_feeding_blocks_finds_what_feeding_lines_finds(seed: int) -> None:
         "  3 Magic DRC errors found.",
         "12 antenna errors found",
         "",
+        "[21:33:00] WARNING  3 Magic DRC errors found." + " " * 120 + "checker.py:122",
+        "[21:24:56] ERROR    Subprocess had a non-zero exit." + " " * 100 + "step.py:1383",
+        "ERROR    an older image's error line",
+        "WARNING: a tool's own warning, no logger line",
     ]
     log = [rng.choice(interesting) if rng.random() < 0.1 else f"noise {i}" for i in range(400)]
     by_line = OutputFacts().feed_all(log)

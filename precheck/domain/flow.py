@@ -37,3 +37,22 @@ def step_of_folder(folder: str) -> str | None:
     if not dash or not number.isdigit():
         return None
     return _BY_SLUG.get(slug)
+
+
+# Files of the run folder served as reports besides those in a `reports/` folder: the flow's
+# own logs and its final metrics.
+FLOW_FILES = ("flow.log", "warning.log", "error.log", "final/metrics.csv", "final/metrics.json")
+
+
+def report_path(inner: str) -> tuple[str, str | None] | None:
+    """Where a file of the run folder (`14-klayout-drc/reports/drc.klayout.lyrdb`) is served
+    as a report (`14-klayout-drc/drc.klayout.lyrdb`) and the step that wrote it; None for a
+    file that is no report. A run-level `reports/` (older images) is served by name alone."""
+    parts = inner.split("/")
+    if len(parts) >= 2 and parts[0] == "reports":
+        return "/".join(parts[1:]), None
+    if len(parts) >= 3 and parts[1] == "reports":
+        return "/".join([parts[0], *parts[2:]]), step_of_folder(parts[0])
+    if inner in FLOW_FILES:
+        return inner, None
+    return None

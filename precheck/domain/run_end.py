@@ -17,6 +17,7 @@ from precheck.domain.status import RunStatus
 from precheck.domain.verdict import Ending, OutputFacts, decide_verdict, failed_step
 from precheck.events.types import (
     Event,
+    FindingsCount,
     OutputFile,
     RunCancelled,
     RunExited,
@@ -51,6 +52,7 @@ class CopiedOut:
     metrics: dict[str, float | int | str | None]
     skipped: tuple[SkippedFile, ...] = ()
     skipped_more: int = 0  # files not copied out beyond those `skipped` lists
+    findings: tuple[FindingsCount, ...] = ()  # what reading the kept reports found
 
 
 @attrs.frozen
@@ -114,6 +116,10 @@ def exit_events(
             finished_at or now,
             now,
             verdict.detail,
+            tuple(facts.warnings),
+            facts.warning_count,
+            tuple(facts.errors),
+            facts.error_count,
         )
     ]
 
@@ -154,5 +160,6 @@ def stored_events(
             now,
             copied.skipped,
             copied.skipped_more,
+            copied.findings,
         )
     ]

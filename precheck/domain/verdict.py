@@ -26,10 +26,26 @@ MAX_TOOL_LINES = 50  # of those repeated lines, at most this many are looked at
 KILLED = "Interrupted (SIGKILL)"
 # ANSI colour sequences, printed when the image runs with `TERM` set: never part of a fact.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# The flow's logger lines of these levels: `[21:24:33] WARNING  3 Magic DRC errors found.`,
+# padded to the terminal's width with the source reference (`checker.py:122`) at its end. The
+# time is left out by older images; the level is followed by two spaces or more (a tool's own
+# `WARNING: ...` is no logger line).
+_LOGGED = re.compile(r"(?:\[\d\d:\d\d:\d\d\] )?(?P<level>WARNING|ERROR) {2,}(?=\S)")
+_SOURCE = re.compile(r"[\w.-]{1,200}\.py:\d{1,9}")
+MAX_LOGGED = 20  # warning and error lines kept of each level (all are counted)
+MAX_LOGGED_TEXT = 500  # characters kept of each
 # A line `OutputFacts.feed` acts on holds one of these (unless it follows the failure or
 # deferred-errors line, or is one of the repeated lines), so a block of lines holding none is
-# passed over whole.
-_MARKERS = ("Running '", SUCCESS_LINE, FAILURE_LINE, DEFERRED_LINE, "line(s):")
+# passed over whole. A logger line's level is followed by a space even when coloured.
+_MARKERS = (
+    "Running '",
+    SUCCESS_LINE,
+    FAILURE_LINE,
+    DEFERRED_LINE,
+    "line(s):",
+    "WARNING ",
+    "ERROR ",
+)
 
 
 @attrs.frozen
@@ -78,6 +94,10 @@ class OutputFacts:
     deferred: dict[str, int] = attrs.Factory(dict)
     reason: str = ""  # the line after the failure line: the flow's exception
     tool_error: str = ""  # the failed tool's own line, from the lines the flow repeats
+    warnings: list[str] = attrs.Factory(list)  # the flow's first WARNING lines, trimmed
+    warning_count: int = 0
+    errors: list[str] = attrs.Factory(list)  # the flow's first ERROR lines, trimmed
+    error_count: int = 0
     _in_deferred: bool = False
     _after_failure: bool = False
     _repeated_left: int = 0  # repeated lines of a failed subprocess still to come
@@ -95,6 +115,8 @@ class OutputFacts:
             if not any(s.folder == step.folder for s in self.steps):
                 self.steps.append(step)
             return step
+        if "WARNING " in text or "ERROR " in text:
+            self._take_logged(text)
         stripped = text.strip()
         if self._after_failure and stripped:
             # The reason may itself be the deferred-errors heading: read on.
@@ -113,6 +135,25 @@ class OutputFacts:
         elif len(stripped) <= MAX_FACT_LINE and (m := _LAST_LINES.search(stripped)):
             self._repeated_left, self._repeated = min(int(m["n"]), MAX_TOOL_LINES), []
         return None
+
+    def _take_logged(self, text: str) -> None:
+        """A WARNING or ERROR line of the flow's logger: counted, and kept among the first
+        ones without its padding and source reference."""
+        m = _LOGGED.match(text)
+        if m is None:
+            return
+        rest = text[m.end() : m.end() + 2 * MAX_LOGGED_TEXT].rstrip()
+        head, space, last = rest.rpartition(" ")
+        if space and _SOURCE.fullmatch(last):
+            rest = head.rstrip()
+        if m["level"] == "WARNING":
+            self.warning_count += 1
+            kept = self.warnings
+        else:
+            self.error_count += 1
+            kept = self.errors
+        if len(kept) < MAX_LOGGED:
+            kept.append(rest[:MAX_LOGGED_TEXT])
 
     def _take_repeated(self, text: str) -> None:
         """One of the lines the flow repeats from a failed subprocess; after the last, the

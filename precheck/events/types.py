@@ -251,6 +251,10 @@ class RunExited:
     finished_at: datetime
     at: datetime
     detail: str = ""  # the flow's own exception, when `error` gives the failed tool's words
+    warnings: tuple[str, ...] = ()  # the flow's first WARNING lines, trimmed
+    warning_count: int = 0  # all of them
+    errors: tuple[str, ...] = ()  # the flow's first ERROR lines, trimmed
+    error_count: int = 0  # all of them
 
 
 @attrs.frozen
@@ -284,6 +288,21 @@ class SkippedFile:
 
 
 @attrs.frozen
+class FindingsCount:
+    """What reading one kept report found, in counts: its path as `/reports` serves it, the
+    step that wrote it, markers over all rules, rules that fired; `cut_short` when the reading
+    stopped early (a cap, a damaged file: the counts are at least these), `error` when it
+    could not be read at all."""
+
+    path: str
+    step: str | None
+    count: int
+    rules: int
+    cut_short: bool = False
+    error: str = ""
+
+
+@attrs.frozen
 class RunOutputsStored:
     """An exited run's outputs are in `runs/<id>/`: nothing more will be recorded about it."""
 
@@ -295,6 +314,7 @@ class RunOutputsStored:
     at: datetime
     skipped: tuple[SkippedFile, ...] = ()  # what was not copied out (caps, bulk), the first
     skipped_more: int = 0  # files not copied out beyond those `skipped` lists
+    findings: tuple[FindingsCount, ...] = ()  # per report read (`runs/<id>/findings.json`)
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ import attrs
 from precheck.domain.status import ACTIVE, ENDED, RunStatus
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
+    FindingsCount,
     OutputFile,
     Preflight,
     RunCancelled,
@@ -75,6 +76,11 @@ class RunResult:
     metrics: dict[str, float | int | str | None] = attrs.field(factory=dict)
     oom_killed: bool = False
     detail: str = ""  # the flow's own exception, when the error gives the tool's words
+    findings: tuple[FindingsCount, ...] = ()  # per report read at copy-out
+    warnings: tuple[str, ...] = ()  # the flow's first WARNING lines
+    warning_count: int = 0
+    errors: tuple[str, ...] = ()  # the flow's first ERROR lines
+    error_count: int = 0
 
 
 @attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.replacer`)
@@ -221,6 +227,10 @@ def _exited(e: RunExited) -> dict[str, Any]:
         deferred_errors=e.deferred_errors,
         oom_killed=e.oom_killed,
         detail=e.detail,
+        warnings=e.warnings,
+        warning_count=e.warning_count,
+        errors=e.errors,
+        error_count=e.error_count,
     )
     # The verdict is known, the outputs not yet stored: not final until `RunOutputsStored`.
     return dict(
@@ -242,7 +252,9 @@ def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
         skipped=e.skipped,
         skipped_more=e.skipped_more,
         settled=True,
-        result=_replace_result(result, failed_step=e.failed_step, metrics=e.metrics),
+        result=_replace_result(
+            result, failed_step=e.failed_step, metrics=e.metrics, findings=e.findings
+        ),
     )
 
 

@@ -25,6 +25,7 @@ MAX_MARKERS = 100  # markers kept per rule
 MAX_POINTS = 256  # points kept per marker
 MAX_RULES = 1000  # rules kept per report
 MAX_TEXT = 2000  # characters of a description kept
+MAX_KEPT_POINTS = 100_000  # points of markers kept per report, over all its rules
 SECONDS = 30.0  # reading one report stops after this, its counts so far marked cut short
 
 Point = tuple[float, float]
@@ -56,7 +57,8 @@ class ReportFindings:
     path: str  # the report's path as `/reports` serves it
     step: str | None
     rules: tuple[RuleFindings, ...]
-    cut_short: bool = False  # the time cap ended the reading: counts are at least these
+    cut_short: bool = False  # a cap or damage ended the reading: counts are at least these
+    error: str = ""  # why the report could not be read at all
 
     @property
     def total(self) -> int:
@@ -67,14 +69,20 @@ class ReportFindings:
 class _Rule:
     """A rule being counted."""
 
-    def __init__(self, name: str, description: str = "") -> None:
+    def __init__(self, name: str, description: str, budget: list[int]) -> None:
         self.name, self.description = name, description
         self.count = 0
         self.markers: list[Marker] = []
+        self.budget = budget  # points the report may still keep, shared by its rules
 
     def add(self, marker: Marker | None) -> None:
         self.count += 1
-        if marker is not None and len(self.markers) < MAX_MARKERS:
+        if (
+            marker is not None
+            and len(self.markers) < MAX_MARKERS
+            and self.budget[0] >= len(marker.points)
+        ):
+            self.budget[0] -= len(marker.points)
             self.markers.append(marker)
 
     def done(self) -> RuleFindings:
@@ -86,11 +94,12 @@ class _Rules:
 
     def __init__(self) -> None:
         self.by_name: dict[str, _Rule] = {}
+        self.budget = [MAX_KEPT_POINTS]
 
     def get(self, name: str, description: str = "") -> _Rule | None:
         rule = self.by_name.get(name)
         if rule is None and len(self.by_name) < MAX_RULES:
-            rule = self.by_name[name] = _Rule(name, description[:MAX_TEXT])
+            rule = self.by_name[name] = _Rule(name, description[:MAX_TEXT], self.budget)
         elif rule is not None and description and not rule.description:
             rule.description = description[:MAX_TEXT]
         return rule
@@ -168,6 +177,9 @@ def _item(elem: ET.Element, rules: _Rules) -> None:
     if rule is None:
         return
     marker = None
+    if len(rule.markers) >= MAX_MARKERS or rule.budget[0] <= 0:
+        rule.add(None)  # counted only: its markers are no longer kept
+        return
     for value in elem.iterfind("values/value"):
         marker = parse_marker(value.text or "")
         if marker is not None:
@@ -211,11 +223,13 @@ def _lines(f: IO[bytes], limit: int = 1 << 16) -> Iterator[bytes]:
         yield line
 
 
-def read_report(file: Path, path: str, step: str | None) -> ReportFindings | None:
+def read_report(
+    file: Path, path: str, step: str | None, seconds: float = SECONDS
+) -> ReportFindings | None:
     """The findings of one kept report; None for a file that is no report database."""
     readers = {".lyrdb": read_lyrdb, ".rpt": read_magic_rpt}
     reader = readers.get(file.suffix)
     if reader is None:
         return None
     with file.open("rb") as f:
-        return reader(f, path, step)
+        return reader(f, path, step, seconds)

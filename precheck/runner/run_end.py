@@ -7,6 +7,7 @@ next one while a big layout is still being copied out.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -19,6 +20,7 @@ from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.runner.copy_out import Caps, copy_out
 from precheck.runner.engine import ContainerState, Engine
+from precheck.runner.findings_file import store_findings
 from precheck.runner.output_capture import stored_facts
 from precheck.runner.recorder import Recorder
 from precheck.storage.docker_time import docker_datetime
@@ -95,6 +97,11 @@ class RunEnd:
         copied = None
         if engine is not None and container is not None:
             copied = await copy_out(engine, self.storage, run, container.id, self.caps)
+            # The reports' findings, read in a thread (a big database takes seconds) and
+            # written to `findings.json` before the event that counts them.
+            run_dir = self.storage.run_dir(run.id)
+            found = await asyncio.to_thread(store_findings, run_dir, copied.files)
+            copied = attrs.evolve(copied, findings=found)
         # 5. What was stored: nothing more will be recorded about the run.
         await self.recorder.append_for(
             run_id, lambda r: stored_events(r, facts, copied, self.clock())

@@ -1,6 +1,8 @@
 // The Precheck page: upload, start runs, follow them live. One SSE connection at a time:
 // the audit feed on the home page, the run's own stream (changes and log) on a run page.
 
+import Panzoom from "./panzoom.es.js"; // vendored from the npm registry, MIT (panzoom.LICENSE.txt)
+
 const $ = (id) => document.getElementById(id);
 const KEY = "precheck.apiKey";
 let source = null; // the one open EventSource
@@ -836,14 +838,190 @@ async function showVerdict(v, doc) {
     list.append(link(label, `${v.base}/reports/${where}`, rep.Name));
   }
   list.append(link("debug tarball", `/api/v1/debug/prechecks/${encodeURIComponent(doc.Id)}`, `precheck-${doc.Id}.tar.gz`));
+  showNotes(r);
   const png = await fetch(`${v.base}/render`, { headers: headers() });
+  let url = null;
   if (png.ok && view === v) {
-    const url = URL.createObjectURL(await png.blob());
+    url = URL.createObjectURL(await png.blob());
     $("render").src = url;
     $("render-link").href = url;
     $("render").hidden = false;
     $("render-link").hidden = false;
   }
+  if (view === v) await showFindings(v, doc, url);
+}
+
+// The flow's warning and error lines, above the log: a passed run may warn (Magic DRC).
+function showNotes(r) {
+  const warnings = r?.Warnings || { Count: 0, Lines: [] };
+  const errors = r?.Errors || { Count: 0, Lines: [] };
+  for (const [what, seen] of [["warnings", warnings], ["errors", errors]]) {
+    $(`${what}-box`).hidden = !seen.Count;
+    const more = seen.Count > seen.Lines.length ? ` (the first ${seen.Lines.length} shown)` : "";
+    $(`${what}-count`).textContent = `${seen.Count}${more}`;
+    $(what).replaceChildren(...seen.Lines.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
+  }
+  $("notes").hidden = !warnings.Count && !errors.Count;
+}
+
+// Die sizes of the slots in µm, as the server's pre-flight has them: the render's extent when
+// the upload's own box is gone.
+const SLOT_SIZES = { "1x1": [3932, 5122], "0p5x1": [1936, 5122], "1x0p5": [3932, 2531], "0p5x0p5": [1936, 2531] };
+
+// The die box in µm the render shows: the top cell's box as the upload's reading found it,
+// else the slot's die at the origin.
+async function dieBox(doc) {
+  try {
+    const upload = await api(`/api/v1/uploads/${encodeURIComponent(doc.Config.Labels.upload_id)}`);
+    const cell = (upload.Layout?.TopCells || []).find((c) => c.Name === doc.Config.Labels.top_cell);
+    if (cell?.BBox && cell.BBox.Right > cell.BBox.Left && cell.BBox.Top > cell.BBox.Bottom) return cell.BBox;
+  } catch { /* the upload is gone: the slot's size */ }
+  const size = SLOT_SIZES[doc.Config.Labels.slot];
+  return size ? { Left: 0, Bottom: 0, Right: size[0], Top: size[1] } : null;
+}
+
+async function showFindings(v, doc, renderUrl) {
+  const found = doc.Result?.Findings || [];
+  $("findings-card").hidden = !found.length;
+  $("findings").replaceChildren();
+  $("markers").replaceChildren();
+  $("marker-list").replaceChildren();
+  $("marker-title").textContent = "";
+  $("findings-render").hidden = !renderUrl;
+  if (renderUrl) $("findings-render").src = renderUrl;
+  if (!found.length) return;
+  const total = found.reduce((n, f) => n + f.Count, 0);
+  $("findings-summary").textContent = `${total} marker${total === 1 ? "" : "s"} in ${found.length} report${found.length === 1 ? "" : "s"}`;
+  let data;
+  try { data = await api(`${v.base}/findings?limit=0`); } catch { return; }
+  if (view !== v) return;
+  v.die = await dieBox(doc);
+  if (view !== v) return;
+  for (const rep of data.Reports) {
+    const box = document.createElement("div");
+    box.className = "check";
+    box.dataset.path = rep.Path;
+    const h = Object.assign(document.createElement("h4"), { textContent: `${rep.Step || "report"}: ${rep.Path}` });
+    box.append(h);
+    if (rep.Error) box.append(Object.assign(document.createElement("p"), { className: "cut", textContent: `not read: ${rep.Error}` }));
+    else if (rep.CutShort) box.append(Object.assign(document.createElement("p"), { className: "cut", textContent: "read in part: the counts are at least these" }));
+    if (!rep.Rules.length && !rep.Error) box.append(Object.assign(document.createElement("p"), { className: "clear", textContent: "clear: no rule fired" }));
+    if (rep.Rules.length) {
+      const table = document.createElement("table");
+      table.createTHead().insertRow().append(...["Rule", "Count", "Description", ""].map((t) => Object.assign(document.createElement("th"), { textContent: t })));
+      const body = table.createTBody();
+      for (const rule of rep.Rules) {
+        const tr = body.insertRow();
+        tr.dataset.rule = rule.Rule;
+        tr.insertCell().textContent = rule.Rule;
+        tr.insertCell().textContent = rule.Count;
+        tr.insertCell().textContent = rule.Description;
+        const show = Object.assign(document.createElement("button"), { type: "button", textContent: "show" });
+        show.addEventListener("click", () => showRule(v, rep, rule, tr));
+        tr.insertCell().append(show);
+      }
+      box.append(table);
+    }
+    $("findings").append(box);
+  }
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function fmt(x) { return String(Math.round(x * 1000) / 1000); }
+
+// A marker as KLayout writes it: `edge-pair: (x,y;x,y)|(x,y;x,y)`, `box: (x,y;x,y)`, ...
+function markerText(m) {
+  const pts = m.Points.map(([x, y]) => `${fmt(x)},${fmt(y)}`);
+  if (m.Kind === "edge-pair" && pts.length === 4) return `edge-pair: (${pts[0]};${pts[1]})|(${pts[2]};${pts[3]})`;
+  return `${m.Kind}: (${pts.join(";")})`;
+}
+
+async function showRule(v, rep, rule, row) {
+  for (const tr of document.querySelectorAll("#findings tr.chosen")) tr.classList.remove("chosen");
+  row.classList.add("chosen");
+  let data;
+  const q = new URLSearchParams({ report: rep.Path, rule: rule.Rule, limit: "1000" });
+  try { data = await api(`${v.base}/findings?${q}`); } catch (err) { $("marker-title").textContent = err.message; return; }
+  if (view !== v) return;
+  const markers = data.Reports[0]?.Rules[0]?.Markers || [];
+  const kept = markers.length < rule.Count ? `the first ${markers.length} of ${rule.Count}` : `${rule.Count}`;
+  $("marker-title").textContent = `${rule.Rule}: ${kept} marker${rule.Count === 1 ? "" : "s"} (µm)`;
+  $("marker-list").replaceChildren(...markers.map((m, i) => {
+    const li = Object.assign(document.createElement("li"), { textContent: markerText(m) });
+    li.addEventListener("click", () => goToMarker(v, i, li));
+    return li;
+  }));
+  v.centres = drawMarkers(v, markers);
+  zoom().reset({ animate: false });
+}
+
+// Zoom and pan on the render and its markers together, made once for the page.
+let panzoom = null;
+function zoom() {
+  if (!panzoom) {
+    panzoom = Panzoom($("render-box"), { maxScale: 64, step: 0.3 });
+    $("render-frame").addEventListener("wheel", panzoom.zoomWithWheel);
+    $("zoom-reset").addEventListener("click", () => panzoom.reset());
+  }
+  return panzoom;
+}
+
+// Centre the marker's place at a close zoom (the render's pixels are several µm).
+function goToMarker(v, i, li) {
+  for (const el of document.querySelectorAll("#marker-list li.chosen")) el.classList.remove("chosen");
+  li.classList.add("chosen");
+  const c = v.centres?.[i];
+  if (!c) return;
+  const img = $("findings-render"), box = $("render-box");
+  const scale = box.clientWidth / (img.naturalWidth || box.clientWidth);
+  const pz = zoom();
+  pz.zoom(16, { animate: false });
+  pz.pan(box.clientWidth / 2 - c[0] * scale, box.clientHeight / 2 - c[1] * scale, { animate: false });
+}
+
+// Markers over the render: the render is the die box, so µm map linearly to its pixels (y up
+// in the layout, down in the image). Without a die box, the markers' own extent is used.
+function drawMarkers(v, markers) {
+  const svg = $("markers");
+  svg.replaceChildren();
+  const img = $("findings-render");
+  const w = img.naturalWidth || 4096, h = img.naturalHeight || 4096;
+  let box = v.die;
+  if (!box) {
+    const xs = markers.flatMap((m) => m.Points.map((p) => p[0])), ys = markers.flatMap((m) => m.Points.map((p) => p[1]));
+    if (!xs.length) return [];
+    box = { Left: Math.min(...xs), Right: Math.max(...xs), Bottom: Math.min(...ys), Top: Math.max(...ys) };
+    if (box.Right === box.Left) box.Right = box.Left + 1;
+    if (box.Top === box.Bottom) box.Top = box.Bottom + 1;
+  }
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  const centres = []; // each marker's centre in the render's pixels
+  const px = ([x, y]) => [((x - box.Left) / (box.Right - box.Left)) * w, ((box.Top - y) / (box.Top - box.Bottom)) * h];
+  for (const m of markers) {
+    const pts = m.Points.map(px);
+    if (!pts.length) { centres.push(null); continue; }
+    let shape;
+    if (m.Kind === "box" && pts.length === 2) {
+      const [[x1, y1], [x2, y2]] = pts;
+      shape = document.createElementNS(SVG, "rect");
+      shape.setAttribute("x", Math.min(x1, x2)); shape.setAttribute("y", Math.min(y1, y2));
+      shape.setAttribute("width", Math.abs(x2 - x1)); shape.setAttribute("height", Math.abs(y2 - y1));
+    } else {
+      shape = document.createElementNS(SVG, m.Kind === "polygon" ? "polygon" : "polyline");
+      shape.setAttribute("points", pts.map(([x, y]) => `${x},${y}`).join(" "));
+    }
+    shape.setAttribute("class", "shape");
+    svg.append(shape);
+    // A ring around it: a marker of a few µm is smaller than a pixel of the render.
+    const cx = pts.reduce((a, p) => a + p[0], 0) / pts.length, cy = pts.reduce((a, p) => a + p[1], 0) / pts.length;
+    const ring = document.createElementNS(SVG, "circle");
+    ring.setAttribute("cx", cx); ring.setAttribute("cy", cy); ring.setAttribute("r", Math.max(w, h) / 100);
+    ring.setAttribute("class", "spot");
+    svg.append(ring);
+    centres.push([cx, cy]);
+  }
+  return centres;
 }
 
 async function showRun(id, line) {
@@ -867,6 +1045,8 @@ async function showRun(id, line) {
   $("cancel-run").hidden = true;
   $("rerun").hidden = true;
   $("verdict").hidden = true;
+  $("findings-card").hidden = true;
+  $("notes").hidden = true;
   $("render").hidden = true;
   $("render-link").hidden = true;
   $("run-progress").value = 0;

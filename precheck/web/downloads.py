@@ -11,7 +11,7 @@ import attrs
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from precheck.domain.flow import step_of_folder
+from precheck.domain.flow import report_path
 from precheck.domain.status import RunStatus
 from precheck.errors import Conflict, NotFound
 from precheck.events.types import OutputFile
@@ -116,11 +116,6 @@ async def get_render(request: web.Request) -> web.StreamResponse:
     return _serve(request, _run_dir(request, run) / png.path, png.sha256, Path(png.path).name)
 
 
-# Files of the run folder served as reports besides those in a `reports/` folder: the flow's
-# own logs and its final metrics.
-FLOW_FILES = ("flow.log", "warning.log", "error.log", "final/metrics.csv", "final/metrics.json")
-
-
 @attrs.frozen
 class Report:
     """A report kept from a run: the step that wrote it (None: the flow itself), its name, a
@@ -139,19 +134,10 @@ def reports_of(run: RunRecord) -> dict[str, Report]:
     prefix = f"{RUN_FOLDER}/"
     found: dict[str, Report] = {}
     for f in run.files:
-        if not f.path.startswith(prefix):
-            continue
-        inner = f.path[len(prefix) :]
-        parts = inner.split("/")
-        if len(parts) >= 2 and parts[0] == "reports":
-            path, step = "/".join(parts[1:]), None
-        elif len(parts) >= 3 and parts[1] == "reports":
-            path, step = "/".join([parts[0], *parts[2:]]), step_of_folder(parts[0])
-        elif inner in FLOW_FILES:
-            path, step = inner, None
-        else:
-            continue
-        found[path] = Report(step, parts[-1], path, f)
+        served = report_path(f.path[len(prefix) :]) if f.path.startswith(prefix) else None
+        if served is not None:
+            path, step = served
+            found[path] = Report(step, f.path.rsplit("/", 1)[-1], path, f)
     return found
 
 

@@ -10,7 +10,7 @@ from precheck.domain.preflight import slot_of
 from precheck.domain.status import ENDED, RunStatus
 from precheck.events.codec import iso, to_jsonable
 from precheck.events.store import RecordedEvent
-from precheck.events.types import Preflight, PreflightCheck, UploadInspected
+from precheck.events.types import FindingsCount, Preflight, PreflightCheck, UploadInspected
 from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
@@ -178,6 +178,11 @@ def run_document(
                 "Metrics": v.metrics,
                 # The flow's own exception, where `State.Error` gives the failed tool's words.
                 "Detail": v.detail or None,
+                # What reading each kept report found (`/findings` has the rules and markers).
+                "Findings": findings_counts(v.findings),
+                # The flow's WARNING and ERROR lines (Magic's DRC counts warn, never fail).
+                "Warnings": {"Count": v.warning_count, "Lines": list(v.warnings)},
+                "Errors": {"Count": v.error_count, "Lines": list(v.errors)},
             }
             if v
             else None
@@ -185,6 +190,21 @@ def run_document(
         "Preflight": preflight_document(run.preflight),
     }
     return doc
+
+
+def findings_counts(found: tuple[FindingsCount, ...]) -> list[dict[str, Any]]:
+    """A run's `Result.Findings`: per report read, its markers and rules that fired."""
+    return [
+        {
+            "Path": f.path,
+            "Step": f.step,
+            "Count": f.count,
+            "Rules": f.rules,
+            "CutShort": f.cut_short,
+            "Error": f.error or None,
+        }
+        for f in found
+    ]
 
 
 def attempt_documents(run: RunRecord) -> list[dict[str, Any]]:
