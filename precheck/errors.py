@@ -44,3 +44,8 @@ class PreflightFailed(PrecheckError):
     def __init__(self, message: str, checks: tuple[object, ...]) -> None:
         super().__init__(message)
         self.checks = checks
+
+
+class TargetRefused(PrecheckError):
+    """A notification target the operator does not allow (`[notify] allowed_hosts`,
+    `allowed_email_domains`)."""

@@ -16,6 +16,7 @@ from precheck.errors import (
     NotJson,
     PrecheckError,
     PreflightFailed,
+    TargetRefused,
     TooLarge,
     TooMany,
 )
@@ -34,6 +35,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 STATUS: list[tuple[type[Exception], int]] = [
     (PreflightFailed, 422),
+    (TargetRefused, 422),
     (NotFound, 404),
     (NotJson, 415),
     (TooLarge, 413),
