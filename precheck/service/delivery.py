@@ -175,6 +175,11 @@ async def send_email(settings: SmtpSettings, to: str, body: dict[str, Any]) -> O
             timeout=settings.timeout,
             tls_context=context,
         )
+    except aiosmtplib.SMTPRecipientsRefused as e:  # the one recipient, refused
+        first = e.recipients[0] if e.recipients else None
+        code = first.code if first is not None else None
+        why = f"{first.code} {first.message}" if first is not None else str(e)
+        return Outcome(False, code, f"the mail server refused the recipient: {why}"[:500])
     except aiosmtplib.SMTPResponseException as e:
         return Outcome(False, e.code, f"the mail server refused: {e.code} {e.message}"[:500])
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
