@@ -51,6 +51,7 @@ class Receiver:
     got: list[Received] = attrs.field(factory=list)
     answers: list[int] = attrs.field(factory=list)
     arrived: asyncio.Event = attrs.field(factory=asyncio.Event)
+    held: asyncio.Event | None = None  # while unset, requests are taken but not answered
 
     @property
     def url(self) -> str:
@@ -78,6 +79,8 @@ async def start_receiver(
         lower = {k.lower(): v for k, v in headers.items()}
         receiver.got.append(Received(lower, body, verify(SECRET, lower, body)))
         receiver.arrived.set()
+        if receiver.held is not None:
+            await receiver.held.wait()
         status = receiver.answers.pop(0) if receiver.answers else 200
         if 300 <= status < 400:
             raise web.HTTPFound("/elsewhere")
