@@ -46,6 +46,7 @@ class PreflightFailed(PrecheckError):
         self.checks = checks
 
 
-class TargetRefused(PrecheckError):
+class TargetRefused(Invalid):
     """A notification target the operator does not allow (`[notify] allowed_hosts`,
-    `allowed_email_domains`)."""
+    `allowed_email_domains`): a 400 like any bad value, since 422 tells a client that the
+    layout fails pre-flight."""

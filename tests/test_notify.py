@@ -138,17 +138,17 @@ async def test_malformed_targets_are_400_and_queue_nothing(
         ),
     ],
 )
-async def test_targets_the_operator_does_not_allow_are_422(
+async def test_targets_the_operator_does_not_allow_are_400(
     aiohttp_client: AiohttpClient,
     notify_config: Callable[..., Config],
     notify: Any,
     table: dict[str, Any],
     message: str,
 ) -> None:
-    """Webhooks are off until hosts are listed; other hosts and domains are refused: 422."""
+    """Webhooks are off until hosts are listed; other hosts and domains are refused: 400."""
     client = await aiohttp_client(create_app(notify_config(**table), run_containers=False))
     r = await queue(client, notify)
-    assert r.status == 422, await r.text()
+    assert r.status == 400, await r.text()
     assert message in (await r.json())["message"]
     assert client.app[keys.PROJECTIONS].runs.by_id == {}
 

@@ -16,7 +16,6 @@ from precheck.errors import (
     NotJson,
     PrecheckError,
     PreflightFailed,
-    TargetRefused,
     TooLarge,
     TooMany,
 )
@@ -35,7 +34,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 STATUS: list[tuple[type[Exception], int]] = [
     (PreflightFailed, 422),
-    (TargetRefused, 422),
     (NotFound, 404),
     (NotJson, 415),
     (TooLarge, 413),
