@@ -108,6 +108,7 @@ def check(sub: Subscription, policy: Policy) -> None:
 
 def host_allowed(host: str, policy: Policy) -> bool:
     """Is a webhook URL's host listed: by name, by a `*.` suffix, or as an IP in a listed CIDR?"""
+    host = host.lower()
     address = _address(host)
     if address is not None:
         return any(address in n for n in policy.networks)
