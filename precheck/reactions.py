@@ -63,7 +63,14 @@ REACTIONS: tuple[Reaction, ...] = (
     ),
     Reaction(
         "notifier",
-        ("run.", "notification."),
+        (
+            "run.outputs-stored",
+            "run.cancelled",
+            "run.failed-to-start",
+            "run.finish-failed",
+            "run.deleted",
+            "notification.",
+        ),
         "tell each ended run's subscribers by webhook or email, at least once, retried",
     ),
     Reaction(

@@ -205,3 +205,20 @@ async def test_a_refused_recipient_is_retried(
     assert isinstance(failed, NotificationFailed) and isinstance(sent, NotificationSent)
     assert failed.status_code == 550 and "550" in failed.error
     assert box.messages[0][0]["From"].startswith("precheck@")
+
+
+def test_a_file_name_cannot_add_mail_headers() -> None:
+    """The client's file name goes into the subject as one line: no header can be injected."""
+    from precheck.service.delivery import message
+
+    data = {
+        "id": "r1",
+        "status": "failed",
+        "error": "",
+        "verdict": None,
+        "input": {"name": "chip.gds\r\nBcc: someone@example.org", "sha256": "00"},
+        "links": {"page": "http://127.0.0.1/#/runs/r1"},
+    }
+    msg = message("pc@example.org", "dev@example.org", {"data": data})
+    assert msg["Bcc"] is None
+    assert "\n" not in msg["Subject"] and "Bcc" in msg["Subject"]

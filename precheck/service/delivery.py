@@ -143,7 +143,8 @@ def message(sender: str, to: str, body: dict[str, Any]) -> email.message.EmailMe
     msg = email.message.EmailMessage()
     msg["From"] = sender
     msg["To"] = to
-    msg["Subject"] = f"Precheck {data['status']}: {data['input']['name']}"[:200]
+    subject = f"Precheck {data['status']}: {data['input']['name']}"[:200]
+    msg["Subject"] = "".join(c if c.isprintable() else "?" for c in subject)  # one header line
     msg["Date"] = email.utils.formatdate(usegmt=True)
     msg["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or None)
     msg.set_content("\n".join(lines) + "\n")

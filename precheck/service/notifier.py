@@ -174,6 +174,16 @@ class Notifier:
             self._held[key] = self.clock() + timedelta(seconds=HOLD_SECONDS)
 
     async def _send(self, d: Delivery, msg_id: str, body: dict[str, object]) -> Outcome:
+        try:
+            return await self._send_one(d, msg_id, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # A failed attempt all the same: recorded, so the schedule (and its end) applies.
+            log.exception("notification %d of run %s: the attempt raised", d.number, d.run_id)
+            return Outcome(False, None, f"{type(e).__name__}: {e}"[:500])
+
+    async def _send_one(self, d: Delivery, msg_id: str, body: dict[str, object]) -> Outcome:
         raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         if d.subscription.kind == "webhook":
             return await self.webhooks.send(
