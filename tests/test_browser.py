@@ -628,3 +628,35 @@ async def test_page_shows_pre_flight_before_start(
     assert run["Config"]["Labels"]["top_cell"] == "no_such_top"
     assert (run["Preflight"]["Mode"], run["Preflight"]["Status"]) == ("warn", "failed")
     assert seen["shot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_run_page_shows_whom_the_end_was_told(
+    browser: Browser,
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+) -> None:
+    """An ended run's page lists its notifications: target (redacted) and how each stands."""
+    from precheck.config import NotifyConfig
+    from tests.notify_receivers import SECRET, start_receiver
+
+    receiver = await start_receiver()
+    url = receiver.url
+    try:
+        notify = NotifyConfig(allowed_hosts=("127.0.0.1",), webhook_secret=SECRET)
+        api = await start_app(attrs.evolve(sim_config(), notify=notify))
+        upload_id = await api.upload(gds("chip_top"), "chip_top.gds")
+        run = await api.create(upload_id, notify=[{"webhook": receiver.url + "?token=x"}])
+        await api.wait(run["Id"])
+        await receiver.wait(1, 30)
+        browser.point_at(api.client)
+
+        def look() -> str:
+            browser.open(f"#/runs/{run['Id']}")
+            browser.until_visible("notifications")
+            browser.until_text("notification-list", "delivered")
+            return str(browser.find("notification-list").text)
+
+        shown = await browser.drive(look, 60)
+    finally:
+        await receiver.server.close()
+    assert shown == f"webhook {url}: delivered (1 attempt)"
