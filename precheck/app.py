@@ -11,6 +11,7 @@ from aiohttp import web
 
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
+from precheck.domain.notify import Schedule, secret_key
 from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
 from precheck.layout.reading import Limits
@@ -19,9 +20,11 @@ from precheck.reactions import Reactions
 from precheck.runner.engine import Engine, engine_for
 from precheck.runner.supervisor import Supervisor
 from precheck.service.command_handler import CommandHandler
+from precheck.service.delivery import SmtpSettings, Webhooks
 from precheck.service.layout_inspector import LayoutInspector
 from precheck.service.leftovers import settle_leftovers
 from precheck.service.metrics import Metrics
+from precheck.service.notifier import Notifier
 from precheck.service.run_announcer import RunAnnouncer
 from precheck.service.upload_expiry import SERVER, UploadExpiry
 from precheck.storage.files import Storage
@@ -37,6 +40,7 @@ from precheck.web import (
     health,
     keys,
     metrics,
+    notifications,
     openapi,
     output_lines,
     page,
@@ -46,6 +50,7 @@ from precheck.web import (
 from precheck.web.auth import Authenticator
 from precheck.web.held import HELD, Held
 from precheck.web.middleware import context
+from precheck.web.notify_policy import notify_policy
 from precheck.web.same_site import allowed_hosts
 from precheck.web.sse import close_revoked_streams, line_message, stop_streams
 
@@ -80,6 +85,7 @@ def create_app(
     app.cleanup_ctx.append(_upload_expiry)
     if config.preflight.enabled:
         app.cleanup_ctx.append(_layout_inspector)
+    app.cleanup_ctx.append(_notifier)
     if run_containers:
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
@@ -94,6 +100,7 @@ def create_app(
         findings,
         audit,
         metrics,
+        notifications,
         openapi,
         page,
         cleanup,
@@ -160,6 +167,44 @@ async def _layout_inspector(app: web.Application) -> AsyncIterator[None]:
     app[keys.REACTIONS].attach("layout inspector", inspector.on_event)
     # Stopping it kills the readings under way; their uploads stay pending, read at next start.
     async with background(inspector.run(), "layout-inspector"):
+        yield
+
+
+async def _notifier(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    n = config.notify
+    smtp = n.smtp
+    notifier = Notifier(
+        app[keys.STORE],
+        app[keys.PROJECTIONS],
+        app[keys.CLOCK],
+        base_url=n.base_url or f"http://{config.server.host}:{config.server.port}",
+        schedule=Schedule(n.retry_first_seconds, n.retry_max_seconds, n.give_up_hours * 3600),
+        webhooks=Webhooks(
+            notify_policy(n),
+            secret_key(n.webhook_secret),
+            n.timeout_seconds,
+            n.max_response_kib << 10,
+        ),
+        smtp=SmtpSettings(
+            smtp.host,
+            smtp.port,
+            smtp.starttls,
+            smtp.tls,
+            smtp.user,
+            smtp.password,
+            smtp.sender,
+            smtp.ca_file,
+            n.timeout_seconds,
+        )
+        if smtp.host
+        else None,
+        max_concurrent=n.max_concurrent,
+    )
+    app[keys.NOTIFIER] = notifier
+    app[keys.REACTIONS].attach("notifier", notifier.on_event)
+    # An attempt cut by the stop is not recorded: it is made again at the next start.
+    async with background(notifier.run(), "notifier"):
         yield
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -11,7 +13,7 @@ from typing import Any
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, override
 
 SLOTS = ("1x1", "0p5x1", "1x0p5", "0p5x0p5")
 PULL_POLICIES = ("missing", "always", "never")
@@ -145,6 +147,51 @@ class PreflightConfig:
 
 
 @attrs.frozen
+class SmtpConfig:
+    """The `[notify.smtp]` table: the mail server emails go out through (no `host`: no email).
+
+    `starttls` upgrades a plain connection; `tls` connects with TLS at once (port 465 style).
+    `sender` is the TOML key `from`; empty: `precheck@<this host's name>`.
+    """
+
+    host: str = ""
+    port: int = 25
+    starttls: bool = False
+    tls: bool = False
+    user: str = ""
+    password: str = ""  # may be `${ENV}`
+    sender: str = ""
+    ca_file: str = ""  # a CA to trust besides the system's (a private mail server)
+
+
+@attrs.frozen
+class NotifyDefault:
+    """One `[[notify.defaults]]` entry: a subscription every run of key `key` gets."""
+
+    key: str
+    webhook: str = ""
+    email: str = ""
+
+
+@attrs.frozen
+class NotifyConfig:
+    """The `[notify]` table: telling people when a run ends."""
+
+    allowed_hosts: tuple[str, ...] = ()  # webhook hosts: names, *.suffix, IPs, CIDRs; none: off
+    allowed_email_domains: tuple[str, ...] = ()  # none: any domain
+    webhook_secret: str = ""  # may be `${ENV}`; needed once allowed_hosts lists a host
+    base_url: str = ""  # where links point; empty: http://<server.host>:<server.port>
+    timeout_seconds: float = 10  # one attempt; past it the attempt failed
+    retry_first_seconds: float = 30
+    retry_max_seconds: float = 21600
+    give_up_hours: float = 24
+    max_concurrent: int = 32  # attempts under way at once
+    max_response_kib: int = 16  # of a receiver's answer, read then dropped
+    smtp: SmtpConfig = SmtpConfig()
+    defaults: tuple[NotifyDefault, ...] = ()
+
+
+@attrs.frozen
 class Config:
     """The whole config file."""
 
@@ -153,6 +200,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     preflight: PreflightConfig = PreflightConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @property
     def engines(self) -> tuple[EngineConfig, ...]:
@@ -214,6 +262,16 @@ def _make_converter() -> cattrs.Converter:
         lambda t: t == tuple[EngineConfig, ...],
         lambda v, _: tuple(conv.structure(_array(v), list[EngineConfig])),
     )
+    conv.register_structure_hook_func(
+        lambda t: t == tuple[NotifyDefault, ...],
+        lambda v, _: tuple(conv.structure(_array(v), list[NotifyDefault])),
+    )
+    conv.register_structure_hook(
+        SmtpConfig,
+        make_dict_structure_fn(
+            SmtpConfig, conv, _cattrs_forbid_extra_keys=True, sender=override(rename="from")
+        ),
+    )
     for cls in (
         ServerConfig,
         EngineConfig,
@@ -222,6 +280,8 @@ def _make_converter() -> cattrs.Converter:
         AuthConfig,
         DefaultsConfig,
         PreflightConfig,
+        NotifyDefault,
+        NotifyConfig,
         Config,
     ):
         conv.register_structure_hook(
@@ -316,20 +376,30 @@ def _first_problem(e: cattrs.BaseValidationError) -> str:
     return f"{key}: {reason}"
 
 
+def _expand(text: str, key: str, source: str) -> str:
+    def env(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{source}: {key}: environment variable {name} is not set")
+        return os.environ[name]
+
+    return _ENV.sub(env, text)
+
+
 def _expand_keys(config: Config, source: str) -> Config:
-    keys = []
-    for i, k in enumerate(config.auth.api_keys):
-
-        def env(m: re.Match[str], i: int = i) -> str:
-            name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(
-                    f"{source}: auth.api_keys[{i}].key: environment variable {name} is not set"
-                )
-            return os.environ[name]
-
-        keys.append(attrs.evolve(k, key=_ENV.sub(env, k.key)))
-    return attrs.evolve(config, auth=attrs.evolve(config.auth, api_keys=tuple(keys)))
+    keys = [
+        attrs.evolve(k, key=_expand(k.key, f"auth.api_keys[{i}].key", source))
+        for i, k in enumerate(config.auth.api_keys)
+    ]
+    n = config.notify
+    notify = attrs.evolve(
+        n,
+        webhook_secret=_expand(n.webhook_secret, "notify.webhook_secret", source),
+        smtp=attrs.evolve(
+            n.smtp, password=_expand(n.smtp.password, "notify.smtp.password", source)
+        ),
+    )
+    return attrs.evolve(config, auth=attrs.evolve(config.auth, api_keys=tuple(keys)), notify=notify)
 
 
 def _validate(config: Config, source: str) -> None:
@@ -406,6 +476,7 @@ def _validate(config: Config, source: str) -> None:
         raise bad("preflight.max_memory_mb", "must be from 256 to 1073741824")
     if not 1 <= pf.max_concurrent <= 64:
         raise bad("preflight.max_concurrent", "must be from 1 to 64")
+    _notify(config.notify, bad)
     for j, net in enumerate(a.allowed_ips):
         _network(net, bad, f"auth.allowed_ips[{j}]")
     names = set()
@@ -476,6 +547,51 @@ def _engine(e: EngineConfig, bad: Any, where: str, names: set[str]) -> None:
         raise bad(f"{where}.cpus", f"must be from 0 ([docker] cpus) to {MAX_CPUS}")
     if e.pull and e.pull not in PULL_POLICIES:
         raise bad(f"{where}.pull", f"must be one of {', '.join(PULL_POLICIES)}")
+
+
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*")
+
+
+def _notify(n: NotifyConfig, bad: Any) -> None:
+    if not 0 < n.timeout_seconds <= 300:
+        raise bad("notify.timeout_seconds", "must be a number of seconds, above 0 to 300")
+    if not 0 < n.retry_first_seconds <= n.retry_max_seconds:
+        raise bad("notify.retry_first_seconds", "must be above 0 and at most retry_max_seconds")
+    if not 0 < n.give_up_hours <= 24 * 30:
+        raise bad("notify.give_up_hours", "must be a number of hours, above 0 to 720")
+    if not 1 <= n.max_concurrent <= 1024:
+        raise bad("notify.max_concurrent", "must be from 1 to 1024")
+    if not 1 <= n.max_response_kib <= 1024:
+        raise bad("notify.max_response_kib", "must be from 1 to 1024")
+    for j, host in enumerate(n.allowed_hosts):
+        if not (_HOST_NAME.fullmatch(host) or _is_network(host)):
+            raise bad(f"notify.allowed_hosts[{j}]", f"{host!r} is not a host name, IP or CIDR")
+    if n.allowed_hosts and not n.webhook_secret:
+        raise bad("notify.webhook_secret", "must be set once notify.allowed_hosts lists a host")
+    if n.webhook_secret.startswith("whsec_"):
+        try:
+            base64.b64decode(n.webhook_secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise bad("notify.webhook_secret", "a whsec_ secret must be base64 after it") from None
+    if not 0 < n.smtp.port <= 65535:
+        raise bad("notify.smtp.port", "must be between 1 and 65535")
+    if n.smtp.tls and n.smtp.starttls:
+        raise bad("notify.smtp", "give tls or starttls, not both")
+    if n.smtp.ca_file and not Path(n.smtp.ca_file).is_file():
+        raise bad("notify.smtp.ca_file", f"{n.smtp.ca_file}: no such file")
+    if n.base_url and not n.base_url.startswith(("http://", "https://")):
+        raise bad("notify.base_url", "must be an http:// or https:// URL")
+    for i, d in enumerate(n.defaults):
+        if bool(d.webhook) == bool(d.email):
+            raise bad(f"notify.defaults[{i}]", "give exactly one of webhook or email")
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _network(value: str, bad: Any, key: str) -> None:

@@ -48,3 +48,9 @@ class PreflightFailed(PrecheckError):
     def __init__(self, message: str, checks: tuple[object, ...]) -> None:
         super().__init__(message)
         self.checks = checks
+
+
+class TargetRefused(Invalid):
+    """A notification target the operator does not allow (`[notify] allowed_hosts`,
+    `allowed_email_domains`): a 400 like any bad value, since 422 tells a client that the
+    layout fails pre-flight."""

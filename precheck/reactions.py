@@ -7,8 +7,9 @@ wakes its part; the work happens in that part's own task.
 
 A reaction that must not miss an event across a restart does not keep a bookmark of its own:
 its pending work is what the log does not yet show done (an upload with no `upload.inspected`,
-an upload past its expiry, a queued run), derived from the projections when it starts. New
-reactions (notifications, re-checks, retention) follow the same rule.
+an upload past its expiry, a queued run, an ended run's delivery without its
+`notification.sent`), derived from the projections when it starts. New reactions (re-checks,
+retention) follow the same rule.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ REACTIONS: tuple[Reaction, ...] = (
         "layout inspector",
         ("upload.received", "upload.inspected", "upload.inspection-failed"),
         "read each new upload's layout in a child process, once per sha256",
+    ),
+    Reaction(
+        "notifier",
+        (
+            "run.outputs-stored",
+            "run.cancelled",
+            "run.failed-to-start",
+            "run.finish-failed",
+            "run.deleted",
+            "notification.",
+        ),
+        "tell each ended run's subscribers by webhook or email, at least once, retried",
     ),
     Reaction(
         "supervisor",

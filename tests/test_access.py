@@ -60,6 +60,9 @@ ROUTES: dict[str, str] = {
     "HEAD /api/v1/prechecks/{run_id}": "mine",
     "DELETE /api/v1/prechecks/{run_id}": "mine",
     "POST /api/v1/prechecks/{run_id}/rerun": "mine",
+    "GET /api/v1/prechecks/{run_id}/notifications": "mine",
+    "HEAD /api/v1/prechecks/{run_id}/notifications": "mine",
+    "POST /api/v1/prechecks/{run_id}/notifications/{n}/redeliver": "mine",
     "GET /api/v1/prechecks/{run_id}/logs": "mine",
     "HEAD /api/v1/prechecks/{run_id}/logs": "mine",
     "GET /api/v1/prechecks/{run_id}/events": "mine",
@@ -152,7 +155,7 @@ async def call(
     """Make the table's request for route `key` as `who`: its status and JSON body, if any."""
     method, template = key.split(" ", 1)
     name = ISSUED if template.startswith("/api/v1/keys/") else "drc.lyrdb"
-    path = template.format(upload_id=upload_id, run_id=run_id, name=name)
+    path = template.format(upload_id=upload_id, run_id=run_id, name=name, n=1)
     if path == "/static":
         path = "/static/app.js"
     path += QUERY.get(template, "")

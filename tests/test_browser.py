@@ -784,3 +784,35 @@ async def test_run_page_shows_warnings_findings_and_draws_a_rules_markers(
     assert seen["rings"] == 2
     # Within a few screen pixels at 16 times: a fraction of a pixel of the render.
     assert all(abs(d) < 4 for d in seen["off_centre"]), seen["off_centre"]
+
+
+async def test_run_page_shows_whom_the_end_was_told(
+    browser: Browser,
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+) -> None:
+    """An ended run's page lists its notifications: target (redacted) and how each stands."""
+    from precheck.config import NotifyConfig
+    from tests.notify_receivers import SECRET, start_receiver
+
+    receiver = await start_receiver()
+    url = receiver.url
+    try:
+        notify = NotifyConfig(allowed_hosts=("127.0.0.1",), webhook_secret=SECRET)
+        api = await start_app(attrs.evolve(sim_config(), notify=notify))
+        upload_id = await api.upload(gds("chip_top"), "chip_top.gds")
+        run = await api.create(upload_id, notify=[{"webhook": receiver.url + "?token=x"}])
+        await api.wait(run["Id"])
+        await receiver.wait(1, 30)
+        browser.point_at(api.client)
+
+        def look() -> str:
+            browser.open(f"#/runs/{run['Id']}")
+            browser.until_visible("notifications")
+            browser.until_text("notification-list", "delivered")
+            return str(browser.find("notification-list").text)
+
+        shown = await browser.drive(look, 60)
+    finally:
+        await receiver.server.close()
+    assert shown == f"webhook {url}: delivered (1 attempt)"

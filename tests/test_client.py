@@ -605,3 +605,32 @@ async def test_a_terminal_gets_bars_and_colour_a_pipe_does_not(
     piped = await client(*args[2:], cwd=tmp_path / "piped")
     assert piped.rc == 0
     assert_plain(piped)
+
+
+async def test_submit_asks_for_notifications(
+    start_app: StartApp,
+    make_config: Callable[..., Config],
+    sim_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    """`--notify-webhook` and `--notify-email` become the run's `notify`, in that order; a
+    target the server does not allow fails the submit with the server's message."""
+    smtp = {"host": "127.0.0.1"}
+    notify = {"allowed_hosts": ["127.0.0.1"], "webhook_secret": "s", "smtp": smtp}
+    api = await start_app(sim_with(make_config, sim_config, notify=notify))
+    args = ["submit", str(layout(tmp_path)), "--top", "chip_top", "--server", server_url(api)]
+    hook = "http://127.0.0.1:9/hook"
+    extra = ["--notify-webhook", hook, "--notify-email", "dev@example.org", "--no-follow"]
+    result = await client(*args, *extra, cwd=tmp_path)
+    assert result.rc == 0, result.err
+    run_id = result.out.strip()
+    doc = await api.get(run_id)
+    assert doc["Notify"] == [
+        {"Kind": "webhook", "Target": hook},
+        {"Kind": "email", "Target": "dev@example.org"},
+    ]
+    refused = await client(
+        *args, "--notify-webhook", "https://elsewhere.example.org/h", "--no-follow", cwd=tmp_path
+    )
+    assert refused.rc != 0
+    assert "not in notify.allowed_hosts" in refused.err

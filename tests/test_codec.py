@@ -28,6 +28,9 @@ from precheck.events.types import (
     KeyRevoked,
     LayerPair,
     Metadata,
+    NotificationFailed,
+    NotificationRedeliveryRequested,
+    NotificationSent,
     OutputFile,
     Preflight,
     PreflightCheck,
@@ -40,9 +43,11 @@ from precheck.events.types import (
     RunFinishFailed,
     RunOutputsStored,
     RunProgressed,
+    RunQueued,
     RunRetried,
     RunTimedOut,
     StrayContainerRemoved,
+    Subscription,
     TopCell,
     UploadDeleted,
     UploadExpired,
@@ -143,6 +148,20 @@ SAMPLES: list[object] = [
     StrayContainerRemoved("c0ffee" * 10, "precheck-r9", T0),
     KeyIssued("carol", "user", "ab" * 32, T0),
     KeyRevoked("carol", T0),
+    run_queued(
+        "r9",
+        notify=(
+            Subscription("webhook", "https://h.example.org/ü?t=1"),
+            Subscription("email", "a@b.org"),
+        ),
+        at=T0,
+    ),
+    NotificationSent("r9", 1, "webhook", "https://h.example.org/ü", 1, "msg_r9_1", 204, 0.25, T0),
+    NotificationFailed("r9", 2, "email", "a@b.org", 3, "msg_r9_2", None, "refused", 1.5, T0, True),
+    NotificationFailed(
+        "r9", 1, "webhook", "https://h.example.org/", 1, "msg_r9_1", 500, "5xx", 0.1, T0
+    ),
+    NotificationRedeliveryRequested("r9", 1, T0),
 ]
 
 
@@ -320,3 +339,12 @@ def test_rows_before_findings_and_warnings_decode_and_new_rows_round_trip() -> N
         ),
     ):  # fmt: skip
         assert decode(*encode(event)) == event
+
+
+def test_a_run_queued_before_notifications_asks_for_none() -> None:
+    """A `run.queued` row at schema 2 written before `notify` existed decodes with none."""
+    tag, schema, data = encode(run_queued(at=T0))
+    raw = json.loads(data)
+    del raw["notify"]
+    event = decode(tag, schema, json.dumps(raw))
+    assert isinstance(event, RunQueued) and event.notify == ()

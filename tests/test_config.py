@@ -392,3 +392,51 @@ def test_tls_needs_tcp_and_existing_files(tmp_path: Path) -> None:
     tcp = '[[docker.engines]]\nname = "a"\nurl = "tcp://h:2376"\n'
     message = refused(write(tmp_path, tcp + missing))
     assert "docker.engines[0].tls_key" in message and "gone.pem" in message
+
+
+def test_notify_table_with_secrets_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[notify]` and `[notify.smtp]` load; the secret and password come from `${ENV}`; the
+    SMTP `from` key is the sender; `[[notify.defaults]]` are listed."""
+    monkeypatch.setenv("HOOK_SECRET", "whsec_MDEyMzQ1Njc4OQ==")
+    monkeypatch.setenv("SMTP_PASSWORD", "pw")
+    text = """
+[notify]
+allowed_hosts = ["hooks.example.org", "*.ci.example.org", "10.0.0.0/8"]
+webhook_secret = "${HOOK_SECRET}"
+
+[notify.smtp]
+host = "mail.example.org"
+starttls = true
+password = "${SMTP_PASSWORD}"
+from = "precheck@example.org"
+
+[[notify.defaults]]
+key = "ci-server"
+webhook = "https://hooks.example.org/x"
+"""
+    n = load_config(write(tmp_path, text)).notify
+    assert n.webhook_secret == "whsec_MDEyMzQ1Njc4OQ=="
+    assert (n.smtp.password, n.smtp.port, n.smtp.tls) == ("pw", 25, False)
+    assert n.smtp.sender == "precheck@example.org"
+    assert n.defaults[0].key == "ci-server"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[notify]\nallowed_hosts = ["a b"]\nwebhook_secret = "s"', "notify.allowed_hosts[0]"),
+        ('[notify]\nallowed_hosts = ["example.org"]', "notify.webhook_secret"),
+        ('[notify]\nwebhook_secret = "whsec_***"', "notify.webhook_secret"),
+        ('[notify]\nwebhook_secret = "${NOT_SET_ANYWHERE}"', "notify.webhook_secret"),
+        ("[notify]\nretry_first_seconds = 0", "notify.retry_first_seconds"),
+        ("[notify.smtp]\nport = 0", "notify.smtp.port"),
+        ("[notify.smtp]\ntls = true\nstarttls = true", "notify.smtp"),
+        ('[[notify.defaults]]\nkey = "k"', "notify.defaults[0]"),
+        ('[notify.smtp]\nsender = "x"', "unknown key notify.smtp.sender"),
+    ],
+)
+def test_bad_notify_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    """A bad `[notify]` value stops the start with a message naming its key."""
+    assert key in refused(write(tmp_path, text))

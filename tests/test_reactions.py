@@ -71,7 +71,7 @@ def test_a_failing_reaction_keeps_the_event_from_no_other() -> None:
 def test_only_reactions_of_the_table_can_be_attached() -> None:
     """A name the table does not list is refused, so the table stays the whole story."""
     with pytest.raises(KeyError, match="no reaction named"):
-        Reactions().attach("notifier", lambda e: None)
+        Reactions().attach("re-checker", lambda e: None)
 
 
 def test_the_projections_come_first() -> None:

@@ -109,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--no-follow", action="store_true", help="print the run id once it is queued, and exit 0"
     )
+    submit.add_argument(
+        "--notify-webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST a signed note to URL when the run ends (again for more)",
+    )
+    submit.add_argument(
+        "--notify-email",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="mail ADDR when the run ends (again for more)",
+    )
 
     status = sub.add_parser("status", parents=[common], help="show a run")
     status.add_argument("run", metavar="RUN")
@@ -212,6 +226,10 @@ async def cmd_submit(ctx: Context) -> int:
         body["die_id"] = args.die_id
     if args.slot:
         body["slot"] = args.slot
+    notify = [{"webhook": u} for u in args.notify_webhook]
+    notify += [{"email": a} for a in args.notify_email]
+    if notify:
+        body["notify"] = notify
     try:
         doc = await api.create(body)
     except ApiError as e:

@@ -21,10 +21,12 @@ from precheck.events.types import (
     Event,
     KeyIssued,
     KeyRevoked,
+    NotificationRedeliveryRequested,
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
     RunQueued,
+    Subscription,
     UploadDeleted,
     UploadExpired,
     UploadInspected,
@@ -93,6 +95,7 @@ class QueueRun:
     owner: str = ""  # who queues it; refused with as many waiting as `max_queued` (0: no limit)
     max_queued: int = 0
     max_running: int = 0  # ... or with as many running as `max_running` (0: no limit)
+    notify: tuple[Subscription, ...] = ()  # checked against the operator's policy at the edge
 
 
 @attrs.frozen
@@ -100,6 +103,15 @@ class CancelRun:
     """Cancel a queued run now, or ask the supervisor to stop a running one."""
 
     run_id: str
+    now: datetime
+
+
+@attrs.frozen
+class RedeliverNotification:
+    """Owe an ended run's delivery `delivery` (from 1) again: it is sent once more."""
+
+    run_id: str
+    delivery: int
     now: datetime
 
 
@@ -152,6 +164,7 @@ Command = (
     | QueueRun
     | CancelRun
     | DeleteRun
+    | RedeliverNotification
     | PruneRuns
     | IssueKey
     | RevokeKey
@@ -267,8 +280,23 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
         upload.sha256,
         c.now,
         preflight,
+        c.notify,
     )
     return Decision((event,), {upload_stream(upload.id): upload.version, run_stream(c.run_id): 0})
+
+
+@decide.register
+def _redeliver(c: RedeliverNotification, state: Projections) -> Decision:
+    run = state.runs.get(c.run_id)
+    if run is None:
+        raise NotFound(f"No such precheck: {c.run_id}")
+    if state.notifications.get(run.id, c.delivery) is None:
+        count = len(run.notify)
+        raise NotFound(f"notification {c.delivery} is not one of this run's ({count} asked for)")
+    if not (run.settled and run.status in ENDED):
+        raise Conflict("the run has not ended yet: its notifications are sent when it does")
+    event = NotificationRedeliveryRequested(run.id, c.delivery, c.now)
+    return Decision((event,), {run_stream(run.id): run.version})
 
 
 @decide.register

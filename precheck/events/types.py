@@ -142,6 +142,14 @@ class Preflight:
 
 
 @attrs.frozen
+class Subscription:
+    """Who to tell when a run ends: `kind` `webhook` (an http(s) URL) or `email` (an address)."""
+
+    kind: str
+    target: str
+
+
+@attrs.frozen
 class RunQueued:
     """A precheck run was asked for and joined the end of the queue."""
 
@@ -158,6 +166,7 @@ class RunQueued:
     input_sha256: str
     at: datetime
     preflight: Preflight | None = None  # older rows have none
+    notify: tuple[Subscription, ...] = ()  # older rows asked for none
 
 
 @attrs.frozen
@@ -411,6 +420,55 @@ class KeyRevoked:
     at: datetime
 
 
+# Notifications -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class NotificationSent:
+    """Delivery `delivery` (1-based, the run's `notify` in order) of a run's end was accepted.
+
+    `target` is redacted (no user info, no query string); `message_id` is the delivery's
+    stable `webhook-id`; `status_code` is the receiver's (a webhook) or the server's reply
+    code (SMTP); `seconds` how long the attempt took.
+    """
+
+    run_id: str
+    delivery: int
+    kind: str
+    target: str
+    attempt: int
+    message_id: str
+    status_code: int
+    seconds: float
+    at: datetime
+
+
+@attrs.frozen
+class NotificationFailed:
+    """An attempt of a delivery failed; `gave_up`: it was the last one, nothing more is owed."""
+
+    run_id: str
+    delivery: int
+    kind: str
+    target: str
+    attempt: int
+    message_id: str
+    status_code: int | None  # the receiver's, when it answered
+    error: str
+    seconds: float
+    at: datetime
+    gave_up: bool = False
+
+
+@attrs.frozen
+class NotificationRedeliveryRequested:
+    """Its run's owner (or an admin) asked for a delivery to be made again: it is owed anew."""
+
+    run_id: str
+    delivery: int
+    at: datetime
+
+
 Event = (
     UploadReceived
     | UploadDeleted
@@ -435,6 +493,9 @@ Event = (
     | StrayContainerRemoved
     | KeyIssued
     | KeyRevoked
+    | NotificationSent
+    | NotificationFailed
+    | NotificationRedeliveryRequested
 )
 
 TAGS: dict[type, str] = {
@@ -461,6 +522,9 @@ TAGS: dict[type, str] = {
     StrayContainerRemoved: "server.stray-container-removed",
     KeyIssued: "key.issued",
     KeyRevoked: "key.revoked",
+    NotificationSent: "notification.sent",
+    NotificationFailed: "notification.failed",
+    NotificationRedeliveryRequested: "notification.redelivery-requested",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.

@@ -12,6 +12,9 @@ from precheck.domain.status import ACTIVE, ENDED, RunStatus
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
     FindingsCount,
+    NotificationFailed,
+    NotificationRedeliveryRequested,
+    NotificationSent,
     OutputFile,
     Preflight,
     RunCancelled,
@@ -28,6 +31,7 @@ from precheck.events.types import (
     RunStarted,
     RunTimedOut,
     SkippedFile,
+    Subscription,
 )
 from precheck.projections._records import replacer
 
@@ -122,6 +126,7 @@ class RunRecord:
     dequeued_position: int | None = None  # where it left the queue (started or ended)
     preflight: Preflight | None = None  # what pre-flight said when it was queued
     owner: str = ""  # the actor that queued it (an API key's name, `anonymous`, `cli`)
+    notify: tuple[Subscription, ...] = ()  # who to tell when it ends
 
     @property
     def active(self) -> bool:
@@ -170,6 +175,7 @@ class Runs:
                 queued_position=r.position,
                 preflight=e.preflight,
                 owner=r.metadata.actor,
+                notify=e.notify,
             )
             return
         change = _CHANGES.get(kind)
@@ -324,4 +330,8 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunExited: _exited,
     RunOutputsStored: lambda e: {},  # needs the record: see `Runs.apply`
     RunDeleted: lambda e: {},
+    # In the run's stream: the record keeps its version (for the next command's expectation).
+    NotificationSent: lambda e: {},
+    NotificationFailed: lambda e: {},
+    NotificationRedeliveryRequested: lambda e: {},
 }

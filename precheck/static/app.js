@@ -804,9 +804,33 @@ function link(text, path, name) {
   return li;
 }
 
+// Whom the run's end is told, and how each delivery stands (its attempts are in the API).
+async function showNotifications(v) {
+  let list;
+  try {
+    list = await api(`${v.base}/notifications`);
+  } catch {
+    return;
+  }
+  if (view !== v) return;
+  $("notifications").hidden = list.length === 0;
+  $("notification-list").replaceChildren(...list.map((n) => {
+    const li = document.createElement("li");
+    const tries = n.Attempts.length;
+    const last = tries ? n.Attempts[tries - 1] : null;
+    const why = last && !last.Delivered ? `: ${last.Error}` : "";
+    li.textContent = `${n.Kind} ${n.Target}: ${n.Status}` +
+      (tries ? ` (${tries} attempt${tries > 1 ? "s" : ""})${why}` : "");
+    return li;
+  }));
+  // A delivery still owed is shown again a little later.
+  if (list.some((n) => n.Status === "pending")) setTimeout(() => { if (view === v) showNotifications(v); }, 3000);
+}
+
 async function showVerdict(v, doc) {
   const r = doc.Result;
   $("verdict").hidden = false;
+  showNotifications(v);
   let text;
   if (doc.State.Status === "completed") text = "Passed: the layout passed every check.";
   else if (doc.State.Status === "cancelled") text = "Cancelled.";
@@ -1047,6 +1071,8 @@ async function showRun(id, line) {
   $("verdict").hidden = true;
   $("findings-card").hidden = true;
   $("notes").hidden = true;
+  $("notifications").hidden = true;
+  $("notification-list").replaceChildren();
   $("render").hidden = true;
   $("render-link").hidden = true;
   $("run-progress").value = 0;

@@ -18,8 +18,9 @@ from precheck.service.run_waiter import wait_for_end
 from precheck.web import keys, quota
 from precheck.web.access import find_run, find_upload, require_admin, visible_runs
 from precheck.web.context import metadata
+from precheck.web.notify_policy import requested
 from precheck.web.render import run_document
-from precheck.web.requests import CreateRun, PruneRequest, json_body, query_bool
+from precheck.web.requests import CreateRun, PruneRequest, RerunRequest, json_body, query_bool
 
 CANCEL_WAIT = 30.0
 
@@ -36,6 +37,7 @@ async def create_precheck(request: web.Request) -> web.Response:
     app = request.app
     body = await json_body(request, CreateRun)
     find_upload(request, body.upload_id)  # only its owner (or an admin) runs an upload
+    notify = requested(body.notify, app[keys.CONFIG].notify, request[keys.ACTOR])
     quota.require_room(request)
     run_id = uuid.uuid4().hex
     await app[keys.HANDLER].handle(
@@ -51,6 +53,7 @@ async def create_precheck(request: web.Request) -> web.Response:
             request[keys.ACTOR],
             app[keys.CONFIG].server.max_queued_per_owner,
             app[keys.CONFIG].server.max_running_per_owner,
+            notify,
         ),
         metadata(request),
     )
@@ -94,9 +97,17 @@ async def get_precheck(request: web.Request) -> web.Response:
 
 
 async def rerun_precheck(request: web.Request) -> web.Response:
-    """Queue a new run of the same upload with the same parameters (while the upload exists)."""
+    """Queue a new run of the same upload with the same parameters (while the upload exists).
+
+    It notifies whom the run re-run did, unless the body gives its own `notify`.
+    """
     app = request.app
     run = find_run(request)
+    body = await json_body(request, RerunRequest) if request.body_exists else RerunRequest()
+    if body.notify is None:
+        notify = run.notify
+    else:
+        notify = requested(body.notify, app[keys.CONFIG].notify, request[keys.ACTOR])
     quota.require_room(request)
     run_id = uuid.uuid4().hex
     # A run queued despite pre-flight failures is re-run the same way.
@@ -114,6 +125,7 @@ async def rerun_precheck(request: web.Request) -> web.Response:
             request[keys.ACTOR],
             app[keys.CONFIG].server.max_queued_per_owner,
             app[keys.CONFIG].server.max_running_per_owner,
+            notify,
         ),
         metadata(request),
     )

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from precheck.config import Config
+from precheck.domain.notify import redact
 from precheck.domain.preflight import slot_of
 from precheck.domain.status import ENDED, RunStatus
 from precheck.events.codec import iso, to_jsonable
@@ -188,6 +189,8 @@ def run_document(
             else None
         ),
         "Preflight": preflight_document(run.preflight),
+        # Whom its end is told, redacted: a URL's query string or user info may hold a token.
+        "Notify": [{"Kind": s.kind, "Target": redact(s)} for s in run.notify],
     }
     return doc
 

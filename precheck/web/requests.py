@@ -26,6 +26,14 @@ class CreateRun:
     slot: str | None = None
     cob: bool = False
     preflight: str = "enforce"  # warn: queue a layout that fails pre-flight, recording why
+    notify: Any = None  # checked by `web/notify_policy.py`: its messages name the item
+
+
+@attrs.frozen
+class RerunRequest:
+    """Body of `POST /api/v1/prechecks/{id}/rerun` (optional): other notifications."""
+
+    notify: Any = None  # None: those of the run re-run
 
 
 @attrs.frozen
@@ -62,7 +70,7 @@ _conv.register_structure_hook(int, _strict(int, "an integer"))
 _conv.register_structure_hook(float, lambda v, _: _number(v))
 # cattrs would take any iterable as a list: a string as its letters, an object as its keys.
 _conv.register_structure_hook_func(lambda t: t == list[str], lambda v, _: _string_list(v))
-for _cls in (CreateRun, PruneRequest, IssueKeyRequest):
+for _cls in (CreateRun, RerunRequest, PruneRequest, IssueKeyRequest):
     _conv.register_structure_hook(
         _cls, make_dict_structure_fn(_cls, _conv, _cattrs_forbid_extra_keys=True)
     )
