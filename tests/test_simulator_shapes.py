@@ -193,10 +193,14 @@ def sim(runs: dict[str, Run]) -> dict[str, dict[str, Any]]:
 
 def test_the_snapshot_is_the_real_runs() -> None:
     """The shapes kept in the fixture are those of the recorded real runs (where they are at
-    hand: `python -m tests.test_simulator_shapes` writes the fixture anew)."""
-    if not REAL.is_dir():
-        pytest.skip(f"the real runs are not at {REAL}")
-    assert {case: real_shapes(case) for case in CASES} == json.loads(SNAPSHOT.read_text())
+    hand, as beside the repository on CI: `python -m tests.test_simulator_shapes` writes the
+    fixture anew); without them, at least every case and aspect is in the fixture."""
+    kept = json.loads(SNAPSHOT.read_text())
+    if REAL.is_dir():
+        assert {case: real_shapes(case) for case in CASES} == kept
+    else:
+        assert sorted(kept) == sorted(CASES)
+        assert all(set(ASPECTS) <= set(shape) for shape in kept.values()), kept.keys()
 
 
 ASPECTS = ["state", "kinds", "outline", "logger", "last", "tree", "reports", "metrics", "logs"]
