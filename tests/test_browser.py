@@ -824,6 +824,9 @@ REAL_LIKE_LOG = [
     "\x1b[2;36m[21:24:52]\x1b[0m\x1b[2;36m \x1b[0m\x1b[34mINFO    \x1b[0m Check for "
     "\x1b[1;31mKLayout DRC\x1b[0m errors clear.        \x1b[2mchecker.py\x1b[0m\x1b[2m:131\x1b[0m",
     "a tool's own line",
+    # Coloured, a step line's quoted names are coloured too; it still starts step 4.
+    "\x1b[2;36m[21:24:53]\x1b[0m \x1b[2mVERBOSE \x1b[0m Running \x1b[32m'KLayout.GenerateID'\x1b[0m"
+    " at \x1b[32m'runs/RUN/04-klayout-generateid'\x1b[0m…     \x1b[2mstep.py:1138\x1b[0m",
 ]
 
 
@@ -869,6 +872,7 @@ def _real_like_log(browser: Browser, run_id: str) -> dict[str, Any]:
     browser.open(f"#/runs/{run_id}")
     browser.until_text("log-count", f"{len(REAL_LIKE_LOG)} lines")
     seen["lines"] = browser.script(LOOK_JS)
+    seen["steps"] = _states(browser)
     browser.find("log-search").send_keys("KLayout DRC errors clear\n")
     browser.until_text("search-count", "1 of 1")
     seen["marks"] = browser.script(
@@ -892,7 +896,7 @@ async def test_run_page_shows_the_log_as_the_real_flow_prints_it(
 
     seen = await browser.drive(lambda: _real_like_log(browser, run_id), 60)
 
-    none, rule, step, info, warning, error, coloured, tool = seen["lines"]
+    none, rule, step, info, warning, error, coloured, tool, coloured_step = seen["lines"]
     assert (none["cls"], none["text"], none["parts"]) == ("line", "None\n", [])
     assert (rule["cls"], rule["text"]) == ("line rule", "Check Slot Size\n")
     assert step["cls"] == "line head"
@@ -920,6 +924,13 @@ async def test_run_page_shows_the_log_as_the_real_flow_prints_it(
     assert ansi["a-f4"][0] == "INFO"
     assert ansi["a-d a-f6"][0] == "[21:24:52]"
     assert (tool["cls"], tool["text"]) == ("line", "a tool's own line\n")
+    assert coloured_step["cls"] == "line head"
+    assert coloured_step["text"] == (
+        "[21:24:53] VERBOSE Running 'KLayout.GenerateID' at 'runs/RUN/04-klayout-generateid'…"
+        " step.py:1138\n"
+    )
+    # Steps 3 and 4 were announced, the coloured line's too; none after them.
+    assert "not-reached" not in seen["steps"][2:4] and seen["steps"][4] == "not-reached", seen
     assert seen["marks"] == ["KLayout DRC", " errors clear"]  # over two looks: marked in each
     r = await client.get(f"/api/v1/prechecks/{run_id}/logs", params={"format": "text"})
     assert await r.text() == "".join(line + "\n" for line in REAL_LIKE_LOG)

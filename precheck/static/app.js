@@ -536,7 +536,8 @@ function flush(v) {
       const m = STAMP.exec(raw);
       if (m) { stamp = ms(m[1]); text = raw.slice(m[0].length); }
     }
-    const found = STEP_LINE.exec(text);
+    // Coloured, a step line's quoted names are coloured too: its steps are read without ANSI.
+    const found = STEP_LINE.exec(text.includes("\x1b") ? text.replace(ANSI, "") : text);
     const step = found ? Number(found[2]) : 0;
     if (step && !v.steps.has(step)) {
       v.steps.set(step, { name: found[1], line: n, stamp, arrived });
