@@ -7,6 +7,7 @@ On an app that requires an API key and runs the simulator image, through the `br
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import struct
 import zlib
@@ -24,6 +25,7 @@ from precheck.app import create_app
 from precheck.config import ApiKey, AuthConfig, Config
 from precheck.events.types import Metadata, OutputFile, RunExited, RunOutputsStored, RunStarted
 from precheck.runner.findings_file import store_findings
+from precheck.storage.output_lines import OutputLine, blocks_of
 from precheck.web import keys
 from tests.browser import Browser
 from tests.docker_fixtures import StartApp
@@ -31,6 +33,26 @@ from tests.layouts import gds
 from tests.real_layouts import die
 
 KEY = "k1"
+
+
+_LOGGER = re.compile(
+    r"(?:(\[\d\d:\d\d:\d\d\]) )?(DEBUG|VERBOSE|INFO|WARNING|ERROR|CRITICAL)(?: {2,}|$)"
+)
+
+
+def _as_shown(line: str) -> str:
+    """A plain (uncoloured) line as the page's log shows it: a rule line as its title, a logger
+    line as time, level, message and source reference one space apart."""
+    trimmed = line.strip()
+    if trimmed.startswith("───") and trimmed.endswith("───") and trimmed.strip("─ "):
+        return trimmed.strip("─ ")
+    m = _LOGGER.match(line)
+    if m is None:
+        return line
+    rest = line[m.end() :].rstrip()
+    head, _, last = rest.rpartition(" ")
+    said = [head.rstrip(), last] if head and re.fullmatch(r"[\w.-]+\.py:\d+", last) else [rest]
+    return " ".join(part for part in (m[1], m[2], *said) if part)
 
 
 def _drive(browser: Browser, layout: Path) -> dict[str, Any]:
@@ -136,12 +158,13 @@ async def test_page_follows_a_run_live(
     assert "debug tarball" in seen["downloads"], seen["downloads"]
     assert any(d.startswith("report ") for d in seen["downloads"]), seen["downloads"]
 
-    # The page's log is exactly the captured log: every line once, in order.
+    # The page's log is the captured log as the flow prints it: every line once, in order.
     r = await api.client.get(f"/api/v1/prechecks/{run_id}/logs", headers=headers)
     lines = (await r.json())["lines"]
     assert [f"noise {i}" for i in range(1, 21)] == [x for x in lines if x.startswith("noise ")]
-    assert seen["log"] == "".join(line + "\n" for line in lines)
-    assert seen["raw_log_saved"] == [len(seen["log"].encode())], seen["raw_log_saved"]
+    assert seen["log"] == "".join(_as_shown(line) + "\n" for line in lines)
+    raw = "".join(line + "\n" for line in lines)  # the raw log keeps the lines as stored
+    assert seen["raw_log_saved"] == [len(raw.encode())], seen["raw_log_saved"]
     assert seen["raw_log_status"] == ""
     assert seen["url_after_download"] == seen["url"]
 
@@ -784,6 +807,133 @@ async def test_run_page_shows_warnings_findings_and_draws_a_rules_markers(
     assert seen["rings"] == 2
     # Within a few screen pixels at 16 times: a fraction of a pixel of the render.
     assert all(abs(d) < 4 for d in seen["off_centre"]), seen["off_centre"]
+
+
+PAD = 200  # the real flow pads its logger lines to the terminal's width
+REAL_LIKE_LOG = [
+    "None",
+    " Check Slot Size ".center(PAD, "─"),
+    "[21:24:33] VERBOSE  Running 'KLayout.CheckSize' at 'runs/RUN/03-klayout-checksize'…".ljust(
+        PAD - 12
+    )
+    + "step.py:1138",
+    "[21:24:49] INFO     Check for Magic DRC errors clear.".ljust(PAD - 14) + "checker.py:131",
+    "[21:33:00] WARNING  3 Magic DRC errors found.".ljust(PAD - 14) + "checker.py:122",
+    "[21:32:36] ERROR    3 KLayout DRC errors found. - deferred".ljust(PAD - 14) + "checker.py:124",
+    # As an image run with `TERM` set prints a logger line: dim cyan time, blue level.
+    "\x1b[2;36m[21:24:52]\x1b[0m\x1b[2;36m \x1b[0m\x1b[34mINFO    \x1b[0m Check for "
+    "\x1b[1;31mKLayout DRC\x1b[0m errors clear.        \x1b[2mchecker.py\x1b[0m\x1b[2m:131\x1b[0m",
+    "a tool's own line",
+    # Coloured, a step line's quoted names are coloured too; it still starts step 4.
+    "\x1b[2;36m[21:24:53]\x1b[0m \x1b[2mVERBOSE \x1b[0m Running \x1b[32m'KLayout.GenerateID'\x1b[0m"
+    " at \x1b[32m'runs/RUN/04-klayout-generateid'\x1b[0m…     \x1b[2mstep.py:1138\x1b[0m",
+]
+
+
+async def _ended_with_a_real_like_log(client: Any) -> str:
+    """A run (no container) whose stored log is `REAL_LIKE_LOG`, ended as passed."""
+    form = aiohttp.FormData()
+    form.add_field("file", gds("chip_top"), filename="chip_top.gds")
+    upload = await (await client.post("/api/v1/uploads", data=form)).json()
+    body = {"upload_id": upload["Id"], "top_cell": "chip_top"}
+    run_id: str = (await (await client.post("/api/v1/prechecks", json=body)).json())["Id"]
+    lines = [
+        OutputLine(n, f"2026-11-26T12:00:{n:02d}.000000001Z", "stdout", text)
+        for n, text in enumerate(REAL_LIKE_LOG, 1)
+    ]
+    await client.app[keys.OUTPUT_LINES].append(run_id, blocks_of(lines))
+    at = datetime.now(UTC)
+    await client.app[keys.STORE].append(
+        [
+            RunStarted(run_id, "c" * 64, "sim", "sha256:x", at),
+            RunExited(run_id, "completed", 0, "", None, {}, False, at, at),
+            RunOutputsStored(run_id, None, (), {}, None, at),
+        ],
+        Metadata("supervisor"),
+    )
+    return run_id
+
+
+LOOK_JS = (
+    "const look = (l, sel, key) => {"
+    " const el = l.querySelector(sel); return el && getComputedStyle(el)[key]; };"
+    "return [...document.querySelectorAll('#log .line')].map((l) => ({"
+    " cls: l.className, text: l.textContent,"
+    " parts: [...l.children].filter((c) => c.tagName === 'SPAN').map((c) => c.className),"
+    " levelColour: look(l, '.level', 'color'), sourceFloat: look(l, '.source', 'cssFloat'),"
+    " ansi: [...l.querySelectorAll('[class^=a-]')].map((a) => [a.className, a.textContent,"
+    " getComputedStyle(a).color]) }))"
+)
+
+
+def _real_like_log(browser: Browser, run_id: str) -> dict[str, Any]:
+    """Open the run and read how each log line is shown; search in the coloured one."""
+    seen: dict[str, Any] = {}
+    browser.open(f"#/runs/{run_id}")
+    browser.until_text("log-count", f"{len(REAL_LIKE_LOG)} lines")
+    seen["lines"] = browser.script(LOOK_JS)
+    seen["steps"] = _states(browser)
+    browser.find("log-search").send_keys("KLayout DRC errors clear\n")
+    browser.until_text("search-count", "1 of 1")
+    seen["marks"] = browser.script(
+        "return [...document.querySelectorAll('#log mark')].map((m) => m.textContent)"
+    )
+    seen["shot"] = browser.screenshot("run-page-real-like-log.png")
+    return seen
+
+
+async def test_run_page_shows_the_log_as_the_real_flow_prints_it(
+    browser: Browser,
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+) -> None:
+    """Logger lines of each level coloured by level, their padding trimmed and the source
+    reference set apart; a rule line shown as a step header; ANSI colours shown as colours,
+    their sequences gone; the stored log unchanged."""
+    client = await aiohttp_client(create_app(make_config(), run_containers=False))
+    run_id = await _ended_with_a_real_like_log(client)
+    browser.point_at(client)
+
+    seen = await browser.drive(lambda: _real_like_log(browser, run_id), 60)
+
+    none, rule, step, info, warning, error, coloured, tool, coloured_step = seen["lines"]
+    assert (none["cls"], none["text"], none["parts"]) == ("line", "None\n", [])
+    assert (rule["cls"], rule["text"]) == ("line rule", "Check Slot Size\n")
+    assert step["cls"] == "line head"
+    assert step["text"] == (
+        "[21:24:33] VERBOSE Running 'KLayout.CheckSize' at 'runs/RUN/03-klayout-checksize'…"
+        " step.py:1138\n"
+    )
+    assert step["parts"] == ["time", "level", "message", "source"]
+    assert info["cls"] == "line lv-info"
+    assert info["text"] == "[21:24:49] INFO Check for Magic DRC errors clear. checker.py:131\n"
+    assert (warning["cls"], error["cls"]) == ("line lv-warning", "line lv-error")
+    assert error["text"] == (
+        "[21:32:36] ERROR 3 KLayout DRC errors found. - deferred checker.py:124\n"
+    )
+    colours = {line["levelColour"] for line in (info, warning, error)}
+    assert len(colours) == 3, "each level in its own colour"
+    assert {line["sourceFloat"] for line in (step, info, warning, error)} == {"right"}
+    assert coloured["cls"] == "line lv-info"
+    assert (
+        coloured["text"] == "[21:24:52] INFO Check for KLayout DRC errors clear. checker.py:131\n"
+    )
+    assert "\x1b" not in coloured["text"]
+    ansi = {cls: (text, colour) for cls, text, colour in coloured["ansi"]}
+    assert ansi["a-b a-f1"] == ("KLayout DRC", "rgb(255, 107, 104)")
+    assert ansi["a-f4"][0] == "INFO"
+    assert ansi["a-d a-f6"][0] == "[21:24:52]"
+    assert (tool["cls"], tool["text"]) == ("line", "a tool's own line\n")
+    assert coloured_step["cls"] == "line head"
+    assert coloured_step["text"] == (
+        "[21:24:53] VERBOSE Running 'KLayout.GenerateID' at 'runs/RUN/04-klayout-generateid'…"
+        " step.py:1138\n"
+    )
+    # Steps 3 and 4 were announced, the coloured line's too; none after them.
+    assert "not-reached" not in seen["steps"][2:4] and seen["steps"][4] == "not-reached", seen
+    assert seen["marks"] == ["KLayout DRC", " errors clear"]  # over two looks: marked in each
+    r = await client.get(f"/api/v1/prechecks/{run_id}/logs", params={"format": "text"})
+    assert await r.text() == "".join(line + "\n" for line in REAL_LIKE_LOG)
 
 
 async def test_run_page_shows_whom_the_end_was_told(

@@ -27,8 +27,24 @@ def test_a_passed_run_passes_with_all_sixteen_steps(case: str) -> None:
     assert (
         facts.steps[2].name == "KLayout.CheckSize" and facts.steps[-1].name == "KLayout.WriteLayout"
     )
+    assert {"Magic DRC", "KLayout DRC"} <= set(facts.checked)
     verdict = decide_verdict(Ending(0), facts)
     assert (verdict.status, verdict.classification) == (RunStatus.COMPLETED, None)
+
+
+@pytest.mark.parametrize("check", ["Magic DRC", "KLayout DRC"])
+def test_a_passed_log_without_a_checkers_report_is_not_passed(check: str) -> None:
+    """The real passed log, exit 0 and success line kept, with one DRC checker's lines taken
+    out: a system failure naming the check that did not report."""
+    lines = (RUNS / "pass.log").read_text(encoding="utf-8").splitlines()
+    facts = OutputFacts().feed_all(line for line in lines if check not in line)
+    assert facts.success
+    verdict = decide_verdict(Ending(0), facts)
+    assert (verdict.status, verdict.classification, verdict.error) == (
+        RunStatus.FAILED,
+        "system",
+        f"exit code 0, but the {check} check did not report",
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,6 +120,9 @@ def test_ansi_colours_are_stripped_where_lines_are_parsed() -> None:
     facts = OutputFacts().feed_all(coloured)
     assert facts.steps == facts_of("checksize").steps
     assert facts.tool_error == "[Error]: Layout size does not match slot size 0p5x0p5."
+    passed = (RUNS / "pass.log").read_text(encoding="utf-8").splitlines()
+    coloured = [f"\x1b[34m{line}\x1b[0m" if line.strip() else line for line in passed]
+    assert OutputFacts().feed_all(coloured).checked == facts_of("pass").checked
 
 
 def test_a_passed_run_with_magic_drc_errors_says_so_in_its_warnings() -> None:

@@ -43,6 +43,12 @@ from tests.factories import run_outputs_stored
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 STOPPED = datetime(2026, 11, 26, 11, 59, 58, tzinfo=UTC)
 SUCCESS = "Precheck successfully completed."
+# What a passed run's log says last: both DRC checkers reported, then the success line.
+PASSED = (
+    "INFO     Check for Magic DRC errors clear.",
+    "INFO     Check for KLayout DRC errors clear.",
+    SUCCESS,
+)
 FAILURE = "Error: The precheck failed with the following exception:"
 
 
@@ -72,8 +78,9 @@ def _step(n: int, name: str, run: RunRecord) -> str:
 
 
 def test_exit_0_with_the_success_line_completes() -> None:
-    """Exit 0 and the success line: `completed`, at Docker's stop time."""
-    [e] = exit_events(_run(), ContainerExit(0, False, STOPPED), _facts(SUCCESS), 180, NOW)
+    """Exit 0, the checkers' reports and the success line: `completed`, at Docker's stop
+    time."""
+    [e] = exit_events(_run(), ContainerExit(0, False, STOPPED), _facts(*PASSED), 180, NOW)
     assert isinstance(e, RunExited)
     assert (e.status, e.exit_code, e.classification, e.error) == ("completed", 0, None, "")
     assert (e.finished_at, e.at) == (STOPPED, NOW)
@@ -102,14 +109,14 @@ def test_oom_and_timeout_are_system_failures() -> None:
 
 def test_a_vanished_container_fails_at_now_with_exit_minus_one() -> None:
     """No container to inspect: a system failure, exit -1, stopped `now`."""
-    [e] = exit_events(_run(), None, _facts(SUCCESS), 180, NOW)
+    [e] = exit_events(_run(), None, _facts(*PASSED), 180, NOW)
     assert isinstance(e, RunExited)
     assert (e.exit_code, e.error, e.finished_at, e.classification) == (-1, GONE, NOW, "system")
 
 
 def test_no_stop_time_from_docker_means_now() -> None:
     """Docker's zero time is passed as None and recorded as now."""
-    [e] = exit_events(_run(), ContainerExit(0, False, None), _facts(SUCCESS), 180, NOW)
+    [e] = exit_events(_run(), ContainerExit(0, False, None), _facts(*PASSED), 180, NOW)
     assert isinstance(e, RunExited) and e.finished_at == NOW
 
 

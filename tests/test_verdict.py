@@ -31,10 +31,16 @@ HEADER = [
     "threads: max",
     "workers: 1",
 ]
+MAGIC_CLEAR = "[21:24:49] INFO     Check for Magic DRC errors clear." + " " * 100 + "checker.py:131"
+KLAYOUT_CLEAR = (
+    "[21:24:52] INFO     Check for KLayout DRC errors clear." + " " * 90 + "checker.py:131"
+)
 PASSED_LOG = [
     *HEADER,
     "───────────── Read Layout ─────────────",
     f"Running 'KLayout.ReadLayout' at '{RUN}/01-klayout-readlayout'…",
+    MAGIC_CLEAR,
+    KLAYOUT_CLEAR,
     "Flow complete.",
     SUCCESS_LINE,
 ]
@@ -117,6 +123,62 @@ def test_success_line_with_exit_0_passes() -> None:
         None,
         "",
     )
+
+
+def test_checkers_reports_are_recorded_clear_or_not() -> None:
+    """Each checker's line names its check once, whether it found errors or not; a tool's own
+    line or a line without the logger's level is no report."""
+    facts = facts_of(
+        [
+            MAGIC_CLEAR,
+            "[21:33:00] WARNING  3 Magic DRC errors found." + " " * 100 + "checker.py:122",
+            "[21:32:36] ERROR    3 KLayout DRC errors found. - deferred"
+            + " " * 90
+            + "checker.py:124",
+            "INFO     Check for KLayout density errors clear.",
+            "  12 Antenna errors found.",
+            "[21:33:02] WARNING  [Checker.MagicDRC] 3 Magic DRC errors found.     flow.py:701",
+            "Check for Other errors clear.",
+        ]
+    )
+    assert facts.checked == ["Magic DRC", "KLayout DRC", "KLayout density"]
+
+
+def test_checker_report_in_colour_is_recorded() -> None:
+    """A checker's line in ANSI colours (an image run with `TERM` set) still counts."""
+    facts = facts_of(["\x1b[34mINFO    \x1b[0m Check for Magic DRC errors clear.\x1b[0m"])
+    assert facts.checked == ["Magic DRC"]
+
+
+@pytest.mark.parametrize(
+    ("dropped", "error"),
+    [
+        ([MAGIC_CLEAR], "exit code 0, but the Magic DRC check did not report"),
+        ([KLAYOUT_CLEAR], "exit code 0, but the KLayout DRC check did not report"),
+        (
+            [MAGIC_CLEAR, KLAYOUT_CLEAR],
+            "exit code 0, but the Magic DRC and KLayout DRC checks did not report",
+        ),
+    ],
+)
+def test_exit_0_with_success_line_but_a_checker_silent_is_a_system_failure(
+    dropped: list[str], error: str
+) -> None:
+    """Exit 0 and the success line do not pass a run whose Magic or KLayout DRC checker never
+    reported: it was not fully checked, and a retry may cure it."""
+    verdict = decide_verdict(Ending(0), facts_of([t for t in PASSED_LOG if t not in dropped]))
+    assert (verdict.status, verdict.classification, verdict.error) == (
+        RunStatus.FAILED,
+        "system",
+        error,
+    )
+
+
+def test_magic_drc_errors_found_still_pass() -> None:
+    """Magic DRC errors are warnings: a run whose Magic check found some passes."""
+    found = "[21:33:00] WARNING  3 Magic DRC errors found." + " " * 100 + "checker.py:122"
+    log = [found if t == MAGIC_CLEAR else t for t in PASSED_LOG]
+    assert decide_verdict(Ending(0), facts_of(log)).status == RunStatus.COMPLETED
 
 
 def test_success_line_must_be_the_whole_line() -> None:
@@ -324,6 +386,11 @@ def test_feeding_blocks_finds_what_feeding_lines_finds(seed: int) -> None:
         "[21:24:56] ERROR    Subprocess had a non-zero exit." + " " * 100 + "step.py:1383",
         "ERROR    an older image's error line",
         "WARNING: a tool's own warning, no logger line",
+        MAGIC_CLEAR,
+        KLAYOUT_CLEAR,
+        "[21:32:36] ERROR    3 KLayout DRC errors found. - deferred" + " " * 90 + "checker.py:124",
+        "\x1b[34mINFO    \x1b[0m Check for KLayout density errors clear.",
+        "3 things found.",
     ]
     log = [rng.choice(interesting) if rng.random() < 0.1 else f"noise {i}" for i in range(400)]
     by_line = OutputFacts().feed_all(log)

@@ -32,6 +32,15 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # `WARNING: ...` is no logger line).
 _LOGGED = re.compile(r"(?:\[\d\d:\d\d:\d\d\] )?(?P<level>WARNING|ERROR) {2,}(?=\S)")
 _SOURCE = re.compile(r"[\w.-]{1,200}\.py:\d{1,9}")
+# The checkers' logger lines, one per check whatever it found: `INFO     Check for Magic DRC
+# errors clear.`, `WARNING  3 Magic DRC errors found.`, `ERROR    3 KLayout DRC errors found. -
+# deferred`. A run that passes without these two having reported was not fully checked.
+_CHECKED = re.compile(
+    r"(?:\[\d\d:\d\d:\d\d\] )?(?:INFO|WARNING|ERROR) {2,}"
+    r"(?:Check for (?P<clear>\S.{0,80}?) errors clear\."
+    r"|\d{1,9} (?P<found>\S.{0,80}?) errors? found\.)"
+)
+REQUIRED_CHECKS = ("Magic DRC", "KLayout DRC")
 MAX_LOGGED = 20  # warning and error lines kept of each level (all are counted)
 MAX_LOGGED_TEXT = 500  # characters kept of each
 # A line `OutputFacts.feed` acts on holds one of these (unless it follows the failure or
@@ -45,6 +54,8 @@ _MARKERS = (
     "line(s):",
     "WARNING ",
     "ERROR ",
+    "errors clear.",
+    " found.",
 )
 
 
@@ -98,6 +109,7 @@ class OutputFacts:
     warning_count: int = 0
     errors: list[str] = attrs.Factory(list)  # the flow's first ERROR lines, trimmed
     error_count: int = 0
+    checked: list[str] = attrs.Factory(list)  # the checks that reported (`Magic DRC`), in order
     _in_deferred: bool = False
     _after_failure: bool = False
     _repeated_left: int = 0  # repeated lines of a failed subprocess still to come
@@ -117,6 +129,8 @@ class OutputFacts:
             return step
         if "WARNING " in text or "ERROR " in text:
             self._take_logged(text)
+        if (" found." in text or "errors clear." in text) and len(text) <= MAX_FACT_LINE:
+            self._take_checked(text)
         stripped = text.strip()
         if self._after_failure and stripped:
             # The reason may itself be the deferred-errors heading: read on.
@@ -154,6 +168,13 @@ class OutputFacts:
             kept = self.errors
         if len(kept) < MAX_LOGGED:
             kept.append(rest[:MAX_LOGGED_TEXT])
+
+    def _take_checked(self, text: str) -> None:
+        """A checker's report of its check, clear or not: the check is recorded once."""
+        m = _CHECKED.match(text)
+        what = m and (m["clear"] or m["found"])
+        if what and what not in self.checked:
+            self.checked.append(what)
 
     def _take_repeated(self, text: str) -> None:
         """One of the lines the flow repeats from a failed subprocess; after the last, the
@@ -205,7 +226,8 @@ class Verdict:
 
 
 def decide_verdict(ending: Ending, facts: OutputFacts) -> Verdict:
-    """Passed only on exit 0 with the success line; anything else is a design or system failure.
+    """Passed only on exit 0 with the success line and the Magic and KLayout DRC checkers'
+    reports; anything else is a design or system failure.
 
     System failures are those a retry might cure: OOM, timeout, Docker errors, a step's
     process killed (`Interrupted (SIGKILL)`: the kernel or a memory watchdog, whatever Docker
@@ -222,6 +244,10 @@ def decide_verdict(ending: Ending, facts: OutputFacts) -> Verdict:
         return Verdict(
             RunStatus.FAILED, "system", "out of memory: the container hit its memory limit"
         )
+    missing = [check for check in REQUIRED_CHECKS if check not in facts.checked]
+    if ending.exit_code == 0 and facts.success and missing:
+        checks = f"{' and '.join(missing)} check{'s' if len(missing) > 1 else ''}"
+        return Verdict(RunStatus.FAILED, "system", f"exit code 0, but the {checks} did not report")
     if ending.exit_code == 0 and facts.success:
         return Verdict(RunStatus.COMPLETED, None, "")
     if ending.exit_code == 0:

@@ -297,6 +297,16 @@ const STEP_LINE = /Running '([A-Za-z0-9_.]+)' at '[^']*?(\d+)-[^'/]+'/;
 // With `timestamps=1` a log message starts with the time the line was written.
 const STAMP = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)) /;
 const ERROR_LINE = /^\s*(ERROR\b|Error:|Traceback )/;
+// The flow's logger lines: `[21:24:33] VERBOSE  Running ...…`, padded to the terminal's width
+// with the source reference (`step.py:1138`) last; older images leave the time out.
+const LOGGER_HEAD = /^(\[\d\d:\d\d:\d\d\] )?(DEBUG|VERBOSE|INFO|WARNING|ERROR|CRITICAL)( {2,}|$)/;
+const SOURCE_REF = /^[\w.-]{1,200}\.py:\d{1,9}$/;
+const RULE = "───"; // a rule line, `─── Check Slot Size ───`, heads each of the flow's steps
+// ANSI sequences (an image run with `TERM` set colours its lines): SGR ones are shown as
+// colours, the rest are dropped.
+const ANSI = /\x1b\[([0-9;?]*)([A-Za-z])/g;
+// The 256-colour palette past the 16 named ones: a 6x6x6 cube, then 24 greys.
+const CUBE = [0, 95, 135, 175, 215, 255];
 const CHUNK = 200; // log lines per block; blocks out of sight are not laid out
 const BATCH = 5000; // log lines added to the page per frame at most
 const MARKED = 5000; // search matches highlighted at once at most (all are counted)
@@ -526,7 +536,8 @@ function flush(v) {
       const m = STAMP.exec(raw);
       if (m) { stamp = ms(m[1]); text = raw.slice(m[0].length); }
     }
-    const found = STEP_LINE.exec(text);
+    // Coloured, a step line's quoted names are coloured too: its steps are read without ANSI.
+    const found = STEP_LINE.exec(text.includes("\x1b") ? text.replace(ANSI, "") : text);
     const step = found ? Number(found[2]) : 0;
     if (step && !v.steps.has(step)) {
       v.steps.set(step, { name: found[1], line: n, stamp, arrived });
@@ -545,6 +556,183 @@ function flush(v) {
   else if ($("autoscroll").checked) toBottom(v);
 }
 
+// A line's text in runs of one look: [{text, cls: [class names], fg, bg}] from its ANSI SGR
+// codes; named colours are classes, 256 and true colours CSS colours set on the element.
+function ansiRuns(raw) {
+  if (!raw.includes("\x1b")) return [{ text: raw, cls: [], fg: "", bg: "" }];
+  const runs = [];
+  let at = 0, look = { bold: false, dim: false, italic: false, under: false, fg: null, bg: null };
+  for (const m of raw.matchAll(ANSI)) {
+    if (m.index > at) runs.push(runOf(raw.slice(at, m.index), look));
+    at = m.index + m[0].length;
+    if (m[2] === "m") look = sgr(look, m[1]);
+  }
+  if (at < raw.length) runs.push(runOf(raw.slice(at), look));
+  return runs;
+}
+
+function runOf(text, look) {
+  const cls = [];
+  if (look.bold) cls.push("a-b");
+  if (look.dim) cls.push("a-d");
+  if (look.italic) cls.push("a-i");
+  if (look.under) cls.push("a-u");
+  let fg = "", bg = "";
+  if (typeof look.fg === "number") cls.push(`a-f${look.fg}`); else if (look.fg) fg = look.fg;
+  if (typeof look.bg === "number") cls.push(`a-g${look.bg}`); else if (look.bg) bg = look.bg;
+  return { text: text.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, ""), cls, fg, bg };
+}
+
+// The look after one SGR sequence's codes (`1;31`, `38;5;208`, `0`).
+function sgr(look, params) {
+  const next = { ...look };
+  const codes = params.replace(/\?/g, "").split(";").map((c) => Number(c || 0));
+  for (let i = 0; i < codes.length; i++) {
+    const c = codes[i];
+    if (c === 0) Object.assign(next, { bold: false, dim: false, italic: false, under: false, fg: null, bg: null });
+    else if (c === 1) next.bold = true;
+    else if (c === 2) next.dim = true;
+    else if (c === 3) next.italic = true;
+    else if (c === 4) next.under = true;
+    else if (c === 22) next.bold = next.dim = false;
+    else if (c === 23) next.italic = false;
+    else if (c === 24) next.under = false;
+    else if (c >= 30 && c <= 37) next.fg = c - 30;
+    else if (c >= 90 && c <= 97) next.fg = c - 82;
+    else if (c === 39) next.fg = null;
+    else if (c >= 40 && c <= 47) next.bg = c - 40;
+    else if (c >= 100 && c <= 107) next.bg = c - 92;
+    else if (c === 49) next.bg = null;
+    else if (c === 38 || c === 48) {
+      const [colour, used] = extendedColour(codes, i + 1);
+      next[c === 38 ? "fg" : "bg"] = colour;
+      i += used;
+    }
+  }
+  return next;
+}
+
+// `5;n` (a palette index) or `2;r;g;b` after a 38 or 48: the colour and how many codes it took.
+function extendedColour(codes, i) {
+  if (codes[i] === 5) {
+    const n = codes[i + 1] ?? 0;
+    if (n < 16) return [n, 2];
+    if (n >= 232) { const g = 8 + 10 * (n - 232); return [`rgb(${g},${g},${g})`, 2]; }
+    const k = n - 16;
+    return [`rgb(${CUBE[Math.floor(k / 36)]},${CUBE[Math.floor(k / 6) % 6]},${CUBE[k % 6]})`, 2];
+  }
+  if (codes[i] === 2) return [`rgb(${codes[i + 1] ?? 0},${codes[i + 2] ?? 0},${codes[i + 3] ?? 0})`, 4];
+  return [null, 0];
+}
+
+// How a line (its text without ANSI sequences) is shown: a rule line as its title; a logger
+// line as its time, level, message and source reference, the padding between them trimmed;
+// any other line as it is. Parts are [name, from, to] into the text.
+function lineShape(text) {
+  const trimmed = text.trim();
+  if (trimmed.startsWith(RULE) && trimmed.endsWith(RULE)) {
+    const [from, to] = ruleTitle(text);
+    if (from < to) return { kind: "rule", level: "", parts: [["title", from, to]] };
+  }
+  const m = LOGGER_HEAD.exec(text);
+  if (!m) return { kind: "plain", level: "", parts: [["text", 0, text.length]] };
+  const parts = [];
+  if (m[1]) parts.push(["time", 0, m[1].length - 1]);
+  const levelAt = m[1] ? m[1].length : 0;
+  parts.push(["level", levelAt, levelAt + m[2].length]);
+  let end = text.trimEnd().length;
+  const space = text.lastIndexOf(" ", end - 1);
+  let source = null;
+  if (space > m[0].length && SOURCE_REF.test(text.slice(space + 1, end))) {
+    source = ["source", space + 1, end];
+    end = text.slice(0, space).trimEnd().length;
+  }
+  if (end > m[0].length) parts.push(["message", m[0].length, end]);
+  if (source) parts.push(source);
+  return { kind: "logger", level: m[2].toLowerCase(), parts };
+}
+
+// Where a rule line's title is: between its runs of `─` and blanks.
+function ruleTitle(text) {
+  let from = 0, to = text.length;
+  while (from < to && (text[from] === "─" || /\s/.test(text[from]))) from++;
+  while (to > from && (text[to - 1] === "─" || /\s/.test(text[to - 1]))) to--;
+  return [from, to];
+}
+
+// The runs of `runs` between two offsets of their joined text.
+function sliceRuns(runs, from, to) {
+  const out = [];
+  let at = 0;
+  for (const r of runs) {
+    const end = at + r.text.length;
+    if (end > from && at < to) out.push({ ...r, text: r.text.slice(Math.max(from - at, 0), Math.min(to, end) - at) });
+    at = end;
+    if (at >= to) break;
+  }
+  return out;
+}
+
+// A line as the page shows it: its shape, the runs of each part, and the text of it all
+// (what search looks in).
+function shownLine(raw) {
+  const runs = ansiRuns(raw);
+  const text = runs.length === 1 ? runs[0].text : runs.map((r) => r.text).join("");
+  const shape = lineShape(text);
+  const parts = shape.parts.map(([name, from, to]) => ({ name, runs: sliceRuns(runs, from, to) }));
+  const shown = shape.kind === "plain" ? text
+    : parts.map((p) => p.runs.map((r) => r.text).join("")).join(" ");
+  return { kind: shape.kind, level: shape.level, parts, shown };
+}
+
+// Put a line's parts into its element, marking what `re` matches within each part (a match
+// over runs of different looks is marked in each).
+function fillLine(el, line, re) {
+  line.parts.forEach((part, i) => {
+    if (i) el.append(" "); // as `shown` joins them, so a copied line reads the same
+    const box = part.name === "text" ? el : document.createElement("span");
+    if (box !== el) { box.className = part.name; el.append(box); }
+    const ranges = re ? matchRanges(part.runs.map((r) => r.text).join(""), re) : [];
+    let at = 0;
+    for (const r of part.runs) { appendRun(box, r, ranges, at); at += r.text.length; }
+  });
+  el.append("\n");
+}
+
+function matchRanges(text, re) {
+  re.lastIndex = 0; // matchAll starts where the last test stopped
+  return [...text.matchAll(re)].filter((m) => m[0]).map((m) => [m.index, m.index + m[0].length]);
+}
+
+// One run, starting at `at` in its part, its pieces within `ranges` marked.
+function appendRun(box, r, ranges, at) {
+  let target = box;
+  if (r.cls.length || r.fg || r.bg) {
+    target = document.createElement("span");
+    if (r.cls.length) target.className = r.cls.join(" ");
+    if (r.fg) target.style.color = r.fg; // CSSOM, which the page's policy allows
+    if (r.bg) target.style.backgroundColor = r.bg;
+    box.append(target);
+  }
+  let from = 0;
+  const end = r.text.length;
+  for (const [a, b] of ranges) {
+    const s = Math.max(a - at, from), e = Math.min(b - at, end);
+    if (e <= s) continue;
+    if (s > from) target.append(r.text.slice(from, s));
+    target.append(Object.assign(document.createElement("mark"), { textContent: r.text.slice(s, e) }));
+    from = e;
+  }
+  if (from < end) target.append(r.text.slice(from));
+}
+
+function lineClass(step, line) {
+  if (step) return "line head";
+  if (line.kind === "rule") return "line rule";
+  if (line.kind === "logger") return `line lv-${line.level}`;
+  return ERROR_LINE.test(line.shown) ? "line err" : "line";
+}
+
 // Each step line starts a section of the log that can be folded; its lines go in blocks.
 function addLine(v, n, text, step) {
   if (step || !v.section) {
@@ -554,8 +742,9 @@ function addLine(v, n, text, step) {
     $("log").append(el);
     v.section = { el, chunk: null, size: 0 };
   }
+  const shown = shownLine(text);
   const line = document.createElement("div");
-  line.className = step ? "line head" : ERROR_LINE.test(text) ? "line err" : "line";
+  line.className = lineClass(step, shown);
   const number = document.createElement("a");
   number.className = "ln";
   number.href = `#/runs/${encodeURIComponent(v.id)}/L${n}`;
@@ -569,7 +758,7 @@ function addLine(v, n, text, step) {
     fold.setAttribute("aria-expanded", "true");
     line.append(fold);
   }
-  line.append(text + "\n");
+  fillLine(line, shown, null);
   const sec = v.section;
   if (step) {
     sec.el.append(line); // the step's own line stays in sight when it is folded
@@ -626,17 +815,13 @@ function paint(v, n, re) {
   if (!el) return;
   const keep = el.classList.contains("head") ? 2 : 1; // the number (and the fold button)
   while (el.childNodes.length > keep) el.lastChild.remove();
-  const text = v.texts[n] + "\n";
   el.classList.toggle("match", Boolean(re));
-  if (!re) { el.append(text); return; }
-  let at = 0;
-  re.lastIndex = 0; // matchAll starts where the last test stopped
-  for (const m of text.matchAll(re)) {
-    if (m.index > at) el.append(text.slice(at, m.index));
-    el.append(Object.assign(document.createElement("mark"), { textContent: m[0] }));
-    at = m.index + m[0].length;
-  }
-  if (at < text.length) el.append(text.slice(at));
+  fillLine(el, shownLine(v.texts[n]), re);
+}
+
+// What search looks in: the line as shown (a plain line is shown as it is, and is most lines).
+function searchable(text) {
+  return text.includes("\x1b") || text.includes(RULE) || LOGGER_HEAD.test(text) ? shownLine(text).shown : text;
 }
 
 function searchLines(v, numbers) {
@@ -644,7 +829,7 @@ function searchLines(v, numbers) {
   for (const n of numbers) {
     const text = v.texts[n];
     s.re.lastIndex = 0;
-    if (text === undefined || !s.re.test(text)) continue;
+    if (text === undefined || !s.re.test(searchable(text))) continue;
     s.matches.push(n);
     if (s.marked.size < MARKED) { paint(v, n, s.re); s.marked.add(n); }
   }
