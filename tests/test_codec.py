@@ -109,6 +109,7 @@ SAMPLES: list[object] = [
     RunCancelled("r1", T0),
     RunCancelled("r1", T0, exit_code=137),
     run_started(container_id="c0ffee" * 10, image_digest="sha256:" + "ef" * 32, at=T0),
+    run_started(image_id="sha256:" + "ef" * 32, image_digest="ghcr.io/a/b@sha256:" + "fe" * 32),
     RunProgressed("r1", 3, 16, "KLayout.CheckSize", T0),
     run_finished(
         status="failed",
