@@ -376,8 +376,31 @@ function showDocument(doc) {
   const live = doc.State.Status === "queued" || doc.State.Status === "running";
   $("cancel-run").hidden = !live;
   $("rerun").hidden = !ENDED.has(doc.State.Status);
+  showImage(doc);
   showTimes(v);
   showSteps(v);
+}
+
+// Which image the attempt runs, pinned, and the command line that runs it elsewhere.
+function showImage(doc) {
+  const mine = doc.RunItYourself;
+  $("image-card").hidden = !mine;
+  if (!mine) return;
+  $("run-image").textContent = doc.ImageDigest ? `${doc.ImageDigest} (id ${doc.Image})` : `${doc.Image} (built on the engine: no repo digest)`;
+  $("run-layout").textContent = mine.Layout;
+  if ($("run-command").textContent !== mine.Command) $("run-command").textContent = mine.Command;
+}
+
+async function copyCommand() {
+  const text = $("run-command").textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    setStatus($("copy-status"), "copied");
+  } catch {
+    // No clipboard for this page (an insecure origin): select it for the user to copy.
+    getSelection().selectAllChildren($("run-command"));
+    setStatus($("copy-status"), "selected: copy it with your keyboard");
+  }
 }
 
 function showTimes(v) {
@@ -763,6 +786,8 @@ $("rerun").addEventListener("click", async () => {
   }
 });
 
+$("copy-command").addEventListener("click", () => copyCommand());
+
 // Downloads are plain links; with a key they are fetched with it and saved from memory.
 document.addEventListener("click", (e) => {
   const a = e.target.closest?.("a[download]");
@@ -1068,6 +1093,9 @@ async function showRun(id, line) {
   $("autoscroll").checked = !line;
   $("cancel-run").hidden = true;
   $("rerun").hidden = true;
+  $("image-card").hidden = true;
+  $("run-command").textContent = "";
+  setStatus($("copy-status"), "");
   $("verdict").hidden = true;
   $("findings-card").hidden = true;
   $("notes").hidden = true;
