@@ -167,6 +167,7 @@ class RunQueued:
     at: datetime
     preflight: Preflight | None = None  # older rows have none
     notify: tuple[Subscription, ...] = ()  # older rows asked for none
+    recheck_of: str = ""  # the run it re-checks with the image resolved anew; older rows: none
 
 
 @attrs.frozen

@@ -130,6 +130,7 @@ class RunRecord:
     preflight: Preflight | None = None  # what pre-flight said when it was queued
     owner: str = ""  # the actor that queued it (an API key's name, `anonymous`, `cli`)
     notify: tuple[Subscription, ...] = ()  # who to tell when it ends
+    recheck_of: str = ""  # the run it re-checks with the image resolved anew
 
     @property
     def active(self) -> bool:
@@ -179,6 +180,7 @@ class Runs:
                 preflight=e.preflight,
                 owner=r.metadata.actor,
                 notify=e.notify,
+                recheck_of=e.recheck_of,
             )
             return
         change = _CHANGES.get(kind)

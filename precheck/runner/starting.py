@@ -160,11 +160,11 @@ class Starter:
         why = f"Docker: image {image} is not available (pull policy: never)"
         await self.recorder.append(run, [RunFailedToStart(run.id, why, self.clock())])
 
-    async def _image(self, f: EngineFollower) -> ImageRef:
+    async def _image(self, f: EngineFollower, anew: bool = False) -> ImageRef:
         """The configured image's id and repo digest on engine `f`, pulled first when its pull
-        policy says so."""
+        policy says so; `anew` (a re-check with the latest image): whenever it may pull."""
         image, policy = self.docker.image, f.config.pull
-        if policy == "always":
+        if policy == "always" or (anew and policy != "never"):
             await f.engine.pull(image)
         ref = await f.engine.image_ref(image)
         if ref is None and policy == "missing":
@@ -184,7 +184,7 @@ class Starter:
     ) -> None:
         container_id = ""
         try:
-            ref = await self._image(f)
+            ref = await self._image(f, anew=bool(run.recheck_of))
             instance = self.state.instance_id or ""
             container_id = await f.engine.create(
                 container_name(run, self.docker),

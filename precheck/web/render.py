@@ -197,6 +197,7 @@ def run_document(
         "Preflight": preflight_document(run.preflight),
         # Whom its end is told, redacted: a URL's query string or user info may hold a token.
         "Notify": [{"Kind": s.kind, "Target": redact(s)} for s in run.notify],
+        "RecheckOf": run.recheck_of or None,
     }
     return doc
 
