@@ -105,6 +105,7 @@ SAMPLES: list[object] = [
         preflight=Preflight("not-run", "enforce", reason="the layout has not been read yet"),
     ),
     run_queued(top_cell="TOP_cell$1", slot="0p5x1", cob=True, at=T0),
+    run_queued("r4", recheck_of="r1"),
     RunCancelRequested("r1", T0),
     RunCancelled("r1", T0),
     RunCancelled("r1", T0, exit_code=137),
