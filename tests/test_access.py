@@ -60,6 +60,7 @@ ROUTES: dict[str, str] = {
     "HEAD /api/v1/prechecks/{run_id}": "mine",
     "DELETE /api/v1/prechecks/{run_id}": "mine",
     "POST /api/v1/prechecks/{run_id}/rerun": "mine",
+    "POST /api/v1/prechecks/{run_id}/recheck": "mine",
     "GET /api/v1/prechecks/{run_id}/notifications": "mine",
     "HEAD /api/v1/prechecks/{run_id}/notifications": "mine",
     "POST /api/v1/prechecks/{run_id}/notifications/{n}/redeliver": "mine",

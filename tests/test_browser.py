@@ -966,3 +966,74 @@ async def test_run_page_shows_whom_the_end_was_told(
     finally:
         await receiver.server.close()
     assert shown == f"webhook {url}: delivered (1 attempt)"
+
+
+async def test_run_page_shows_the_image_and_the_command_to_run_it(
+    browser: Browser,
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+) -> None:
+    """A started run's page names its image (by id: built here, no repo digest) and shows the
+    document's `docker run` line, which the copy button copies (or selects, with no clipboard)."""
+    api = await start_app()
+    run_id = await api.run(gds("chip_top"), "chip_top.gds")
+    await api.wait(run_id)
+    doc = await api.get(run_id)
+    browser.point_at(api.client)
+
+    def look() -> dict[str, Any]:
+        browser.open(f"#/runs/{run_id}")
+        browser.until_visible("image-card")
+        browser.until_text("run-image", doc["Image"])
+        seen = {
+            "image": browser.find("run-image").text,
+            "layout": browser.find("run-layout").text,
+            "command": browser.script("return document.getElementById('run-command').textContent"),
+        }
+        browser.find("copy-command").click()
+        browser.until(lambda _: browser.find("copy-status").text)
+        seen["copied"] = browser.find("copy-status").text
+        seen["selected"] = browser.script("return getSelection().toString()")
+        seen["shot"] = browser.screenshot("run-page-image.png")
+        return seen
+
+    seen = await browser.drive(look, 60)
+    assert seen["image"] == f"{doc['Image']} (built on the engine: no repo digest)"
+    assert seen["layout"] == "chip_top.gds"
+    assert seen["command"] == doc["RunItYourself"]["Command"]
+    assert seen["command"].startswith("docker run --rm --network none --memory ")
+    assert seen["copied"] in ("copied", "selected: copy it with your keyboard")
+    if seen["copied"] != "copied":
+        assert seen["selected"].strip() == seen["command"]
+
+
+async def test_run_page_rechecks_with_the_latest_image(
+    browser: Browser,
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+) -> None:
+    """An ended run's "Re-check" button opens the new run's page, which names the run it
+    re-checks with a link back."""
+    api = await start_app()
+    run_id = await api.run(gds("chip_top"), "chip_top.gds")
+    await api.wait(run_id)
+    browser.point_at(api.client)
+
+    def recheck() -> dict[str, Any]:
+        browser.open(f"#/runs/{run_id}")
+        browser.until_visible("recheck")
+        browser.find("recheck").click()
+        browser.until(lambda d: not d.current_url.endswith(run_id))
+        browser.until_visible("recheck-of")
+        link = browser.find("recheck-of-link")
+        return {
+            "new_id": browser.driver.current_url.rsplit("/", 1)[1],
+            "text": browser.find("recheck-of").text,
+            "href": link.get_attribute("href"),
+        }
+
+    seen = await browser.drive(recheck, 60)
+    assert seen["text"] == f"A re-check, with the image resolved anew, of run {run_id}"
+    assert seen["href"].endswith(f"#/runs/{run_id}")
+    doc = await api.get(seen["new_id"])
+    assert doc["RecheckOf"] == run_id

@@ -105,10 +105,12 @@ SAMPLES: list[object] = [
         preflight=Preflight("not-run", "enforce", reason="the layout has not been read yet"),
     ),
     run_queued(top_cell="TOP_cell$1", slot="0p5x1", cob=True, at=T0),
+    run_queued("r4", recheck_of="r1"),
     RunCancelRequested("r1", T0),
     RunCancelled("r1", T0),
     RunCancelled("r1", T0, exit_code=137),
     run_started(container_id="c0ffee" * 10, image_digest="sha256:" + "ef" * 32, at=T0),
+    run_started(image_id="sha256:" + "ef" * 32, image_digest="ghcr.io/a/b@sha256:" + "fe" * 32),
     RunProgressed("r1", 3, 16, "KLayout.CheckSize", T0),
     run_finished(
         status="failed",

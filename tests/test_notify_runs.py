@@ -53,7 +53,9 @@ async def test_a_real_runs_end_is_told_once_it_is_final(
         assert doc["State"]["Status"] == data["status"] == "failed"
         assert data["verdict"]["failed_step"] == doc["Result"]["FailedStep"] == "KLayout.CheckSize"
         assert data["verdict"]["classification"] == "design"
-        assert data["image_digest"] == doc["Image"]
+        assert data["image_id"] == doc["Image"] == doc["Attempts"][-1]["Image"]
+        assert data["image_id"].startswith("sha256:")
+        assert data["image_digest"] == doc["ImageDigest"] is None  # built here: no registry's
         assert data["input"]["sha256"] == doc["Input"]["Checksums"]["sha256"]
         await asyncio.sleep(1)
         assert len(receiver.got) == 1

@@ -96,6 +96,7 @@ class QueueRun:
     max_queued: int = 0
     max_running: int = 0  # ... or with as many running as `max_running` (0: no limit)
     notify: tuple[Subscription, ...] = ()  # checked against the operator's policy at the edge
+    recheck_of: str = ""  # the run it re-checks: its start resolves the image anew
 
 
 @attrs.frozen
@@ -281,6 +282,7 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
         c.now,
         preflight,
         c.notify,
+        c.recheck_of,
     )
     return Decision((event,), {upload_stream(upload.id): upload.version, run_stream(c.run_id): 0})
 

@@ -238,6 +238,7 @@ def payload(run: RunRecord, base_url: str) -> dict[str, Any]:
             },
             "input": {"name": run.input.name, "sha256": run.input.sha256},
             "top_cell": run.top_cell,
+            "image_id": run.image_id or None,
             "image_digest": run.image_digest or None,
             "created": _iso(run.created),
             "started": _iso(run.started_at),
@@ -272,5 +273,7 @@ def summary_lines(body: dict[str, Any]) -> Sequence[str]:
             lines.append(f"{check_name}: {count} error{'s' if count != 1 else ''}")
     if payload.get("error"):
         lines.append(f"Error: {payload['error']}")
+    if image := payload.get("image_digest") or payload.get("image_id"):
+        lines.append(f"Image: {image}")  # what a re-run must match to give the same verdict
     lines.append(f"Run page: {payload['links']['page']}")
     return lines

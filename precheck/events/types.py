@@ -167,6 +167,7 @@ class RunQueued:
     at: datetime
     preflight: Preflight | None = None  # older rows have none
     notify: tuple[Subscription, ...] = ()  # older rows asked for none
+    recheck_of: str = ""  # the run it re-checks with the image resolved anew; older rows: none
 
 
 @attrs.frozen
@@ -193,9 +194,10 @@ class RunStarted:
     run_id: str
     container_id: str
     image: str
-    image_digest: str
+    image_digest: str  # the repo digest, empty for a local build; older rows: it or the id
     at: datetime
     engine: str = "local"  # the configured engine it runs on; rows before engines: `local`
+    image_id: str = ""  # the image's id (`sha256:...`); rows before it: empty
 
 
 @attrs.frozen

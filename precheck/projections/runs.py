@@ -47,6 +47,8 @@ class Attempt:
     exit_code: int
     error: str
     after_line: int  # its output lines follow this line number
+    image_id: str = ""  # the image it ran (empty: it never started)
+    image_digest: str = ""
 
 
 @attrs.frozen
@@ -106,7 +108,8 @@ class RunRecord:
     error: str = ""
     container_id: str = ""
     image: str = ""
-    image_digest: str = ""
+    image_digest: str = ""  # the repo digest the attempt under way runs (empty: none known)
+    image_id: str = ""  # the id of that image
     engine: str = ""  # the configured engine its container runs on (from `RunStarted`)
     attempt: int = 1  # the attempt under way (or the last); earlier ones in `attempts`
     attempts: tuple[Attempt, ...] = ()  # earlier attempts, ended in system failures, retried
@@ -127,6 +130,7 @@ class RunRecord:
     preflight: Preflight | None = None  # what pre-flight said when it was queued
     owner: str = ""  # the actor that queued it (an API key's name, `anonymous`, `cli`)
     notify: tuple[Subscription, ...] = ()  # who to tell when it ends
+    recheck_of: str = ""  # the run it re-checks with the image resolved anew
 
     @property
     def active(self) -> bool:
@@ -176,6 +180,7 @@ class Runs:
                 preflight=e.preflight,
                 owner=r.metadata.actor,
                 notify=e.notify,
+                recheck_of=e.recheck_of,
             )
             return
         change = _CHANGES.get(kind)
@@ -264,9 +269,25 @@ def _stored(run: RunRecord, e: RunOutputsStored) -> dict[str, Any]:
     )
 
 
+def _image_of(e: RunStarted) -> dict[str, str]:
+    """The image id and repo digest a start recorded. A row from before `image_id` holds one
+    of them in `image_digest`: an id (`sha256:...`) when the image had no repo digest."""
+    if e.image_id or not e.image_digest.startswith("sha256:"):
+        return dict(image_id=e.image_id, image_digest=e.image_digest)
+    return dict(image_id=e.image_digest, image_digest="")
+
+
 def _retried(run: RunRecord, e: RunRetried) -> dict[str, Any]:
     ended = Attempt(
-        run.attempt, e.engine, e.started_at, e.finished_at, e.exit_code, e.reason, run.after_line
+        run.attempt,
+        e.engine,
+        e.started_at,
+        e.finished_at,
+        e.exit_code,
+        e.reason,
+        run.after_line,
+        run.image_id,
+        run.image_digest,
     )
     return dict(
         status=RunStatus.QUEUED,
@@ -276,6 +297,8 @@ def _retried(run: RunRecord, e: RunRetried) -> dict[str, Any]:
         error="",
         container_id="",
         engine="",
+        image_id="",
+        image_digest="",
         progress=None,
         timed_out=False,
         result=None,
@@ -304,7 +327,7 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
         started_at=e.at,
         container_id=e.container_id,
         image=e.image,
-        image_digest=e.image_digest,
+        **_image_of(e),
         engine=e.engine,
     ),
     RunProgressed: lambda e: dict(progress=Progress(e.step, e.total, e.name)),

@@ -20,6 +20,7 @@ import attrs
 from aiodocker.exceptions import DockerError
 
 from precheck.config import EngineConfig
+from precheck.runner.image_ref import ImageRef, repo_digest
 from precheck.storage.docker_time import docker_datetime, docker_since
 from precheck.storage.output_lines import LineBlock
 
@@ -168,13 +169,17 @@ class Engine:
 
     async def image_id(self, image: str) -> str | None:
         """The local image's id (`sha256:...`), None when the engine does not have it."""
+        ref = await self.image_ref(image)
+        return ref.id if ref else None
+
+    async def image_ref(self, image: str) -> ImageRef | None:
+        """The local image's id and repo digest, None when the engine does not have it."""
         try:
             with _translated():
                 info = await self.docker.images.inspect(image)
         except EngineNotFound:
             return None
-        digests = info.get("RepoDigests") or []
-        return str(digests[0] if digests else info["Id"])
+        return ImageRef(str(info["Id"]), repo_digest(image, info.get("RepoDigests") or []))
 
     async def pull(self, image: str) -> None:
         """Pull `image`; raise `EngineError` with Docker's message when it fails."""

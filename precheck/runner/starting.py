@@ -26,6 +26,7 @@ from precheck.runner.container_spec import container_name, container_spec, input
 from precheck.runner.engine import EngineError, EngineNotFound, EngineUnreachable
 from precheck.runner.engines import EngineFollower, EnginePool, choose
 from precheck.runner.finishing import Finisher
+from precheck.runner.image_ref import ImageRef
 from precheck.runner.recorder import Recorder
 from precheck.runner.retry import Backoff
 from precheck.runner.tar_stream import write_tar
@@ -159,20 +160,20 @@ class Starter:
         why = f"Docker: image {image} is not available (pull policy: never)"
         await self.recorder.append(run, [RunFailedToStart(run.id, why, self.clock())])
 
-    async def _image(self, f: EngineFollower) -> str:
-        """The configured image's digest on engine `f`, pulled first when its pull policy
-        says so."""
+    async def _image(self, f: EngineFollower, anew: bool = False) -> ImageRef:
+        """The configured image's id and repo digest on engine `f`, pulled first when its pull
+        policy says so; `anew` (a re-check with the latest image): whenever it may pull."""
         image, policy = self.docker.image, f.config.pull
-        if policy == "always":
+        if policy == "always" or (anew and policy != "never"):
             await f.engine.pull(image)
-        digest = await f.engine.image_id(image)
-        if digest is None and policy == "missing":
+        ref = await f.engine.image_ref(image)
+        if ref is None and policy == "missing":
             await f.engine.pull(image)
-            digest = await f.engine.image_id(image)
-        f.image_present = digest is not None
-        if digest is None:
+            ref = await f.engine.image_ref(image)
+        f.image_present = ref is not None
+        if ref is None:
             raise EngineNotFound(404, f"image {image} is not available (pull policy: {policy})")
-        return digest
+        return ref
 
     async def _start(
         self,
@@ -183,7 +184,7 @@ class Starter:
     ) -> None:
         container_id = ""
         try:
-            digest = await self._image(f)
+            ref = await self._image(f, anew=bool(run.recheck_of))
             instance = self.state.instance_id or ""
             container_id = await f.engine.create(
                 container_name(run, self.docker),
@@ -195,7 +196,7 @@ class Starter:
             if before is not None:
                 await asyncio.wait((before,))  # the run queued before this one records first
             started = RunStarted(
-                run.id, container_id, self.docker.image, digest, self.clock(), f.name
+                run.id, container_id, self.docker.image, ref.digest, self.clock(), f.name, ref.id
             )
             if not await self.recorder.append(run, [started]):
                 # Cancelled while starting: the container must not outlive that decision.

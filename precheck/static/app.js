@@ -386,8 +386,37 @@ function showDocument(doc) {
   const live = doc.State.Status === "queued" || doc.State.Status === "running";
   $("cancel-run").hidden = !live;
   $("rerun").hidden = !ENDED.has(doc.State.Status);
+  $("recheck").hidden = !ENDED.has(doc.State.Status);
+  $("recheck-of").hidden = !doc.RecheckOf;
+  if (doc.RecheckOf) {
+    $("recheck-of-link").textContent = doc.RecheckOf;
+    $("recheck-of-link").href = `#/runs/${encodeURIComponent(doc.RecheckOf)}`;
+  }
+  showImage(doc);
   showTimes(v);
   showSteps(v);
+}
+
+// Which image the attempt runs, pinned, and the command line that runs it elsewhere.
+function showImage(doc) {
+  const mine = doc.RunItYourself;
+  $("image-card").hidden = !mine;
+  if (!mine) return;
+  $("run-image").textContent = doc.ImageDigest ? `${doc.ImageDigest} (id ${doc.Image})` : `${doc.Image} (built on the engine: no repo digest)`;
+  $("run-layout").textContent = mine.Layout;
+  if ($("run-command").textContent !== mine.Command) $("run-command").textContent = mine.Command;
+}
+
+async function copyCommand() {
+  const text = $("run-command").textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    setStatus($("copy-status"), "copied");
+  } catch {
+    // No clipboard for this page (an insecure origin): select it for the user to copy.
+    getSelection().selectAllChildren($("run-command"));
+    setStatus($("copy-status"), "selected: copy it with your keyboard");
+  }
 }
 
 function showTimes(v) {
@@ -930,23 +959,28 @@ $("cancel-run").addEventListener("click", async () => {
   }
 });
 
-$("rerun").addEventListener("click", async () => {
+// Re-run and re-check queue a new run of the same upload; a re-check resolves the image anew.
+async function runAgain(button, action, verb) {
   const v = view;
   if (!v) return;
-  const button = $("rerun");
   button.disabled = true;
   setStatus($("run-action-status"), "starting a new run…");
   try {
-    const doc = await api(`${v.base}/rerun`, { method: "POST" });
+    const doc = await api(`${v.base}/${action}`, { method: "POST" });
     location.hash = `#/runs/${doc.Id}`;
   } catch (err) {
-    let text = `could not re-run: ${err.message}`;
+    let text = `could not ${verb}: ${err.message}`;
     if (err.status === 404 || err.status === 410) text += ". Upload the layout again to check it.";
     if (view === v) setStatus($("run-action-status"), text, true);
   } finally {
     button.disabled = false;
   }
-});
+}
+
+$("rerun").addEventListener("click", () => runAgain($("rerun"), "rerun", "re-run"));
+$("recheck").addEventListener("click", () => runAgain($("recheck"), "recheck", "re-check"));
+
+$("copy-command").addEventListener("click", () => copyCommand());
 
 // Downloads are plain links; with a key they are fetched with it and saved from memory.
 document.addEventListener("click", (e) => {
@@ -1253,6 +1287,11 @@ async function showRun(id, line) {
   $("autoscroll").checked = !line;
   $("cancel-run").hidden = true;
   $("rerun").hidden = true;
+  $("recheck").hidden = true;
+  $("recheck-of").hidden = true;
+  $("image-card").hidden = true;
+  $("run-command").textContent = "";
+  setStatus($("copy-status"), "");
   $("verdict").hidden = true;
   $("findings-card").hidden = true;
   $("notes").hidden = true;

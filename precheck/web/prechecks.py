@@ -101,6 +101,17 @@ async def rerun_precheck(request: web.Request) -> web.Response:
 
     It notifies whom the run re-run did, unless the body gives its own `notify`.
     """
+    return await _again(request, recheck=False)
+
+
+async def recheck_precheck(request: web.Request) -> web.Response:
+    """As a re-run, but its start resolves the image anew (pulled unless the engine's policy
+    is `never`): the same layout checked with the latest image; `RecheckOf` names the run."""
+    return await _again(request, recheck=True)
+
+
+async def _again(request: web.Request, *, recheck: bool) -> web.Response:
+    """Queue a new run of a run's upload and parameters."""
     app = request.app
     run = find_run(request)
     body = await json_body(request, RerunRequest) if request.body_exists else RerunRequest()
@@ -126,6 +137,7 @@ async def rerun_precheck(request: web.Request) -> web.Response:
             app[keys.CONFIG].server.max_queued_per_owner,
             app[keys.CONFIG].server.max_running_per_owner,
             notify,
+            run.id if recheck else "",
         ),
         metadata(request),
     )
@@ -190,3 +202,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/prechecks/{run_id}", get_precheck)
     app.router.add_delete("/api/v1/prechecks/{run_id}", cancel_precheck)
     app.router.add_post("/api/v1/prechecks/{run_id}/rerun", rerun_precheck)
+    app.router.add_post("/api/v1/prechecks/{run_id}/recheck", recheck_precheck)

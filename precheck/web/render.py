@@ -16,6 +16,8 @@ from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
 from precheck.runner.container_spec import output_name, precheck_argv
+from precheck.runner.image_ref import ImageRef
+from precheck.runner.run_yourself import layout_name, run_command
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never"
 
@@ -146,7 +148,11 @@ def run_document(
         "Engine": run.engine or None,
         "Attempts": attempt_documents(run),
         "ContainerId": run.container_id or None,
-        "Image": run.image_digest or None,
+        # Docker's `Image` is the image's id; `ImageDigest` its repo digest, none for an
+        # image built on the engine.
+        "Image": run.image_id or None,
+        "ImageDigest": run.image_digest or None,
+        "RunItYourself": run_yourself(run, config),
         "Input": {
             "Filename": run.input.name,
             "Size": run.input.size,
@@ -191,8 +197,23 @@ def run_document(
         "Preflight": preflight_document(run.preflight),
         # Whom its end is told, redacted: a URL's query string or user info may hold a token.
         "Notify": [{"Kind": s.kind, "Target": redact(s)} for s in run.notify],
+        "RecheckOf": run.recheck_of or None,
     }
     return doc
+
+
+def run_yourself(run: RunRecord, config: Config) -> dict[str, Any] | None:
+    """`RunItYourself`: the `docker run` line that runs the attempt's container as we ran it,
+    the image pinned; None until an attempt started (which image it runs is not known)."""
+    if not run.image_id:
+        return None
+    image = ImageRef(run.image_id, run.image_digest)
+    engine = next((e for e in config.engines if e.name == run.engine), None)
+    return {
+        "Command": run_command(run, config.docker, engine, image),
+        "Layout": layout_name(run),
+        "Image": image.pinned,
+    }
 
 
 def findings_counts(found: tuple[FindingsCount, ...]) -> list[dict[str, Any]]:
@@ -221,6 +242,8 @@ def attempt_documents(run: RunRecord) -> list[dict[str, Any]]:
             "FinishedAt": _time(a.finished_at),
             "ExitCode": a.exit_code,
             "Error": a.error,
+            "Image": a.image_id or None,
+            "ImageDigest": a.image_digest or None,
         }
         for a in run.attempts
     ]
@@ -232,6 +255,8 @@ def attempt_documents(run: RunRecord) -> list[dict[str, Any]]:
             "FinishedAt": _time(run.finished_at),
             "ExitCode": run.exit_code,
             "Error": run.error,
+            "Image": run.image_id or None,
+            "ImageDigest": run.image_digest or None,
         }
     )
     return docs
