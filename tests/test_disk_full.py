@@ -6,8 +6,6 @@ The folders live on small memory file systems mounted for the tests (needs root)
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,25 +19,14 @@ from precheck.events.types import RunFinishFailed
 from precheck.web import keys
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
+from tests.small_fs import small_fs
 
 
 @pytest.fixture
 def small_runs_folder(tmp_path: Path) -> Iterator[Path]:
     """`tmp_path/data/runs` on a 1 MiB memory file system, unmounted afterwards."""
-    runs = tmp_path / "data" / "runs"
-    runs.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(runs)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        why = f"cannot mount a small file system: {mounted.stderr.decode().strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(why)  # no test skips on CI
-        pytest.skip(why)
-    try:
+    with small_fs(tmp_path / "data" / "runs", "1m") as runs:
         yield runs
-    finally:
-        subprocess.run(["umount", "-l", str(runs)], check=False)
 
 
 def big_layout() -> bytes:
@@ -73,20 +60,8 @@ async def test_a_full_disk_at_copy_out_fails_the_run_as_a_system_failure(
 @pytest.fixture
 def small_tmp_folder(tmp_path: Path) -> Iterator[Path]:
     """`tmp_path/data/tmp` (where uploads land first) on a 1 MiB memory file system."""
-    folder = tmp_path / "data" / "tmp"
-    folder.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        why = f"cannot mount a small file system: {mounted.stderr.decode().strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(why)  # no test skips on CI
-        pytest.skip(why)
-    try:
+    with small_fs(tmp_path / "data" / "tmp", "1m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 async def test_an_upload_that_fills_the_disk_leaves_no_partial_file(

@@ -6,8 +6,6 @@ report the free space. The storage folder is a small memory file system (needs r
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from precheck.config import Config
 from precheck.web import keys
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
+from tests.small_fs import small_fs
 
 MB = 1 << 20
 
@@ -26,20 +25,8 @@ MB = 1 << 20
 @pytest.fixture
 def small_storage(tmp_path: Path) -> Iterator[Path]:
     """`tmp_path/data` on an 8 MiB memory file system, unmounted afterwards."""
-    data = tmp_path / "data"
-    data.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(data)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        why = f"cannot mount a small file system: {mounted.stderr.decode().strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(why)  # no test skips on CI
-        pytest.skip(why)
-    try:
+    with small_fs(tmp_path / "data", "8m") as data:
         yield data
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 def padded(size: int) -> bytes:

@@ -13,14 +13,21 @@ from precheck.errors import Invalid, NotFound
 from precheck.events.types import RunDeleted
 from precheck.projections.queue import queue_at
 from precheck.projections.runs import RunRecord
-from precheck.service.as_of import position_of, run_as_of
+from precheck.service.as_of import run_as_of
 from precheck.service.run_waiter import wait_for_end
 from precheck.web import keys, quota
 from precheck.web.access import find_run, find_upload, require_admin, visible_runs
 from precheck.web.context import metadata
 from precheck.web.notify_policy import requested
 from precheck.web.render import run_document
-from precheck.web.requests import CreateRun, PruneRequest, RerunRequest, json_body, query_bool
+from precheck.web.requests import (
+    CreateRun,
+    PruneRequest,
+    RerunRequest,
+    as_of_position,
+    json_body,
+    query_bool,
+)
 
 CANCEL_WAIT = 30.0
 
@@ -84,10 +91,7 @@ async def get_precheck(request: web.Request) -> web.Response:
         return _document(request, run)
     app = request.app
     store, state = app[keys.STORE], app[keys.PROJECTIONS]
-    try:
-        position = await position_of(store, request.query["as_of"])
-    except ValueError as e:
-        raise Invalid(f"as_of: a log position or an ISO time: {e}") from None
+    position = await as_of_position(request)
     then = await run_as_of(store, run.id, position)
     if then is None:
         raise NotFound(f"precheck {run.id} did not exist yet at position {position}")

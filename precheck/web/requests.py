@@ -11,6 +11,8 @@ from aiohttp import web
 from cattrs.gen import make_dict_structure_fn
 
 from precheck.errors import Invalid, NotJson
+from precheck.service.as_of import position_of
+from precheck.web import keys
 from precheck.web.body_reading import read_whole
 
 T = TypeVar("T")
@@ -148,6 +150,14 @@ def query_float(
 
 
 MAX_INT = 2**63 - 1
+
+
+async def as_of_position(request: web.Request) -> int:
+    """`?as_of=` as a log position: a number, or an ISO time with its zone (400 otherwise)."""
+    try:
+        return await position_of(request.app[keys.STORE], request.query["as_of"])
+    except ValueError as e:
+        raise Invalid(f"as_of: a log position or an ISO time: {e}") from None
 
 
 def query_int(request: web.Request, name: str, default: int | None, low: int = 0) -> int | None:

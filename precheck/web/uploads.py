@@ -13,7 +13,7 @@ from precheck.config import SLOTS
 from precheck.domain.commands import TOP_CELL, DeleteUpload, ReceiveUpload, upload_expiry
 from precheck.domain.preflight import check
 from precheck.errors import Invalid, NotFound, TooLarge
-from precheck.service.as_of import position_of, upload_as_of
+from precheck.service.as_of import upload_as_of
 from precheck.storage.files import SUFFIX
 from precheck.web import keys, quota
 from precheck.web.access import find_upload, visible_uploads
@@ -21,6 +21,7 @@ from precheck.web.body_reading import paced
 from precheck.web.context import metadata
 from precheck.web.held import hold
 from precheck.web.render import check_documents, upload_document
+from precheck.web.requests import as_of_position
 
 CHUNK = 1 << 20
 
@@ -120,12 +121,8 @@ async def get_upload(request: web.Request) -> web.Response:
     now = request.app[keys.CLOCK]()
     if "as_of" not in request.query:
         return web.json_response(upload_document(upload, now))
-    store = request.app[keys.STORE]
-    try:
-        position = await position_of(store, request.query["as_of"])
-    except ValueError as e:
-        raise Invalid(f"as_of: a log position or an ISO time: {e}") from None
-    then = await upload_as_of(store, upload.id, position)
+    position = await as_of_position(request)
+    then = await upload_as_of(request.app[keys.STORE], upload.id, position)
     if then is None:
         raise NotFound(f"upload {upload.id} did not exist yet at position {position}")
     return web.json_response({**upload_document(then, now), "AsOf": position})
