@@ -9,6 +9,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from pytest_aiohttp import AiohttpClient
 
@@ -63,7 +64,9 @@ async def test_a_backup_taken_while_serving_verifies_and_serves_the_same(
 
     report = await verify(_config_of(dest))
     assert report.ok, report.lines
-    copy = await aiohttp_client(create_app(_config_of(dest), run_containers=False))
+    # Served with the same config but for its folder: documents hold config-made parts too.
+    same = attrs.evolve(config, server=attrs.evolve(config.server, storage_path=dest))
+    copy = await aiohttp_client(create_app(same, run_containers=False))
     for run in runs:
         original = await api.get(run)
         r = await copy.get(f"/api/v1/prechecks/{run}")
