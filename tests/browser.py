@@ -149,6 +149,8 @@ def start_chromium(profile: Path) -> webdriver.Chrome:
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(profile / "downloads")}
     )
+    # The page's console is kept, so a test can read what the browser refused (the CSP).
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 

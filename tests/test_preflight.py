@@ -470,10 +470,14 @@ def _reader_processes() -> list[int]:
     return found
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the reader gives up root only when run as root")
 async def test_the_reader_run_by_root_reads_as_nobody_outside_the_storage(tmp_path: Path) -> None:
     """Run by root, the child reading a layout is `nobody` with no groups, works in a folder of
     its own outside the storage folder, holds no path into it, and its folder is gone after."""
+    if os.geteuid() != 0:
+        why = "the reader gives up root only when run as root"
+        if os.environ.get("CI"):
+            pytest.fail(why)  # CI runs as root: no test skips there
+        pytest.skip(why)
     storage = tmp_path / "data" / "uploads" / "u1"
     storage.mkdir(parents=True)
     tmp_path.joinpath("data").chmod(0o700)
