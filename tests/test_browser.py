@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import struct
-import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from tests.browser import Browser
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
 from tests.real_layouts import die
+from tests.renders import drawn_bounds, render_like_the_flow
 
 KEY = "k1"
 
@@ -662,31 +661,16 @@ async def test_page_shows_pre_flight_before_start(
     assert seen["shot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _png(width: int, height: int) -> bytes:
-    """A grey PNG of this size (the render; only its size matters to the markers)."""
-    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    head = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", head)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + (chunk(b"IEND", b""))
-    )
-
-
 REAL_REPORTS = Path(__file__).parent / "fixtures" / "real_runs" / "reports"
 
 
-async def _ended_like_the_drc_case(client: Any) -> str:
-    """A run of a 0p5x0p5 die ended as the real drc case did: its real reports kept and read,
-    a render of 968 x 1265 px (the die at half the width of 1936 µm), a warning."""
+async def _ended_like_the_drc_case(client: Any, case: str = "drc") -> str:
+    """A run of a 0p5x0p5 die ended as the real `case` did: its real reports (and the flow's
+    warning.log and error.log) kept and read, a render of the die made the way the flow's
+    render step makes it, 968 x 1265 px, and a warning."""
+    layout = die("0p5x0p5")
     form = aiohttp.FormData()
-    form.add_field("file", die("0p5x0p5"), filename="chip_top.gds")
+    form.add_field("file", layout, filename="chip_top.gds")
     upload = await (await client.post("/api/v1/uploads", data=form)).json()
     for _ in range(200):  # the layout is read in a child process
         doc = await (await client.get(f"/api/v1/uploads/{upload['Id']}")).json()
@@ -699,14 +683,15 @@ async def _ended_like_the_drc_case(client: Any) -> str:
     run_id: str = run["Id"]
     run_dir = client.app[keys.STORAGE].run_dir(run_id)
     files = []
-    for src in sorted((REAL_REPORTS / "drc").rglob("*.*")):
-        rel = f"run/{src.parent.name}/reports/{src.name}"
+    for src in sorted((REAL_REPORTS / case).rglob("*.*")):
+        inner = src.relative_to(REAL_REPORTS / case)
+        rel = f"run/{inner.parent}/reports/{src.name}" if inner.parent.name else f"run/{src.name}"
         (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, run_dir / rel)
         files.append(OutputFile(rel, src.stat().st_size, "0" * 64))
     png = run_dir / "run/final/render/chip_top.png"
     png.parent.mkdir(parents=True)
-    png.write_bytes(_png(968, 1265))
+    png.write_bytes(render_like_the_flow(layout, 968))
     files.append(OutputFile("run/final/render/chip_top.png", png.stat().st_size, "1" * 64))
     found = store_findings(run_dir, files)
     at = datetime.now(UTC)
@@ -769,6 +754,12 @@ def _findings(browser: Browser, run_id: str) -> dict[str, Any]:
         "return [r.x + r.width / 2 - (f.x + f.width / 2),"
         " r.y + r.height / 2 - (f.y + f.height / 2)]"
     )
+    # The flow's error.log, whole, when its line is opened.
+    browser.css("#errors-file summary").click()
+    browser.until(lambda _: browser.find("errors-file-text").text)
+    seen["error_log"] = browser.find("errors-file-text").text
+    seen["error_log_size"] = browser.find("errors-file-size").text
+    seen["warning_log_shown"] = browser.find("warnings-file").is_displayed()
     seen["shot"] = browser.screenshot("run-page-findings.png")
     return seen
 
@@ -801,12 +792,57 @@ async def test_run_page_shows_warnings_findings_and_draws_a_rules_markers(
     assert seen["title"].startswith("DE.2: 2 markers")
     assert seen["markers"][0] == "edge-pair: (30,100;30,100.5)|(30.5,100.5;30.5,100)"
     assert seen["viewbox"] == "0 0 968 1265"
-    # (30 µm, 100 µm) on a 1936 x 2531 µm die at 968 x 1265 px: x 15, y (2531 - 100) / 2 px.
+    # (30 µm, 100 µm) of the 1936 x 2531 µm die, where the render drew the die (its margins
+    # measured on the render itself).
+    left, top, right, bottom = drawn_bounds(render_like_the_flow(die("0p5x0p5"), 968))
     first = [tuple(float(c) for c in p.split(",")) for p in seen["shapes"][0].split()]
-    assert first[0] == pytest.approx((15.0, (2531 - 100) * 1265 / 2531), abs=0.01)
+    at = (left + 30 / 1936 * (right - left), bottom - 100 / 2531 * (bottom - top))
+    assert first[0] == pytest.approx(at, abs=1.5)
     assert seen["rings"] == 2
     # Within a few screen pixels at 16 times: a fraction of a pixel of the render.
     assert all(abs(d) < 4 for d in seen["off_centre"]), seen["off_centre"]
+    # The flow's own error.log is there to read whole; its warning.log was empty: not offered.
+    error_log = (REAL_REPORTS / "drc" / "error.log").read_text()
+    assert seen["error_log"] == error_log.strip()
+    assert seen["error_log_size"] == f"({len(error_log.encode())} bytes)"
+    assert not seen["warning_log_shown"]
+
+
+def _density_marker(browser: Browser, run_id: str) -> str:
+    """Open the run, choose the density rule M1.4: its marker's points."""
+    browser.open(f"#/runs/{run_id}")
+    browser.until_visible("findings-card")
+    browser.until(lambda _: browser.css_all("#findings tr[data-rule='M1.4']"))
+    browser.css("#findings tr[data-rule='M1.4'] button").click()
+    browser.until(lambda _: browser.css_all("#markers .shape"))
+    browser.until(lambda _: browser.find("findings-render").get_attribute("naturalWidth") != "0")
+    points: str = browser.script(
+        "return document.querySelector('#markers .shape').getAttribute('points')"
+    )
+    return points
+
+
+async def test_a_marker_lies_where_the_flow_s_render_drew_its_place(
+    browser: Browser,
+    aiohttp_client: AiohttpClient,
+    make_config: Callable[..., Config],
+) -> None:
+    """The real density case's marker is the whole die: drawn over a render made the way the
+    flow makes it, it covers what the render drew to within a pixel and a half (the render fits
+    the layout with a margin, so µm do not map to the image's edges)."""
+    config = make_config(preflight={"enabled": True})
+    client = await aiohttp_client(create_app(config, run_containers=False))
+    run_id = await _ended_like_the_drc_case(client, "density")
+    browser.point_at(client)
+
+    points = await browser.drive(lambda: _density_marker(browser, run_id), 60)
+
+    xy = [tuple(float(c) for c in p.split(",")) for p in points.split()]
+    xs, ys = [x for x, _ in xy], [y for _, y in xy]
+    drawn = drawn_bounds(render_like_the_flow(die("0p5x0p5"), 968))
+    assert (min(xs), min(ys), max(xs), max(ys)) == pytest.approx(drawn, abs=1.5)
+    # Not the image's edges: the render's margin is some 23 px of 968.
+    assert min(xs) > 20
 
 
 PAD = 200  # the real flow pads its logger lines to the terminal's width

@@ -1081,7 +1081,7 @@ async function showVerdict(v, doc) {
     list.append(link(label, `${v.base}/reports/${where}`, rep.Name));
   }
   list.append(link("debug tarball", `/api/v1/debug/prechecks/${encodeURIComponent(doc.Id)}`, `precheck-${doc.Id}.tar.gz`));
-  showNotes(r);
+  showNotes(v, r);
   const png = await fetch(`${v.base}/render`, { headers: headers() });
   let url = null;
   if (png.ok && view === v) {
@@ -1094,17 +1094,39 @@ async function showVerdict(v, doc) {
   if (view === v) await showFindings(v, doc, url);
 }
 
-// The flow's warning and error lines, above the log: a passed run may warn (Magic DRC).
-function showNotes(r) {
+// The flow's warning and error lines, above the log: a passed run may warn (Magic DRC). The
+// flow's own warning.log and error.log hold each record whole (a failed tool's last lines):
+// fetched when opened.
+function showNotes(v, r) {
   const warnings = r?.Warnings || { Count: 0, Lines: [] };
   const errors = r?.Errors || { Count: 0, Lines: [] };
   for (const [what, seen] of [["warnings", warnings], ["errors", errors]]) {
-    $(`${what}-box`).hidden = !seen.Count;
+    $(`${what}-box`).hidden = !seen.Count && !seen.File;
     const more = seen.Count > seen.Lines.length ? ` (the first ${seen.Lines.length} shown)` : "";
     $(`${what}-count`).textContent = `${seen.Count}${more}`;
     $(what).replaceChildren(...seen.Lines.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
+    showFlowFile(v, what, seen.File);
   }
-  $("notes").hidden = !warnings.Count && !errors.Count;
+  $("notes").hidden = !warnings.Count && !errors.Count && !warnings.File && !errors.File;
+}
+
+const FLOW_FILE_SHOWN = 64 * 1024; // bytes of a flow log file shown on the page; the rest is a download
+
+function showFlowFile(v, what, file) {
+  const box = $(`${what}-file`);
+  box.hidden = !file;
+  box.open = false;
+  $(`${what}-file-text`).textContent = "";
+  if (!file) return;
+  $(`${what}-file-size`).textContent = `(${file.Size} bytes)`;
+  box.ontoggle = async () => {
+    if (!box.open || $(`${what}-file-text`).textContent) return;
+    const got = await fetch(`${v.base}/reports/${encodeURIComponent(file.Path)}`, { headers: headers() });
+    if (view !== v) return;
+    const text = got.ok ? await got.text() : `not available (${got.status})`;
+    $(`${what}-file-text`).textContent = text.length > FLOW_FILE_SHOWN
+      ? `${text.slice(0, FLOW_FILE_SHOWN)}\n… (the whole file is in the reports)` : text;
+  };
 }
 
 // Die sizes of the slots in µm, as the server's pre-flight has them: the render's extent when
@@ -1223,8 +1245,21 @@ function goToMarker(v, i, li) {
   pz.pan(box.clientWidth / 2 - c[0] * scale, box.clientHeight / 2 - c[1] * scale, { animate: false });
 }
 
-// Markers over the render: the render is the die box, so µm map linearly to its pixels (y up
-// in the layout, down in the image). Without a die box, the markers' own extent is used.
+// The flow's render fits the layout's box into the image as a layout view's "zoom fit" does:
+// the box grown by 2.5 % of its size on each side, scaled to fit and centred (measured on
+// renders made the flow's way). A µm point's pixel in the render; y is up in the layout, down
+// in the image.
+const FIT_MARGIN = 0.025;
+
+function renderPixel(box, w, h) {
+  const grown = 1 + 2 * FIT_MARGIN;
+  const s = Math.min(w / ((box.Right - box.Left) * grown), h / ((box.Top - box.Bottom) * grown));
+  const cx = (box.Left + box.Right) / 2, cy = (box.Bottom + box.Top) / 2;
+  return ([x, y]) => [w / 2 + (x - cx) * s, h / 2 - (y - cy) * s];
+}
+
+// Markers over the render, placed by the die box (the top cell's box). Without a die box, the
+// markers' own extent stands in for it.
 function drawMarkers(v, markers) {
   const svg = $("markers");
   svg.replaceChildren();
@@ -1240,7 +1275,7 @@ function drawMarkers(v, markers) {
   }
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   const centres = []; // each marker's centre in the render's pixels
-  const px = ([x, y]) => [((x - box.Left) / (box.Right - box.Left)) * w, ((box.Top - y) / (box.Top - box.Bottom)) * h];
+  const px = renderPixel(box, w, h);
   for (const m of markers) {
     const pts = m.Points.map(px);
     if (!pts.length) { centres.push(null); continue; }

@@ -16,6 +16,7 @@ from precheck.projections import Projections
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
 from precheck.runner.container_spec import output_name, precheck_argv
+from precheck.runner.copy_out import RUN_FOLDER
 from precheck.runner.image_ref import ImageRef
 from precheck.runner.run_yourself import layout_name, run_command
 
@@ -187,9 +188,18 @@ def run_document(
                 "Detail": v.detail or None,
                 # What reading each kept report found (`/findings` has the rules and markers).
                 "Findings": findings_counts(v.findings),
-                # The flow's WARNING and ERROR lines (Magic's DRC counts warn, never fail).
-                "Warnings": {"Count": v.warning_count, "Lines": list(v.warnings)},
-                "Errors": {"Count": v.error_count, "Lines": list(v.errors)},
+                # The flow's WARNING and ERROR lines (Magic's DRC counts warn, never fail), and
+                # the flow's own files of them (whole records: a failed tool's last lines).
+                "Warnings": {
+                    "Count": v.warning_count,
+                    "Lines": list(v.warnings),
+                    "File": flow_file(run, "warning.log"),
+                },
+                "Errors": {
+                    "Count": v.error_count,
+                    "Lines": list(v.errors),
+                    "File": flow_file(run, "error.log"),
+                },
             }
             if v
             else None
@@ -200,6 +210,13 @@ def run_document(
         "RecheckOf": run.recheck_of or None,
     }
     return doc
+
+
+def flow_file(run: RunRecord, name: str) -> dict[str, Any] | None:
+    """A log file the flow writes at its run folder's top (`warning.log`), as `/reports`
+    serves it, when it was kept and holds something."""
+    kept = next((f for f in run.files if f.path == f"{RUN_FOLDER}/{name}"), None)
+    return {"Path": name, "Size": kept.size} if kept is not None and kept.size else None
 
 
 def run_yourself(run: RunRecord, config: Config) -> dict[str, Any] | None:
