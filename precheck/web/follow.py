@@ -119,7 +119,9 @@ class RunFollower:
         return queue_at(self.state.runs.by_id.values(), live, self.position)
 
     def _document(self, run: RunRecord, queue: tuple[int | None, int]) -> dict[str, Any]:
-        return run_document(run, self.state, self.app[keys.CONFIG], queue)
+        # An estimate is of now: only a document of the state as it is now has one.
+        now = self.app[keys.CLOCK]() if self.position == self.state.position else None
+        return run_document(run, self.state, self.app[keys.CONFIG], queue, now=now)
 
     def _status_message(self, kind: str) -> str:
         run = self._run()
