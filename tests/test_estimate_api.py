@@ -1,0 +1,113 @@
+"""A run document's `Estimate` on a real socket: none without a past run, then exact times."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from precheck.app import create_app
+from precheck.config import Config
+from precheck.domain.estimate import flow_phases
+from precheck.events.codec import iso
+from precheck.events.types import Event, RunProgressed
+from precheck.web import keys
+from tests.factories import SUPERVISOR, run_exited, run_started
+from tests.layouts import gds
+from tests.sse_client import sse
+
+Client = TestClient[web.Request, web.Application]
+T0 = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+STEPS = flow_phases(cob=False)[1:]
+
+
+class Clock:
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def queue(client: Client) -> str:
+    """Upload a layout and queue a run of it; its id."""
+    form = aiohttp.FormData()
+    form.add_field("file", gds(), filename="chip.gds")
+    up = await (await client.post("/api/v1/uploads", data=form)).json()
+    r = await client.post("/api/v1/prechecks", json={"upload_id": up["Id"], "top_cell": "chip_top"})
+    assert r.status == 200, await r.text()
+    return str((await r.json())["Id"])
+
+
+async def record(client: Client, *events: Event) -> None:
+    """Record events as the supervisor would."""
+    for e in events:
+        await client.app[keys.STORE].append([e], SUPERVISOR)
+
+
+async def estimate(client: Client, run_id: str) -> Any:
+    r = await client.get(f"/api/v1/prechecks/{run_id}")
+    assert r.status == 200
+    return (await r.json())["Estimate"]
+
+
+def a_minute_a_step(run_id: str, start: datetime) -> list[Event]:
+    """A run that started at `start` and took a minute per phase (17 minutes), then passed."""
+    steps: list[Event] = [
+        RunProgressed(run_id, n, 16, name, start + n * MIN) for n, name in enumerate(STEPS, 1)
+    ]
+    return [run_started(run_id, at=start), *steps, run_exited(run_id, finished_at=start + 17 * MIN)]
+
+
+async def test_estimates_follow_the_past_runs_and_the_queue(
+    aiohttp_client: AiohttpClient, config: Config
+) -> None:
+    """One slot. No estimate before a run passed; then a queued run starts after the one ahead
+    of it, and a running run's end moves with its progress."""
+    clock = Clock()
+    client = await aiohttp_client(create_app(config, clock, run_containers=False))
+    first = await queue(client)
+    assert await estimate(client, first) is None  # nothing to rest on yet
+    await record(client, *a_minute_a_step(first, T0))
+    assert await estimate(client, first) is None  # ended: no estimate
+
+    clock.now = T0 + 60 * MIN
+    second, third = await queue(client), await queue(client)
+    now = clock.now
+    assert await estimate(client, second) == {
+        "StartAt": iso(now),
+        "EndAt": iso(now + 17 * MIN),
+        "Basis": 1,
+    }
+    assert (await estimate(client, third))["StartAt"] == iso(now + 17 * MIN)
+
+    # The second starts, and is half a minute into its first step.
+    await record(client, run_started(second, at=now), RunProgressed(second, 1, 16, STEPS[0], now))
+    clock.now = now + timedelta(seconds=30)
+    ends = now + 16 * MIN  # half a minute left of step 1, then 15 one-minute steps
+    assert await estimate(client, second) == {"StartAt": iso(now), "EndAt": iso(ends), "Basis": 1}
+    assert await estimate(client, third) == {
+        "StartAt": iso(ends),
+        "EndAt": iso(ends + 17 * MIN),
+        "Basis": 1,
+    }
+    listed = await (await client.get("/api/v1/prechecks")).json()
+    assert {d["Id"]: d["Estimate"] for d in listed}[third]["StartAt"] == iso(ends)
+
+    # A past state has no estimate: an estimate is of now.
+    position = client.app[keys.PROJECTIONS].position
+    past = await (await client.get(f"/api/v1/prechecks/{third}?as_of={position}")).json()
+    assert past["Estimate"] is None
+
+    # A stream of the run sends it with the document.
+    async with sse(client, f"/api/v1/prechecks/{third}/events", params={"follow": "1"}) as s:
+        (first_message,) = await s.take(1)
+    assert json.loads(first_message.data)["Estimate"]["EndAt"] == iso(ends + 17 * MIN)
