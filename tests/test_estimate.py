@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from precheck.domain.estimate import (
     START,
@@ -148,7 +149,7 @@ def test_a_step_no_past_run_finished_counts_nothing() -> None:
 T = datetime(2026, 3, 4, 8, 0, tzinfo=UTC)
 
 
-def a_run(run_id: str, steps: int, **queued: object) -> list[Event]:
+def a_run(run_id: str, steps: int, **queued: Any) -> list[Event]:
     """A run queued and started at `T`, beginning step `n` at `T + 2n` minutes, `steps` steps."""
     events: list[Event] = [run_queued(run_id, at=T, **queued), run_started(run_id, at=T)]
     names = flow_phases(bool(queued.get("cob")))[1:]

@@ -422,6 +422,7 @@ async function copyCommand() {
 function showTimes(v) {
   const doc = v.doc;
   if (!doc) return;
+  showEstimate(doc);
   const created = ms(doc.Created), started = ms(doc.State.StartedAt), finished = ms(doc.State.FinishedAt);
   showTime($("run-created"), created);
   showTime($("run-started"), started);
@@ -436,6 +437,36 @@ function showTimes(v) {
   }
   $("run-elapsed-label").textContent = label;
   $("run-elapsed").textContent = value;
+}
+
+// "starts in about 40 min, ends about 14:10" (local time), from the run's `Estimate`; the
+// relative part is said anew every tick, the times as each document brings them.
+function estimateText(doc, now) {
+  const e = doc.Estimate;
+  const start = ms(e?.StartAt), end = ms(e?.EndAt);
+  if (start == null || end == null || !(doc.State.Status === "queued" || doc.State.Status === "running")) return "";
+  const ends = `ends about ${clockTime(end, now)}`;
+  if (doc.State.Status !== "queued") return ends;
+  const wait = Math.round((start - now) / 60000);
+  return `${wait < 1 ? "starts about now" : `starts in about ${minutes(wait)}`}, ${ends}`;
+}
+
+function minutes(m) {
+  if (m < 60) return `${m} min`;
+  return m % 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m / 60} h`;
+}
+
+// 14:10 on the same day; with the weekday on another.
+function clockTime(t, now) {
+  const d = new Date(t), pad = (x) => String(x).padStart(2, "0");
+  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  return d.toDateString() === new Date(now).toDateString() ? hm : `${d.toLocaleDateString([], { weekday: "short" })} ${hm}`;
+}
+
+function showEstimate(doc) {
+  const text = estimateText(doc, Date.now());
+  $("run-estimate").hidden = !text;
+  $("run-estimate").textContent = text;
 }
 
 function tick(v) {
@@ -1277,7 +1308,8 @@ async function showRun(id, line) {
   $("run-id").textContent = id;
   $("run-state").textContent = "";
   $("run-state").className = "badge";
-  for (const el of ["run-summary", "run-step", "log-count", "search-count"]) $(el).textContent = "";
+  for (const el of ["run-summary", "run-step", "log-count", "search-count", "run-estimate"]) $(el).textContent = "";
+  $("run-estimate").hidden = true;
   for (const el of ["run-created", "run-started", "run-finished", "run-elapsed"]) $(el).textContent = "–";
   $("run-elapsed-label").textContent = "Elapsed";
   setStatus($("run-action-status"), "");

@@ -19,7 +19,10 @@ _last: WeakKeyDictionary[Projections, tuple[tuple[int, datetime], dict[str, Esti
 
 
 def estimates_now(state: Projections, config: Config, now: datetime) -> dict[str, Estimate]:
-    """Every queued and running run's estimate at `now`, by id (none without a basis)."""
+    """Every queued and running run's estimate at `now`, by id (none without a basis).
+
+    Made once a second at most per state: the followers of many runs share it."""
+    now = now.replace(microsecond=0)
     key = (state.position, now)
     memo = _last.get(state)
     if memo is not None and memo[0] == key:

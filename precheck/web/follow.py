@@ -19,6 +19,7 @@ from precheck.events.store import RecordedEvent
 from precheck.events.streams import run_stream
 from precheck.events.types import (
     RunCancelled,
+    RunExited,
     RunFailedToStart,
     RunProgressed,
     RunQueued,
@@ -27,10 +28,13 @@ from precheck.events.types import (
 from precheck.projections.queue import queue_at
 from precheck.projections.runs import RunRecord, Runs
 from precheck.web import keys
+from precheck.web.estimates import estimate_document
 from precheck.web.render import run_document
 from precheck.web.sse import Stream, last_event_id, message
 
 QUEUE_EVENTS = (RunQueued, RunStarted, RunCancelled, RunFailedToStart)
+# Other runs' events that move a queued run's estimate without moving its place.
+ESTIMATE_EVENTS = (RunProgressed, RunExited)
 
 
 class RunFollower:
@@ -57,6 +61,7 @@ class RunFollower:
         self.line = 0
         self.past = Runs()  # the run as of `position`
         self.sent_queue: tuple[int | None, int] | None = None
+        self.sent_estimate: dict[str, Any] | None = None  # of the last document sent
 
     # Where to start ---------------------------------------------------------------------------
 
@@ -127,7 +132,16 @@ class RunFollower:
         run = self._run()
         queue = self._queue(run)
         self.sent_queue = queue
-        return message(self._document(run, queue), id=self._id(), event=kind)
+        doc = self._document(run, queue)
+        self.sent_estimate = doc.get("Estimate")
+        return message(doc, id=self._id(), event=kind)
+
+    def _estimate_moved(self, run: RunRecord) -> bool:
+        """Did another run's progress move this queued run's estimate (seen live only)?"""
+        if self.position != self.state.position:
+            return False
+        config, now = self.app[keys.CONFIG], self.app[keys.CLOCK]()
+        return estimate_document(self.state, config, run.id, run.status, now) != self.sent_estimate
 
     def _on_event(self, r: RecordedEvent) -> str:
         """The message an event causes for this run, if any."""
@@ -138,9 +152,12 @@ class RunFollower:
                 "progress" if isinstance(r.event, RunProgressed) else "status"
             )
         run = self.past.get(self.run_id)
-        if run is not None and run.status == RunStatus.QUEUED and isinstance(r.event, QUEUE_EVENTS):
-            if self._queue(run) != self.sent_queue:
-                return self._status_message("status")
+        if run is None or run.status != RunStatus.QUEUED:
+            return ""
+        if isinstance(r.event, QUEUE_EVENTS) and self._queue(run) != self.sent_queue:
+            return self._status_message("status")
+        if isinstance(r.event, ESTIMATE_EVENTS) and self._estimate_moved(run):
+            return self._status_message("status")
         return ""
 
     def _line_messages(self, lines: list[Any]) -> str:
