@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from precheck.client.estimate import estimate_words
 from precheck.client.follow import End, Item, LogLine, Update
 from precheck.client.outcome import status_of
 from precheck.client.output import Output
@@ -21,6 +23,7 @@ class Watcher:
         self._status = ""
         self._queue: tuple[Any, Any] | None = None
         self._step: tuple[Any, Any, Any] | None = None
+        self._estimate: str | None = None
 
     def show(self, item: Item) -> None:
         """Write what `item` changes."""
@@ -65,3 +68,7 @@ class Watcher:
             if step != self._step:
                 self._step = step
                 self.out.note(f"step {step[0]} of {step[1]}: {step[2]}", "bold")
+        words = estimate_words(doc, datetime.now(UTC))
+        if words is not None and words != self._estimate:
+            self.out.note(words, "dim")
+        self._estimate = words
