@@ -107,7 +107,21 @@ async def test_estimates_follow_the_past_runs_and_the_queue(
     past = await (await client.get(f"/api/v1/prechecks/{third}?as_of={position}")).json()
     assert past["Estimate"] is None
 
-    # A stream of the run sends it with the document.
-    async with sse(client, f"/api/v1/prechecks/{third}/events", params={"follow": "1"}) as s:
-        (first_message,) = await s.take(1)
-    assert json.loads(first_message.data)["Estimate"]["EndAt"] == iso(ends + 17 * MIN)
+    # A stream's documents have none (a resumed stream sends the same documents); asked
+    # for, `estimate` messages with no id say it, and say it again when it moves.
+    follow = {"follow": "1", "estimates": "1"}
+    async with sse(client, f"/api/v1/prechecks/{third}/events", params=follow) as s:
+        status, said = await s.take(2)
+        assert json.loads(status.data)["Estimate"] is None
+        assert (said.event, said.id) == ("estimate", None)
+        assert json.loads(said.data) == {
+            "Status": "queued",
+            "Estimate": {"StartAt": iso(ends), "EndAt": iso(ends + 17 * MIN), "Basis": 1},
+        }
+        # The second reaches step 10 now: 1 min of it, then 6 steps, are left.
+        await record(client, RunProgressed(second, 10, 16, STEPS[9], clock.now))
+        (moved,) = await s.take(1)
+        sooner = clock.now + 7 * MIN
+        assert json.loads(moved.data)["Estimate"]["StartAt"] == iso(sooner)
+        # Its own place has not changed: no status message, only the estimate.
+        assert moved.event == "estimate"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from precheck.client.estimate import estimate_words
-from precheck.client.follow import End, Item, LogLine, Update
+from precheck.client.follow import End, EstimateNews, Item, LogLine, Update
 from precheck.client.outcome import status_of
 from precheck.client.output import Output
 
@@ -39,6 +39,13 @@ class Watcher:
             if self.out.json_mode and self.show_updates:
                 self.out.document({"type": "end", "run": item.data})
             return
+        if isinstance(item, EstimateNews):
+            if self.out.json_mode and self.show_updates:
+                self.out.document({"type": "estimate", **item.data})
+            elif self.show_updates:
+                data = item.data
+                self._say_estimate({"State": {"Status": data.get("Status")}, **data})
+            return
         if self.out.json_mode:
             if self.show_updates:
                 self.out.document({"type": item.kind, "run": item.doc})
@@ -68,6 +75,9 @@ class Watcher:
             if step != self._step:
                 self._step = step
                 self.out.note(f"step {step[0]} of {step[1]}: {step[2]}", "bold")
+
+    def _say_estimate(self, doc: dict[str, Any]) -> None:
+        """The estimate's words, when they changed since last said."""
         words = estimate_words(doc, datetime.now(UTC))
         if words is not None and words != self._estimate:
             self.out.note(words, "dim")

@@ -320,6 +320,7 @@ function newView(id) {
     id,
     base: `/api/v1/prechecks/${encodeURIComponent(id)}`,
     doc: null,
+    estimate: null, // the run's Estimate: the document's, then the stream's estimate messages
     texts: [], // line number -> text
     els: [], // line number -> its element
     last: 0, // the last line number shown
@@ -422,7 +423,7 @@ async function copyCommand() {
 function showTimes(v) {
   const doc = v.doc;
   if (!doc) return;
-  showEstimate(doc);
+  showEstimate(v);
   const created = ms(doc.Created), started = ms(doc.State.StartedAt), finished = ms(doc.State.FinishedAt);
   showTime($("run-created"), created);
   showTime($("run-started"), started);
@@ -439,14 +440,13 @@ function showTimes(v) {
   $("run-elapsed").textContent = value;
 }
 
-// "starts in about 40 min, ends about 14:10" (local time), from the run's `Estimate`; the
-// relative part is said anew every tick, the times as each document brings them.
-function estimateText(doc, now) {
-  const e = doc.Estimate;
+// "starts in about 40 min, ends about 14:10" (local time), from the run's `Estimate` (the
+// document's, then the stream's `estimate` messages); the relative part is said anew every tick.
+function estimateText(status, e, now) {
   const start = ms(e?.StartAt), end = ms(e?.EndAt);
-  if (start == null || end == null || !(doc.State.Status === "queued" || doc.State.Status === "running")) return "";
+  if (start == null || end == null || !(status === "queued" || status === "running")) return "";
   const ends = `ends about ${clockTime(end, now)}`;
-  if (doc.State.Status !== "queued") return ends;
+  if (status !== "queued") return ends;
   const wait = Math.round((start - now) / 60000);
   return `${wait < 1 ? "starts about now" : `starts in about ${minutes(wait)}`}, ${ends}`;
 }
@@ -463,8 +463,8 @@ function clockTime(t, now) {
   return d.toDateString() === new Date(now).toDateString() ? hm : `${d.toLocaleDateString([], { weekday: "short" })} ${hm}`;
 }
 
-function showEstimate(doc) {
-  const text = estimateText(doc, Date.now());
+function showEstimate(v) {
+  const text = estimateText(v.doc.State.Status, v.estimate, Date.now());
   $("run-estimate").hidden = !text;
   $("run-estimate").textContent = text;
 }
@@ -1337,6 +1337,7 @@ async function showRun(id, line) {
   try {
     const doc = await api(v.base);
     if (view !== v) return;
+    v.estimate = doc.Estimate;
     showDocument(doc);
   } catch (err) {
     if (view !== v) return;
@@ -1350,10 +1351,15 @@ async function showRun(id, line) {
   loadStepTimes(v);
   // One connection carries the run's changes and its log; on a drop the browser resumes it
   // with Last-Event-ID, so no line is lost or shown twice.
-  openStream(`${v.base}/events?follow=1&logs=1&timestamps=1`, {
+  openStream(`${v.base}/events?follow=1&logs=1&timestamps=1&estimates=1`, {
     status: (e) => showDocument(JSON.parse(e.data)),
     progress: (e) => showDocument(JSON.parse(e.data)),
     log: (e) => onLogMessage(v, e),
+    estimate: (e) => {
+      if (view !== v) return;
+      v.estimate = JSON.parse(e.data).Estimate;
+      showTimes(v);
+    },
     end: (e) => {
       if (view !== v) return;
       const doc = JSON.parse(e.data);

@@ -52,13 +52,24 @@ def estimates_now(state: Projections, config: Config, now: datetime) -> dict[str
     return found
 
 
+def estimate_of(
+    state: Projections, config: Config, run_id: str, status: str, now: datetime | None
+) -> Estimate | None:
+    """A queued or running run's estimate at `now` (None: not live, or no basis)."""
+    if now is None or status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        return None
+    return estimates_now(state, config, now).get(run_id)
+
+
+def estimate_json(found: Estimate | None) -> dict[str, Any] | None:
+    """An estimate as documents show it: `Estimate{StartAt, EndAt, Basis}`."""
+    if found is None:
+        return None
+    return {"StartAt": iso(found.start_at), "EndAt": iso(found.end_at), "Basis": found.basis}
+
+
 def estimate_document(
     state: Projections, config: Config, run_id: str, status: str, now: datetime | None
 ) -> dict[str, Any] | None:
     """A run's `Estimate`: for a queued or running run with a basis, shown live (`now`)."""
-    if now is None or status not in (RunStatus.QUEUED, RunStatus.RUNNING):
-        return None
-    found = estimates_now(state, config, now).get(run_id)
-    if found is None:
-        return None
-    return {"StartAt": iso(found.start_at), "EndAt": iso(found.end_at), "Basis": found.basis}
+    return estimate_json(estimate_of(state, config, run_id, status, now))

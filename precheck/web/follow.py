@@ -13,13 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
+from precheck.domain.estimate import Estimate
 from precheck.domain.status import ACTIVE, RunStatus
 from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
 from precheck.events.streams import run_stream
 from precheck.events.types import (
     RunCancelled,
-    RunExited,
     RunFailedToStart,
     RunProgressed,
     RunQueued,
@@ -28,13 +28,12 @@ from precheck.events.types import (
 from precheck.projections.queue import queue_at
 from precheck.projections.runs import RunRecord, Runs
 from precheck.web import keys
-from precheck.web.estimates import estimate_document
+from precheck.web.estimates import estimate_json, estimate_of
 from precheck.web.render import run_document
+from precheck.web.requests import query_bool
 from precheck.web.sse import Stream, last_event_id, message
 
 QUEUE_EVENTS = (RunQueued, RunStarted, RunCancelled, RunFailedToStart)
-# Other runs' events that move a queued run's estimate without moving its place.
-ESTIMATE_EVENTS = (RunProgressed, RunExited)
 
 
 class RunFollower:
@@ -61,7 +60,10 @@ class RunFollower:
         self.line = 0
         self.past = Runs()  # the run as of `position`
         self.sent_queue: tuple[int | None, int] | None = None
-        self.sent_estimate: dict[str, Any] | None = None  # of the last document sent
+        # With `estimates=1`, an `estimate` message (no id: it is of now, not of the log, so a
+        # resumed stream is the same without it) whenever the run's estimate moved.
+        self.estimates = events and query_bool(request, "estimates")
+        self.sent_estimate: tuple[str, Estimate | None] | None = None  # (status, estimate)
 
     # Where to start ---------------------------------------------------------------------------
 
@@ -124,24 +126,13 @@ class RunFollower:
         return queue_at(self.state.runs.by_id.values(), live, self.position)
 
     def _document(self, run: RunRecord, queue: tuple[int | None, int]) -> dict[str, Any]:
-        # An estimate is of now: only a document of the state as it is now has one.
-        now = self.app[keys.CLOCK]() if self.position == self.state.position else None
-        return run_document(run, self.state, self.app[keys.CONFIG], queue, now=now)
+        return run_document(run, self.state, self.app[keys.CONFIG], queue)
 
     def _status_message(self, kind: str) -> str:
         run = self._run()
         queue = self._queue(run)
         self.sent_queue = queue
-        doc = self._document(run, queue)
-        self.sent_estimate = doc.get("Estimate")
-        return message(doc, id=self._id(), event=kind)
-
-    def _estimate_moved(self, run: RunRecord) -> bool:
-        """Did another run's progress move this queued run's estimate (seen live only)?"""
-        if self.position != self.state.position:
-            return False
-        config, now = self.app[keys.CONFIG], self.app[keys.CLOCK]()
-        return estimate_document(self.state, config, run.id, run.status, now) != self.sent_estimate
+        return message(self._document(run, queue), id=self._id(), event=kind)
 
     def _on_event(self, r: RecordedEvent) -> str:
         """The message an event causes for this run, if any."""
@@ -152,13 +143,28 @@ class RunFollower:
                 "progress" if isinstance(r.event, RunProgressed) else "status"
             )
         run = self.past.get(self.run_id)
-        if run is None or run.status != RunStatus.QUEUED:
-            return ""
-        if isinstance(r.event, QUEUE_EVENTS) and self._queue(run) != self.sent_queue:
-            return self._status_message("status")
-        if isinstance(r.event, ESTIMATE_EVENTS) and self._estimate_moved(run):
-            return self._status_message("status")
+        if run is not None and run.status == RunStatus.QUEUED and isinstance(r.event, QUEUE_EVENTS):
+            if self._queue(run) != self.sent_queue:
+                return self._status_message("status")
         return ""
+
+    def _estimate_message(self) -> str:
+        """The run's estimate now, when it moved since the last one sent (live only)."""
+        if not self.estimates or self.position != self.state.position:
+            return ""
+        live = self.state.runs.get(self.run_id)
+        if live is None:
+            return ""
+        now = self.app[keys.CLOCK]()
+        found = estimate_of(self.state, self.app[keys.CONFIG], live.id, live.status, now)
+        if self.sent_estimate is not None:
+            status, sent = self.sent_estimate
+            if status == live.status and not _moved(sent, found):
+                return ""
+        elif found is None:
+            return ""  # nothing to say yet
+        self.sent_estimate = (live.status, found)
+        return message({"Status": live.status, "Estimate": estimate_json(found)}, event="estimate")
 
     def _line_messages(self, lines: list[Any]) -> str:
         out = []
@@ -207,6 +213,8 @@ class RunFollower:
                 text += shared[0]
             if text:
                 await stream.write(text)
+            if moved := self._estimate_message():
+                await stream.write(moved)
             if self.position < self.store.head or (text and self.logs):
                 continue  # more may be waiting already
             run = self._run()
@@ -224,6 +232,19 @@ class RunFollower:
         if self.logs:
             news.append(self.log_store.grew_future(self.run_id))
         await stream.wait_for_futures(*news)
+
+
+ESTIMATE_STEP = 60.0  # seconds an estimate must move by to be sent again
+
+
+def _moved(sent: Estimate | None, now: Estimate | None) -> bool:
+    """Is the estimate worth sending again: new, gone, another basis, or a time moved by
+    `ESTIMATE_STEP` or more (one whose step overran its median moves every second)?"""
+    if sent is None or now is None:
+        return sent != now
+    start = abs((now.start_at - sent.start_at).total_seconds())
+    end = abs((now.end_at - sent.end_at).total_seconds())
+    return now.basis != sent.basis or max(start, end) >= ESTIMATE_STEP
 
 
 async def follow(
