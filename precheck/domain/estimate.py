@@ -172,10 +172,11 @@ def _start_what_fits(
     free = slots - len(ends)
     i = 0
     while free > 0 and i < len(waiting):
-        run = waiting[i]
-        if limit and busy.get(run.owner, 0) + sum(s.owner == run.owner for s in started) >= limit:
+        owner = waiting[i].owner
+        if limit and busy.get(owner, 0) >= limit:
             i += 1
             continue
         started.append(waiting.pop(i))
+        busy[owner] = busy.get(owner, 0) + 1
         free -= 1
     return started
