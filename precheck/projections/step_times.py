@@ -37,6 +37,10 @@ from precheck.events.types import (
 )
 
 KEEP = 20  # past runs kept per slot size
+_ENDS = (RunCancelled, RunFailedToStart, RunFinishFailed, RunDeleted)  # forgotten, not counted
+_EVENTS = frozenset(
+    {RunQueued, RunStarted, RunProgressed, RunRetried, RunExited, RunFinished, *_ENDS}
+)  # a replay skips every other event at once
 
 
 @attrs.define
@@ -55,7 +59,6 @@ class StepTimes:
         self._shape: dict[str, tuple[str, bool]] = {}  # queued or running run -> (slot, cob)
         self._open: dict[str, _Open] = {}
         self._recent: dict[str, deque[PastRun]] = {}
-        self.changes = 0  # counts changes to the history, for those who cache on it
 
     def history(self) -> list[PastRun]:
         """The runs kept, every slot size's, oldest first within each size."""
@@ -73,6 +76,8 @@ class StepTimes:
         """Evolve the state by one event."""
         e: Any = r.event
         kind = type(e)
+        if kind not in _EVENTS:
+            return
         if kind is RunQueued:
             self._shape[e.run_id] = (e.slot, e.cob)
         elif kind is RunStarted:
@@ -92,7 +97,7 @@ class StepTimes:
             if run is not None and (passed or e.classification == "design"):
                 end = e.finished_at if kind is RunExited else e.at
                 self._keep(PastRun(run.slot, run.cob, _durations(run, end, passed)))
-        elif kind in (RunCancelled, RunFailedToStart, RunFinishFailed, RunDeleted):
+        elif kind in _ENDS:
             self._open.pop(e.run_id, None)
             self._shape.pop(e.run_id, None)
 
@@ -100,7 +105,6 @@ class StepTimes:
         if not run.seconds:
             return
         self._recent.setdefault(run.slot, deque(maxlen=KEEP)).append(run)
-        self.changes += 1
 
 
 def _durations(run: _Open, end: datetime, passed: bool) -> dict[str, float]:
