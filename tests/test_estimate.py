@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench.estimate_bench import Day, arrivals, errors
 from precheck.domain.estimate import (
     START,
     Estimate,
@@ -215,3 +217,16 @@ def test_the_history_keeps_the_last_runs_of_each_size() -> None:
     assert len(history) == KEEP + 1
     last = [r.seconds[PHASES[-1]] for r in history if r.slot == "1x1"]
     assert last == [60.0 * i for i in range(5, KEEP + 5)]
+
+
+def test_a_short_simulated_day_is_estimated_within_half_the_run_s_time() -> None:
+    """The bench's day, shortened: every run queued after the first end has an estimate, and
+    the median error of its end stays well within the time it was waiting and running."""
+    rng = random.Random(7)
+    runs = arrivals(rng, hours=3, per_hour=8)
+    Day(rng, slots=3).run(runs)
+    first_end = min(r.ended for r in runs if r.ended is not None)
+    assert all(r.estimated_end is not None for r in runs if r.queued > first_end)
+    minutes, share, n = errors([r for r in runs if r.estimated_end is not None])
+    assert n >= 15
+    assert share < 50, (minutes, share, n)
