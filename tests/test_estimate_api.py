@@ -16,8 +16,10 @@ from precheck.config import Config
 from precheck.domain.estimate import flow_phases
 from precheck.events.codec import iso
 from precheck.events.types import Event, RunProgressed
+from precheck.ops.audit import _difference
 from precheck.web import keys
-from tests.factories import SUPERVISOR, run_exited, run_started
+from precheck.web.render import run_document
+from tests.factories import SUPERVISOR, given, run_exited, run_queued, run_started
 from tests.layouts import gds
 from tests.sse_client import sse
 
@@ -125,3 +127,12 @@ async def test_estimates_follow_the_past_runs_and_the_queue(
         assert json.loads(moved.data)["Estimate"]["StartAt"] == iso(sooner)
         # Its own place has not changed: no status message, only the estimate.
         assert moved.event == "estimate"
+
+
+def test_verify_s_comparison_leaves_the_estimate_out(config: Config) -> None:
+    """`verify` against a running server compares its documents with a replay's: the served
+    `Estimate` is of the instant it answered, so it is not a difference."""
+    state = given(run_queued("r1"), *a_minute_a_step("r1", T0), run_queued("r2"))
+    served = [run_document(r, state, config, now=T0 + 60 * MIN) for r in state.runs.by_id.values()]
+    assert served[1]["Estimate"] is not None
+    assert _difference(state, config, served, []) == ""
