@@ -127,6 +127,19 @@ async def test_estimates_follow_the_past_runs_and_the_queue(
         assert json.loads(moved.data)["Estimate"]["StartAt"] == iso(sooner)
         # Its own place has not changed: no status message, only the estimate.
         assert moved.event == "estimate"
+        # It starts (the slot's limit is the supervisor's, not the read model's): its status
+        # message, then its estimate as a running run's.
+        await record(client, run_started(third, at=clock.now))
+        status, said = await s.take(2)
+        assert (status.event, said.event) == ("status", "estimate")
+        assert json.loads(said.data) == {
+            "Status": "running",
+            "Estimate": {
+                "StartAt": iso(clock.now),
+                "EndAt": iso(clock.now + 17 * MIN),
+                "Basis": 1,
+            },
+        }
 
 
 def test_verify_s_comparison_leaves_the_estimate_out(config: Config) -> None:
