@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from precheck import __version__
 from precheck.client import outcome
 from precheck.client.api import Api, ApiError, with_retries
 from precheck.client.download import Downloader
+from precheck.client.estimate import estimate_words
 from precheck.client.follow import End, Follower
 from precheck.client.output import Output, size
 from precheck.client.watch import Watcher
@@ -275,6 +277,8 @@ async def cmd_status(ctx: Context) -> int:
         rows.append(("queue", f"position {queue.get('Position')} of {queue.get('Length')}"))
     if progress := doc.get("Progress"):
         rows.append(("step", f"{progress['Step']} of {progress['Total']}: {progress['Name']}"))
+    if words := estimate_words(doc, datetime.now(UTC)):
+        rows.append(("estimate", words))
     rows += [
         ("input", f"{source.get('Filename')} ({size(source.get('Size'))})"),
         (

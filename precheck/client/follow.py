@@ -89,7 +89,14 @@ class End:
     data: dict[str, Any]
 
 
-Item = Update | LogLine | End
+@dataclass(frozen=True)
+class EstimateNews:
+    """An `estimate` message: the run's `Status` and `Estimate` now (no id: not of the log)."""
+
+    data: dict[str, Any]
+
+
+Item = Update | LogLine | End | EstimateNews
 
 
 class Follower:
@@ -117,7 +124,7 @@ class Follower:
 
     def _request(self) -> tuple[str, dict[str, str]]:
         if self.events:
-            params = {"follow": "1"} | ({"logs": "1"} if self.logs else {})
+            params = {"follow": "1", "estimates": "1"} | ({"logs": "1"} if self.logs else {})
             return run_path(self.run_id, "events"), params
         params = {"follow": "1"}
         if self.tail is not None and self.last_id is None:
@@ -138,6 +145,8 @@ class Follower:
             return Update(m.event, json.loads(m.data))
         if m.event == "end":
             return End(json.loads(m.data))
+        if m.event == "estimate":
+            return EstimateNews(json.loads(m.data))
         if m.event == "log" or (not self.events and m.event == "message"):
             number = self._line_number(m.id)
             if number is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from precheck.client.follow import End, Item, LogLine, Update
+from precheck.client.estimate import estimate_words
+from precheck.client.follow import End, EstimateNews, Item, LogLine, Update
 from precheck.client.outcome import status_of
 from precheck.client.output import Output
 
@@ -21,6 +23,7 @@ class Watcher:
         self._status = ""
         self._queue: tuple[Any, Any] | None = None
         self._step: tuple[Any, Any, Any] | None = None
+        self._estimate: str | None = None
 
     def show(self, item: Item) -> None:
         """Write what `item` changes."""
@@ -35,6 +38,13 @@ class Watcher:
         if isinstance(item, End):
             if self.out.json_mode and self.show_updates:
                 self.out.document({"type": "end", "run": item.data})
+            return
+        if isinstance(item, EstimateNews):
+            if self.out.json_mode and self.show_updates:
+                self.out.document({"type": "estimate", **item.data})
+            elif self.show_updates:
+                data = item.data
+                self._say_estimate({"State": {"Status": data.get("Status")}, **data})
             return
         if self.out.json_mode:
             if self.show_updates:
@@ -65,3 +75,10 @@ class Watcher:
             if step != self._step:
                 self._step = step
                 self.out.note(f"step {step[0]} of {step[1]}: {step[2]}", "bold")
+
+    def _say_estimate(self, doc: dict[str, Any]) -> None:
+        """The estimate's words, when they changed since last said."""
+        words = estimate_words(doc, datetime.now(UTC))
+        if words is not None and words != self._estimate:
+            self.out.note(words, "dim")
+        self._estimate = words

@@ -177,8 +177,11 @@ def _difference(state: Projections, config: Config, runs: list[Any], uploads: li
         extra = sorted(local_runs.keys() ^ served_runs.keys())
         return f"run {extra[0]} is in one and not the other"
     for run_id, doc in local_runs.items():
-        if doc != served_runs[run_id]:
-            field = next(k for k in doc if doc[k] != served_runs[run_id].get(k))
+        # `Estimate` is of the instant the server answered, not of the log.
+        served = {k: v for k, v in served_runs[run_id].items() if k != "Estimate"}
+        doc = {k: v for k, v in doc.items() if k != "Estimate"}
+        if doc != served:
+            field = next(k for k in doc if doc[k] != served.get(k))
             return f"run {run_id} differs in {field}"
     now = utcnow()
     local_uploads = {u.id: upload_document(u, now) for u in state.uploads.by_id.values()}

@@ -11,6 +11,7 @@ from precheck.projections.keys import Keys
 from precheck.projections.notifications import Notifications
 from precheck.projections.queue import Queue
 from precheck.projections.runs import Runs
+from precheck.projections.step_times import StepTimes
 from precheck.projections.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class Projections:
         self.queue = Queue()
         self.keys = Keys()
         self.notifications = Notifications()
+        self.step_times = StepTimes()  # what run estimates rest on
         self.position = 0
         self.instance_id: str | None = None  # labels this server's containers
 
@@ -39,6 +41,7 @@ class Projections:
         self.queue.apply(r)
         self.keys.apply(r)
         self.notifications.apply(r)
+        self.step_times.apply(r)
         if isinstance(r.event, InstanceCreated) and self.instance_id is None:
             self.instance_id = r.event.instance_id
         self.position = r.position

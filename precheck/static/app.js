@@ -320,6 +320,7 @@ function newView(id) {
     id,
     base: `/api/v1/prechecks/${encodeURIComponent(id)}`,
     doc: null,
+    estimate: null, // the run's Estimate: the document's, then the stream's estimate messages
     texts: [], // line number -> text
     els: [], // line number -> its element
     last: 0, // the last line number shown
@@ -422,6 +423,7 @@ async function copyCommand() {
 function showTimes(v) {
   const doc = v.doc;
   if (!doc) return;
+  showEstimate(v);
   const created = ms(doc.Created), started = ms(doc.State.StartedAt), finished = ms(doc.State.FinishedAt);
   showTime($("run-created"), created);
   showTime($("run-started"), started);
@@ -436,6 +438,35 @@ function showTimes(v) {
   }
   $("run-elapsed-label").textContent = label;
   $("run-elapsed").textContent = value;
+}
+
+// "starts in about 40 min, ends about 14:10" (local time), from the run's `Estimate` (the
+// document's, then the stream's `estimate` messages); the relative part is said anew every tick.
+function estimateText(status, e, now) {
+  const start = ms(e?.StartAt), end = ms(e?.EndAt);
+  if (start == null || end == null || !(status === "queued" || status === "running")) return "";
+  const ends = `ends about ${clockTime(end, now)}`;
+  if (status !== "queued") return ends;
+  const wait = Math.round((start - now) / 60000);
+  return `${wait < 1 ? "starts about now" : `starts in about ${minutes(wait)}`}, ${ends}`;
+}
+
+function minutes(m) {
+  if (m < 60) return `${m} min`;
+  return m % 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m / 60} h`;
+}
+
+// 14:10 on the same day; with the weekday on another.
+function clockTime(t, now) {
+  const d = new Date(t), pad = (x) => String(x).padStart(2, "0");
+  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  return d.toDateString() === new Date(now).toDateString() ? hm : `${d.toLocaleDateString([], { weekday: "short" })} ${hm}`;
+}
+
+function showEstimate(v) {
+  const text = estimateText(v.doc.State.Status, v.estimate, Date.now());
+  $("run-estimate").hidden = !text;
+  $("run-estimate").textContent = text;
 }
 
 function tick(v) {
@@ -1312,7 +1343,8 @@ async function showRun(id, line) {
   $("run-id").textContent = id;
   $("run-state").textContent = "";
   $("run-state").className = "badge";
-  for (const el of ["run-summary", "run-step", "log-count", "search-count"]) $(el).textContent = "";
+  for (const el of ["run-summary", "run-step", "log-count", "search-count", "run-estimate"]) $(el).textContent = "";
+  $("run-estimate").hidden = true;
   for (const el of ["run-created", "run-started", "run-finished", "run-elapsed"]) $(el).textContent = "–";
   $("run-elapsed-label").textContent = "Elapsed";
   setStatus($("run-action-status"), "");
@@ -1340,6 +1372,7 @@ async function showRun(id, line) {
   try {
     const doc = await api(v.base);
     if (view !== v) return;
+    v.estimate = doc.Estimate;
     showDocument(doc);
   } catch (err) {
     if (view !== v) return;
@@ -1353,10 +1386,15 @@ async function showRun(id, line) {
   loadStepTimes(v);
   // One connection carries the run's changes and its log; on a drop the browser resumes it
   // with Last-Event-ID, so no line is lost or shown twice.
-  openStream(`${v.base}/events?follow=1&logs=1&timestamps=1`, {
+  openStream(`${v.base}/events?follow=1&logs=1&timestamps=1&estimates=1`, {
     status: (e) => showDocument(JSON.parse(e.data)),
     progress: (e) => showDocument(JSON.parse(e.data)),
     log: (e) => onLogMessage(v, e),
+    estimate: (e) => {
+      if (view !== v) return;
+      v.estimate = JSON.parse(e.data).Estimate;
+      showTimes(v);
+    },
     end: (e) => {
       if (view !== v) return;
       const doc = JSON.parse(e.data);

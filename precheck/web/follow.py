@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from precheck.domain.estimate import Estimate
 from precheck.domain.status import ACTIVE, RunStatus
 from precheck.errors import Invalid
 from precheck.events.store import RecordedEvent
@@ -27,7 +28,9 @@ from precheck.events.types import (
 from precheck.projections.queue import queue_at
 from precheck.projections.runs import RunRecord, Runs
 from precheck.web import keys
+from precheck.web.estimates import estimate_json, estimate_of
 from precheck.web.render import run_document
+from precheck.web.requests import query_bool
 from precheck.web.sse import Stream, last_event_id, message
 
 QUEUE_EVENTS = (RunQueued, RunStarted, RunCancelled, RunFailedToStart)
@@ -57,6 +60,10 @@ class RunFollower:
         self.line = 0
         self.past = Runs()  # the run as of `position`
         self.sent_queue: tuple[int | None, int] | None = None
+        # With `estimates=1`, an `estimate` message (no id: it is of now, not of the log, so a
+        # resumed stream is the same without it) whenever the run's estimate moved.
+        self.estimates = events and query_bool(request, "estimates")
+        self.sent_estimate: tuple[str, Estimate | None] | None = None  # (status, estimate)
 
     # Where to start ---------------------------------------------------------------------------
 
@@ -141,6 +148,24 @@ class RunFollower:
                 return self._status_message("status")
         return ""
 
+    def _estimate_message(self) -> str:
+        """The run's estimate now, when it moved since the last one sent (live only)."""
+        if not self.estimates or self.position != self.state.position:
+            return ""
+        live = self.state.runs.get(self.run_id)
+        if live is None:
+            return ""
+        now = self.app[keys.CLOCK]()
+        found = estimate_of(self.state, self.app[keys.CONFIG], live.id, live.status, now)
+        if self.sent_estimate is not None:
+            status, sent = self.sent_estimate
+            if status == live.status and not _moved(sent, found):
+                return ""
+        elif found is None:
+            return ""  # nothing to say yet
+        self.sent_estimate = (live.status, found)
+        return message({"Status": live.status, "Estimate": estimate_json(found)}, event="estimate")
+
     def _line_messages(self, lines: list[Any]) -> str:
         out = []
         for s in lines:
@@ -188,6 +213,8 @@ class RunFollower:
                 text += shared[0]
             if text:
                 await stream.write(text)
+            if moved := self._estimate_message():
+                await stream.write(moved)
             if self.position < self.store.head or (text and self.logs):
                 continue  # more may be waiting already
             run = self._run()
@@ -205,6 +232,19 @@ class RunFollower:
         if self.logs:
             news.append(self.log_store.grew_future(self.run_id))
         await stream.wait_for_futures(*news)
+
+
+ESTIMATE_STEP = 60.0  # seconds an estimate must move by to be sent again
+
+
+def _moved(sent: Estimate | None, now: Estimate | None) -> bool:
+    """Is the estimate worth sending again: new, gone, another basis, or a time moved by
+    `ESTIMATE_STEP` or more (one whose step overran its median moves every second)?"""
+    if sent is None or now is None:
+        return sent != now
+    start = abs((now.start_at - sent.start_at).total_seconds())
+    end = abs((now.end_at - sent.end_at).total_seconds())
+    return now.basis != sent.basis or max(start, end) >= ESTIMATE_STEP
 
 
 async def follow(

@@ -35,7 +35,9 @@ CANCEL_WAIT = 30.0
 def _document(request: web.Request, run: RunRecord) -> web.Response:
     app = request.app
     return web.json_response(
-        run_document(run, app[keys.PROJECTIONS], app[keys.CONFIG], waiting=True)
+        run_document(
+            run, app[keys.PROJECTIONS], app[keys.CONFIG], waiting=True, now=app[keys.CLOCK]()
+        )
     )
 
 
@@ -81,7 +83,8 @@ async def list_prechecks(request: web.Request) -> web.Response:
         for r in visible_runs(request, reversed(state.runs.by_id.values()))
         if not wanted or r.status in wanted
     ]
-    return web.json_response([run_document(r, state, config) for r in runs])
+    now = request.app[keys.CLOCK]()
+    return web.json_response([run_document(r, state, config, now=now) for r in runs])
 
 
 async def get_precheck(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from precheck.runner.container_spec import output_name, precheck_argv
 from precheck.runner.copy_out import RUN_FOLDER
 from precheck.runner.image_ref import ImageRef
 from precheck.runner.run_yourself import layout_name, run_command
+from precheck.web.estimates import estimate_document
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never"
 
@@ -102,12 +103,14 @@ def run_document(
     config: Config,
     queue: tuple[int | None, int] | None = None,
     waiting: bool = False,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """`GET /api/v1/prechecks/{id}`: the run as Docker would show a container, plus our parts.
 
     `queue` (place, length) shows a past state; by default the queue as it is now. `waiting`:
     say why a queued run cannot be placed now (what the supervisor sees, not the log: so only
-    the run's own GET shows it, never a list, a stream or a replay).
+    the run's own GET shows it, never a list, a stream or a replay). `now`: the document is
+    live, so a queued or running run shows its `Estimate` at that instant.
     """
     place, length = queue or (state.queue.position(run.id), state.queue.length)
     v = run.result
@@ -208,6 +211,8 @@ def run_document(
         # Whom its end is told, redacted: a URL's query string or user info may hold a token.
         "Notify": [{"Kind": s.kind, "Target": redact(s)} for s in run.notify],
         "RecheckOf": run.recheck_of or None,
+        # When it should start and end, from past runs' step times (None without a basis).
+        "Estimate": estimate_document(state, config, run.id, run.status, now),
     }
     return doc
 
