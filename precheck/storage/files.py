@@ -190,6 +190,18 @@ class Storage:
         """Delete an upload's folder (after the event that retired it)."""
         _remove(self.uploads / upload_id)
 
+    def link_run(self, source_id: str, run_id: str) -> None:
+        """Make `runs/<run_id>/` a copy of `runs/<source_id>/` made of hard links: no byte is
+        copied, and removing the source later leaves it whole. Built in `tmp/` and renamed
+        into place complete: a failure (`OSError`) leaves no folder behind."""
+        staging = self.temp_path(".links")
+        try:
+            shutil.copytree(self.run_dir(source_id), staging, symlinks=True, copy_function=os.link)
+            os.rename(staging, self.run_dir(run_id))
+        except BaseException:
+            _remove(staging)
+            raise
+
     def remove_run(self, run_id: str) -> None:
         """Delete a run's folder (after the event that retired it)."""
         _remove(self.runs / run_id)
