@@ -5,6 +5,7 @@ makes the next identical run a real one; another user's run answers without bein
 from __future__ import annotations
 
 import hashlib
+import statistics
 import subprocess
 import time
 import uuid
@@ -84,13 +85,16 @@ async def test_an_identical_run_is_answered_at_once_from_the_first(
 
     upload = await api.upload(layout, "again.gds")
     body = {"upload_id": upload, "top_cell": "chip_top", "die_id": "ABCD1234"}
-    began = time.perf_counter()
-    r = await api.client.post("/api/v1/prechecks", json=body)
-    took = time.perf_counter() - began
-    assert r.status == 200, await r.text()
-    doc = await r.json()
-    assert doc["State"]["Status"] == "completed", doc["State"]
-    assert took < 0.1, f"a cache answer took {took * 1000:.0f} ms"
+    took, docs = [], []
+    for _ in range(5):  # the median of a few: the machine may be busy with other work
+        began = time.perf_counter()
+        r = await api.client.post("/api/v1/prechecks", json=body)
+        took.append(time.perf_counter() - began)
+        assert r.status == 200, await r.text()
+        docs.append(await r.json())
+    assert all(d["State"]["Status"] == "completed" for d in docs), [d["State"] for d in docs]
+    assert statistics.median(took) < 0.1, f"cache answers took {[round(t * 1000) for t in took]} ms"
+    doc = docs[0]
     assert doc["Result"]["Reused"] is True and doc["Result"]["ReusedFrom"] == first
     assert doc["Id"] != first and doc["Queue"]["Position"] is None
     assert doc["Image"] == source["Image"] and doc["Output"] == source["Output"]

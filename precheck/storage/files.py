@@ -196,7 +196,7 @@ class Storage:
         into place complete: a failure (`OSError`) leaves no folder behind."""
         staging = self.temp_path(".links")
         try:
-            shutil.copytree(self.run_dir(source_id), staging, symlinks=True, copy_function=os.link)
+            _link_tree(self.run_dir(source_id), staging)
             os.rename(staging, self.run_dir(run_id))
         except BaseException:
             _remove(staging)
@@ -265,6 +265,20 @@ def _finish(f: object, digest: hashlib._Hash, parts: list[bytes]) -> None:
     f.flush()  # type: ignore[attr-defined]
     os.fsync(f.fileno())  # type: ignore[attr-defined]
     f.close()  # type: ignore[attr-defined]
+
+
+def _link_tree(source: Path | str, target: Path | str) -> None:
+    """`target`, a new folder tree like `source`'s whose files are hard links of its files
+    (no byte is read or written). Any entry that cannot be listed or linked (one removed
+    meanwhile) raises."""
+    os.mkdir(target, 0o700)
+    with os.scandir(source) as entries:
+        for e in entries:
+            inside = os.path.join(target, e.name)
+            if e.is_dir(follow_symlinks=False):
+                _link_tree(e.path, inside)
+            else:
+                os.link(e.path, inside, follow_symlinks=False)
 
 
 def _remove(path: Path) -> None:
