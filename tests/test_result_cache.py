@@ -33,11 +33,15 @@ def cached(make_config: Callable[..., Config], simulator_image: str) -> Callable
     """Factory: a config on the simulator with the result cache on; `auth=True` gives it keys
     for two users and an admin; other keywords change the `[docker]` table."""
 
-    def make(*, auth: bool = False, image: str = "", **docker_settings: Any) -> Config:
+    def make(
+        *, auth: bool = False, image: str = "", server: dict[str, Any] | None = None
+    ) -> Config:
         tables: dict[str, Any] = {
-            "docker": simulator_docker(image or simulator_image, max_attempts=1, **docker_settings),
+            "docker": simulator_docker(image or simulator_image, max_attempts=1),
             "cache": {"enabled": True},
         }
+        if server:
+            tables["server"] = server
         if auth:
             api_keys = [{"name": n, "key": k, "role": ROLES[n]} for n, k in KEYS.items()]
             tables["auth"] = {"required": True, "api_keys": api_keys}
@@ -143,11 +147,33 @@ async def test_what_is_not_the_same_run_runs(
     assert (await api.cancel(doc["Id"]))[0] in (200, 202)
 
 
-async def test_a_design_failure_answers_but_the_cache_can_be_turned_off(
-    start_app: StartApp, cached: Callable[..., Config], make_config: Callable[..., Config]
+async def test_an_answer_takes_no_place_in_the_queue(
+    start_app: StartApp, cached: Callable[..., Config]
 ) -> None:
-    """A run that failed on its design answers an identical one (failed, same failed step);
-    with `[cache] enabled = false` nothing is answered."""
+    """With as many runs waiting as `server.max_queued_per_owner` allows, an identical run is
+    still answered (it never waits), while any other run is refused with 429."""
+    api = await start_app(cached(server={"max_queued_per_owner": 1, "max_concurrent": 1}))
+    layout = gds("chip_top")
+    first = await api.run(layout)
+    assert (await api.wait(first, 60))["Status"] == "completed"
+    slow = gds("chip_top", "step_sleep=30")
+    running = await api.run(slow)
+    await api.wait_running(running)
+    waiting = await api.run(slow, "slow.gds")
+    doc = await api.create(await api.upload(layout))
+    assert doc["Result"]["ReusedFrom"] == first
+    r = await api.client.post(
+        "/api/v1/prechecks",
+        json={"upload_id": await api.upload(layout), "top_cell": "chip_top", "cache": False},
+    )
+    assert r.status == 429 and "max_queued_per_owner" in (await r.json())["message"]
+    for run_id in (waiting, running):
+        assert (await api.cancel(run_id))[0] in (200, 202)
+
+
+async def test_a_design_failure_answers(start_app: StartApp, cached: Callable[..., Config]) -> None:
+    """A run that failed on its design answers an identical one: failed, on the design, with
+    the same deferred errors."""
     api = await start_app(cached())
     layout = gds("chip_top", "deferred=3")
     first = await api.run(layout)

@@ -25,7 +25,9 @@ async def answered_from_cache(app: web.Application, command: QueueRun, meta: Met
     """Queue `command` answered from an identical ended run, if there is one: True when it
     was. A command `decide` refuses raises its error, as it would without the cache."""
     state = app[keys.PROJECTIONS]
-    decide(command, state)  # refused as any run would be, before any work is done
+    # Refused as any run would be, before any work is done (but for the queue limits: an
+    # answer takes no place in the queue; a run that is not answered meets them).
+    decide(attrs.evolve(command, max_queued=0, max_running=0), state)
     supervisor = app.get(keys.SUPERVISOR)
     upload = state.uploads.get(command.upload_id)
     if supervisor is None or upload is None:
