@@ -5,6 +5,7 @@ makes the next identical run a real one; another user's run answers without bein
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 import subprocess
 import time
@@ -14,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 
-from precheck.config import Config
+from precheck.config import Config, NotifyConfig
 from precheck.web import keys
 from tests.docker_fixtures import Api, StartApp, docker
 from tests.layouts import gds
+from tests.notify_receivers import SECRET, start_receiver
 from tests.simulator_config import simulator_docker
 
 pytestmark = pytest.mark.docker
@@ -360,3 +363,25 @@ async def test_a_bad_output_format_is_refused(
     assert r.status == 400
     assert "output_format" in (await r.json())["message"]
     assert len(await api.events()) == before
+
+
+async def test_a_run_answered_from_the_cache_is_told_like_any_ended_run(
+    start_app: StartApp, cached: Callable[..., Config]
+) -> None:
+    """A reused run's subscribers are told of its end, once, with its final status."""
+    receiver = await start_receiver()
+    try:
+        notify = NotifyConfig(allowed_hosts=("127.0.0.1",), webhook_secret=SECRET)
+        api = await start_app(attrs.evolve(cached(), notify=notify))
+        layout = gds("chip_top")
+        first = await api.run(layout)
+        assert (await api.wait(first, 60))["Status"] == "completed"
+        doc = await api.create(await api.upload(layout), notify=[{"webhook": receiver.url}])
+        assert doc["Result"]["ReusedFrom"] == first
+        await receiver.wait(1, 30)
+        (got,) = receiver.got
+        data = json.loads(got.body)["data"]
+        assert got.verified and data["status"] == "completed" and data["id"] == doc["Id"]
+        assert data["image_id"] == doc["Image"]
+    finally:
+        await receiver.server.close()
