@@ -385,3 +385,25 @@ async def test_a_run_answered_from_the_cache_is_told_like_any_ended_run(
         assert data["image_id"] == doc["Image"]
     finally:
         await receiver.server.close()
+
+
+async def test_a_source_whose_files_cannot_be_linked_leaves_nothing_and_the_run_runs(
+    start_app: StartApp, cached: Callable[..., Config]
+) -> None:
+    """When the source's folder does not hold every file its record lists (here: its output
+    layout gone from the disk behind the log's back), no `run.reused` is recorded, no folder or
+    partial copy is left, and the run queues as any other."""
+    api = await start_app(cached())
+    layout = gds("chip_top")
+    first = await api.run(layout)
+    assert (await api.wait(first, 60))["Status"] == "completed"
+    root = _storage(api).parent
+    name = (await api.get(first))["Output"]["Filename"]
+    output = next((root / "runs" / first).rglob(name))
+    output.rename(root / "tmp" / "moved-aside")
+    doc = await api.create(await api.upload(layout))
+    assert doc["State"]["Status"] == "queued" and doc["Result"] is None
+    assert await api.events("run.reused") == []
+    assert sorted(p.name for p in (root / "tmp").iterdir()) == ["moved-aside"]
+    assert sorted(p.name for p in (root / "runs").iterdir()) == [first]
+    assert (await api.wait(doc["Id"], 60))["Status"] == "completed"

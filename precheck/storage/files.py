@@ -190,13 +190,17 @@ class Storage:
         """Delete an upload's folder (after the event that retired it)."""
         _remove(self.uploads / upload_id)
 
-    def link_run(self, source_id: str, run_id: str) -> None:
+    def link_run(self, source_id: str, run_id: str, expected: Collection[str] = ()) -> None:
         """Make `runs/<run_id>/` a copy of `runs/<source_id>/` made of hard links: no byte is
         copied, and removing the source later leaves it whole. Built in `tmp/` and renamed
-        into place complete: a failure (`OSError`) leaves no folder behind."""
+        into place complete, holding every path of `expected` (relative to the folder): a
+        failure (`OSError`) leaves no folder behind."""
         staging = self.temp_path(".links")
         try:
             _link_tree(self.run_dir(source_id), staging)
+            missing = [p for p in expected if not (staging / p).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{source_id}/{missing[0]} is not in its run folder")
             os.rename(staging, self.run_dir(run_id))
         except BaseException:
             _remove(staging)

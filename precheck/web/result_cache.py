@@ -50,10 +50,11 @@ async def answered_from_cache(app: web.Application, command: QueueRun, meta: Met
     if source is None:
         return False
     storage = app[keys.STORAGE]
+    kept = [f.path for f in (*source.files, *([source.output] if source.output else []))]
     try:
-        await asyncio.to_thread(storage.link_run, source.id, command.run_id)
+        await asyncio.to_thread(storage.link_run, source.id, command.run_id, kept)
     except OSError:
-        return False  # its folder went meanwhile (deleted): run it
+        return False  # its folder (or a file of it) went meanwhile: run it
     reuse = Reuse(source.id, image.id, image.digest)
     try:
         await app[keys.HANDLER].handle(attrs.evolve(command, reuse=reuse), meta)
