@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from tests.simulator_config import PREFLIGHT_OFF, simulator_docker, toml_text
+from tests.simulator_config import CACHE_OFF, PREFLIGHT_OFF, simulator_docker, toml_text
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -160,9 +160,10 @@ def curl_post(path: Path, url: str) -> list[str]:
 def config_text(server: Mapping[str, object], docker: Mapping[str, object] | None = None) -> str:
     """A server config file: `[server]`, then `[docker]` if given, and pre-flight off (the
     benches send the simulator's small layouts, which it would refuse; it has its own bench,
-    preflight_bench)."""
+    preflight_bench), the result cache off (they time real runs; it has its own, cache_bench)."""
     docker_table = {} if docker is None else {"docker": docker}
-    return toml_text({"server": server, **docker_table, "preflight": PREFLIGHT_OFF})
+    tables = {"server": server, **docker_table, "preflight": PREFLIGHT_OFF, "cache": CACHE_OFF}
+    return toml_text(tables)
 
 
 def docker_section(image: str, prefix: str, memory_limit: str = "1g") -> dict[str, object]:
@@ -332,13 +333,21 @@ class DockerWatch:
 # The app in this process -----------------------------------------------------------------------
 
 
-def bench_config(storage: Path, image: str, prefix: str, source: str, **server: Any) -> Config:
+def bench_config(
+    storage: Path,
+    image: str,
+    prefix: str,
+    source: str,
+    cache: Mapping[str, object] = CACHE_OFF,
+    **server: Any,
+) -> Config:
     from precheck.config import parse_config
 
     raw = {
         "server": {"storage_path": str(storage), "upload_expiry_minutes": 1440, **server},
         "docker": docker_section(image, prefix),
         "preflight": PREFLIGHT_OFF,
+        "cache": cache,
     }
     return parse_config(raw, source)
 

@@ -39,7 +39,7 @@ from bench.harness import (
     verdict,
 )
 from tests.layouts import gds
-from tests.simulator_config import PREFLIGHT_OFF
+from tests.simulator_config import CACHE_OFF, PREFLIGHT_OFF
 
 TOKEN = uuid.uuid4().hex[:8]
 PREFIX = f"pc-notify-bench-{TOKEN}-"
@@ -90,6 +90,7 @@ def _config(storage: Path, image: str, **notify: Any) -> Any:
         "server": {"storage_path": str(storage), "upload_expiry_minutes": 1440},
         "docker": docker_section(image, PREFIX),
         "preflight": PREFLIGHT_OFF,
+        "cache": CACHE_OFF,
         "notify": {"allowed_hosts": ["127.0.0.1"], "webhook_secret": SECRET, **notify},
     }
     return parse_config(raw, "notify_bench")

@@ -17,6 +17,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 SLOTS = ("1x1", "0p5x1", "1x0p5", "0p5x0p5")
 PULL_POLICIES = ("missing", "always", "never")
+OUTPUT_FORMATS = ("gds", "oas")  # the final layout a run writes: GDS, or OASIS (smaller)
 
 
 class ConfigError(Exception):
@@ -134,6 +135,7 @@ class DefaultsConfig:
     """The `[defaults]` table: values a run request may leave out."""
 
     slot: str = "1x1"
+    output_format: str = "gds"  # `oas`: the final layout in OASIS, as production, to save disk
 
 
 @attrs.frozen
@@ -144,6 +146,13 @@ class PreflightConfig:
     max_seconds: float = 60  # one reading's wall-clock time; the child is killed past it
     max_memory_mb: int = 4096  # one reading's address space (RLIMIT_AS in the child)
     max_concurrent: int = 2  # readings at once
+
+
+@attrs.frozen
+class CacheConfig:
+    """The `[cache]` table: answering a run from an earlier identical one."""
+
+    enabled: bool = True  # false: every run runs, however many identical ones ended before
 
 
 @attrs.frozen
@@ -201,6 +210,7 @@ class Config:
     defaults: DefaultsConfig = DefaultsConfig()
     preflight: PreflightConfig = PreflightConfig()
     notify: NotifyConfig = NotifyConfig()
+    cache: CacheConfig = CacheConfig()
 
     @property
     def engines(self) -> tuple[EngineConfig, ...]:
@@ -282,6 +292,7 @@ def _make_converter() -> cattrs.Converter:
         PreflightConfig,
         NotifyDefault,
         NotifyConfig,
+        CacheConfig,
         Config,
     ):
         conv.register_structure_hook(
@@ -469,6 +480,8 @@ def _validate(config: Config, source: str) -> None:
         _engine(entry, bad, f"docker.engines[{i}]", engine_names)
     if config.defaults.slot not in SLOTS:
         raise bad("defaults.slot", f"must be one of {', '.join(SLOTS)}")
+    if config.defaults.output_format not in OUTPUT_FORMATS:
+        raise bad("defaults.output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
     pf = config.preflight
     if not 0 < pf.max_seconds <= 86400:
         raise bad("preflight.max_seconds", "must be a number of seconds, above 0 and at most 86400")

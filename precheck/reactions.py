@@ -68,6 +68,7 @@ REACTIONS: tuple[Reaction, ...] = (
             "run.cancelled",
             "run.failed-to-start",
             "run.finish-failed",
+            "run.reused",
             "run.deleted",
             "notification.",
         ),

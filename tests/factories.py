@@ -44,10 +44,11 @@ def upload_received(
 def run_queued(
     run_id: str = "r1", upload_id: str = "u1", *, at: datetime = T0, **overrides: Any
 ) -> RunQueued:
-    """Run `run_id` of the default upload's file, top cell `TOP` in slot 1x1, joined the queue."""
+    """Run `run_id` of the default upload's file, top cell `TOP` in slot 1x1, GDS out, joined
+    the queue."""
     event = RunQueued(
         run_id, upload_id, "TOP", "ABCD1234", "1x1", False, "chip.gds", "layout.gds", "gds", 4096,
-        "cd" * 32, at,
+        "cd" * 32, at, output_format="gds",
     )  # fmt: skip
     return attrs.evolve(event, **overrides)
 

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 PREFLIGHT_OFF: Mapping[str, object] = {"enabled": False}
+# Tests and benches run one layout many times and look at each run's container: the result
+# cache is off unless they turn it on.
+CACHE_OFF: Mapping[str, object] = {"enabled": False}
 
 
 def simulator_docker(image: str, /, **settings: object) -> dict[str, Any]:
@@ -26,13 +29,15 @@ def simulator_tables(
     *,
     server: Mapping[str, object] | None = None,
     docker: Mapping[str, object] | None = None,
+    cache: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """The tables of a server config on `storage` running `image`, pre-flight off; `server` and
-    `docker` settings add to their tables."""
+    """The tables of a server config on `storage` running `image`, pre-flight off (and the
+    result cache, unless `cache`); `server` and `docker` settings add to their tables."""
     return {
         "server": {"storage_path": str(storage), **(server or {})},
         "docker": simulator_docker(image, **(docker or {})),
         "preflight": dict(PREFLIGHT_OFF),
+        "cache": {"enabled": True} if cache else dict(CACHE_OFF),
     }
 
 

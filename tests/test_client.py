@@ -634,3 +634,32 @@ async def test_submit_asks_for_notifications(
     )
     assert refused.rc != 0
     assert "not in notify.allowed_hosts" in refused.err
+
+
+async def test_submit_is_answered_from_the_cache_unless_told_not_to(
+    start_app: StartApp,
+    make_config: Callable[..., Config],
+    sim_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    """`--output-format oas` asks for OASIS, downloaded as such; the same submit again is
+    answered from that run (exit 0, the same files, no log); `--no-cache` runs it."""
+    api = await start_app(sim_with(make_config, sim_config, cache={"enabled": True}))
+    args = ["submit", str(layout(tmp_path)), "--top", "chip_top", "--server", server_url(api)]
+    first = await client(*args, "--output-format", "oas", "--out", "one", cwd=tmp_path)
+    assert first.rc == 0, first.err
+    one = json.loads((tmp_path / "one" / "run.json").read_text())
+    assert one["Output"]["Filename"] == "chip_top.oas"
+    assert (tmp_path / "one" / "chip_top.oas").read_bytes().startswith(b"%SEMI-OASIS\r\n")
+
+    again = await client(*args, "--output-format", "oas", "--out", "two", cwd=tmp_path)
+    assert again.rc == 0, again.err
+    two = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert f"answered from run {one['Id']}" in again.err
+    assert two["Result"]["ReusedFrom"] == one["Id"] and again.lines == []
+    assert sha256(tmp_path / "two" / "chip_top.oas") == sha256(tmp_path / "one" / "chip_top.oas")
+
+    fresh = await client(*args, "--output-format", "oas", "--no-cache", "--no-follow", cwd=tmp_path)
+    assert fresh.rc == 0, fresh.err
+    doc = await api.get(fresh.out.strip())
+    assert doc["State"]["Status"] in ("queued", "running") and doc["Result"] is None

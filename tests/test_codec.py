@@ -45,7 +45,9 @@ from precheck.events.types import (
     RunProgressed,
     RunQueued,
     RunRetried,
+    RunReused,
     RunTimedOut,
+    SkippedFile,
     StrayContainerRemoved,
     Subscription,
     TopCell,
@@ -164,6 +166,31 @@ SAMPLES: list[object] = [
         "r9", 1, "webhook", "https://h.example.org/", 1, "msg_r9_1", 500, "5xx", 0.1, T0
     ),
     NotificationRedeliveryRequested("r9", 1, T0),
+    run_queued("r10", output_format="oas", at=T0),
+    RunReused("r10", "r9", T0),
+    RunReused(
+        "r11",
+        "r1",
+        T0,
+        status="failed",
+        exit_code=1,
+        error="deferred errors: 3 KLayout DRC",
+        image="precheck:latest",
+        image_id="sha256:" + "e" * 64,
+        image_digest="precheck@sha256:" + "f" * 64,
+        failed_step="Checker.KLayoutDRC",
+        classification="design",
+        deferred_errors={"KLayout DRC": 3},
+        metrics={"klayout__drc_error__count": 3, "note": None},
+        warnings=("WARNING  3 Magic DRC errors found.",),
+        warning_count=1,
+        findings=(FindingsCount("14-klayout-drc/reports/drc.klayout.lyrdb", "KLayout.DRC", 3, 2),),
+        output=OutputFile("output/top.oas", 10, "a" * 64),
+        files=(OutputFile("run/reports/drc.json", 2, "b" * 64),),
+        skipped=(SkippedFile("run/big.gds", 1 << 30, "bulk"),),
+        skipped_more=2,
+        across_owners=True,
+    ),
 ]
 
 
@@ -247,7 +274,9 @@ async def test_schema_1_run_queued_row_is_upcast(tmp_path: Path) -> None:
     store = await EventStore.open(path)
     try:
         [r] = await store.read()
-        assert r.event == run_queued(slot="1x1", cob=False, at=datetime(2025, 6, 1, 12, tzinfo=UTC))
+        at = datetime(2025, 6, 1, 12, tzinfo=UTC)
+        # Its output in the input's format, as runs were queued then.
+        assert r.event == run_queued(slot="1x1", cob=False, at=at, output_format="")
         assert (await store.verify_chain()).first_bad is None
         run = (await Projections.replay(store)).runs.get("r1")
         assert run is not None

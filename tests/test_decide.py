@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import attrs
 import pytest
@@ -17,14 +17,17 @@ from precheck.domain.commands import (
     ReceiveUpload,
     decide,
 )
+from precheck.domain.result_cache import Reuse, SourceGone
 from precheck.errors import Conflict, Expired, Invalid, NotFound, TooMany
 from precheck.events.types import (
     Event,
+    OutputFile,
     Preflight,
     RunCancelled,
     RunCancelRequested,
     RunFailedToStart,
     RunQueued,
+    RunReused,
     UploadDeleted,
     UploadExpired,
 )
@@ -34,6 +37,7 @@ from tests.factories import (
     given,
     run_exited,
     run_finished,
+    run_outputs_stored,
     run_queued,
     run_started,
     upload_received,
@@ -366,3 +370,71 @@ def test_deleting_the_last_run_of_an_expired_upload_retires_the_upload() -> None
     assert "u1" not in state.uploads.by_id
     assert state.uploads.by_id["u2"].run_ids == ()
     assert state.uploads.by_id["u2"].status == "available"
+
+
+# Answering from the result cache ----------------------------------------------------------------
+
+
+def _ran(run_id: str = "r0", status: str = "completed", **exited: Any) -> list[Event]:
+    """Run `run_id` of the default upload, started on image `sha256:00`, ended and stored."""
+    output = OutputFile("output/TOP.gds", 10, "a" * 64)
+    return [
+        run_queued(run_id, output_format="gds"),
+        run_started(run_id),
+        run_exited(run_id, status, **exited),
+        run_outputs_stored(run_id, output=output, files=(OutputFile("run/x", 1, "b" * 64),)),
+    ]
+
+
+def test_a_run_answered_from_an_ended_one_ends_at_once_with_its_verdict() -> None:
+    """With `reuse`, the run's `RunQueued` comes with `RunReused` copying the source's verdict
+    and files, decided on the source's stream too; no queue limit applies."""
+    state = given(upload_received(), *_ran(), run_queued("r9"))
+    cmd = attrs.evolve(
+        queue_run(), reuse=Reuse("r0", "sha256:00"), max_queued=1, owner=state.queue.owner("r9")
+    )
+    decision = decide(cmd, state)
+    queued, reused = decision.events
+    assert isinstance(queued, RunQueued) and queued.output_format == "gds"
+    assert isinstance(reused, RunReused)
+    assert (reused.run_id, reused.source_run_id, reused.status) == ("r1", "r0", "completed")
+    source = state.runs.by_id["r0"]
+    assert (reused.output, reused.files, reused.image_id) == (
+        source.output,
+        source.files,
+        "sha256:00",
+    )
+    assert decision.expect == {"upload-u1": 1, "run-r1": 0, "run-r0": source.version}
+    after = given(upload_received(), *_ran(), run_queued("r9"), queued, reused)
+    run = after.runs.by_id["r1"]
+    assert run.settled and run.status == "completed" and run.reused_from == "r0"
+    assert run.output == source.output and after.queue.position("r1") is None
+
+
+@pytest.mark.parametrize(
+    ("events", "reuse", "changes"),
+    [
+        (_ran(), Reuse("r0", "sha256:11"), {}),  # the image changed since
+        (_ran(), Reuse("r0", "sha256:00"), {"die_id": "ZZZZ0000"}),  # not the same run
+        (_ran(), Reuse("r0", "sha256:00"), {"output_format": "oas"}),
+        (_ran(status="failed", classification="system"), Reuse("r0", "sha256:00"), {}),
+        (_ran()[:3], Reuse("r0", "sha256:00"), {}),  # its outputs are not stored yet
+        ([], Reuse("r0", "sha256:00"), {}),  # gone
+    ],
+)
+def test_a_run_that_may_not_answer_is_refused_as_gone(
+    events: list[Event], reuse: Reuse, changes: dict[str, Any]
+) -> None:
+    """A source that no longer answers the run (another image or key, a system failure, not
+    settled, deleted) is `SourceGone`: the edge then queues the run as any other."""
+    with pytest.raises(SourceGone):
+        decide(attrs.evolve(queue_run(), reuse=reuse, **changes), given(upload_received(), *events))
+
+
+def test_a_design_failure_answers_and_a_bad_output_format_is_invalid() -> None:
+    """A source that failed on its design answers; an unknown output format is `Invalid`."""
+    state = given(upload_received(), *_ran(status="failed", classification="design"))
+    decision = decide(attrs.evolve(queue_run(), reuse=Reuse("r0", "sha256:00")), state)
+    assert isinstance(decision.events[1], RunReused) and decision.events[1].status == "failed"
+    with pytest.raises(Invalid):
+        decide(attrs.evolve(queue_run(), output_format="cif"), state)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 
 from precheck.app import create_app
-from precheck.config import ROLES, SLOTS, Config, parse_config
+from precheck.config import OUTPUT_FORMATS, ROLES, SLOTS, Config, parse_config
 from precheck.domain.commands import DIE_ID, KEY_NAME, TOP_CELL
 from precheck.domain.preflight import CHECK_CODES, MODES
 from precheck.domain.status import ENDED, STATUSES, RunStatus
@@ -284,6 +284,16 @@ CONSTANTS: list[tuple[str, tuple[Step, ...], Any]] = [
         "preflight default",
         (*_SCHEMAS, "CreateRun", "properties", "preflight", "default"),
         _CREATE_RUN["preflight"].default,
+    ),
+    (
+        "output formats",
+        (*_SCHEMAS, "CreateRun", "properties", "output_format", "anyOf", 0, "enum"),
+        list(OUTPUT_FORMATS),
+    ),
+    (
+        "cache default",
+        (*_SCHEMAS, "CreateRun", "properties", "cache", "default"),
+        _CREATE_RUN["cache"].default,
     ),
     ("preflight slot", (*_PREFLIGHT, "slot", "schema", "enum"), list(SLOTS)),
     ("preflight top cell", (*_PREFLIGHT, "top_cell", "schema", "pattern"), f"^{TOP_CELL.pattern}$"),

@@ -144,13 +144,15 @@ def run_precheck(
     args: list[str] | None = None,
     memory: str | None = None,
     timeout: float = 120,
+    output_format: str = "gds",
 ) -> Run:
-    """Runs the image the way the server does: create, cp in, start, wait, cp out."""
+    """Runs the image the way the server does: create, cp in, start, wait, cp out; the output
+    is `/output/<top>.<output_format>`."""
     if isinstance(image, NoDocker):
         pytest.fail(image)
     run_tag = f"RUN_TEST_{uuid.uuid4().hex[:8]}"
     if args is None:
-        args = ["--input", f"/input/{filename}", "--output", f"/output/{top}.gds"]
+        args = ["--input", f"/input/{filename}", "--output", f"/output/{top}.{output_format}"]
         if top is not None:
             args += ["--top", top]
         args += ["--run-tag", run_tag, *extra]
@@ -235,6 +237,8 @@ def assert_passed(run: Run, steps: Sequence[tuple[str, str]], top: str = "chip_t
     assert metrics["klayout__drc_error__count"] == 0
     assert (final / "metrics.csv").read_text().startswith("Metric,Value\n")
     final_gds = (final / "gds" / f"{top}.gds").read_bytes()
+    if (run.output_dir / f"{top}.oas").exists():  # OASIS asked for: see test_oasis_output
+        return
     assert (run.output_dir / f"{top}.gds").read_bytes() == final_gds
 
 
@@ -283,6 +287,20 @@ def test_oasis_input(image: str, tmp_path: Path) -> None:
     run = run_precheck(image, tmp_path, layout, "design.oas")
     assert_passed(run, STEPS)
     assert (run.output_dir / "chip_top.gds").read_bytes() == layout
+
+
+def test_oasis_output(image: str, tmp_path: Path) -> None:
+    """`--output /output/<top>.oas` (as production) writes OASIS, from a GDS input as from an
+    OASIS one (kept as it is), with the cell's name in it; final/ keeps its GDS."""
+    run = run_precheck(image, tmp_path, gds("chip_top"), output_format="oas")
+    assert_passed(run, STEPS)
+    written = (run.output_dir / "chip_top.oas").read_bytes()
+    assert written.startswith(b"%SEMI-OASIS\r\n") and b"chip_top" in written
+    assert not (run.output_dir / "chip_top.gds").exists()
+    layout = oasis("chip_top")
+    again = run_precheck(image, tmp_path / "oas", layout, "design.oas", output_format="oas")
+    assert_passed(again, STEPS)
+    assert (again.output_dir / "chip_top.oas").read_bytes() == layout
 
 
 def test_immediate_failure(image: str, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from precheck.runner.findings import read_report
 from tests.docker_fixtures import NoDocker
-from tests.layouts import gds
+from tests.layouts import gds, oasis
 from tests.test_simulator import Run, run_precheck
 
 pytestmark = pytest.mark.docker
@@ -36,6 +36,7 @@ CASES = {
     "magic": (("magic_at=30.1,103;31.1,200;30.1,100",), None),
     "zeroarea": (("zeroarea_at=30,300;32,400",), None),
     "oom": (("oom=256", "oom_step=KLayout.Render"), "64m"),
+    "oasis": ((), None),  # OASIS in and out (`--output /output/chip_top.oas`), as production
 }
 DIE = (1936_000, 2531_000)  # nm
 
@@ -175,13 +176,18 @@ def runs(simulator_image: str, tmp_path_factory: pytest.TempPathFactory) -> dict
         pytest.fail(simulator_image)
     done = {}
     for case, (steering, memory) in CASES.items():
+        fmt = "oas" if case == "oasis" else "gds"
+        layout = (
+            oasis("chip_top", *steering) if fmt == "oas" else gds("chip_top", *steering, die=DIE)
+        )
         done[case] = run_precheck(
             simulator_image,
             tmp_path_factory.mktemp(case),
-            gds("chip_top", *steering, die=DIE),
-            "chip_top.gds",
+            layout,
+            f"chip_top.{fmt}",
             extra=("--slot", "0p5x0p5", "--id", "ABCD1234"),
             memory=memory,
+            output_format=fmt,
         )
     return done
 

@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--id", type=_die_id, dest="die_id", help="die id: 8 letters or digits")
     submit.add_argument("--slot", choices=SLOTS, help="the slot size (the server's default)")
     submit.add_argument("--cob", action="store_true", help="add the chip-on-board pad check")
+    submit.add_argument(
+        "--output-format",
+        choices=("gds", "oas"),
+        help="the final layout's format: oas is OASIS, smaller (the server's default)",
+    )
+    submit.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run it even when an identical run ended before (else answered from that run)",
+    )
     submit.add_argument("--out", type=Path, metavar="DIR", help="default ./precheck-<run id>/")
     submit.add_argument(
         "--no-follow", action="store_true", help="print the run id once it is queued, and exit 0"
@@ -228,6 +238,10 @@ async def cmd_submit(ctx: Context) -> int:
         body["die_id"] = args.die_id
     if args.slot:
         body["slot"] = args.slot
+    if args.output_format:
+        body["output_format"] = args.output_format
+    if args.no_cache:
+        body["cache"] = False
     notify = [{"webhook": u} for u in args.notify_webhook]
     notify += [{"email": a} for a in args.notify_email]
     if notify:
@@ -254,7 +268,11 @@ async def cmd_submit(ctx: Context) -> int:
     if out.json_mode:
         out.document({"type": "upload", "upload": upload})
         out.document({"type": "created", "run": doc})
-    out.note(f"run {run_id} created; following it")
+    if (doc.get("Result") or {}).get("Reused"):
+        source = doc["Result"].get("ReusedFrom")
+        out.note(f"run {run_id} answered from {f'run {source}' if source else 'an identical run'}")
+    else:
+        out.note(f"run {run_id} created; following it")
     final = await ctx.follow_to_end(run_id, logs=True)
     files = await ctx.download(final, args.out)
     code = ctx.verdict(final)
@@ -295,6 +313,9 @@ async def cmd_status(ctx: Context) -> int:
     if output.get("Available"):
         sha = (output.get("Checksums") or {}).get("sha256")
         rows.append(("output", f"{output.get('Filename')} ({size(output.get('Size'))}, {sha})"))
+    result = doc.get("Result") or {}
+    if result.get("Reused"):
+        rows.append(("reused", result.get("ReusedFrom") or "from an identical run"))
     for label, value in rows:
         out.line(f"{label:<9}{value}")
     return 0

@@ -12,8 +12,9 @@ from functools import singledispatch
 
 import attrs
 
-from precheck.config import RESERVED_NAMES, ROLES, SLOTS
+from precheck.config import OUTPUT_FORMATS, RESERVED_NAMES, ROLES, SLOTS
 from precheck.domain.preflight import MODES, preflight_for_run
+from precheck.domain.result_cache import CacheKey, Reuse, SourceGone, answers, reused_event
 from precheck.domain.status import ENDED, RunStatus
 from precheck.errors import Conflict, Expired, Invalid, NotFound, PreflightFailed, TooMany
 from precheck.events.streams import key_stream, run_stream, upload_stream
@@ -97,6 +98,10 @@ class QueueRun:
     max_running: int = 0  # ... or with as many running as `max_running` (0: no limit)
     notify: tuple[Subscription, ...] = ()  # checked against the operator's policy at the edge
     recheck_of: str = ""  # the run it re-checks: its start resolves the image anew
+    output_format: str = "gds"  # the final layout's: `gds` or `oas`
+    # Answer it from this ended identical run (found at the edge, for the image resolved
+    # there): it ends at once. `SourceGone` when that run no longer may answer.
+    reuse: Reuse | None = None
 
 
 @attrs.frozen
@@ -239,15 +244,19 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
         raise Invalid("die_id must be exactly 8 letters or digits")
     if c.slot not in SLOTS:
         raise Invalid(f"slot must be one of {', '.join(SLOTS)}")
+    if c.output_format not in OUTPUT_FORMATS:
+        raise Invalid(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
     upload = state.uploads.get(c.upload_id)
     if upload is None:
         raise NotFound(f"No such upload: {c.upload_id}")
-    if c.max_queued and state.queue.queued_by(c.owner) >= c.max_queued:
+    # A run answered from the cache takes no place in the queue and no slot: no limit applies.
+    queues = c.reuse is None
+    if queues and c.max_queued and state.queue.queued_by(c.owner) >= c.max_queued:
         raise TooMany(
             f"{c.owner} has {c.max_queued} runs waiting, as many as server.max_queued_per_owner"
             " allows: queue more once one has started"
         )
-    if c.max_running and state.queue.running_by(c.owner) >= c.max_running:
+    if queues and c.max_running and state.queue.running_by(c.owner) >= c.max_running:
         raise TooMany(
             f"{c.owner} has {c.max_running} runs running, as many as"
             " server.max_running_per_owner allows: queue more once one has stopped"
@@ -283,8 +292,32 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
         preflight,
         c.notify,
         c.recheck_of,
+        c.output_format,
     )
-    return Decision((event,), {upload_stream(upload.id): upload.version, run_stream(c.run_id): 0})
+    expect = {upload_stream(upload.id): upload.version, run_stream(c.run_id): 0}
+    if c.reuse is None:
+        return Decision((event,), expect)
+    source = state.runs.get(c.reuse.source_run_id)
+    if source is None or not answers(source, _key(c, event, c.reuse)):
+        raise SourceGone(c.reuse.source_run_id)
+    # The source's version too: a change to it before this append makes it decided again.
+    expect[run_stream(source.id)] = source.version
+    return Decision((event, reused_event(c.run_id, c.owner, source, c.now)), expect)
+
+
+def _key(c: QueueRun, queued: RunQueued, reuse: Reuse) -> CacheKey:
+    """The cache key of the run `c` queues, with the image resolved for it."""
+    return CacheKey(
+        queued.input_sha256,
+        queued.input_size,
+        c.top_cell,
+        c.die_id,
+        c.slot,
+        c.cob,
+        c.output_format,
+        reuse.image_id,
+        reuse.image_digest,
+    )
 
 
 @decide.register

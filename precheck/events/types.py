@@ -168,6 +168,8 @@ class RunQueued:
     preflight: Preflight | None = None  # older rows have none
     notify: tuple[Subscription, ...] = ()  # older rows asked for none
     recheck_of: str = ""  # the run it re-checks with the image resolved anew; older rows: none
+    # `gds` or `oas`: the final layout's format; older rows: empty, the input's format
+    output_format: str = ""
 
 
 @attrs.frozen
@@ -471,6 +473,42 @@ class NotificationRedeliveryRequested:
     at: datetime
 
 
+@attrs.frozen
+class RunReused:
+    """A run just queued was answered from an earlier identical one, `source_run_id` (same
+    layout sha256, top cell, die id, slot, cob, output format and image), which completed or
+    failed on its design: it ended at once with that run's verdict and files (hard links of
+    that run's, already in its own folder). Appended with the run's `run.queued`, and whole in
+    itself (the verdict is copied in), so the run's own stream replays it alone.
+    `across_owners`: the source was another owner's, whose id a user is not shown."""
+
+    run_id: str
+    source_run_id: str
+    at: datetime
+    status: str = ""  # `completed` or `failed`, the source's
+    exit_code: int | None = None
+    error: str = ""
+    image: str = ""
+    image_id: str = ""
+    image_digest: str = ""
+    failed_step: str | None = None
+    classification: str | None = None
+    deferred_errors: dict[str, int] = attrs.field(factory=dict)
+    metrics: dict[str, float | int | str | None] = attrs.field(factory=dict)
+    oom_killed: bool = False
+    detail: str = ""
+    warnings: tuple[str, ...] = ()
+    warning_count: int = 0
+    errors: tuple[str, ...] = ()
+    error_count: int = 0
+    findings: tuple[FindingsCount, ...] = ()
+    output: OutputFile | None = None
+    files: tuple[OutputFile, ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()
+    skipped_more: int = 0
+    across_owners: bool = False
+
+
 Event = (
     UploadReceived
     | UploadDeleted
@@ -498,6 +536,7 @@ Event = (
     | NotificationSent
     | NotificationFailed
     | NotificationRedeliveryRequested
+    | RunReused
 )
 
 TAGS: dict[type, str] = {
@@ -527,6 +566,7 @@ TAGS: dict[type, str] = {
     NotificationSent: "notification.sent",
     NotificationFailed: "notification.failed",
     NotificationRedeliveryRequested: "notification.redelivery-requested",
+    RunReused: "run.reused",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.

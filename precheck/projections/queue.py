@@ -21,6 +21,7 @@ from precheck.events.types import (
     RunFinishFailed,
     RunQueued,
     RunRetried,
+    RunReused,
     RunStarted,
 )
 from precheck.projections.runs import RunRecord
@@ -37,6 +38,7 @@ _QUEUE_EVENTS = frozenset(
         RunFailedToStart,
         RunFinishFailed,
         RunRetried,
+        RunReused,  # queued and answered at once: it leaves the queue
     }
 )
 

@@ -28,6 +28,7 @@ from precheck.events.types import (
     RunProgressed,
     RunQueued,
     RunRetried,
+    RunReused,
     RunStarted,
     RunTimedOut,
     SkippedFile,
@@ -131,6 +132,9 @@ class RunRecord:
     owner: str = ""  # the actor that queued it (an API key's name, `anonymous`, `cli`)
     notify: tuple[Subscription, ...] = ()  # who to tell when it ends
     recheck_of: str = ""  # the run it re-checks with the image resolved anew
+    output_format: str = ""  # `gds` or `oas`; empty (runs queued before it): the input's
+    reused_from: str = ""  # the run it was answered from (`run.reused`), else empty
+    reused_across_owners: bool = False  # ... a run another owner queued: not named to a user
 
     @property
     def active(self) -> bool:
@@ -181,6 +185,7 @@ class Runs:
                 owner=r.metadata.actor,
                 notify=e.notify,
                 recheck_of=e.recheck_of,
+                output_format=e.output_format,
             )
             return
         change = _CHANGES.get(kind)
@@ -308,6 +313,43 @@ def _retried(run: RunRecord, e: RunRetried) -> dict[str, Any]:
     )
 
 
+def _reused(e: RunReused) -> dict[str, Any]:
+    """A run answered from an earlier one: final at once, with its verdict, files (links of
+    its own in its folder) and image; it ran on no engine, in no container."""
+    result = RunResult(
+        passed=e.status == RunStatus.COMPLETED,
+        failed_step=e.failed_step,
+        classification=e.classification,
+        deferred_errors=e.deferred_errors,
+        metrics=e.metrics,
+        oom_killed=e.oom_killed,
+        detail=e.detail,
+        findings=e.findings,
+        warnings=e.warnings,
+        warning_count=e.warning_count,
+        errors=e.errors,
+        error_count=e.error_count,
+    )
+    return dict(
+        status=RunStatus(e.status),
+        started_at=e.at,
+        finished_at=e.at,
+        exit_code=e.exit_code,
+        error=e.error,
+        image=e.image,
+        image_id=e.image_id,
+        image_digest=e.image_digest,
+        result=result,
+        output=e.output,
+        files=e.files,
+        skipped=e.skipped,
+        skipped_more=e.skipped_more,
+        settled=True,
+        reused_from=e.source_run_id,
+        reused_across_owners=e.across_owners,
+    )
+
+
 def _finish_failed(run: RunRecord, e: RunFinishFailed) -> dict[str, Any]:
     result = run.result or RunResult(passed=False)
     return dict(
@@ -350,6 +392,7 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunFinished: _finished,
     RunFinishFailed: lambda e: {},  # needs the record: see `Runs.apply`
     RunRetried: lambda e: {},  # likewise
+    RunReused: _reused,
     RunExited: _exited,
     RunOutputsStored: lambda e: {},  # needs the record: see `Runs.apply`
     RunDeleted: lambda e: {},

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from precheck.config import DockerConfig, EngineConfig, parse_memory
+from precheck.domain.result_cache import output_format_of
 from precheck.projections.runs import RunRecord
 from precheck.runner.tar_stream import Entry
 
@@ -38,8 +39,10 @@ def input_path(run: RunRecord) -> str:
 
 
 def output_name(run: RunRecord) -> str:
-    """File name of the final layout: the top cell, in the input's format (gzip undone)."""
-    return f"{run.top_cell}{'.oas' if run.input.format == 'oas' else '.gds'}"
+    """File name of the final layout: the top cell, in the run's output format (`oas`: OASIS,
+    as production writes it, to save disk); a run queued before the format was asked for
+    writes the input's format (gzip undone)."""
+    return f"{run.top_cell}.{output_format_of(run)}"
 
 
 def precheck_argv(run: RunRecord) -> list[str]:

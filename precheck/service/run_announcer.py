@@ -15,6 +15,7 @@ from precheck.events.types import (
     RunFailedToStart,
     RunOutputsStored,
     RunQueued,
+    RunReused,
     RunStarted,
     RunTimedOut,
 )
@@ -39,6 +40,13 @@ class RunAnnouncer:
                 e.run_id, who, e.input_name, e.top_cell, e.slot, ", cob" if e.cob else "",
                 self.state.queue.length,
             )  # fmt: skip
+        elif isinstance(e, RunReused):
+            log.info(
+                "run %s answered from run %s (%s): no container",
+                e.run_id,
+                e.source_run_id,
+                e.status,
+            )
         elif isinstance(e, RunStarted):
             log.info("run %s started in container %s (%s)", e.run_id, e.container_id[:12], e.image)
         elif isinstance(e, RunFailedToStart):

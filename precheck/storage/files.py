@@ -190,6 +190,22 @@ class Storage:
         """Delete an upload's folder (after the event that retired it)."""
         _remove(self.uploads / upload_id)
 
+    def link_run(self, source_id: str, run_id: str, expected: Collection[str] = ()) -> None:
+        """Make `runs/<run_id>/` a copy of `runs/<source_id>/` made of hard links: no byte is
+        copied, and removing the source later leaves it whole. Built in `tmp/` and renamed
+        into place complete, holding every path of `expected` (relative to the folder): a
+        failure (`OSError`) leaves no folder behind."""
+        staging = self.temp_path(".links")
+        try:
+            _link_tree(self.run_dir(source_id), staging)
+            missing = [p for p in expected if not (staging / p).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{source_id}/{missing[0]} is not in its run folder")
+            os.rename(staging, self.run_dir(run_id))
+        except BaseException:
+            _remove(staging)
+            raise
+
     def remove_run(self, run_id: str) -> None:
         """Delete a run's folder (after the event that retired it)."""
         _remove(self.runs / run_id)
@@ -253,6 +269,20 @@ def _finish(f: object, digest: hashlib._Hash, parts: list[bytes]) -> None:
     f.flush()  # type: ignore[attr-defined]
     os.fsync(f.fileno())  # type: ignore[attr-defined]
     f.close()  # type: ignore[attr-defined]
+
+
+def _link_tree(source: Path | str, target: Path | str) -> None:
+    """`target`, a new folder tree like `source`'s whose files are hard links of its files
+    (no byte is read or written). Any entry that cannot be listed or linked (one removed
+    meanwhile) raises."""
+    os.mkdir(target, 0o700)
+    with os.scandir(source) as entries:
+        for e in entries:
+            inside = os.path.join(target, e.name)
+            if e.is_dir(follow_symlinks=False):
+                _link_tree(e.path, inside)
+            else:
+                os.link(e.path, inside, follow_symlinks=False)
 
 
 def _remove(path: Path) -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from precheck.errors import NotFound
 from precheck.events.store import RecordedEvent
-from precheck.events.types import UploadInspected
+from precheck.events.types import RunReused, UploadInspected
 from precheck.projections.runs import RunRecord
 from precheck.projections.uploads import UploadRecord
 from precheck.web import keys
@@ -104,8 +104,13 @@ def owned_streams(request: web.Request) -> tuple[str, tuple[object, ...]]:
 
 def shown_event(request: web.Request, r: RecordedEvent) -> RecordedEvent:
     """`r` as the caller may see it: to a user, an inspection reused from an upload that is not
-    its own does not name it (rows written before reuse was kept within one owner may)."""
+    its own does not name it (rows written before reuse was kept within one owner may), nor
+    does a run answered from another owner's run."""
     e = r.event
+    if isinstance(e, RunReused):
+        if not e.across_owners or identity(request).admin:
+            return r
+        return r._replace(event=attrs.evolve(e, source_run_id=""))
     if not isinstance(e, UploadInspected) or e.reused_from is None or identity(request).admin:
         return r
     origin = request.app[keys.PROJECTIONS].uploads.get(e.reused_from)

@@ -28,6 +28,7 @@ from precheck.events.types import (
 from precheck.projections.queue import queue_at
 from precheck.projections.runs import RunRecord, Runs
 from precheck.web import keys
+from precheck.web.access import identity
 from precheck.web.estimates import estimate_json, estimate_of
 from precheck.web.render import run_document
 from precheck.web.requests import query_bool
@@ -126,7 +127,8 @@ class RunFollower:
         return queue_at(self.state.runs.by_id.values(), live, self.position)
 
     def _document(self, run: RunRecord, queue: tuple[int | None, int]) -> dict[str, Any]:
-        return run_document(run, self.state, self.app[keys.CONFIG], queue)
+        admin = identity(self.request).admin
+        return run_document(run, self.state, self.app[keys.CONFIG], queue, admin=admin)
 
     def _status_message(self, kind: str) -> str:
         run = self._run()

@@ -8,7 +8,7 @@ from precheck.errors import Invalid
 from precheck.events.streams import run_stream
 from precheck.projections.runs import RunRecord
 from precheck.web import keys
-from precheck.web.access import find_run
+from precheck.web.access import find_run, shown_event
 from precheck.web.follow import follow
 from precheck.web.render import event_document
 from precheck.web.requests import query_bool, query_float, query_int
@@ -138,7 +138,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             timestamps=query_bool(request, "timestamps"),
         )
     recorded = await request.app[keys.STORE].read(0, 100000, stream=run_stream(run.id))
-    return web.json_response([event_document(r) for r in recorded])
+    return web.json_response([event_document(shown_event(request, r)) for r in recorded])
 
 
 def setup_routes(app: web.Application) -> None:

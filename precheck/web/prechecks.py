@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from aiohttp import web
 
 from precheck.domain.commands import CancelRun, DeleteRun, PruneRuns, QueueRun, decide
+from precheck.domain.result_cache import output_format_of
 from precheck.domain.status import ENDED, STATUSES
 from precheck.errors import Invalid, NotFound
 from precheck.events.types import RunDeleted
@@ -16,7 +17,7 @@ from precheck.projections.runs import RunRecord
 from precheck.service.as_of import run_as_of
 from precheck.service.run_waiter import wait_for_end
 from precheck.web import keys, quota
-from precheck.web.access import find_run, find_upload, require_admin, visible_runs
+from precheck.web.access import find_run, find_upload, identity, require_admin, visible_runs
 from precheck.web.context import metadata
 from precheck.web.notify_policy import requested
 from precheck.web.render import run_document
@@ -28,6 +29,7 @@ from precheck.web.requests import (
     json_body,
     query_bool,
 )
+from precheck.web.result_cache import answered_from_cache
 
 CANCEL_WAIT = 30.0
 
@@ -36,36 +38,48 @@ def _document(request: web.Request, run: RunRecord) -> web.Response:
     app = request.app
     return web.json_response(
         run_document(
-            run, app[keys.PROJECTIONS], app[keys.CONFIG], waiting=True, now=app[keys.CLOCK]()
+            run,
+            app[keys.PROJECTIONS],
+            app[keys.CONFIG],
+            waiting=True,
+            now=app[keys.CLOCK](),
+            admin=_admin(request),
         )
     )
 
 
+def _admin(request: web.Request) -> bool:
+    return identity(request).admin
+
+
 async def create_precheck(request: web.Request) -> web.Response:
-    """Queue a run of an upload."""
+    """Queue a run of an upload, or answer it at once from an identical run that ended
+    (`run.reused`), unless the body says `"cache": false` or `[cache] enabled` is false."""
     app = request.app
+    config = app[keys.CONFIG]
     body = await json_body(request, CreateRun)
     find_upload(request, body.upload_id)  # only its owner (or an admin) runs an upload
-    notify = requested(body.notify, app[keys.CONFIG].notify, request[keys.ACTOR])
+    notify = requested(body.notify, config.notify, request[keys.ACTOR])
     quota.require_room(request)
     run_id = uuid.uuid4().hex
-    await app[keys.HANDLER].handle(
-        QueueRun(
-            run_id,
-            body.upload_id,
-            body.top_cell,
-            body.die_id,
-            body.slot or app[keys.CONFIG].defaults.slot,
-            body.cob,
-            app[keys.CLOCK](),
-            body.preflight,
-            request[keys.ACTOR],
-            app[keys.CONFIG].server.max_queued_per_owner,
-            app[keys.CONFIG].server.max_running_per_owner,
-            notify,
-        ),
-        metadata(request),
+    command = QueueRun(
+        run_id,
+        body.upload_id,
+        body.top_cell,
+        body.die_id,
+        body.slot or config.defaults.slot,
+        body.cob,
+        app[keys.CLOCK](),
+        body.preflight,
+        request[keys.ACTOR],
+        config.server.max_queued_per_owner,
+        config.server.max_running_per_owner,
+        notify,
+        output_format=body.output_format or config.defaults.output_format,
     )
+    cached = body.cache and config.cache.enabled
+    if not (cached and await answered_from_cache(app, command, metadata(request))):
+        await app[keys.HANDLER].handle(command, metadata(request))
     return _document(request, app[keys.PROJECTIONS].runs.by_id[run_id])
 
 
@@ -84,7 +98,8 @@ async def list_prechecks(request: web.Request) -> web.Response:
         if not wanted or r.status in wanted
     ]
     now = request.app[keys.CLOCK]()
-    return web.json_response([run_document(r, state, config, now=now) for r in runs])
+    admin = _admin(request)
+    return web.json_response([run_document(r, state, config, now=now, admin=admin) for r in runs])
 
 
 async def get_precheck(request: web.Request) -> web.Response:
@@ -99,7 +114,7 @@ async def get_precheck(request: web.Request) -> web.Response:
     if then is None:
         raise NotFound(f"precheck {run.id} did not exist yet at position {position}")
     queue = queue_at(state.runs.by_id.values(), then, position)
-    doc = run_document(then, state, app[keys.CONFIG], queue=queue)
+    doc = run_document(then, state, app[keys.CONFIG], queue=queue, admin=_admin(request))
     return web.json_response({**doc, "AsOf": position})
 
 
@@ -145,6 +160,7 @@ async def _again(request: web.Request, *, recheck: bool) -> web.Response:
             app[keys.CONFIG].server.max_running_per_owner,
             notify,
             run.id if recheck else "",
+            output_format_of(run),
         ),
         metadata(request),
     )

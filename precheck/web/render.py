@@ -104,13 +104,15 @@ def run_document(
     queue: tuple[int | None, int] | None = None,
     waiting: bool = False,
     now: datetime | None = None,
+    admin: bool = False,
 ) -> dict[str, Any]:
     """`GET /api/v1/prechecks/{id}`: the run as Docker would show a container, plus our parts.
 
     `queue` (place, length) shows a past state; by default the queue as it is now. `waiting`:
     say why a queued run cannot be placed now (what the supervisor sees, not the log: so only
     the run's own GET shows it, never a list, a stream or a replay). `now`: the document is
-    live, so a queued or running run shows its `Estimate` at that instant.
+    live, so a queued or running run shows its `Estimate` at that instant. `admin`: the
+    reader is one, and so is shown which run of another owner a run was answered from.
     """
     place, length = queue or (state.queue.position(run.id), state.queue.length)
     v = run.result
@@ -203,6 +205,13 @@ def run_document(
                     "Lines": list(v.errors),
                     "File": flow_file(run, "error.log"),
                 },
+                # Answered from the cache: the run it was answered from, named only to a
+                # reader who may see that run (its owner's runs, or an admin); to a user it
+                # is another owner's, `Reused` alone says so.
+                "Reused": bool(run.reused_from),
+                "ReusedFrom": run.reused_from
+                if run.reused_from and (admin or not run.reused_across_owners)
+                else None,
             }
             if v
             else None

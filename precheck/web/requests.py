@@ -29,6 +29,8 @@ class CreateRun:
     cob: bool = False
     preflight: str = "enforce"  # warn: queue a layout that fails pre-flight, recording why
     notify: Any = None  # checked by `web/notify_policy.py`: its messages name the item
+    output_format: str | None = None  # `gds` or `oas`; None: `defaults.output_format`
+    cache: bool = True  # false: run it even when an identical run ended before
 
 
 @attrs.frozen
