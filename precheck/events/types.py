@@ -371,6 +371,21 @@ class RunDeleted:
     at: datetime
 
 
+@attrs.frozen
+class RunFilesPruned:
+    """Retention removed some of a final run's files: `kinds` (of `outputs`, `reports`,
+    `render`, `run_folder`, `logs`), `files` of them and `bytes_freed` (as measured: 0 when a
+    crash had already removed them before this event), for `reason` `age` or `budget`. The
+    run's record, verdict, metrics and events stay; only the files go, before this event."""
+
+    run_id: str
+    kinds: tuple[str, ...]
+    files: int
+    bytes_freed: int
+    reason: str
+    at: datetime
+
+
 # Server --------------------------------------------------------------------------------------
 
 
@@ -498,6 +513,7 @@ Event = (
     | NotificationSent
     | NotificationFailed
     | NotificationRedeliveryRequested
+    | RunFilesPruned
 )
 
 TAGS: dict[type, str] = {
@@ -527,6 +543,7 @@ TAGS: dict[type, str] = {
     NotificationSent: "notification.sent",
     NotificationFailed: "notification.failed",
     NotificationRedeliveryRequested: "notification.redelivery-requested",
+    RunFilesPruned: "run.files-pruned",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.

@@ -8,6 +8,7 @@ from typing import Any
 from precheck.config import Config
 from precheck.domain.notify import redact
 from precheck.domain.preflight import slot_of
+from precheck.domain.retention import pruned_kinds
 from precheck.domain.status import ENDED, RunStatus
 from precheck.events.codec import iso, to_jsonable
 from precheck.events.store import RecordedEvent
@@ -198,8 +199,27 @@ def run_document(
         # Whom its end is told, redacted: a URL's query string or user info may hold a token.
         "Notify": [{"Kind": s.kind, "Target": redact(s)} for s in run.notify],
         "RecheckOf": run.recheck_of or None,
+        "Pruned": pruned_documents(run),
     }
+    if "outputs" in pruned_kinds(run):
+        doc["Output"]["Available"] = False  # its facts stay; the file went (`Pruned` says when)
     return doc
+
+
+def pruned_documents(run: RunRecord) -> list[dict[str, Any]] | None:
+    """A run's `Pruned`: what retention removed of its files, when and why (None: nothing)."""
+    if not run.pruned:
+        return None
+    return [
+        {
+            "What": list(p.kinds),
+            "At": iso(p.at),
+            "Reason": p.reason,
+            "Files": p.files,
+            "BytesFreed": p.bytes_freed,
+        }
+        for p in run.pruned
+    ]
 
 
 def run_yourself(run: RunRecord, config: Config) -> dict[str, Any] | None:

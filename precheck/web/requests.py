@@ -49,6 +49,13 @@ class PruneRequest:
 
 
 @attrs.frozen
+class RetentionPruneRequest:
+    """Body of `POST /api/v1/retention/prune`."""
+
+    dry_run: bool = False
+
+
+@attrs.frozen
 class IssueKeyRequest:
     """Body of `POST /api/v1/keys`."""
 
