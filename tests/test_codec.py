@@ -40,6 +40,7 @@ from precheck.events.types import (
     RunDeleted,
     RunExited,
     RunFailedToStart,
+    RunFilesPruned,
     RunFinishFailed,
     RunOutputsStored,
     RunProgressed,
@@ -164,6 +165,7 @@ SAMPLES: list[object] = [
         "r9", 1, "webhook", "https://h.example.org/", 1, "msg_r9_1", 500, "5xx", 0.1, T0
     ),
     NotificationRedeliveryRequested("r9", 1, T0),
+    RunFilesPruned("r9", ("outputs", "logs"), 3, 123456, "age", T0),
 ]
 
 
