@@ -7,8 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import attrs
+import pytest
 
-from precheck.config import RetentionConfig
+from precheck.config import ConfigError, RetentionConfig, parse_config
 from precheck.domain.retention import kind_of, kinds_held, plan, referred
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
@@ -153,3 +154,12 @@ def test_retention_is_off_unless_configured() -> None:
     log.final_run("a", T0 - timedelta(days=10000))
     assert not RetentionConfig().enabled
     assert plan(log.runs.by_id.values(), T0, RetentionConfig(), {"a": 10**9}) == []
+
+
+def test_the_retention_table_is_checked_at_load() -> None:
+    """Days and the budget are numbers of at least 0; the interval 1 minute to a week."""
+    ok = parse_config({"retention": {"log_days": 0.5, "max_storage_gb": 2}}, "t")
+    assert ok.retention.days["logs"] == 0.5 and ok.retention.enabled
+    for key, value in (("log_days", -1), ("run_folder_days", "x"), ("interval_minutes", 0)):
+        with pytest.raises(ConfigError, match=f"retention.{key}"):
+            parse_config({"retention": {key: value}}, "t")
