@@ -22,6 +22,7 @@ from precheck.config import Config
 from precheck.events.types import RunFilesPruned
 from precheck.ops.writes import open_log, read_state
 from precheck.web import keys
+from tests.browser import Browser
 from tests.docker_fixtures import Api
 from tests.layouts import gds
 
@@ -231,3 +232,42 @@ async def test_past_the_budget_a_run_that_ends_takes_the_oldest_runs_files(
     doc = await api.get(run)
     assert doc["State"]["Status"] == "completed" and doc["Result"]["Passed"] is True
     assert doc["Pruned"][0]["Reason"] == "budget"
+
+
+async def test_the_run_page_says_what_retention_removed_and_when(
+    aiohttp_client: AiohttpClient,
+    sim_config: Callable[..., Config],
+    docker_instances: set[str],
+    browser: Browser,
+) -> None:
+    """A run whose output and run folder went: its page keeps the verdict, says what went and
+    when, and offers neither the output nor the debug tarball; the reports are still there."""
+    policy = attrs.evolve(sim_config().retention, outputs_days=1, run_folder_days=1)
+    config = attrs.evolve(sim_config(), retention=policy)
+    clock = SetClock()
+    api = await _serve(aiohttp_client, config, clock, docker_instances)
+    run = await api.run(gds("chip_top"), "chip_top.gds")
+    assert (await api.wait(run, 60))["Status"] == "completed"
+    clock.now += timedelta(days=2)
+    [removal] = await api.app[keys.RETENTION].prune()
+    assert removal.kinds == ("outputs", "run_folder")
+    browser.point_at(api.client)
+
+    def look() -> dict[str, Any]:
+        browser.open(f"#/runs/{run}")
+        browser.until_visible("pruned")
+        browser.until(lambda _: "report" in browser.find("downloads").text)
+        return {
+            "pruned": browser.find("pruned").text,
+            "downloads": browser.find("downloads").text,
+            "verdict": browser.find("verdict-text").text,
+            "shot": browser.screenshot("run-page-pruned.png"),
+        }
+
+    seen = await browser.drive(look, 60)
+    assert seen["pruned"].startswith(
+        "Removed the output layout, the run folder (debug tarball) on "
+    ), seen["pruned"]
+    assert "kept past retention" in seen["pruned"]
+    assert "output layout" not in seen["downloads"] and "debug tarball" not in seen["downloads"]
+    assert seen["verdict"].startswith("Passed")
