@@ -11,7 +11,7 @@ let source = null; // the one open EventSource
 // feed (`event:` of each message). tests/test_page.py checks these lists against the code's.
 const RUN_EVENTS = ["run.queued", "run.started", "run.progressed", "run.cancel-requested",
   "run.timed-out", "run.exited", "run.outputs-stored", "run.finished", "run.cancelled",
-  "run.failed-to-start", "run.finish-failed", "run.retried", "run.deleted"];
+  "run.failed-to-start", "run.finish-failed", "run.retried", "run.deleted", "run.files-pruned"];
 const UPLOAD_EVENTS = [
   "upload.received", "upload.expired", "upload.deleted", "upload.inspected", "upload.inspection-failed",
 ];
