@@ -20,6 +20,7 @@ from precheck.app import create_app
 from precheck.cli import main
 from precheck.config import Config
 from precheck.events.types import RunFilesPruned
+from precheck.ops.backup import backup
 from precheck.ops.writes import open_log, read_state
 from precheck.web import keys
 from tests.browser import Browser
@@ -196,6 +197,10 @@ async def test_a_cut_pass_is_healed_and_the_cli_prunes_by_the_config(
     [pruning] = state.runs.by_id[run].pruned
     assert pruning.kinds == ("outputs", "logs") and pruning.files == 0
     assert pruning.bytes_freed == 0 and pruning.reason == "age"
+    # A backup copies what the log still promises: not the pruned output, which is gone.
+    copied = await backup(config, tmp_path / "backup")
+    assert not list((tmp_path / "backup" / "runs" / run).rglob("output/*"))
+    assert copied.lines()
     assert await cli("prune", "--retention", "--config", str(path)) == 0
     assert "Nothing is due" in capsys.readouterr().out
     assert await cli("prune", "--config", str(path)) == 2  # say what to prune
