@@ -276,3 +276,29 @@ async def test_the_run_page_says_what_retention_removed_and_when(
     assert "kept past retention" in seen["pruned"]
     assert "output layout" not in seen["downloads"] and "debug tarball" not in seen["downloads"]
     assert seen["verdict"].startswith("Passed")
+
+
+async def test_the_pass_runs_on_its_timer(
+    aiohttp_client: AiohttpClient,
+    sim_config: Callable[..., Config],
+    docker_instances: set[str],
+) -> None:
+    """Nobody asks: once the run is past its days, the next tick of `interval_minutes` (here
+    about a second, below what a config file allows) removes its lines, as the server."""
+    policy = attrs.evolve(sim_config().retention, log_days=1, interval_minutes=0.02)
+    clock = SetClock()
+    api = await _serve(
+        aiohttp_client, attrs.evolve(sim_config(), retention=policy), clock, docker_instances
+    )
+    run = await api.run(gds("chip_top", "lines=20"))
+    assert (await api.wait(run, 60))["Status"] == "completed"
+    await asyncio.sleep(2.5)  # ticks go by: nothing is due yet
+    assert await api.events("run.files-pruned") == []
+    clock.now += timedelta(days=1, seconds=30)
+    recorded = await api.wait_event("run.files-pruned", run, within=10)
+    assert isinstance(recorded.event, RunFilesPruned)
+    assert recorded.event.kinds == ("logs",) and recorded.metadata.actor == "server"
+    assert recorded.event.bytes_freed > 0
+    status, body = await _status(api, f"/api/v1/prechecks/{run}/logs")
+    assert status == 410 and body is not None and "output lines" in body["message"]
+    assert (await _status(api, f"/api/v1/prechecks/{run}/output"))[0] == 200
