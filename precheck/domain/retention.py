@@ -9,6 +9,7 @@ holds) and `logs` (the captured output lines). The event log is never pruned.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
@@ -28,6 +29,7 @@ FINDINGS_FILE = "findings.json"  # what reading the reports found
 GB = 1 << 30
 
 
+@functools.lru_cache(maxsize=8192)  # every run of the flow has the same few hundred paths
 def kind_of(path: str) -> str:
     """The kind of a file of a run by its path under `runs/<id>/`."""
     if path.startswith(f"{OUTPUT_FOLDER}/"):
@@ -112,34 +114,53 @@ def plan(
     log_bytes: Mapping[str, int],
 ) -> list[Removal]:
     """What is due: by age, each kind past its days; then, while the kept runs' files and lines
-    are past `max_storage_gb`, everything left of the oldest final runs, one run at a time."""
+    are past `max_storage_gb`, everything left of the oldest final runs, one run at a time.
+
+    Runs on the event loop at each run's end (with a budget): a run's files are sorted into
+    kinds only when it is due or has been pruned before; the others are summed whole."""
     everyone = list(runs)
     keep = referred(everyone)
     final = sorted(
         (r for r in everyone if is_final(r) and r.id not in keep), key=lambda r: ended_at(r)
     )
-    held = {r.id: _with_logs(kinds_held(r), log_bytes.get(r.id, 0)) for r in everyone}
+    days = {k: _days(policy, k) for k, d in policy.days.items() if d > 0}
+    soonest = min(days.values(), default=None)
+    left: dict[str, dict[str, int]] = {}  # what is left of the runs a removal took from
     removals: list[Removal] = []
     for r in final:
         age = now - ended_at(r)
-        due = tuple(
-            k for k in KINDS if k in held[r.id] and 0 < policy.days[k] and age >= _days(policy, k)
-        )
+        if soonest is None or age < soonest:
+            break  # the oldest come first: no later run is due either
+        held = _with_logs(kinds_held(r), log_bytes.get(r.id, 0))
+        due = tuple(k for k in KINDS if k in held and k in days and age >= days[k])
         if due:
-            removals.append(Removal(r.id, due, "age", sum(held[r.id][k] for k in due)))
-            held[r.id] = {k: n for k, n in held[r.id].items() if k not in due}
+            removals.append(Removal(r.id, due, "age", sum(held[k] for k in due)))
+            left[r.id] = {k: n for k, n in held.items() if k not in due}
     if policy.max_storage_gb > 0:
         budget = int(policy.max_storage_gb * GB)
-        total = sum(n for h in held.values() for n in h.values())
+        total = sum(_held_bytes(r, left, log_bytes) for r in everyone)
         for r in final:
             if total <= budget:
                 break
-            left = held[r.id]
-            if left:
-                removals.append(Removal(r.id, tuple(left), "budget", sum(left.values())))
-                total -= sum(left.values())
-                held[r.id] = {}
+            rest = left.get(r.id)
+            if rest is None:
+                rest = _with_logs(kinds_held(r), log_bytes.get(r.id, 0))
+            if rest:
+                removals.append(Removal(r.id, tuple(rest), "budget", sum(rest.values())))
+                total -= sum(rest.values())
     return removals
+
+
+def _held_bytes(
+    run: RunRecord, left: Mapping[str, dict[str, int]], lines: Mapping[str, int]
+) -> int:
+    """The bytes the run still holds: its files and lines, less what was (or is being) pruned."""
+    if run.id in left:
+        return sum(left[run.id].values())
+    if run.pruned:
+        return sum(_with_logs(kinds_held(run), lines.get(run.id, 0)).values())
+    size = sum(f.size for f in run.files) + (run.output.size if run.output is not None else 0)
+    return size + lines.get(run.id, 0)
 
 
 def _with_logs(held: dict[str, int], lines: int) -> dict[str, int]:

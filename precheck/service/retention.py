@@ -63,10 +63,23 @@ class Retention:
         self._wake.set()
 
     async def due(self, now: datetime | None = None) -> list[Removal]:
-        """What a pass would remove now."""
-        sizes = await self.output_lines.bytes_by_run()
-        runs = self.projections.runs.by_id.values()
-        return plan(runs, now or self.clock(), self.policy, sizes)
+        """What a pass would remove now. The lines' bytes are read whole only for a budget
+        (it reads every block); otherwise only for the runs whose lines are due."""
+        budget = self.policy.max_storage_gb > 0
+        sizes = await self.output_lines.bytes_by_run() if budget else {}
+        runs = list(self.projections.runs.by_id.values())  # records are frozen: a snapshot
+        # Planned off the loop: a first pass over a long history sorts many files into kinds.
+        removals = await asyncio.to_thread(plan, runs, now or self.clock(), self.policy, sizes)
+        if budget:
+            return removals
+        return [
+            attrs.evolve(
+                r, bytes=r.bytes + (await self.output_lines.bytes_by_run(r.run_id)).get(r.run_id, 0)
+            )
+            if "logs" in r.kinds
+            else r
+            for r in removals
+        ]
 
     async def prune(
         self, *, dry_run: bool = False, metadata: Metadata | None = None
