@@ -93,10 +93,13 @@ async def main(sizes: list[int]) -> None:
     per_run = sum(f.size for f in FILES) + 5_000_000
     for n in sizes:
         queried, lines = await lines_query(n)
-        everyone = runs(n)
-        started = time.perf_counter()
-        snapshot = list({r.id: r for r in everyone}.values())
-        copied = time.perf_counter() - started
+        by_id = {r.id: r for r in runs(n)}  # as the runs projection holds them
+        copies = []
+        for _ in range(5):  # the best of five: a collection of the garbage collector aside
+            started = time.perf_counter()
+            snapshot = list(by_id.values())  # what `Retention.due` takes on the loop
+            copies.append(time.perf_counter() - started)
+        copied = min(copies)
         # A steady pass: under the budget, nothing old enough. A first pass: every run past
         # its run folder's days, and half of them past the budget.
         steady, _ = timed_plan(
