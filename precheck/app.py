@@ -25,6 +25,7 @@ from precheck.service.layout_inspector import LayoutInspector
 from precheck.service.leftovers import settle_leftovers
 from precheck.service.metrics import Metrics
 from precheck.service.notifier import Notifier
+from precheck.service.retention import Retention
 from precheck.service.run_announcer import RunAnnouncer
 from precheck.service.upload_expiry import SERVER, UploadExpiry
 from precheck.storage.files import Storage
@@ -45,6 +46,7 @@ from precheck.web import (
     output_lines,
     page,
     prechecks,
+    retention,
     uploads,
 )
 from precheck.web.auth import Authenticator
@@ -86,6 +88,7 @@ def create_app(
     if config.preflight.enabled:
         app.cleanup_ctx.append(_layout_inspector)
     app.cleanup_ctx.append(_notifier)
+    app.cleanup_ctx.append(_retention)
     if run_containers:
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
@@ -105,6 +108,7 @@ def create_app(
         page,
         cleanup,
         api_keys,
+        retention,
         headers,
     ):
         resource.setup_routes(app)
@@ -205,6 +209,24 @@ async def _notifier(app: web.Application) -> AsyncIterator[None]:
     app[keys.REACTIONS].attach("notifier", notifier.on_event)
     # An attempt cut by the stop is not recorded: it is made again at the next start.
     async with background(notifier.run(), "notifier"):
+        yield
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    policy = app[keys.CONFIG].retention
+    retention = app[keys.RETENTION] = Retention(
+        app[keys.STORE],
+        app[keys.PROJECTIONS],
+        app[keys.STORAGE],
+        app[keys.OUTPUT_LINES],
+        app[keys.CLOCK],
+        policy,
+    )
+    if not policy.enabled:  # keep every file: on demand too, a pass finds nothing due
+        yield
+        return
+    app[keys.REACTIONS].attach("retention", retention.on_event)
+    async with background(retention.run(), "retention"):
         yield
 
 

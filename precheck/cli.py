@@ -136,6 +136,18 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--force", action="store_true", help="do not ask for confirmation")
     prune.add_argument("--reason", default="pruned by an operator", help="recorded with the events")
 
+    retention = _command(
+        commands,
+        "prune",
+        _prune,
+        "remove the final runs' files that [retention] says are due (the event log stays)",
+        json_out=True,
+    )
+    retention.add_argument(
+        "--retention", action="store_true", help="by the [retention] policy (what it prunes)"
+    )
+    retention.add_argument("--dry-run", action="store_true", help="only print what would go")
+
     uploads = commands.add_parser("uploads", help="list uploads").add_subparsers(
         dest="uploads_command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -464,6 +476,29 @@ async def _runs_prune(args: argparse.Namespace) -> int:
         _print_json(deleted)
     else:
         print(f"Deleted {len(deleted)} run(s)")
+    return EXIT_OK
+
+
+async def _prune(args: argparse.Namespace) -> int:
+    from precheck.ops.writes import prune_retention
+
+    if not args.retention:
+        raise UsageError(
+            "prune: say what to prune: --retention (runs go with `runs prune`) (see --help)"
+        )
+    config = _load(args)
+    if not config.retention.enabled and not args.json:
+        print("Retention is off ([retention] keeps every file)")
+    removals = await prune_retention(config, args.dry_run)
+    if args.json:
+        _print_json(removals)
+        return EXIT_OK
+    if not removals:
+        print("Nothing is due")
+        return EXIT_OK
+    rows = [[r["Id"], ", ".join(r["What"]), r["Reason"], str(r["Bytes"])] for r in removals]
+    print("Would remove:" if args.dry_run else f"Removed the files of {len(rows)} run(s):")
+    _table(rows, ["run", "what", "reason", "bytes"])
     return EXIT_OK
 
 

@@ -201,6 +201,36 @@ class NotifyConfig:
 
 
 @attrs.frozen
+class RetentionConfig:
+    """The `[retention]` table: how long a final run's files are kept (0: for ever, the
+    default), and a storage budget past which the oldest final runs' files go first."""
+
+    outputs_days: float = 0  # the output layout
+    reports_days: float = 0  # the check reports (and the findings read from them)
+    render_days: float = 0  # the PNG render
+    run_folder_days: float = 0  # the rest of the run folder (what the debug tarball holds)
+    log_days: float = 0  # the captured output lines
+    max_storage_gb: float = 0  # run files and output lines together (0: no budget)
+    interval_minutes: float = 60  # how often the pass runs
+
+    @property
+    def enabled(self) -> bool:
+        """Is anything ever removed?"""
+        return any(d > 0 for d in self.days.values()) or self.max_storage_gb > 0
+
+    @property
+    def days(self) -> dict[str, float]:
+        """Days each kind of file is kept, by kind (0: for ever)."""
+        return {
+            "outputs": self.outputs_days,
+            "reports": self.reports_days,
+            "render": self.render_days,
+            "run_folder": self.run_folder_days,
+            "logs": self.log_days,
+        }
+
+
+@attrs.frozen
 class Config:
     """The whole config file."""
 
@@ -211,6 +241,7 @@ class Config:
     preflight: PreflightConfig = PreflightConfig()
     notify: NotifyConfig = NotifyConfig()
     cache: CacheConfig = CacheConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @property
     def engines(self) -> tuple[EngineConfig, ...]:
@@ -293,6 +324,7 @@ def _make_converter() -> cattrs.Converter:
         NotifyDefault,
         NotifyConfig,
         CacheConfig,
+        RetentionConfig,
         Config,
     ):
         conv.register_structure_hook(
@@ -490,6 +522,7 @@ def _validate(config: Config, source: str) -> None:
     if not 1 <= pf.max_concurrent <= 64:
         raise bad("preflight.max_concurrent", "must be from 1 to 64")
     _notify(config.notify, bad)
+    _retention(config.retention, bad)
     for j, net in enumerate(a.allowed_ips):
         _network(net, bad, f"auth.allowed_ips[{j}]")
     names = set()
@@ -523,6 +556,15 @@ def _validate(config: Config, source: str) -> None:
             " nothing (a request without a key reaches everything): set auth.required = true,"
             ' or give them role = "admin"',
         )
+
+
+def _retention(r: RetentionConfig, bad: Any) -> None:
+    for key in (*(f"{kind}_days" for kind in ("outputs", "reports", "render", "run_folder")),
+                "log_days", "max_storage_gb"):  # fmt: skip
+        if not 0 <= getattr(r, key) < float("inf"):
+            raise bad(f"retention.{key}", "must be a number, at least 0 (0: keep for ever)")
+    if not 1 <= r.interval_minutes <= 10080:
+        raise bad("retention.interval_minutes", "must be a number of minutes, 1 to 10080")
 
 
 def _engine(e: EngineConfig, bad: Any, where: str, names: set[str]) -> None:

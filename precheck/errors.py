@@ -17,6 +17,11 @@ class Conflict(PrecheckError):
     """The thing exists but is in a state that refuses the command."""
 
 
+class Gone(PrecheckError):
+    """The run is there but retention removed the files asked for (410); the message says
+    what went, when and why."""
+
+
 class Expired(Invalid):
     """The upload expired and can no longer start runs."""
 

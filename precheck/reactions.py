@@ -79,6 +79,11 @@ REACTIONS: tuple[Reaction, ...] = (
         ("run.", "server.instance-created"),
         "place queued runs on engines, kill the containers of cancelled runs",
     ),
+    Reaction(
+        "retention",
+        ("run.outputs-stored",),
+        "with a storage budget, look again as each run ends; its pass also runs on a timer",
+    ),
 )
 
 Handler = Callable[[RecordedEvent], None]

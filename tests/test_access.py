@@ -54,6 +54,7 @@ ROUTES: dict[str, str] = {
     "DELETE /api/v1/uploads/{upload_id}": "mine",
     "POST /api/v1/prechecks": "mine",
     "POST /api/v1/prechecks/prune": "admin",
+    "POST /api/v1/retention/prune": "admin",
     "GET /api/v1/prechecks": "list",
     "HEAD /api/v1/prechecks": "open",
     "GET /api/v1/prechecks/{run_id}": "mine",

@@ -40,6 +40,7 @@ from precheck.events.types import (
     RunDeleted,
     RunExited,
     RunFailedToStart,
+    RunFilesPruned,
     RunFinishFailed,
     RunOutputsStored,
     RunProgressed,
@@ -191,6 +192,7 @@ SAMPLES: list[object] = [
         skipped_more=2,
         across_owners=True,
     ),
+    RunFilesPruned("r9", ("outputs", "logs"), 3, 123456, "age", T0),
 ]
 
 

@@ -26,6 +26,7 @@ from precheck.app import create_app
 from precheck.config import OUTPUT_FORMATS, ROLES, SLOTS, Config, parse_config
 from precheck.domain.commands import DIE_ID, KEY_NAME, TOP_CELL
 from precheck.domain.preflight import CHECK_CODES, MODES
+from precheck.domain.retention import KINDS
 from precheck.domain.status import ENDED, STATUSES, RunStatus
 from precheck.events.types import TAGS
 from precheck.storage.files import SUFFIX
@@ -263,6 +264,7 @@ CONSTANTS: list[tuple[str, tuple[Step, ...], Any]] = [
         [s.value for s in ENDED],
     ),
     ("slot", (*_SCHEMAS, "CreateRun", "properties", "slot", "anyOf", 0, "enum"), list(SLOTS)),
+    ("file kind", (*_SCHEMAS, "FileKind", "enum"), list(KINDS)),
     (
         "top cell",
         (*_SCHEMAS, "CreateRun", "properties", "top_cell", "pattern"),
@@ -388,6 +390,7 @@ def test_an_enum_with_a_value_twice_is_caught() -> None:
         ("CreateRun", requests.CreateRun),
         ("Prune", requests.PruneRequest),
         ("IssueKey", requests.IssueKeyRequest),
+        ("RetentionPrune", requests.RetentionPruneRequest),
     ],
 )
 def test_request_bodies_are_the_parsed_classes(schema: str, body: type) -> None:

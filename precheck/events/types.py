@@ -373,6 +373,21 @@ class RunDeleted:
     at: datetime
 
 
+@attrs.frozen
+class RunFilesPruned:
+    """Retention removed some of a final run's files: `kinds` (of `outputs`, `reports`,
+    `render`, `run_folder`, `logs`), `files` of them and `bytes_freed` (as measured: 0 when a
+    crash had already removed them before this event), for `reason` `age` or `budget`. The
+    run's record, verdict, metrics and events stay; only the files go, before this event."""
+
+    run_id: str
+    kinds: tuple[str, ...]
+    files: int
+    bytes_freed: int
+    reason: str
+    at: datetime
+
+
 # Server --------------------------------------------------------------------------------------
 
 
@@ -537,6 +552,7 @@ Event = (
     | NotificationFailed
     | NotificationRedeliveryRequested
     | RunReused
+    | RunFilesPruned
 )
 
 TAGS: dict[type, str] = {
@@ -567,6 +583,7 @@ TAGS: dict[type, str] = {
     NotificationFailed: "notification.failed",
     NotificationRedeliveryRequested: "notification.redelivery-requested",
     RunReused: "run.reused",
+    RunFilesPruned: "run.files-pruned",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.

@@ -24,6 +24,7 @@ from pathlib import Path
 import attrs
 
 from precheck.config import Config
+from precheck.domain.retention import kind_of, pruned_kinds
 from precheck.events.store import EventStore
 from precheck.ops.errors import OpsError
 from precheck.projections import Projections
@@ -93,7 +94,8 @@ def wanted_files(state: Projections) -> dict[str, Wanted]:
         found[path] = Wanted(path, u.size, u.sha256)
     for run in state.runs.by_id.values():
         kept = [*run.files, *([run.output] if run.output is not None else [])]
-        for f in kept:
+        gone = pruned_kinds(run)  # retention removed them: the log no longer promises them
+        for f in (f for f in kept if kind_of(f.path) not in gone):
             path = f"runs/{run.id}/{f.path}"
             found[path] = Wanted(path, f.size, f.sha256)
     return found

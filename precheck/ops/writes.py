@@ -26,10 +26,19 @@ from precheck.ops.errors import OpsError
 from precheck.ops.lock import ServerInfo, StorageLock, running_server
 from precheck.projections import Projections
 from precheck.service.command_handler import CommandHandler
+from precheck.service.retention import Retention
 from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
 
-__all__ = ["OpsError", "ServerClient", "delete_run", "open_log", "prune_runs", "read_state"]
+__all__ = [
+    "OpsError",
+    "ServerClient",
+    "delete_run",
+    "open_log",
+    "prune_retention",
+    "prune_runs",
+    "read_state",
+]
 
 ADMIN_HEADER = "X-Precheck-Admin-Token"
 # Connecting and each read are bounded; a long answer (a big prune) may take its time.
@@ -205,3 +214,28 @@ async def prune_runs(
         else:
             events = [r.event for r in await _handle_locally(config, command)]
         return [e.run_id for e in events if isinstance(e, RunDeleted)]
+
+
+async def prune_retention(config: Config, dry_run: bool) -> list[dict[str, Any]]:
+    """The retention pass now: remove what `[retention]` says is due (only list it with
+    `dry_run`); each removal as `{"Id", "What", "Reason", "Bytes"}`."""
+    async with writer(config) as w:
+        if isinstance(w, ServerClient):
+            body = {"dry_run": dry_run}
+            return list((await w.request("POST", "/api/v1/retention/prune", body))["Removals"])
+        storage = Storage(config.server.storage_path)
+        async with open_log(config) as store:
+            logs = await OutputLineStore.open(storage.db_path)
+            try:
+                state = await Projections.replay(store)
+                state.attach(store)
+                retention = Retention(
+                    store, state, storage, logs, utcnow, config.retention, local_metadata()
+                )
+                removals = await retention.prune(dry_run=dry_run)
+            finally:
+                await logs.close()
+        return [
+            {"Id": r.run_id, "What": list(r.kinds), "Reason": r.reason, "Bytes": r.bytes}
+            for r in removals
+        ]

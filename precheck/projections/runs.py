@@ -22,6 +22,7 @@ from precheck.events.types import (
     RunDeleted,
     RunExited,
     RunFailedToStart,
+    RunFilesPruned,
     RunFinished,
     RunFinishFailed,
     RunOutputsStored,
@@ -90,6 +91,17 @@ class RunResult:
     error_count: int = 0
 
 
+@attrs.frozen
+class Pruning:
+    """One retention removal of a final run's files (`run.files-pruned`)."""
+
+    kinds: tuple[str, ...]
+    files: int
+    bytes_freed: int
+    reason: str
+    at: datetime
+
+
 @attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.replacer`)
 class RunRecord:
     """One run. `position` is the global position of the last event that changed it."""
@@ -135,6 +147,7 @@ class RunRecord:
     output_format: str = ""  # `gds` or `oas`; empty (runs queued before it): the input's
     reused_from: str = ""  # the run it was answered from (`run.reused`), else empty
     reused_across_owners: bool = False  # ... a run another owner queued: not named to a user
+    pruned: tuple[Pruning, ...] = ()  # retention removals of its files, oldest first
 
     @property
     def active(self) -> bool:
@@ -201,6 +214,9 @@ class Runs:
             changes = _stored(run, e)
         elif kind is RunFinishFailed:
             changes = _finish_failed(run, e)
+        elif kind is RunFilesPruned:
+            pruning = Pruning(e.kinds, e.files, e.bytes_freed, e.reason, e.at)
+            changes = dict(pruned=(*run.pruned, pruning))
         elif kind is RunRetried:
             changes = _retried(run, e)
             changes["dequeued_position"] = None
@@ -396,6 +412,7 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunExited: _exited,
     RunOutputsStored: lambda e: {},  # needs the record: see `Runs.apply`
     RunDeleted: lambda e: {},
+    RunFilesPruned: lambda e: {},  # needs the record: see `Runs.apply`
     # In the run's stream: the record keeps its version (for the next command's expectation).
     NotificationSent: lambda e: {},
     NotificationFailed: lambda e: {},

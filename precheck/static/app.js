@@ -11,7 +11,7 @@ let source = null; // the one open EventSource
 // feed (`event:` of each message). tests/test_page.py checks these lists against the code's.
 const RUN_EVENTS = ["run.queued", "run.started", "run.progressed", "run.cancel-requested",
   "run.timed-out", "run.exited", "run.outputs-stored", "run.finished", "run.cancelled",
-  "run.failed-to-start", "run.finish-failed", "run.retried", "run.deleted"];
+  "run.failed-to-start", "run.finish-failed", "run.retried", "run.deleted", "run.files-pruned"];
 const UPLOAD_EVENTS = [
   "upload.received", "upload.expired", "upload.deleted", "upload.inspected", "upload.inspection-failed",
 ];
@@ -1111,7 +1111,10 @@ async function showVerdict(v, doc) {
     const label = rep.Step ? `${rep.Step} report ${rep.Name}` : `report ${rep.Path}`;
     list.append(link(label, `${v.base}/reports/${where}`, rep.Name));
   }
-  list.append(link("debug tarball", `/api/v1/debug/prechecks/${encodeURIComponent(doc.Id)}`, `precheck-${doc.Id}.tar.gz`));
+  if (!prunedKinds(doc).has("run_folder")) {
+    list.append(link("debug tarball", `/api/v1/debug/prechecks/${encodeURIComponent(doc.Id)}`, `precheck-${doc.Id}.tar.gz`));
+  }
+  showPruned(doc);
   showNotes(v, r);
   const png = await fetch(`${v.base}/render`, { headers: headers() });
   let url = null;
@@ -1123,6 +1126,28 @@ async function showVerdict(v, doc) {
     $("render-link").hidden = false;
   }
   if (view === v) await showFindings(v, doc, url);
+}
+
+// What retention removed of a final run's files, and when: its record and verdict stay.
+const PRUNED_NAMES = {
+  outputs: "the output layout", reports: "the reports", render: "the render",
+  run_folder: "the run folder (debug tarball)", logs: "the output lines",
+};
+
+function prunedKinds(doc) {
+  return new Set((doc.Pruned || []).flatMap((p) => p.What));
+}
+
+function showPruned(doc) {
+  const list = $("pruned");
+  list.replaceChildren(...(doc.Pruned || []).map((p) => {
+    const li = document.createElement("li");
+    const why = p.Reason === "budget" ? "storage past its budget" : "kept past retention";
+    li.textContent = `Removed ${p.What.map((k) => PRUNED_NAMES[k] || k).join(", ")} on ` +
+      `${new Date(p.At).toLocaleString()} (${why}); the record, verdict and events are kept.`;
+    return li;
+  }));
+  list.hidden = !doc.Pruned;
 }
 
 // The flow's warning and error lines, above the log: a passed run may warn (Magic DRC). The

@@ -210,6 +210,28 @@ class Storage:
         """Delete a run's folder (after the event that retired it)."""
         _remove(self.runs / run_id)
 
+    def remove_run_files(self, run_id: str, chosen: Callable[[str], bool]) -> tuple[int, int]:
+        """Delete the files of a run's folder whose path under it (`output/x.gds`) is `chosen`,
+        and the folders left empty; return how many files and bytes went (0 for files already
+        gone). The folder itself stays. Blocking."""
+        root = self.run_dir(run_id)
+        files = freed = 0
+        if not root.is_dir():
+            return 0, 0
+        for path in sorted(root.rglob("*"), reverse=True):  # contents before their folders
+            rel = path.relative_to(root).as_posix()
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    if not any(path.iterdir()):
+                        path.rmdir()
+                elif chosen(rel):
+                    size = path.lstat().st_size
+                    path.unlink()
+                    files, freed = files + 1, freed + size
+            except FileNotFoundError:
+                pass
+        return files, freed
+
     def refuse_without_log(self, log_empty: bool) -> None:
         """Raise `StorageRefused` when the log is missing or empty (`log_empty`) while
         `uploads/` or `runs/` hold folders: starting would strand or lose them."""

@@ -479,6 +479,13 @@ class OutputLineStore:
         except sqlite3.DatabaseError as e:
             raise unreadable(self.path, e) from e
 
+    async def bytes_by_run(self, run_id: str | None = None) -> dict[str, int]:
+        """How many bytes of lines each run (or only `run_id`) has stored (for retention)."""
+        where, args = ("WHERE run_id = ? ", (run_id,)) if run_id is not None else ("", ())
+        sql = f"SELECT run_id, SUM(LENGTH(lines)) FROM output_blocks {where}GROUP BY run_id"
+        async with self._reader_db.execute(sql, args) as cur:
+            return {str(row[0]): int(row[1] or 0) for row in await cur.fetchall()}
+
     async def delete_run(self, run_id: str) -> None:
         """Drop a retired run's lines (after the event that retired it), through the writer:
         in order with the writes queued before it, and durable when this returns."""

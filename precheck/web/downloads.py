@@ -25,6 +25,7 @@ from precheck.web.access import find_run
 from precheck.web.auth import AuthError
 from precheck.web.held import hold
 from precheck.web.middleware import error
+from precheck.web.pruned import refuse_pruned
 from precheck.web.requests import query_float
 
 MAX_WAIT_SECONDS = 86400.0  # a wait's longest `timeout`: a day, longer than any run's limit
@@ -99,6 +100,7 @@ async def get_output(request: web.Request) -> web.StreamResponse:
         if not run.settled:
             raise Conflict(f"precheck {run.id} is {run.status}; its output is not there yet")
         raise NotFound(f"precheck {run.id} has no output layout ({run.status})")
+    refuse_pruned(run, "outputs", "its output layout")
     path = _run_dir(request, run) / run.output.path
     response = _serve(request, path, run.output.sha256, Path(run.output.path).name)
     response.headers["X-Precheck-Passed"] = "true" if run.status == RunStatus.COMPLETED else "false"
@@ -113,6 +115,7 @@ async def get_render(request: web.Request) -> web.StreamResponse:
         if not run.settled:
             raise Conflict(f"precheck {run.id} is {run.status}; its render is not there yet")
         raise NotFound(f"precheck {run.id} has no render")
+    refuse_pruned(run, "render", "its render")
     return _serve(request, _run_dir(request, run) / png.path, png.sha256, Path(png.path).name)
 
 
@@ -145,6 +148,7 @@ async def list_reports(request: web.Request) -> web.Response:
     """The check reports (DRC, antenna, density, Magic...) copied out of the run, with the
     step that wrote each, in the flow's order."""
     run = find_run(request)
+    refuse_pruned(run, "reports", "its reports")
     return web.json_response(
         [
             {
@@ -166,6 +170,7 @@ async def get_report(request: web.Request) -> web.StreamResponse:
     found = reports_of(run).get(name)
     if found is None:
         raise NotFound(f"precheck {run.id} has no report at {name!r}")
+    refuse_pruned(run, "reports", "its reports")
     f = found.file
     return _serve(request, _run_dir(request, run) / f.path, f.sha256, found.name)
 
@@ -173,6 +178,7 @@ async def get_report(request: web.Request) -> web.StreamResponse:
 async def get_debug(request: web.Request) -> web.StreamResponse:
     """The whole run folder as a tar.gz, streamed as it is read."""
     run = find_run(request)
+    refuse_pruned(run, "run_folder", "its run folder (the debug tarball)")
     root = _run_dir(request, run)
     entries = (
         await asyncio.to_thread(tree_entries, root, f"precheck-{run.id}") if root.is_dir() else []

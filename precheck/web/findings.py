@@ -11,6 +11,7 @@ from precheck.errors import Conflict
 from precheck.runner.findings_file import load_findings
 from precheck.web import keys
 from precheck.web.access import find_run
+from precheck.web.pruned import refuse_pruned
 from precheck.web.requests import query_int
 
 DEFAULT_MARKERS = 100  # markers of each rule in one answer, unless `limit` says otherwise
@@ -36,6 +37,7 @@ async def get_findings(request: web.Request) -> web.Response:
     run = find_run(request)
     if not run.settled:
         raise Conflict(f"precheck {run.id} is {run.status}; its findings are not there yet")
+    refuse_pruned(run, "reports", "its findings (with its reports)")
     rule, report = request.query.get("rule"), request.query.get("report")
     offset = query_int(request, "offset", 0) or 0
     limit = min(query_int(request, "limit", DEFAULT_MARKERS) or 0, MAX_MARKERS)

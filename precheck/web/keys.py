@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from precheck.service.layout_inspector import LayoutInspector
     from precheck.service.metrics import Metrics
     from precheck.service.notifier import Notifier
+    from precheck.service.retention import Retention
     from precheck.service.upload_expiry import UploadExpiry
     from precheck.storage.files import Storage
     from precheck.storage.output_lines import OutputLineStore
@@ -39,6 +40,7 @@ SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
 METRICS = web.AppKey["Metrics"]("metrics")
 NOTIFIER = web.AppKey["Notifier"]("notifier")
 REACTIONS = web.AppKey["Reactions"]("reactions")  # who reacts to which events
+RETENTION = web.AppKey["Retention"]("retention")
 ALLOWED_HOSTS = web.AppKey["frozenset[str]"]("allowed_hosts")
 STREAMS = web.AppKey["weakref.WeakSet[Any]"]("streams")
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from precheck.errors import (
     Conflict,
+    Gone,
     Invalid,
     NoRoom,
     NotFound,
@@ -36,6 +37,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 STATUS: list[tuple[type[Exception], int]] = [
     (PreflightFailed, 422),
     (NotFound, 404),
+    (Gone, 410),
     (NotJson, 415),
     (TooLarge, 413),
     (NoRoom, 507),

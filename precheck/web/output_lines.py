@@ -10,6 +10,7 @@ from precheck.projections.runs import RunRecord
 from precheck.web import keys
 from precheck.web.access import find_run, shown_event
 from precheck.web.follow import follow
+from precheck.web.pruned import refuse_pruned
 from precheck.web.render import event_document
 from precheck.web.requests import query_bool, query_float, query_int
 from precheck.web.sse import wants_stream
@@ -24,6 +25,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     `last_line` likewise for `after_line`, which never skips lines that share a timestamp.
     """
     run = find_run(request)
+    refuse_pruned(run, "logs", "its output lines")
     if wants_stream(request):
         return await _follow_logs(request, run)
     fmt = request.query.get("format", "json")

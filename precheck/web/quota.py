@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from precheck.domain.retention import kinds_held
 from precheck.errors import TooMany
 from precheck.projections import Projections
 from precheck.web import keys
@@ -16,8 +17,7 @@ def stored_bytes(state: Projections, owner: str) -> int:
     total = sum(u.size for u in state.uploads.by_id.values() if u.owner == owner)
     for run in state.runs.by_id.values():
         if run.owner == owner:
-            total += sum(f.size for f in run.files)
-            total += run.output.size if run.output is not None else 0
+            total += sum(kinds_held(run).values())  # what retention removed is not held
     return total
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from precheck.config import Config
 from precheck.domain.notify import redact
 from precheck.domain.preflight import slot_of
+from precheck.domain.retention import pruned_kinds
 from precheck.domain.status import ENDED, RunStatus
 from precheck.events.codec import iso, to_jsonable
 from precheck.events.store import RecordedEvent
@@ -222,15 +223,36 @@ def run_document(
         "RecheckOf": run.recheck_of or None,
         # When it should start and end, from past runs' step times (None without a basis).
         "Estimate": estimate_document(state, config, run.id, run.status, now),
+        "Pruned": pruned_documents(run),
     }
+    if "outputs" in pruned_kinds(run):
+        doc["Output"]["Available"] = False  # its facts stay; the file went (`Pruned` says when)
     return doc
 
 
 def flow_file(run: RunRecord, name: str) -> dict[str, Any] | None:
     """A log file the flow writes at its run folder's top (`warning.log`), as `/reports`
-    serves it, when it was kept and holds something."""
+    serves it, when it was kept, holds something and retention has not removed it."""
+    if "reports" in pruned_kinds(run):
+        return None
     kept = next((f for f in run.files if f.path == f"{RUN_FOLDER}/{name}"), None)
     return {"Path": name, "Size": kept.size} if kept is not None and kept.size else None
+
+
+def pruned_documents(run: RunRecord) -> list[dict[str, Any]] | None:
+    """A run's `Pruned`: what retention removed of its files, when and why (None: nothing)."""
+    if not run.pruned:
+        return None
+    return [
+        {
+            "What": list(p.kinds),
+            "At": iso(p.at),
+            "Reason": p.reason,
+            "Files": p.files,
+            "BytesFreed": p.bytes_freed,
+        }
+        for p in run.pruned
+    ]
 
 
 def run_yourself(run: RunRecord, config: Config) -> dict[str, Any] | None:

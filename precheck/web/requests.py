@@ -51,6 +51,13 @@ class PruneRequest:
 
 
 @attrs.frozen
+class RetentionPruneRequest:
+    """Body of `POST /api/v1/retention/prune`."""
+
+    dry_run: bool = False
+
+
+@attrs.frozen
 class IssueKeyRequest:
     """Body of `POST /api/v1/keys`."""
 
