@@ -302,3 +302,42 @@ async def test_the_pass_runs_on_its_timer(
     status, body = await _status(api, f"/api/v1/prechecks/{run}/logs")
     assert status == 410 and body is not None and "output lines" in body["message"]
     assert (await _status(api, f"/api/v1/prechecks/{run}/output"))[0] == 200
+
+
+async def test_a_source_the_result_cache_answered_from_stays_while_its_reuser_does(
+    aiohttp_client: AiohttpClient,
+    sim_config: Callable[..., Config],
+    docker_instances: set[str],
+) -> None:
+    """The same layout twice with the result cache on: the second run is answered from the
+    first (`run.reused`). Past their days, the first pass takes only the reuser's files (the
+    source is kept while referred to) and the source's bytes stay whole; the next pass takes
+    the source."""
+    base = sim_config()
+    config = attrs.evolve(
+        base,
+        cache=attrs.evolve(base.cache, enabled=True),
+        retention=attrs.evolve(base.retention, outputs_days=5, reports_days=5),
+    )
+    clock = SetClock()
+    api = await _serve(aiohttp_client, config, clock, docker_instances)
+    a = await api.run(gds("chip_top", "lines=5"))
+    assert (await api.wait(a, 60))["Status"] == "completed"
+    b = await api.run(gds("chip_top", "lines=5"))
+    reused = await api.get(b)
+    assert reused["State"]["Status"] == "completed"
+    assert (reused["Result"]["Reused"], reused["Result"]["ReusedFrom"]) == (True, a)
+    storage = api.app[keys.STORAGE]
+    source_output = await (await api.client.get(f"/api/v1/prechecks/{a}/output")).read()
+
+    clock.now += timedelta(days=6)
+    r = await api.client.post("/api/v1/retention/prune", json={})
+    assert [x["Id"] for x in (await r.json())["Removals"]] == [b]
+    assert (await _status(api, f"/api/v1/prechecks/{b}/output"))[0] == 410
+    r = await api.client.get(f"/api/v1/prechecks/{a}/output")
+    assert r.status == 200 and await r.read() == source_output
+    assert _files(storage.run_dir(a))
+
+    r = await api.client.post("/api/v1/retention/prune", json={})
+    assert [x["Id"] for x in (await r.json())["Removals"]] == [a]
+    assert (await _status(api, f"/api/v1/prechecks/{a}/output"))[0] == 410
