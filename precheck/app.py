@@ -45,6 +45,7 @@ from precheck.web import (
     output_lines,
     page,
     prechecks,
+    resources,
     uploads,
 )
 from precheck.web.auth import Authenticator
@@ -96,6 +97,7 @@ def create_app(
         uploads,
         prechecks,
         output_lines,
+        resources,
         downloads,
         findings,
         audit,

@@ -471,6 +471,21 @@ class NotificationRedeliveryRequested:
     at: datetime
 
 
+@attrs.frozen
+class RunResourcesPeaked:
+    """An attempt of the run ended: the highest memory (bytes in use, the page cache left out)
+    and CPU (percent of one CPU) among its resource samples, its memory limit, and how many
+    samples it had. Written with the attempt's end, only when it had samples."""
+
+    run_id: str
+    attempt: int
+    memory_bytes: int
+    limit_bytes: int
+    cpu_percent: float
+    samples: int
+    at: datetime
+
+
 Event = (
     UploadReceived
     | UploadDeleted
@@ -498,6 +513,7 @@ Event = (
     | NotificationSent
     | NotificationFailed
     | NotificationRedeliveryRequested
+    | RunResourcesPeaked
 )
 
 TAGS: dict[type, str] = {
@@ -527,6 +543,7 @@ TAGS: dict[type, str] = {
     NotificationSent: "notification.sent",
     NotificationFailed: "notification.failed",
     NotificationRedeliveryRequested: "notification.redelivery-requested",
+    RunResourcesPeaked: "run.resources-peaked",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.

@@ -27,6 +27,7 @@ from precheck.events.types import (
     RunOutputsStored,
     RunProgressed,
     RunQueued,
+    RunResourcesPeaked,
     RunRetried,
     RunStarted,
     RunTimedOut,
@@ -49,6 +50,17 @@ class Attempt:
     after_line: int  # its output lines follow this line number
     image_id: str = ""  # the image it ran (empty: it never started)
     image_digest: str = ""
+    peak: ResourcePeak | None = None  # its resource samples' peak (None: it had none)
+
+
+@attrs.frozen
+class ResourcePeak:
+    """The highest memory (bytes) and CPU (percent of one CPU) of an attempt's samples."""
+
+    memory_bytes: int
+    limit_bytes: int
+    cpu_percent: float
+    samples: int
 
 
 @attrs.frozen
@@ -131,6 +143,7 @@ class RunRecord:
     owner: str = ""  # the actor that queued it (an API key's name, `anonymous`, `cli`)
     notify: tuple[Subscription, ...] = ()  # who to tell when it ends
     recheck_of: str = ""  # the run it re-checks with the image resolved anew
+    peak: ResourcePeak | None = None  # of the attempt that ended the run (None: no samples)
 
     @property
     def active(self) -> bool:
@@ -288,8 +301,10 @@ def _retried(run: RunRecord, e: RunRetried) -> dict[str, Any]:
         run.after_line,
         run.image_id,
         run.image_digest,
+        run.peak,
     )
     return dict(
+        peak=None,
         status=RunStatus.QUEUED,
         started_at=None,
         finished_at=None,
@@ -333,6 +348,9 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunProgressed: lambda e: dict(progress=Progress(e.step, e.total, e.name)),
     RunCancelRequested: lambda e: dict(cancel_requested=True),
     RunTimedOut: lambda e: dict(timed_out=True),
+    RunResourcesPeaked: lambda e: dict(
+        peak=ResourcePeak(e.memory_bytes, e.limit_bytes, e.cpu_percent, e.samples)
+    ),
     RunCancelled: lambda e: dict(
         status=RunStatus.CANCELLED,
         finished_at=e.at,

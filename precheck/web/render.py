@@ -13,7 +13,7 @@ from precheck.events.codec import iso, to_jsonable
 from precheck.events.store import RecordedEvent
 from precheck.events.types import FindingsCount, Preflight, PreflightCheck, UploadInspected
 from precheck.projections import Projections
-from precheck.projections.runs import RunRecord
+from precheck.projections.runs import ResourcePeak, RunRecord
 from precheck.projections.uploads import UploadRecord
 from precheck.runner.container_spec import output_name, precheck_argv
 from precheck.runner.image_ref import ImageRef
@@ -198,8 +198,22 @@ def run_document(
         # Whom its end is told, redacted: a URL's query string or user info may hold a token.
         "Notify": [{"Kind": s.kind, "Target": redact(s)} for s in run.notify],
         "RecheckOf": run.recheck_of or None,
+        # The peak of the resource timeline (`/resources`) of the attempt that ended the run.
+        "Resources": peak_document(run.peak),
     }
     return doc
+
+
+def peak_document(p: ResourcePeak | None) -> dict[str, Any] | None:
+    """An attempt's resource peak: what an OOM retry on a bigger engine needs."""
+    if p is None:
+        return None
+    return {
+        "PeakMemoryBytes": p.memory_bytes,
+        "MemoryLimitBytes": p.limit_bytes,
+        "PeakCpuPercent": p.cpu_percent,
+        "Samples": p.samples,
+    }
 
 
 def run_yourself(run: RunRecord, config: Config) -> dict[str, Any] | None:
@@ -244,6 +258,7 @@ def attempt_documents(run: RunRecord) -> list[dict[str, Any]]:
             "Error": a.error,
             "Image": a.image_id or None,
             "ImageDigest": a.image_digest or None,
+            "PeakMemoryBytes": a.peak.memory_bytes if a.peak else None,
         }
         for a in run.attempts
     ]
@@ -257,6 +272,7 @@ def attempt_documents(run: RunRecord) -> list[dict[str, Any]]:
             "Error": run.error,
             "Image": run.image_id or None,
             "ImageDigest": run.image_digest or None,
+            "PeakMemoryBytes": run.peak.memory_bytes if run.peak else None,
         }
     )
     return docs
