@@ -44,6 +44,7 @@ from precheck.events.types import (
     RunOutputsStored,
     RunProgressed,
     RunQueued,
+    RunResourcesPeaked,
     RunRetried,
     RunTimedOut,
     StrayContainerRemoved,
@@ -164,6 +165,7 @@ SAMPLES: list[object] = [
         "r9", 1, "webhook", "https://h.example.org/", 1, "msg_r9_1", 500, "5xx", 0.1, T0
     ),
     NotificationRedeliveryRequested("r9", 1, T0),
+    RunResourcesPeaked("r9", 1, 3 << 30, 24 << 30, 180.5, 42, T0),
 ]
 
 
