@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,12 +14,17 @@ from typing import Any
 import pytest
 
 from precheck.config import Config
-from precheck.events.types import RunExited, RunResourcesPeaked
+from precheck.domain.notify import payload, summary_lines
+from precheck.domain.run_end import with_peak
+from precheck.events.types import RunExited, RunResourcesPeaked, RunRetried
+from precheck.projections.runs import ResourcePeak
+from precheck.runner.engine import Engine, EngineUnreachable
 from precheck.runner.resource_stats import Thinning, sample_of
 from precheck.storage.output_lines import OutputLineStore
 from precheck.storage.resource_samples import MAX_SAMPLES, ResourceSample
 from precheck.web import keys
 from tests.docker_fixtures import Api, StartApp
+from tests.factories import T0, given, run_exited, run_outputs_stored, run_queued, run_started
 from tests.layouts import gds
 
 READ = "2026-12-02T02:18:21.704677365Z"
@@ -133,6 +138,38 @@ async def test_a_runs_samples_are_bounded(tmp_path: Path) -> None:
     await store.close()
 
 
+PEAK = ResourcePeak(3 << 30, 24 << 30, 180.5, 42)
+
+
+def test_the_peak_goes_before_the_end_and_a_retry_keeps_it_in_the_ended_attempt() -> None:
+    state = given(run_queued("r1"), run_started("r1"))
+    run = state.runs.by_id["r1"]
+    retried = RunRetried("r1", 2, "local", "out of memory", 137, T0, T0, 10, T0)
+    events = with_peak(run, PEAK, [retried], T0)
+    assert [type(e) for e in events] == [RunResourcesPeaked, RunRetried]
+    assert with_peak(run, PEAK, [], T0) == []  # the end was recorded meanwhile: nothing
+    assert with_peak(run, None, [retried], T0) == [retried]  # no samples: no peak event
+    state = given(run_queued("r1"), run_started("r1"), *events)
+    again = state.runs.by_id["r1"]
+    assert again.peak is None and again.attempts[0].peak == PEAK  # what a bigger engine needs
+
+
+def test_the_end_payloads_carry_the_peak() -> None:
+    peaked = RunResourcesPeaked("r1", 1, PEAK.memory_bytes, PEAK.limit_bytes, 180.5, 42, T0)
+    state = given(
+        run_queued("r1"), run_started("r1"), peaked, run_exited("r1"), run_outputs_stored("r1")
+    )
+    body = payload(state.runs.by_id["r1"], "https://p.example.org")
+    assert body["data"]["resources"] == {
+        "peak_memory_bytes": 3 << 30,
+        "memory_limit_bytes": 24 << 30,
+        "peak_cpu_percent": 180.5,
+    }
+    assert "Peak memory: 3.00 of 24.00 GiB" in summary_lines(body)
+    plain = given(run_queued("r2"), run_started("r2"), run_exited("r2"), run_outputs_stored("r2"))
+    assert payload(plain.runs.by_id["r2"], "https://p.example.org")["data"]["resources"] is None
+
+
 # With Docker ---------------------------------------------------------------------------------
 
 
@@ -240,3 +277,42 @@ async def test_a_resumed_run_continues_its_timeline_after_a_restart(
     assert len(after) > len(before) + 1, (before, after)  # and the timeline went on
     assert_thinned(after, 1)
     assert second.app[keys.PROJECTIONS].runs.by_id[run].peak is not None
+
+
+class BreakingStats(Engine):
+    """A real engine whose stats stream breaks after `after` samples, the first `breaks` times
+    it is opened (as a dropped connection to the engine would)."""
+
+    def __init__(self, url: str = "", *, breaks: int = 2, after: int = 2) -> None:
+        super().__init__(url)
+        self.breaks, self.after, self.opened = breaks, after, 0
+
+    async def stats_stream(self, container_id: str) -> AsyncIterator[dict[str, Any]]:
+        self.opened += 1
+        n = 0
+        async for sample in super().stats_stream(container_id):
+            yield sample
+            n += 1
+            if self.opened <= self.breaks and n >= self.after:
+                raise EngineUnreachable("injected: the stats stream broke")
+
+
+@pytest.mark.docker
+async def test_a_broken_stats_stream_is_opened_again_and_never_fails_the_run(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    engines: list[BreakingStats] = []
+
+    def engine(url: str) -> Engine:
+        engines.append(BreakingStats(url))
+        return engines[-1]
+
+    api = await start_app(sim_config(stats_seconds=1), engine=engine)
+    run = await api.run(gds("chip_top", "step_sleep=0.5"))  # about 8 s
+    ended = await api.wait(run, 60)
+    assert ended["Status"] == "completed", ended
+    assert sum(e.opened for e in engines) >= 3  # broken twice, opened again each time
+    samples = (await resources(api, run))["Samples"]
+    assert len(samples) >= 4, samples  # the timeline went on past the breaks
+    assert_thinned(samples, 1)
+    assert (await api.get(run))["Resources"]["Samples"] == len(samples)

@@ -36,6 +36,7 @@ class ResourceSampler:
         self.container_id = container_id
         self.thinning = Thinning(interval)
         self.working = working
+        self._wait = REOPEN_FIRST  # before the next open; back to the first once samples came
 
     async def run(self) -> None:
         """Sample until the container stops (or the run stops working)."""
@@ -44,12 +45,10 @@ class ResourceSampler:
             peak = await self.store.peak(self.run_id)
             self.thinning.last_kept = last.at
             self.thinning.peak_kept = peak.memory_bytes if peak else 0
-        wait = REOPEN_FIRST
         while self.working():
             try:
                 if await self._follow():
                     break  # the container stopped
-                wait = REOPEN_FIRST  # the stream ended after samples: open it again at once
             except asyncio.CancelledError:
                 raise
             except EngineNotFound:
@@ -58,8 +57,8 @@ class ResourceSampler:
                 log.info("resource stats of run %s: %s; opening again", self.run_id, e.message)
             except Exception:
                 log.exception("resource stats of run %s failed; opening again", self.run_id)
-            await asyncio.sleep(wait)
-            wait = min(2 * wait, REOPEN_MAX)
+            await asyncio.sleep(self._wait)
+            self._wait = min(2 * self._wait, REOPEN_MAX)
         held = self.thinning.last()
         if held is not None:
             await self._keep(held)
@@ -70,6 +69,7 @@ class ResourceSampler:
             sample = sample_of(stats)
             if sample is None:
                 return True  # Docker sends empty samples once the container stopped
+            self._wait = REOPEN_FIRST
             if self.thinning.take(sample):
                 await self._keep(sample)
         return False
