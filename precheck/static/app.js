@@ -2,7 +2,7 @@
 // the audit feed on the home page, the run's own stream (changes and log) on a run page.
 
 import Panzoom from "./panzoom.es.js"; // vendored from the npm registry, MIT (panzoom.LICENSE.txt)
-import { drawResources, drawSteps, sizeText } from "./charts.js";
+import { clearChart, drawResources, drawSteps, sizeText } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "precheck.apiKey";
@@ -1311,11 +1311,7 @@ async function showRun(id, line) {
   setStatus($("run-action-status"), "");
   $("log").replaceChildren();
   $("steps").replaceChildren();
-  for (const el of ["resource-chart", "step-chart"]) {
-    $(el).uplot?.destroy();
-    delete $(el).uplot;
-    $(el).replaceChildren();
-  }
+  for (const el of ["resource-chart", "step-chart"]) clearChart($(el));
   $("resources-summary").textContent = "";
   $("log-search").value = "";
   $("autoscroll").checked = !line;

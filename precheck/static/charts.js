@@ -28,8 +28,18 @@ function chartOn(el, opts, data) {
   }
   const u = new uPlot({ ...opts, width: widthOf(el), height: HEIGHT }, data, el);
   el.uplot = u;
-  new ResizeObserver(() => u.setSize({ width: widthOf(el), height: HEIGHT })).observe(el);
+  el.uplotResize = new ResizeObserver(() => u.setSize({ width: widthOf(el), height: HEIGHT }));
+  el.uplotResize.observe(el);
   return u;
+}
+
+// Take the chart off `el` (another run's page is shown next).
+export function clearChart(el) {
+  el.uplotResize?.disconnect();
+  el.uplot?.destroy();
+  delete el.uplot;
+  delete el.uplotResize;
+  el.replaceChildren();
 }
 
 // `body` is what `/resources` answered: {Interval, Limit, Samples: [{At, MemoryBytes, ...}]}.
