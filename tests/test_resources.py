@@ -316,3 +316,25 @@ async def test_a_broken_stats_stream_is_opened_again_and_never_fails_the_run(
     assert len(samples) >= 4, samples  # the timeline went on past the breaks
     assert_thinned(samples, 1)
     assert (await api.get(run))["Resources"]["Samples"] == len(samples)
+
+
+@pytest.mark.docker
+async def test_an_attempt_killed_for_memory_keeps_its_peak_for_the_retry(
+    start_app: StartApp, sim_config: Callable[..., Config]
+) -> None:
+    """Both attempts run out of memory: each records its own peak, the first one's is in
+    `Attempts[0]` (what a retry on a bigger engine reads), the last one's in `Resources`."""
+    api = await start_app(sim_config(stats_seconds=1, max_attempts=2, memory_limit="64m"))
+    run = await api.run(gds("chip_top", "step_sleep=0.3", "oom=200"))
+    ended = await api.wait(run, 90)
+    assert ended["Status"] == "failed", ended
+    doc = await api.get(run)
+    assert doc["State"]["OOMKilled"] is True, doc["State"]
+    peaked = [r.event for r in await api.events("run.resources-peaked", run)]
+    assert [e.attempt for e in peaked if isinstance(e, RunResourcesPeaked)] == [1, 2]
+    first, last = (e for e in peaked if isinstance(e, RunResourcesPeaked))
+    assert doc["Attempts"][0]["PeakMemoryBytes"] == first.memory_bytes > 0
+    assert doc["Resources"]["PeakMemoryBytes"] == last.memory_bytes > 0
+    assert doc["Resources"]["MemoryLimitBytes"] == 64 << 20
+    samples = (await resources(api, run))["Samples"]
+    assert first.samples + last.samples == len(samples)
