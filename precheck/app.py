@@ -46,6 +46,7 @@ from precheck.web import (
     output_lines,
     page,
     prechecks,
+    resources,
     retention,
     uploads,
 )
@@ -99,6 +100,7 @@ def create_app(
         uploads,
         prechecks,
         output_lines,
+        resources,
         downloads,
         findings,
         audit,

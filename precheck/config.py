@@ -99,6 +99,7 @@ class DockerConfig:
     engines: tuple[EngineConfig, ...] = ()  # empty: one engine, `local`, at `url`
     engine_grace_seconds: float = 60  # an engine that stops answering gets this long to return
     max_attempts: int = 2  # attempts of a run that ends in a system failure, the first included
+    stats_seconds: float = 15  # a running container's resource use is kept once per this
 
 
 ROLES = ("user", "admin")
@@ -505,6 +506,8 @@ def _validate(config: Config, source: str) -> None:
         raise bad("docker.pull", f"must be one of {', '.join(PULL_POLICIES)}")
     if not 0 < d.engine_grace_seconds <= 86400:
         raise bad("docker.engine_grace_seconds", "must be a number of seconds, above 0 to 86400")
+    if not 1 <= d.stats_seconds <= 3600:
+        raise bad("docker.stats_seconds", "must be a number of seconds, from 1 to 3600")
     if not 1 <= d.max_attempts <= 10:
         raise bad("docker.max_attempts", "must be from 1 to 10")
     engine_names: set[str] = set()

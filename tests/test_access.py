@@ -67,6 +67,8 @@ ROUTES: dict[str, str] = {
     "POST /api/v1/prechecks/{run_id}/notifications/{n}/redeliver": "mine",
     "GET /api/v1/prechecks/{run_id}/logs": "mine",
     "HEAD /api/v1/prechecks/{run_id}/logs": "mine",
+    "GET /api/v1/prechecks/{run_id}/resources": "mine",
+    "HEAD /api/v1/prechecks/{run_id}/resources": "mine",
     "GET /api/v1/prechecks/{run_id}/events": "mine",
     "HEAD /api/v1/prechecks/{run_id}/events": "mine",
     "GET /api/v1/prechecks/{run_id}/output": "mine",

@@ -45,6 +45,7 @@ from precheck.events.types import (
     RunOutputsStored,
     RunProgressed,
     RunQueued,
+    RunResourcesPeaked,
     RunRetried,
     RunReused,
     RunTimedOut,
@@ -193,6 +194,7 @@ SAMPLES: list[object] = [
         across_owners=True,
     ),
     RunFilesPruned("r9", ("outputs", "logs"), 3, 123456, "age", T0),
+    RunResourcesPeaked("r9", 1, 3 << 30, 24 << 30, 180.5, 42, T0),
 ]
 
 

@@ -299,6 +299,7 @@ def test_one_engine_form_is_the_local_engine(tmp_path: Path) -> None:
     )
     assert c.max_concurrent == 3
     assert (c.docker.engine_grace_seconds, c.docker.max_attempts) == (60, 2)
+    assert c.docker.stats_seconds == 15
 
 
 def test_engine_list(tmp_path: Path) -> None:
@@ -372,6 +373,8 @@ ONE = '[[docker.engines]]\nname = "a"\nurl = "unix:///run/a.sock"\n'
         ("[server]\nmax_concurrent = 2\n" + ONE, "server.max_concurrent"),
         ("[docker]\nengine_grace_seconds = 0\n", "docker.engine_grace_seconds"),
         ("[docker]\nmax_attempts = 0\n", "docker.max_attempts"),
+        ("[docker]\nstats_seconds = 0.5\n", "docker.stats_seconds"),
+        ("[docker]\nstats_seconds = nan\n", "docker.stats_seconds"),
     ],
 )
 def test_bad_engine_names_key(tmp_path: Path, text: str, key: str) -> None:

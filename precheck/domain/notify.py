@@ -243,6 +243,14 @@ def payload(run: RunRecord, base_url: str) -> dict[str, Any]:
             "created": _iso(run.created),
             "started": _iso(run.started_at),
             "finished": _iso(run.finished_at),
+            # The peak memory of the attempt that ended it: what a retry on a bigger engine needs.
+            "resources": None
+            if run.peak is None
+            else {
+                "peak_memory_bytes": run.peak.memory_bytes,
+                "memory_limit_bytes": run.peak.limit_bytes,
+                "peak_cpu_percent": run.peak.cpu_percent,
+            },
             "links": {
                 "page": f"{base}/#/runs/{run.id}",
                 "run": api,
@@ -256,6 +264,10 @@ def payload(run: RunRecord, base_url: str) -> dict[str, Any]:
 
 def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat().replace("+00:00", "Z")
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f}"
 
 
 def summary_lines(body: dict[str, Any]) -> Sequence[str]:
@@ -273,6 +285,9 @@ def summary_lines(body: dict[str, Any]) -> Sequence[str]:
             lines.append(f"{check_name}: {count} error{'s' if count != 1 else ''}")
     if payload.get("error"):
         lines.append(f"Error: {payload['error']}")
+    if r := payload.get("resources"):
+        peak, limit = _gib(r["peak_memory_bytes"]), _gib(r["memory_limit_bytes"])
+        lines.append(f"Peak memory: {peak} of {limit} GiB")
     if image := payload.get("image_digest") or payload.get("image_id"):
         lines.append(f"Image: {image}")  # what a re-run must match to give the same verdict
     lines.append(f"Run page: {payload['links']['page']}")

@@ -23,10 +23,11 @@ from precheck.events.types import (
     RunExited,
     RunFailedToStart,
     RunOutputsStored,
+    RunResourcesPeaked,
     RunRetried,
     SkippedFile,
 )
-from precheck.projections.runs import RunRecord
+from precheck.projections.runs import ResourcePeak, RunRecord
 
 GONE = "the container disappeared before it was recorded"
 ENGINE_LOST = "engine lost"
@@ -61,6 +62,20 @@ class Retry:
 
     max_attempts: int = 1
     last_line: int = 0
+
+
+def with_peak(
+    run: RunRecord, peak: ResourcePeak | None, events: list[Event], now: datetime
+) -> list[Event]:
+    """An attempt's end, its resource peak first (so a retry carries it to the attempt it
+    ends); nothing more when the end was recorded meanwhile or the attempt had no samples."""
+    if not events or peak is None:
+        return events
+    m = peak
+    top = RunResourcesPeaked(
+        run.id, run.attempt, m.memory_bytes, m.limit_bytes, m.cpu_percent, m.samples, now
+    )
+    return [top, *events]
 
 
 def exit_events(

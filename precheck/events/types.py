@@ -524,6 +524,21 @@ class RunReused:
     across_owners: bool = False
 
 
+@attrs.frozen
+class RunResourcesPeaked:
+    """An attempt of the run ended: the highest memory (bytes in use, the page cache left out)
+    and CPU (percent of one CPU) among its resource samples, its memory limit, and how many
+    samples it had. Written with the attempt's end, only when it had samples."""
+
+    run_id: str
+    attempt: int
+    memory_bytes: int
+    limit_bytes: int
+    cpu_percent: float
+    samples: int
+    at: datetime
+
+
 Event = (
     UploadReceived
     | UploadDeleted
@@ -553,6 +568,7 @@ Event = (
     | NotificationRedeliveryRequested
     | RunReused
     | RunFilesPruned
+    | RunResourcesPeaked
 )
 
 TAGS: dict[type, str] = {
@@ -584,6 +600,7 @@ TAGS: dict[type, str] = {
     NotificationRedeliveryRequested: "notification.redelivery-requested",
     RunReused: "run.reused",
     RunFilesPruned: "run.files-pruned",
+    RunResourcesPeaked: "run.resources-peaked",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.

@@ -28,6 +28,7 @@ from precheck.events.types import (
     RunOutputsStored,
     RunProgressed,
     RunQueued,
+    RunResourcesPeaked,
     RunRetried,
     RunReused,
     RunStarted,
@@ -51,6 +52,17 @@ class Attempt:
     after_line: int  # its output lines follow this line number
     image_id: str = ""  # the image it ran (empty: it never started)
     image_digest: str = ""
+    peak: ResourcePeak | None = None  # its resource samples' peak (None: it had none)
+
+
+@attrs.frozen
+class ResourcePeak:
+    """The highest memory (bytes) and CPU (percent of one CPU) of an attempt's samples."""
+
+    memory_bytes: int
+    limit_bytes: int
+    cpu_percent: float
+    samples: int
 
 
 @attrs.frozen
@@ -148,6 +160,7 @@ class RunRecord:
     reused_from: str = ""  # the run it was answered from (`run.reused`), else empty
     reused_across_owners: bool = False  # ... a run another owner queued: not named to a user
     pruned: tuple[Pruning, ...] = ()  # retention removals of its files, oldest first
+    peak: ResourcePeak | None = None  # of the attempt that ended the run (None: no samples)
 
     @property
     def active(self) -> bool:
@@ -309,8 +322,10 @@ def _retried(run: RunRecord, e: RunRetried) -> dict[str, Any]:
         run.after_line,
         run.image_id,
         run.image_digest,
+        run.peak,
     )
     return dict(
+        peak=None,
         status=RunStatus.QUEUED,
         started_at=None,
         finished_at=None,
@@ -391,6 +406,9 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     RunProgressed: lambda e: dict(progress=Progress(e.step, e.total, e.name)),
     RunCancelRequested: lambda e: dict(cancel_requested=True),
     RunTimedOut: lambda e: dict(timed_out=True),
+    RunResourcesPeaked: lambda e: dict(
+        peak=ResourcePeak(e.memory_bytes, e.limit_bytes, e.cpu_percent, e.samples)
+    ),
     RunCancelled: lambda e: dict(
         status=RunStatus.CANCELLED,
         finished_at=e.at,

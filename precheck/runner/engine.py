@@ -296,6 +296,14 @@ class Engine:
             )
         return data
 
+    async def stats_stream(self, container_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Docker's stream of the container's resource use, one sample a second, until it stops
+        (or the connection breaks)."""
+        with _translated():
+            container = self.docker.containers.container(container_id)
+            async for sample in container.stats(stream=True):
+                yield sample
+
     async def logs(
         self, container_id: str, *, follow: bool, since: str | None = None
     ) -> AsyncIterator[LineBlock]:

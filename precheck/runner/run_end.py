@@ -13,11 +13,18 @@ from collections.abc import Awaitable, Callable
 import attrs
 
 from precheck.clock import Clock
-from precheck.domain.run_end import GONE, ContainerExit, Retry, exit_events, stored_events
+from precheck.domain.run_end import (
+    GONE,
+    ContainerExit,
+    Retry,
+    exit_events,
+    stored_events,
+    with_peak,
+)
 from precheck.domain.status import RunStatus
 from precheck.domain.verdict import OutputFacts
 from precheck.projections import Projections
-from precheck.projections.runs import RunRecord
+from precheck.projections.runs import ResourcePeak, RunRecord
 from precheck.runner.copy_out import Caps, copy_out
 from precheck.runner.engine import ContainerState, Engine
 from precheck.runner.findings_file import store_findings
@@ -74,16 +81,22 @@ class RunEnd:
             # attempts left queues the run again instead.
             stopped = _exit(container)
             retry = Retry(self.max_attempts, await self.output_lines.end(run.id))
+            peak = await self._peak(run)
             exited = await self.recorder.append_for(
                 run_id,
-                lambda r: exit_events(
+                lambda r: with_peak(
                     r,
-                    stopped,
-                    facts,
-                    self.timeout_minutes,
+                    peak,
+                    exit_events(
+                        r,
+                        stopped,
+                        facts,
+                        self.timeout_minutes,
+                        self.clock(),
+                        retry,
+                        engine_lost or GONE,
+                    ),
                     self.clock(),
-                    retry,
-                    engine_lost or GONE,
                 ),
             )
             if exited is None or exited.settled or exited.status == RunStatus.QUEUED:
@@ -108,6 +121,17 @@ class RunEnd:
         )
         await self._remove(run, container)
         return True
+
+    async def _peak(self, run: RunRecord) -> ResourcePeak | None:
+        """The peak of the attempt's resource samples: those after the previous attempt."""
+        store = self.output_lines.resources
+        if store is None:
+            return None
+        since = run.attempts[-1].finished_at.timestamp() if run.attempts else 0.0
+        p = await store.peak(run.id, since)
+        if p is None:
+            return None
+        return ResourcePeak(p.memory_bytes, p.limit_bytes, p.cpu_percent, p.samples)
 
     async def _remove(self, run: RunRecord, container: ContainerState | None) -> None:
         # Followers of the log learn it is complete before the container goes.

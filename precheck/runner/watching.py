@@ -1,5 +1,6 @@
 """Watching running containers: each one's output captured into the output-line store (its
-step lines recorded as progress), its timeout armed, and kills (for a cancel or a timeout)."""
+step lines recorded as progress), its resource use sampled into its timeline, its timeout
+armed, and kills (for a cancel or a timeout)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from precheck.runner.engine import Engine, EngineUnreachable
 from precheck.runner.engines import EngineFollower, EnginePool
 from precheck.runner.output_capture import OutputCapture
 from precheck.runner.recorder import Recorder
+from precheck.runner.resource_sampler import ResourceSampler
 from precheck.runner.retry import Backoff, retried
 from precheck.storage.output_lines import OutputLineStore
 from precheck.tasks import TaskSet
 
 CAPTURE_GRACE = 30.0  # seconds to wait for the last output lines after a container died
+SAMPLES_GRACE = 3.0  # and for the last resource sample (Docker's stream says so within 1 s)
 KILL_TRIES = 5
 
 
@@ -51,6 +54,7 @@ class Watcher:
         self.on_killed: Callable[[str], None] = lambda run_id: None  # set by the supervisor
         self._captures: dict[str, asyncio.Task[OutputFacts]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
+        self._samplers: dict[str, asyncio.Task[None]] = {}
         self._killing: set[str] = set()
         self._killed: set[str] = set()  # killed, or given up on: not tried again for a cancel
 
@@ -62,14 +66,19 @@ class Watcher:
         timer = self._timers.get(run_id)
         if timer is None or timer.done():
             self._timers[run_id] = self.tasks.spawn(self._timeout(run_id), f"timeout-{run_id}")
+        sampler = self._samplers.get(run_id)
+        if (sampler is None or sampler.done()) and self.output_lines.resources is not None:
+            self._samplers[run_id] = self.tasks.spawn(
+                self._sample(run_id, container_id, f.engine), f"resources-{run_id}", quiet=True
+            )
 
     def forget(self, run_id: str) -> None:
         """Drop what was kept to watch a run that has ended."""
         self._killed.discard(run_id)
         self._captures.pop(run_id, None)
-        timer = self._timers.pop(run_id, None)
-        if timer is not None:
-            timer.cancel()
+        for task in (self._timers.pop(run_id, None), self._samplers.pop(run_id, None)):
+            if task is not None:
+                task.cancel()
 
     async def facts(self, run: RunRecord) -> OutputFacts:
         """The whole output's facts: from the live capture, or a capture run to its end now."""
@@ -84,10 +93,14 @@ class Watcher:
                 run.id, run.container_id, f.engine
             )
         try:
-            return await asyncio.wait_for(asyncio.shield(capture), CAPTURE_GRACE)
+            facts = await asyncio.wait_for(asyncio.shield(capture), CAPTURE_GRACE)
         except TimeoutError:
             capture.cancel()
             raise
+        sampler = self._samplers.get(run.id)
+        if sampler is not None:  # its last sample counts in the run's peak
+            await asyncio.wait((sampler,), timeout=SAMPLES_GRACE)
+        return facts
 
     def _spawn_capture(
         self, run_id: str, container_id: str, engine: Engine
@@ -121,6 +134,20 @@ class Watcher:
             after_line=run.after_line if run is not None else 0,
         )
         return await capture.run()
+
+    async def _sample(self, run_id: str, container_id: str, engine: Engine) -> None:
+        store = self.output_lines.resources
+        if store is None:
+            return
+
+        def working() -> bool:
+            run = self.state.runs.get(run_id)
+            return run is not None and run.status == RunStatus.RUNNING
+
+        sampler = ResourceSampler(
+            engine, store, run_id, container_id, self.docker.stats_seconds, working
+        )
+        await sampler.run()
 
     # Timeout and kills --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 // the audit feed on the home page, the run's own stream (changes and log) on a run page.
 
 import Panzoom from "./panzoom.es.js"; // vendored from the npm registry, MIT (panzoom.LICENSE.txt)
+import { clearChart, drawResources, drawSteps, sizeText } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "precheck.apiKey";
@@ -11,7 +12,8 @@ let source = null; // the one open EventSource
 // feed (`event:` of each message). tests/test_page.py checks these lists against the code's.
 const RUN_EVENTS = ["run.queued", "run.started", "run.progressed", "run.cancel-requested",
   "run.timed-out", "run.exited", "run.outputs-stored", "run.finished", "run.cancelled",
-  "run.failed-to-start", "run.finish-failed", "run.retried", "run.deleted", "run.files-pruned"];
+  "run.failed-to-start", "run.finish-failed", "run.retried", "run.deleted", "run.files-pruned",
+  "run.resources-peaked"];
 const UPLOAD_EVENTS = [
   "upload.received", "upload.expired", "upload.deleted", "upload.inspected", "upload.inspection-failed",
 ];
@@ -473,6 +475,7 @@ function tick(v) {
   if (view !== v) { clearInterval(v.timer); return; }
   showTimes(v);
   showSteps(v);
+  if (resourcesDue(v)) loadResources(v);
   if (v.doc && ENDED.has(v.doc.State.Status)) clearInterval(v.timer);
 }
 
@@ -529,6 +532,7 @@ function showSteps(v) {
   const key = JSON.stringify(rows.map((r) => [r.name, r.state, r.line, duration(r.time)]));
   if (key === v.stepsKey) return;
   v.stepsKey = key;
+  drawSteps($("step-chart"), rows);
   const list = $("steps");
   list.replaceChildren(...rows.map((r) => {
     const li = document.createElement("li");
@@ -557,6 +561,28 @@ async function loadStepTimes(v) {
     }
     showSteps(v);
   } catch { /* the steps keep the times their lines came at */ }
+}
+
+// Resources: the timeline is loaded at first, on the run's changes and once per interval
+// while it runs, and once more at its end.
+async function loadResources(v) {
+  v.resourcesAt = Date.now();
+  try {
+    const body = await api(`${v.base}/resources`);
+    if (view !== v) return;
+    v.resources = body;
+    drawResources($("resource-chart"), body);
+    const peak = v.doc?.Resources;
+    const n = body.Samples.length;
+    $("resources-summary").textContent = peak
+      ? `peak ${sizeText(peak.PeakMemoryBytes)} of ${sizeText(peak.MemoryLimitBytes)}, ${n} samples`
+      : `${n} samples, one per ${body.Interval} s`;
+  } catch { /* the chart keeps what it showed */ }
+}
+
+function resourcesDue(v) {
+  const every = (v.resources?.Interval ?? 15) * 1000;
+  return v.doc?.State.Status === "running" && Date.now() - (v.resourcesAt || 0) >= every;
 }
 
 // Log -----------------------------------------------------------------------------------------
@@ -1012,6 +1038,9 @@ $("rerun").addEventListener("click", () => runAgain($("rerun"), "rerun", "re-run
 $("recheck").addEventListener("click", () => runAgain($("recheck"), "recheck", "re-check"));
 
 $("copy-command").addEventListener("click", () => copyCommand());
+$("resources-csv").addEventListener("click", () => {
+  if (view) saveWithKey(`${view.base}/resources?format=csv`, `precheck-${view.id}-resources.csv`);
+});
 
 // Downloads are plain links; with a key they are fetched with it and saved from memory.
 document.addEventListener("click", (e) => {
@@ -1375,6 +1404,8 @@ async function showRun(id, line) {
   setStatus($("run-action-status"), "");
   $("log").replaceChildren();
   $("steps").replaceChildren();
+  for (const el of ["resource-chart", "step-chart"]) clearChart($(el));
+  $("resources-summary").textContent = "";
   $("log-search").value = "";
   $("autoscroll").checked = !line;
   $("cancel-run").hidden = true;
@@ -1409,11 +1440,12 @@ async function showRun(id, line) {
   }
   v.timer = setInterval(() => tick(v), 1000);
   loadStepTimes(v);
+  loadResources(v);
   // One connection carries the run's changes and its log; on a drop the browser resumes it
   // with Last-Event-ID, so no line is lost or shown twice.
   openStream(`${v.base}/events?follow=1&logs=1&timestamps=1&estimates=1`, {
-    status: (e) => showDocument(JSON.parse(e.data)),
-    progress: (e) => showDocument(JSON.parse(e.data)),
+    status: (e) => { showDocument(JSON.parse(e.data)); loadResources(v); },
+    progress: (e) => { showDocument(JSON.parse(e.data)); loadResources(v); },
     log: (e) => onLogMessage(v, e),
     estimate: (e) => {
       if (view !== v) return;
@@ -1427,6 +1459,7 @@ async function showRun(id, line) {
       closeStream("run ended");
       showVerdict(v, doc);
       loadStepTimes(v); // the exact times of the steps whose lines came as the run went
+      loadResources(v); // with the last samples and the peak
     },
   });
 }

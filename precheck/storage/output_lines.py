@@ -21,6 +21,7 @@ import attrs
 
 from precheck.storage.docker_time import docker_seconds
 from precheck.storage.files import StorageRefused
+from precheck.storage.resource_samples import ResourceSampleStore
 from precheck.storage.sqlite_writer import SQLiteWriter, connect
 
 SCHEMA = """
@@ -241,8 +242,11 @@ class OutputLineStore:
         reader: aiosqlite.Connection,
         encoder: LineEncoder | None = None,
         path: Path = Path("precheck.db"),
+        resources: ResourceSampleStore | None = None,
     ) -> None:
         self.path = path
+        # The run's resource timeline, kept beside its lines and deleted with them.
+        self.resources = resources
         self._recent: dict[str, _Window] = {}
         self._encode: LineEncoder = encoder or _plain
         self._reader_db = reader
@@ -275,7 +279,15 @@ class OutputLineStore:
             if isinstance(e, sqlite3.DatabaseError):
                 raise unreadable(path, e) from e
             raise
-        return cls(writer, reader, encoder, path)
+        try:
+            resources = await ResourceSampleStore.open(path)
+        except BaseException as e:
+            await writer.close()
+            await reader.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise unreadable(path, e) from e
+            raise
+        return cls(writer, reader, encoder, path, resources)
 
     async def close(self) -> None:
         """Write what is queued and close."""
@@ -289,6 +301,8 @@ class OutputLineStore:
                 if not f.done():
                     f.set_result(None)
             await self._reader_db.close()
+            if self.resources is not None:
+                await self.resources.close()
 
     async def _blocks(
         self, run_id: str, after: int, *, since: float | None = None, backwards: bool = False
@@ -487,10 +501,13 @@ class OutputLineStore:
             return {str(row[0]): int(row[1] or 0) for row in await cur.fetchall()}
 
     async def delete_run(self, run_id: str) -> None:
-        """Drop a retired run's lines (after the event that retired it), through the writer:
+        """Drop a retired run's lines and samples (after the event that retired it), through the
+        writer:
         in order with the writes queued before it, and durable when this returns."""
         self._recent.pop(run_id, None)
         await self._writer.submit(_Delete(run_id))
+        if self.resources is not None:
+            await self.resources.delete_run(run_id)
 
 
 def unreadable(path: Path, e: sqlite3.DatabaseError) -> StorageRefused:

@@ -14,7 +14,7 @@ from precheck.events.codec import iso, to_jsonable
 from precheck.events.store import RecordedEvent
 from precheck.events.types import FindingsCount, Preflight, PreflightCheck, UploadInspected
 from precheck.projections import Projections
-from precheck.projections.runs import RunRecord
+from precheck.projections.runs import ResourcePeak, RunRecord
 from precheck.projections.uploads import UploadRecord
 from precheck.runner.container_spec import output_name, precheck_argv
 from precheck.runner.copy_out import RUN_FOLDER
@@ -224,6 +224,8 @@ def run_document(
         # When it should start and end, from past runs' step times (None without a basis).
         "Estimate": estimate_document(state, config, run.id, run.status, now),
         "Pruned": pruned_documents(run),
+        # The peak of the resource timeline (`/resources`) of the attempt that ended the run.
+        "Resources": peak_document(run.peak),
     }
     if "outputs" in pruned_kinds(run):
         doc["Output"]["Available"] = False  # its facts stay; the file went (`Pruned` says when)
@@ -253,6 +255,18 @@ def pruned_documents(run: RunRecord) -> list[dict[str, Any]] | None:
         }
         for p in run.pruned
     ]
+
+
+def peak_document(p: ResourcePeak | None) -> dict[str, Any] | None:
+    """An attempt's resource peak: what an OOM retry on a bigger engine needs."""
+    if p is None:
+        return None
+    return {
+        "PeakMemoryBytes": p.memory_bytes,
+        "MemoryLimitBytes": p.limit_bytes,
+        "PeakCpuPercent": p.cpu_percent,
+        "Samples": p.samples,
+    }
 
 
 def run_yourself(run: RunRecord, config: Config) -> dict[str, Any] | None:
@@ -297,6 +311,7 @@ def attempt_documents(run: RunRecord) -> list[dict[str, Any]]:
             "Error": a.error,
             "Image": a.image_id or None,
             "ImageDigest": a.image_digest or None,
+            "PeakMemoryBytes": a.peak.memory_bytes if a.peak else None,
         }
         for a in run.attempts
     ]
@@ -310,6 +325,7 @@ def attempt_documents(run: RunRecord) -> list[dict[str, Any]]:
             "Error": run.error,
             "Image": run.image_id or None,
             "ImageDigest": run.image_digest or None,
+            "PeakMemoryBytes": run.peak.memory_bytes if run.peak else None,
         }
     )
     return docs
