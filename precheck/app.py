@@ -12,6 +12,7 @@ from aiohttp import web
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
 from precheck.domain.notify import Schedule, secret_key
+from precheck.domain.recheck import recheck_slots
 from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
 from precheck.layout.reading import Limits
@@ -25,6 +26,7 @@ from precheck.service.layout_inspector import LayoutInspector
 from precheck.service.leftovers import settle_leftovers
 from precheck.service.metrics import Metrics
 from precheck.service.notifier import Notifier
+from precheck.service.rechecker import Rechecker
 from precheck.service.run_announcer import RunAnnouncer
 from precheck.service.upload_expiry import SERVER, UploadExpiry
 from precheck.storage.files import Storage
@@ -45,6 +47,7 @@ from precheck.web import (
     output_lines,
     page,
     prechecks,
+    rechecks,
     uploads,
 )
 from precheck.web.auth import Authenticator
@@ -86,6 +89,8 @@ def create_app(
     if config.preflight.enabled:
         app.cleanup_ctx.append(_layout_inspector)
     app.cleanup_ctx.append(_notifier)
+    if config.recheck.enabled:
+        app.cleanup_ctx.append(_rechecker)
     if run_containers:
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
@@ -101,6 +106,7 @@ def create_app(
         audit,
         metrics,
         notifications,
+        rechecks,
         openapi,
         page,
         cleanup,
@@ -118,7 +124,11 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     output_lines_store = await OutputLineStore.open(storage.db_path, encoder=line_message)
     try:
         projections = await Projections.replay(store)
-        projections.queue.max_running_per_owner = app[keys.CONFIG].server.max_running_per_owner
+        config = app[keys.CONFIG]
+        projections.queue.max_running_per_owner = config.server.max_running_per_owner
+        projections.queue.max_rechecks = recheck_slots(
+            config.recheck.max_share, config.max_concurrent
+        )
         app[keys.AUTH].issued = projections.keys  # keys issued through the API count at once
         # Who reacts to which events: the table in `reactions.py`; each part attaches itself.
         reactions = app[keys.REACTIONS] = Reactions()
@@ -205,6 +215,14 @@ async def _notifier(app: web.Application) -> AsyncIterator[None]:
     app[keys.REACTIONS].attach("notifier", notifier.on_event)
     # An attempt cut by the stop is not recorded: it is made again at the next start.
     async with background(notifier.run(), "notifier"):
+        yield
+
+
+async def _rechecker(app: web.Application) -> AsyncIterator[None]:
+    rechecker = Rechecker(app[keys.HANDLER], app[keys.CONFIG].docker.image, app[keys.CLOCK])
+    app[keys.RECHECKER] = rechecker
+    app[keys.REACTIONS].attach("rechecker", rechecker.on_event)
+    async with background(rechecker.run(), "rechecker"):
         yield
 
 

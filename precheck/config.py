@@ -192,6 +192,14 @@ class NotifyConfig:
 
 
 @attrs.frozen
+class RecheckConfig:
+    """The `[recheck]` table: running passed uploads again when the image changes."""
+
+    enabled: bool = False  # opt-in: a new image digest (or id) queues re-checks
+    max_share: float = 0.25  # of all slots re-checks may hold at once (at least one)
+
+
+@attrs.frozen
 class Config:
     """The whole config file."""
 
@@ -201,6 +209,7 @@ class Config:
     defaults: DefaultsConfig = DefaultsConfig()
     preflight: PreflightConfig = PreflightConfig()
     notify: NotifyConfig = NotifyConfig()
+    recheck: RecheckConfig = RecheckConfig()
 
     @property
     def engines(self) -> tuple[EngineConfig, ...]:
@@ -282,6 +291,7 @@ def _make_converter() -> cattrs.Converter:
         PreflightConfig,
         NotifyDefault,
         NotifyConfig,
+        RecheckConfig,
         Config,
     ):
         conv.register_structure_hook(
@@ -476,6 +486,8 @@ def _validate(config: Config, source: str) -> None:
         raise bad("preflight.max_memory_mb", "must be from 256 to 1073741824")
     if not 1 <= pf.max_concurrent <= 64:
         raise bad("preflight.max_concurrent", "must be from 1 to 64")
+    if not 0 < config.recheck.max_share <= 1:
+        raise bad("recheck.max_share", "must be a share of the slots, above 0 to 1")
     _notify(config.notify, bad)
     for j, net in enumerate(a.allowed_ips):
         _network(net, bad, f"auth.allowed_ips[{j}]")

@@ -168,6 +168,7 @@ class RunQueued:
     preflight: Preflight | None = None  # older rows have none
     notify: tuple[Subscription, ...] = ()  # older rows asked for none
     recheck_of: str = ""  # the run it re-checks with the image resolved anew; older rows: none
+    reason: str = ""  # `recheck`: queued by the server for a new image; "" for a user's run
 
 
 @attrs.frozen
@@ -471,6 +472,22 @@ class NotificationRedeliveryRequested:
     at: datetime
 
 
+# Re-checks ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RecheckPlanned:
+    """An upload's newest ended run ran an older image than the one now seen: it is run again
+    on `image_ref` (the repo digest, or the id of an image with none), once per upload and ref.
+    In the stream of that run (`run_id`); the re-check's own `run.queued` follows it."""
+
+    upload_id: str
+    run_id: str  # the run re-checked: the upload's newest ended run
+    image: str  # the configured image name
+    image_ref: str  # the new image: its repo digest, or its id when it has none
+    at: datetime
+
+
 Event = (
     UploadReceived
     | UploadDeleted
@@ -498,6 +515,7 @@ Event = (
     | NotificationSent
     | NotificationFailed
     | NotificationRedeliveryRequested
+    | RecheckPlanned
 )
 
 TAGS: dict[type, str] = {
@@ -527,6 +545,7 @@ TAGS: dict[type, str] = {
     NotificationSent: "notification.sent",
     NotificationFailed: "notification.failed",
     NotificationRedeliveryRequested: "notification.redelivery-requested",
+    RecheckPlanned: "recheck.planned",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.

@@ -205,3 +205,8 @@ async def prune_runs(
         else:
             events = [r.event for r in await _handle_locally(config, command)]
         return [e.run_id for e in events if isinstance(e, RunDeleted)]
+
+
+async def handle_locally(config: Config, command: Command) -> list[RecordedEvent]:
+    """Decide and append `command` here, with no server (the CLI must hold the folder's lock)."""
+    return await _handle_locally(config, command)

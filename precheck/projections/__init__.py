@@ -10,6 +10,7 @@ from precheck.events.types import InstanceCreated
 from precheck.projections.keys import Keys
 from precheck.projections.notifications import Notifications
 from precheck.projections.queue import Queue
+from precheck.projections.rechecks import Rechecks
 from precheck.projections.runs import Runs
 from precheck.projections.uploads import Uploads
 
@@ -24,7 +25,8 @@ class Projections:
         self.runs = Runs()
         self.queue = Queue()
         self.keys = Keys()
-        self.notifications = Notifications()
+        self.rechecks = Rechecks(self.runs)
+        self.notifications = Notifications(self.rechecks)
         self.position = 0
         self.instance_id: str | None = None  # labels this server's containers
 
@@ -38,6 +40,7 @@ class Projections:
         self.runs.apply(r)
         self.queue.apply(r)
         self.keys.apply(r)
+        self.rechecks.apply(r)
         self.notifications.apply(r)
         if isinstance(r.event, InstanceCreated) and self.instance_id is None:
             self.instance_id = r.event.instance_id

@@ -17,6 +17,7 @@ from precheck.events.types import (
     NotificationSent,
     OutputFile,
     Preflight,
+    RecheckPlanned,
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
@@ -131,6 +132,7 @@ class RunRecord:
     owner: str = ""  # the actor that queued it (an API key's name, `anonymous`, `cli`)
     notify: tuple[Subscription, ...] = ()  # who to tell when it ends
     recheck_of: str = ""  # the run it re-checks with the image resolved anew
+    reason: str = ""  # `recheck`: queued by the server for a new image; "" for a user's run
 
     @property
     def active(self) -> bool:
@@ -163,6 +165,9 @@ class Runs:
         e: Any = r.event  # dispatched on its type below
         kind = type(e)
         if kind is RunQueued:
+            owner = r.metadata.actor
+            if e.reason and (of := self.by_id.get(e.recheck_of)) is not None:
+                owner = of.owner  # queued by the server, for the owner of the run it re-checks
             self.by_id[e.run_id] = RunRecord(
                 e.run_id,
                 e.upload_id,
@@ -178,9 +183,10 @@ class Runs:
                 position=r.position,
                 queued_position=r.position,
                 preflight=e.preflight,
-                owner=r.metadata.actor,
+                owner=owner,
                 notify=e.notify,
                 recheck_of=e.recheck_of,
+                reason=e.reason,
             )
             return
         change = _CHANGES.get(kind)
@@ -357,4 +363,5 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     NotificationSent: lambda e: {},
     NotificationFailed: lambda e: {},
     NotificationRedeliveryRequested: lambda e: {},
+    RecheckPlanned: lambda e: {},
 }

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from precheck.config import Config
+from precheck.domain import recheck
 from precheck.domain.notify import redact
 from precheck.domain.preflight import slot_of
 from precheck.domain.status import ENDED, RunStatus
@@ -26,8 +27,10 @@ def _time(t: datetime | None) -> str:
     return ZERO_TIME if t is None else iso(t)
 
 
-def upload_document(u: UploadRecord, now: datetime) -> dict[str, Any]:
-    """`GET /api/v1/uploads/{id}`."""
+def upload_document(
+    u: UploadRecord, now: datetime, state: Projections | None = None, image: str = ""
+) -> dict[str, Any]:
+    """`GET /api/v1/uploads/{id}`; with `state` and the configured `image`, its `Recheck`."""
     expired = u.status == "expired" or u.expires_at <= now
     return {
         "Id": u.id,
@@ -40,6 +43,7 @@ def upload_document(u: UploadRecord, now: datetime) -> dict[str, Any]:
         "State": {"Status": "expired" if expired else "available", "Expired": expired},
         "Runs": list(u.run_ids),
         "Layout": layout_document(u),
+        "Recheck": upload_recheck(u, state, image) if state is not None else None,
     }
 
 
@@ -198,8 +202,64 @@ def run_document(
         # Whom its end is told, redacted: a URL's query string or user info may hold a token.
         "Notify": [{"Kind": s.kind, "Target": redact(s)} for s in run.notify],
         "RecheckOf": run.recheck_of or None,
+        # `recheck` for a run the server queued for a new image; "" for a user's run.
+        "Reason": run.reason,
+        "Recheck": run_recheck(run, state, config.docker.image),
     }
     return doc
+
+
+def upload_recheck(u: UploadRecord, state: Projections, image: str) -> dict[str, Any] | None:
+    """An upload's `Recheck`: that of its newest run (see `run_recheck`)."""
+    for run_id in reversed(u.run_ids):
+        run = state.runs.get(run_id)
+        if run is not None:
+            return run_recheck(run, state, image)
+    return None
+
+
+def run_recheck(run: RunRecord, state: Projections, image: str) -> dict[str, Any] | None:
+    """A run's `Recheck`: re-checked on a newer image (the re-check queued, or its verdict the
+    same, changed, or none), or a newer image is available to the newest verdict of its
+    upload; None when there is nothing to say."""
+    rechecks = state.rechecks
+    again = state.runs.get(rechecks.run_of.get(run.id, ""))
+    if again is not None:
+        return _recheck_outcome(again, run.id, rechecks.was.get(again.id))
+    if run.reason == recheck.REASON:
+        return _recheck_outcome(run, run.recheck_of, rechecks.was.get(run.id))
+    current = rechecks.current(image)
+    if not current or recheck.verdict(run) is None or recheck.image_ref(run) == current:
+        return None
+    upload = state.uploads.get(run.upload_id)
+    if upload is None or not upload.run_ids or upload.run_ids[-1] != run.id:
+        return None  # an older run of its upload: the newest one speaks for it
+    return {
+        "State": recheck.NEWER_IMAGE,
+        "Of": run.id,
+        "Run": None,
+        "Image": current,
+        "Before": recheck.verdict(run),
+        "Verdict": None,
+    }
+
+
+def _recheck_outcome(again: RunRecord, of: str, was: str | None) -> dict[str, Any]:
+    now = recheck.verdict(again)
+    if not again.settled:
+        state = recheck.QUEUED
+    elif now is None:
+        state = recheck.FAILED
+    else:
+        state = recheck.SAME if now == was else recheck.CHANGED
+    return {
+        "State": state,
+        "Of": of,
+        "Run": again.id,
+        "Image": recheck.image_ref(again) or None,
+        "Before": was,
+        "Verdict": now,
+    }
 
 
 def run_yourself(run: RunRecord, config: Config) -> dict[str, Any] | None:
