@@ -6,22 +6,29 @@ once per upload and image; a changed verdict is told to the re-checked run's sub
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from pytest_aiohttp import AiohttpClient
 
-from precheck.config import Config, NotifyConfig, RecheckConfig
-from precheck.events.store import RecordedEvent
+from precheck.app import create_app
+from precheck.config import Config, NotifyConfig, RecheckConfig, load_config
+from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import RecheckPlanned, RunQueued, RunStarted
 from precheck.projections import Projections
 from precheck.web import keys
 from tests.docker_fixtures import Api, StartApp, docker
 from tests.layouts import gds
 from tests.notify_receivers import SECRET, start_receiver
+from tests.simulator_config import simulator_tables, toml_text
 
 pytestmark = pytest.mark.docker
 
@@ -53,7 +60,8 @@ def same_tag(simulator_image: str) -> Iterator[tuple[str, Rebuild]]:
         return await _image_id(name)
 
     yield name, rebuild
-    subprocess.run(["docker", "rmi", "-f", name, *made], capture_output=True, timeout=60)
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a busy engine: removal is clean-up
+        subprocess.run(["docker", "rmi", "-f", name, *made], capture_output=True, timeout=300)
 
 
 async def _image_id(image: str) -> str:
@@ -213,6 +221,11 @@ async def test_a_changed_verdict_is_told_and_a_scan_finds_the_new_image(
         assert (await _upload_doc(api, passing))["Recheck"]["State"] == "verdict-changed"
 
         await receiver.wait(3)
+        told_of = [json.loads(g.body)["data"] for g in receiver.got[2:]]
+        assert [(d["id"], d["reason"], d["recheck_of"]) for d in told_of] == [
+            (rechecks[first], "recheck", first)
+        ]
+        assert receiver.got[2].verified
         sent = await api.events("notification.sent")
         assert sorted(getattr(r.event, "run_id", "") for r in sent) == sorted(
             [first, second, rechecks[first]]
@@ -233,3 +246,61 @@ async def test_a_scan_with_rechecks_off_is_409(start_app: StartApp) -> None:
     assert r.status == 409
     assert "recheck" in (await r.json())["message"]
     assert len(await api.events()) == before
+
+
+async def test_the_cli_scan_without_a_server_plans_once_as_cli(
+    aiohttp_client: AiohttpClient,
+    tmp_path: Path,
+    same_tag: tuple[str, Rebuild],
+    docker_instances: set[str],
+) -> None:
+    """With no server on the folder, `precheck-server recheck --scan` resolves the image on the
+    engine, appends the plan and the re-check's queuing itself (actor `cli`) and says what it
+    queued; a second scan queues nothing; with re-checks off it fails with a message."""
+    name, rebuild = same_tag
+    config_file = tmp_path / "config.toml"
+    tables = simulator_tables(tmp_path / "data", name) | {"recheck": {"enabled": True}}
+    config_file.write_text(toml_text(tables), encoding="utf-8")
+    client = await aiohttp_client(create_app(load_config(config_file)))
+    docker_instances.add(str(client.app[keys.PROJECTIONS].instance_id))
+    api = Api(client)
+    upload = await api.upload(gds("chip_top"), "chip.gds")
+    first = (await api.create(upload, die_id="ABCD1234"))["Id"]
+    await _settled(api, [first])
+    await client.close()
+
+    new_id = await rebuild()
+    scan = [sys.executable, "-m", "precheck", "recheck", "--scan", "--config", str(config_file)]
+    done = await _run(*scan, "--json")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["Ref"] == new_id and found["Engines"][0]["Ref"] == new_id
+    assert [(p["Upload"], p["Of"]) for p in found["Planned"]] == [(upload, first)]
+    store = await EventStore.open(tmp_path / "data" / "precheck.db")
+    try:
+        rows = [r async for r in store.read_all() if r.type in ("recheck.planned", "run.queued")]
+    finally:
+        await store.close()
+    assert [r.type for r in rows] == ["run.queued", "recheck.planned", "run.queued"]
+    assert {r.metadata.actor for r in rows[1:]} == {"cli"}
+
+    again = await _run(*scan)
+    assert again.returncode == 0, again.stderr
+    assert f"0 re-check(s) queued for {new_id}" in again.stdout
+
+    config_file.write_text(toml_text(simulator_tables(tmp_path / "data", name)), "utf-8")
+    off = await _run(*scan)
+    assert off.returncode == 1 and "[recheck] enabled = true" in off.stderr
+    assert off.stderr.count("\n") == 1
+
+
+async def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    """A command, run without blocking the loop; its exit code and output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return subprocess.CompletedProcess(argv, proc.returncode or 0, out.decode(), err.decode())

@@ -364,7 +364,7 @@ def _commands(
 EXPECTED_COMMANDS = {
     (), ("serve",), ("status",), ("cleanup",), ("runs",), ("runs", "list"), ("runs", "inspect"),
     ("runs", "delete"), ("runs", "prune"), ("uploads",), ("uploads", "list"), ("apikey",),
-    ("apikey", "generate"), ("events",), ("verify",), ("replay",), ("backup",),
+    ("apikey", "generate"), ("events",), ("verify",), ("replay",), ("backup",), ("recheck",),
 }  # fmt: skip
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from precheck.domain.status import RunStatus
-from precheck.projections.runs import RunRecord
 
 REASON = "recheck"  # `run.queued` `reason` of a run the server queued for a new image
 
@@ -24,12 +24,37 @@ CHANGED = "verdict-changed"
 FAILED = "recheck-failed"
 
 
-def image_ref(run: RunRecord) -> str:
+class Result(Protocol):
+    """What a verdict reads of a run's result (a projection's `RunResult`)."""
+
+    @property
+    def classification(self) -> str | None: ...
+    @property
+    def failed_step(self) -> str | None: ...
+
+
+class Run(Protocol):
+    """What these rules read of a run (a projection's `RunRecord`; the read models use these
+    rules too, so this module does not import them)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def settled(self) -> bool: ...
+    @property
+    def result(self) -> Result | None: ...
+    @property
+    def image_digest(self) -> str: ...
+    @property
+    def image_id(self) -> str: ...
+
+
+def image_ref(run: Run) -> str:
     """The image a run ran, as re-checks compare it: its repo digest, else its id."""
     return run.image_digest or run.image_id
 
 
-def verdict(run: RunRecord) -> str | None:
+def verdict(run: Run) -> str | None:
     """What an ended run said about its layout: `passed`, `failed at <step>` (a design
     failure); None for a run with no verdict on the design (a system failure, cancelled,
     not ended)."""
