@@ -25,6 +25,7 @@ from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import RecheckPlanned, RunQueued, RunStarted
 from precheck.projections import Projections
 from precheck.web import keys
+from tests.browser import Browser
 from tests.docker_fixtures import Api, StartApp, docker
 from tests.layouts import gds
 from tests.notify_receivers import SECRET, start_receiver
@@ -304,3 +305,37 @@ async def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     )
     out, err = await proc.communicate()
     return subprocess.CompletedProcess(argv, proc.returncode or 0, out.decode(), err.decode())
+
+
+async def test_the_run_page_says_what_the_newer_image_found(
+    browser: Browser,
+    start_app: StartApp,
+    sim_config: Callable[..., Config],
+    same_tag: tuple[str, Rebuild],
+) -> None:
+    """A run re-checked on the rebuilt image says so on its page, as its re-check's page does:
+    the same verdict, on which image."""
+    name, rebuild = same_tag
+    api = await start_app(_config(sim_config, name))
+    run_id = await api.run(gds("chip_top"), "chip_top.gds", die_id="ABCD1234")
+    await _settled(api, [run_id])
+    new_id = await rebuild()
+    answer = await api.client.post("/api/v1/rechecks/scan")
+    assert answer.status == 200, await answer.text()
+    again = (await answer.json())["Planned"][0]["Run"]
+    await _settled(api, [again])
+    browser.point_at(api.client)
+
+    def look(run: str) -> Callable[[], dict[str, str]]:
+        def steps() -> dict[str, str]:
+            browser.open(f"#/runs/{run}")
+            browser.until_visible("recheck-state")
+            shown = browser.find("recheck-state")
+            return {"text": shown.text, "state": str(shown.get_attribute("data-state"))}
+
+        return steps
+
+    expected = f"Re-checked on a newer image ({new_id}): same verdict, passed."
+    for run in (run_id, again):
+        seen = await browser.drive(look(run), 60)
+        assert seen == {"text": expected, "state": "rechecked-same"}
