@@ -28,7 +28,9 @@ from precheck.events.types import (
 from precheck.projections.rechecks import Rechecks
 
 # The events that end a run for good (its record is settled after them).
-_SETTLING = (RunOutputsStored, RunCancelled, RunFailedToStart, RunFinishFailed, RunFinished)
+_SETTLING = frozenset(
+    {RunOutputsStored, RunCancelled, RunFailedToStart, RunFinishFailed, RunFinished}
+)
 
 
 @attrs.frozen
@@ -84,13 +86,8 @@ class Notifications:
                     Delivery(e.run_id, i, s) for i, s in enumerate(e.notify, 1)
                 )
                 self.owed.update((e.run_id, i) for i in range(1, len(e.notify) + 1))
-        elif isinstance(e, _SETTLING):
-            if self.rechecks is not None and e.run_id in self.rechecks.was:
-                run = self.rechecks.runs.get(e.run_id)
-                now = verdict(run) if run is not None else None
-                if now is None or now == self.rechecks.was[e.run_id]:
-                    for d in self.by_run.get(e.run_id, ()):
-                        self._put(attrs.evolve(d, quiet=True))
+        elif type(e) in _SETTLING:  # one lookup: a replay meets these for every run
+            self._settled(getattr(e, "run_id", ""))
         elif isinstance(e, RunDeleted):
             for d in self.by_run.pop(e.run_id, ()):
                 self.owed.discard((e.run_id, d.number))
@@ -126,6 +123,17 @@ class Notifications:
                         quiet=False,
                     )
                 )
+
+    def _settled(self, run_id: str) -> None:
+        """A run ended for good: a re-check that kept its verdict (or gave none) owes nothing."""
+        rechecks = self.rechecks
+        if rechecks is None or run_id not in rechecks.was:
+            return
+        run = rechecks.runs.get(run_id)
+        now = verdict(run) if run is not None else None
+        if now is None or now == rechecks.was[run_id]:
+            for d in self.by_run.get(run_id, ()):
+                self._put(attrs.evolve(d, quiet=True))
 
     def _put(self, d: Delivery) -> None:
         found = list(self.by_run[d.run_id])

@@ -124,12 +124,20 @@ class Queue:
         return self._owner.get(run_id, "")
 
     def queued_by(self, owner: str) -> int:
-        """How many of `owner`'s runs wait."""
-        return sum(1 for run_id in self._ticket if self._owner.get(run_id) == owner)
+        """How many of `owner`'s runs wait (re-checks count against no one: the server's)."""
+        return sum(
+            1
+            for run_id in self._ticket
+            if self._owner.get(run_id) == owner and run_id not in self.rechecks
+        )
 
     def running_by(self, owner: str) -> int:
-        """How many of `owner`'s runs hold a slot."""
-        return sum(1 for run_id in self.running if self._owner.get(run_id) == owner)
+        """How many of `owner`'s runs hold a slot (re-checks not counted)."""
+        return sum(
+            1
+            for run_id in self.running
+            if self._owner.get(run_id) == owner and run_id not in self.rechecks
+        )
 
     def _fair(self) -> list[str]:
         if self._order is None:

@@ -13,6 +13,8 @@ from precheck.events.store import RecordedEvent
 from precheck.events.types import RecheckPlanned, RunDeleted, RunQueued, RunStarted
 from precheck.projections.runs import Runs
 
+_TAKES = frozenset({RunStarted, RecheckPlanned, RunQueued, RunDeleted})
+
 
 class Rechecks:
     """Refs seen per image name in the order first seen; planned (upload, ref) pairs; the
@@ -38,6 +40,8 @@ class Rechecks:
     def apply(self, r: RecordedEvent) -> None:
         """Evolve the state by one event."""
         e = r.event
+        if type(e) not in _TAKES:
+            return  # most events: a replay passes them by at the cost of one set lookup
         if isinstance(e, RunStarted):
             # Rows from before `image_id` hold the id in `image_digest` when there was no digest.
             self._see(e.image, e.image_digest or e.image_id, r.position)
