@@ -12,6 +12,7 @@ from aiohttp import web
 from precheck.clock import Clock, utcnow
 from precheck.config import Config
 from precheck.domain.notify import Schedule, secret_key
+from precheck.domain.recheck import recheck_slots
 from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
 from precheck.layout.reading import Limits
@@ -25,6 +26,7 @@ from precheck.service.layout_inspector import LayoutInspector
 from precheck.service.leftovers import settle_leftovers
 from precheck.service.metrics import Metrics
 from precheck.service.notifier import Notifier
+from precheck.service.rechecker import Rechecker
 from precheck.service.retention import Retention
 from precheck.service.run_announcer import RunAnnouncer
 from precheck.service.upload_expiry import SERVER, UploadExpiry
@@ -46,6 +48,7 @@ from precheck.web import (
     output_lines,
     page,
     prechecks,
+    rechecks,
     resources,
     retention,
     uploads,
@@ -90,6 +93,8 @@ def create_app(
         app.cleanup_ctx.append(_layout_inspector)
     app.cleanup_ctx.append(_notifier)
     app.cleanup_ctx.append(_retention)
+    if config.recheck.enabled:
+        app.cleanup_ctx.append(_rechecker)
     if run_containers:
         app.cleanup_ctx.append(_supervisor)
     app[keys.STREAMS] = weakref.WeakSet()
@@ -106,6 +111,7 @@ def create_app(
         audit,
         metrics,
         notifications,
+        rechecks,
         openapi,
         page,
         cleanup,
@@ -124,7 +130,11 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     output_lines_store = await OutputLineStore.open(storage.db_path, encoder=line_message)
     try:
         projections = await Projections.replay(store)
-        projections.queue.max_running_per_owner = app[keys.CONFIG].server.max_running_per_owner
+        config = app[keys.CONFIG]
+        projections.queue.max_running_per_owner = config.server.max_running_per_owner
+        projections.queue.max_rechecks = recheck_slots(
+            config.recheck.max_share, config.max_concurrent
+        )
         app[keys.AUTH].issued = projections.keys  # keys issued through the API count at once
         # Who reacts to which events: the table in `reactions.py`; each part attaches itself.
         reactions = app[keys.REACTIONS] = Reactions()
@@ -229,6 +239,14 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
         return
     app[keys.REACTIONS].attach("retention", retention.on_event)
     async with background(retention.run(), "retention"):
+        yield
+
+
+async def _rechecker(app: web.Application) -> AsyncIterator[None]:
+    rechecker = Rechecker(app[keys.HANDLER], app[keys.CONFIG].docker.image, app[keys.CLOCK])
+    app[keys.RECHECKER] = rechecker
+    app[keys.REACTIONS].attach("rechecker", rechecker.on_event)
+    async with background(rechecker.run(), "rechecker"):
         yield
 
 

@@ -105,6 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument("--dry-run", action="store_true", help="only list them")
 
+    recheck = _command(
+        commands,
+        "recheck",
+        _recheck,
+        "re-check uploads on the image the engines have now",
+        json_out=True,
+    )
+    recheck.add_argument(
+        "--scan",
+        action="store_true",
+        required=True,
+        help="resolve the configured image on each engine and queue the re-checks owed",
+    )
+
     runs = commands.add_parser("runs", help="list, inspect, delete and prune runs").add_subparsers(
         dest="runs_command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -427,7 +441,7 @@ async def _uploads_list(args: argparse.Namespace) -> int:
     uploads = sorted(state.uploads.by_id.values(), key=lambda u: u.created, reverse=True)
     now = utcnow()
     if args.json:
-        _print_json([upload_document(u, now) for u in uploads])
+        _print_json([upload_document(u, now, state, config.docker.image) for u in uploads])
         return EXIT_OK
     rows = [
         [
@@ -520,6 +534,25 @@ async def _cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _recheck(args: argparse.Namespace) -> int:
+    from precheck.ops.rechecks import scan
+
+    found = await scan(_load(args))
+    if args.json:
+        _print_json(found)
+        return EXIT_OK
+    for e in found["Engines"]:
+        print(f"engine {e['Name']}: {e['Ref'] or e['Error']}")
+    if found["Ref"] is None:
+        print(f"No engine has {found['Image']}: nothing to re-check")
+        return EXIT_FAILED
+    planned = found["Planned"]
+    print(f"{len(planned)} re-check(s) queued for {found['Ref']}")
+    for p in planned:
+        print(f"  upload {p['Upload']}: run {p['Run']} re-checks {p['Of']}")
+    return EXIT_OK
+
+
 async def _apikey_generate(args: argparse.Namespace) -> int:
     from precheck.ops.lock import running_server
     from precheck.ops.writes import issue_key
@@ -603,7 +636,10 @@ async def _replay(args: argparse.Namespace) -> int:
         _print_json(
             {
                 "position": min(args.until, head),
-                "uploads": [upload_document(u, now) for u in state.uploads.by_id.values()],
+                "uploads": [
+                    upload_document(u, now, state, config.docker.image)
+                    for u in state.uploads.by_id.values()
+                ],
                 "runs": _documents(runs, state, config),
             }
         )

@@ -232,6 +232,14 @@ class RetentionConfig:
 
 
 @attrs.frozen
+class RecheckConfig:
+    """The `[recheck]` table: running passed uploads again when the image changes."""
+
+    enabled: bool = False  # opt-in: a new image digest (or id) queues re-checks
+    max_share: float = 0.25  # of all slots re-checks may hold at once (at least one)
+
+
+@attrs.frozen
 class Config:
     """The whole config file."""
 
@@ -243,6 +251,7 @@ class Config:
     notify: NotifyConfig = NotifyConfig()
     cache: CacheConfig = CacheConfig()
     retention: RetentionConfig = RetentionConfig()
+    recheck: RecheckConfig = RecheckConfig()
 
     @property
     def engines(self) -> tuple[EngineConfig, ...]:
@@ -326,6 +335,7 @@ def _make_converter() -> cattrs.Converter:
         NotifyConfig,
         CacheConfig,
         RetentionConfig,
+        RecheckConfig,
         Config,
     ):
         conv.register_structure_hook(
@@ -524,6 +534,8 @@ def _validate(config: Config, source: str) -> None:
         raise bad("preflight.max_memory_mb", "must be from 256 to 1073741824")
     if not 1 <= pf.max_concurrent <= 64:
         raise bad("preflight.max_concurrent", "must be from 1 to 64")
+    if not 0 < config.recheck.max_share <= 1:
+        raise bad("recheck.max_share", "must be a share of the slots, above 0 to 1")
     _notify(config.notify, bad)
     _retention(config.retention, bad)
     for j, net in enumerate(a.allowed_ips):

@@ -75,6 +75,17 @@ REACTIONS: tuple[Reaction, ...] = (
         "tell each ended run's subscribers by webhook or email, at least once, retried",
     ),
     Reaction(
+        "rechecker",
+        (
+            "run.started",
+            "run.outputs-stored",
+            "run.cancelled",
+            "run.failed-to-start",
+            "run.finish-failed",
+        ),
+        "queue a re-check of each upload whose newest verdict came from an older image",
+    ),
+    Reaction(
         "supervisor",
         ("run.", "server.instance-created"),
         "place queued runs on engines, kill the containers of cancelled runs",

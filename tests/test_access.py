@@ -93,6 +93,7 @@ ROUTES: dict[str, str] = {
     "GET /metrics": "admin",
     "HEAD /metrics": "admin",
     "POST /api/v1/cleanup": "cli",
+    "POST /api/v1/rechecks/scan": "admin",
     "GET /api/v1/keys": "admin",
     "HEAD /api/v1/keys": "admin",
     "POST /api/v1/keys": "admin",

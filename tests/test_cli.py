@@ -365,6 +365,7 @@ EXPECTED_COMMANDS = {
     (), ("serve",), ("status",), ("cleanup",), ("runs",), ("runs", "list"), ("runs", "inspect"),
     ("runs", "delete"), ("runs", "prune"), ("uploads",), ("uploads", "list"), ("apikey",),
     ("apikey", "generate"), ("events",), ("verify",), ("replay",), ("backup",), ("prune",),
+    ("recheck",),
 }  # fmt: skip
 
 

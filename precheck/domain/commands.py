@@ -14,6 +14,7 @@ import attrs
 
 from precheck.config import OUTPUT_FORMATS, RESERVED_NAMES, ROLES, SLOTS
 from precheck.domain.preflight import MODES, preflight_for_run
+from precheck.domain.recheck import REASON, image_ref, recheck_run_id, verdict
 from precheck.domain.result_cache import CacheKey, Reuse, SourceGone, answers, reused_event
 from precheck.domain.status import ENDED, RunStatus
 from precheck.errors import Conflict, Expired, Invalid, NotFound, PreflightFailed, TooMany
@@ -23,6 +24,7 @@ from precheck.events.types import (
     KeyIssued,
     KeyRevoked,
     NotificationRedeliveryRequested,
+    RecheckPlanned,
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
@@ -162,6 +164,19 @@ class RevokeKey:
     now: datetime
 
 
+@attrs.frozen
+class PlanRechecks:
+    """Queue a re-check of each upload whose newest ended run gave a verdict on an image other
+    than `ref` (of the configured `image`), once per upload and ref; `upload_ids` limits the
+    uploads looked at (None: all). Uploads with a run under way, expired ones and ones that
+    now fail pre-flight in `enforce` mode are left alone."""
+
+    image: str
+    ref: str
+    now: datetime
+    upload_ids: frozenset[str] | None = None
+
+
 Command = (
     ReceiveUpload
     | DeleteUpload
@@ -174,6 +189,7 @@ Command = (
     | PruneRuns
     | IssueKey
     | RevokeKey
+    | PlanRechecks
 )
 
 
@@ -412,6 +428,61 @@ def _revoke_key(c: RevokeKey, state: Projections) -> Decision:
     if c.name not in state.keys.by_name:
         raise NotFound(f"No such key: {c.name}")
     return Decision((KeyRevoked(c.name, c.now),), {key_stream(c.name): state.keys.versions[c.name]})
+
+
+@decide.register
+def _plan_rechecks(c: PlanRechecks, state: Projections) -> Decision:
+    events: list[Event] = []
+    expect: dict[str, int] = {}
+    if not c.ref:
+        return Decision((), {})
+    ids = list(state.uploads.by_id) if c.upload_ids is None else sorted(c.upload_ids)
+    for upload_id in ids:
+        upload = state.uploads.get(upload_id)
+        if upload is None or upload.status != "available" or upload.expires_at <= c.now:
+            continue
+        if (upload.id, c.ref) in state.rechecks.planned:
+            continue
+        runs = [r for rid in upload.run_ids if (r := state.runs.get(rid)) is not None]
+        if not runs or any(not r.settled for r in runs):
+            continue  # none yet, or one under way: its end is looked at again
+        last = max(runs, key=lambda r: r.queued_position)
+        if verdict(last) is None or image_ref(last) == c.ref:
+            continue
+        mode = last.preflight.mode if last.preflight is not None else "enforce"
+        preflight = preflight_for_run(
+            upload.layout, upload.layout_error, last.top_cell, last.slot, mode
+        )
+        if preflight.status == "failed" and mode == "enforce":
+            continue
+        run_id = recheck_run_id(upload.id, c.ref)
+        if state.runs.get(run_id) is not None:
+            continue
+        events.append(RecheckPlanned(upload.id, last.id, c.image, c.ref, c.now))
+        events.append(
+            RunQueued(
+                run_id,
+                upload.id,
+                last.top_cell,
+                last.die_id,
+                last.slot,
+                last.cob,
+                upload.name,
+                upload.filename,
+                upload.format,
+                upload.size,
+                upload.sha256,
+                c.now,
+                preflight,
+                last.notify,
+                last.id,
+                REASON,
+            )
+        )
+        expect[upload_stream(upload.id)] = upload.version
+        expect[run_stream(last.id)] = last.version
+        expect[run_stream(run_id)] = 0
+    return Decision(tuple(events), expect)
 
 
 def _is_active(state: Projections, run_id: str) -> bool:

@@ -240,6 +240,10 @@ def payload(run: RunRecord, base_url: str) -> dict[str, Any]:
             "top_cell": run.top_cell,
             "image_id": run.image_id or None,
             "image_digest": run.image_digest or None,
+            # A re-check the server queued for a newer image (told only when its verdict
+            # changed) names the run whose verdict it changed.
+            "reason": run.reason,
+            "recheck_of": run.recheck_of or None,
             "created": _iso(run.created),
             "started": _iso(run.started_at),
             "finished": _iso(run.finished_at),

@@ -170,6 +170,7 @@ class RunQueued:
     recheck_of: str = ""  # the run it re-checks with the image resolved anew; older rows: none
     # `gds` or `oas`: the final layout's format; older rows: empty, the input's format
     output_format: str = ""
+    reason: str = ""  # `recheck`: queued by the server for a new image; "" for a user's run
 
 
 @attrs.frozen
@@ -539,6 +540,22 @@ class RunResourcesPeaked:
     at: datetime
 
 
+# Re-checks ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RecheckPlanned:
+    """An upload's newest ended run ran an older image than the one now seen: it is run again
+    on `image_ref` (the repo digest, or the id of an image with none), once per upload and ref.
+    In the stream of that run (`run_id`); the re-check's own `run.queued` follows it."""
+
+    upload_id: str
+    run_id: str  # the run re-checked: the upload's newest ended run
+    image: str  # the configured image name
+    image_ref: str  # the new image: its repo digest, or its id when it has none
+    at: datetime
+
+
 Event = (
     UploadReceived
     | UploadDeleted
@@ -569,6 +586,7 @@ Event = (
     | RunReused
     | RunFilesPruned
     | RunResourcesPeaked
+    | RecheckPlanned
 )
 
 TAGS: dict[type, str] = {
@@ -601,6 +619,7 @@ TAGS: dict[type, str] = {
     RunReused: "run.reused",
     RunFilesPruned: "run.files-pruned",
     RunResourcesPeaked: "run.resources-peaked",
+    RecheckPlanned: "recheck.planned",
 }
 
 # Current schema number of each tag; older rows are upcast step by step on read.

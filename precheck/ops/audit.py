@@ -184,7 +184,10 @@ def _difference(state: Projections, config: Config, runs: list[Any], uploads: li
             field = next(k for k in doc if doc[k] != served.get(k))
             return f"run {run_id} differs in {field}"
     now = utcnow()
-    local_uploads = {u.id: upload_document(u, now) for u in state.uploads.by_id.values()}
+    image = config.docker.image
+    local_uploads = {
+        u.id: upload_document(u, now, state, image) for u in state.uploads.by_id.values()
+    }
     served_uploads = {d["Id"]: d for d in uploads}
     if local_uploads.keys() != served_uploads.keys():
         return "the uploads differ"

@@ -239,3 +239,8 @@ async def prune_retention(config: Config, dry_run: bool) -> list[dict[str, Any]]
             {"Id": r.run_id, "What": list(r.kinds), "Reason": r.reason, "Bytes": r.bytes}
             for r in removals
         ]
+
+
+async def handle_locally(config: Config, command: Command) -> list[RecordedEvent]:
+    """Decide and append `command` here, with no server (the CLI must hold the folder's lock)."""
+    return await _handle_locally(config, command)

@@ -10,6 +10,7 @@ from precheck.events.types import InstanceCreated
 from precheck.projections.keys import Keys
 from precheck.projections.notifications import Notifications
 from precheck.projections.queue import Queue
+from precheck.projections.rechecks import Rechecks
 from precheck.projections.runs import Runs
 from precheck.projections.step_times import StepTimes
 from precheck.projections.uploads import Uploads
@@ -25,7 +26,8 @@ class Projections:
         self.runs = Runs()
         self.queue = Queue()
         self.keys = Keys()
-        self.notifications = Notifications()
+        self.rechecks = Rechecks(self.runs)
+        self.notifications = Notifications(self.rechecks)
         self.step_times = StepTimes()  # what run estimates rest on
         self.position = 0
         self.instance_id: str | None = None  # labels this server's containers
@@ -40,6 +42,7 @@ class Projections:
         self.runs.apply(r)
         self.queue.apply(r)
         self.keys.apply(r)
+        self.rechecks.apply(r)
         self.notifications.apply(r)
         self.step_times.apply(r)
         if isinstance(r.event, InstanceCreated) and self.instance_id is None:

@@ -1,4 +1,8 @@
-"""Read model of notifications: what each run asked to be told, and every attempt so far."""
+"""Read model of notifications: what each run asked to be told, and every attempt so far.
+
+A re-check the server queued for a new image tells its subscribers (the re-checked run's)
+only when its verdict differs from the one it re-checked: otherwise its end owes nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,26 @@ from datetime import datetime
 
 import attrs
 
+from precheck.domain.recheck import verdict
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
     NotificationFailed,
     NotificationRedeliveryRequested,
     NotificationSent,
+    RunCancelled,
     RunDeleted,
+    RunFailedToStart,
+    RunFinished,
+    RunFinishFailed,
+    RunOutputsStored,
     RunQueued,
     Subscription,
+)
+from precheck.projections.rechecks import Rechecks
+
+# The events that end a run for good (its record is settled after them).
+_SETTLING = frozenset(
+    {RunOutputsStored, RunCancelled, RunFailedToStart, RunFinishFailed, RunFinished}
 )
 
 
@@ -36,11 +52,12 @@ class Delivery:
     last_at: datetime | None = None
     delivered: bool = False
     gave_up: bool = False
+    quiet: bool = False  # a re-check that kept its verdict: nothing to tell (unless asked again)
 
     @property
     def owed(self) -> bool:
         """Still to deliver (once its run has ended)."""
-        return not self.delivered and not self.gave_up
+        return not self.delivered and not self.gave_up and not self.quiet
 
 
 Attempt = NotificationSent | NotificationFailed
@@ -49,7 +66,8 @@ Attempt = NotificationSent | NotificationFailed
 class Notifications:
     """Deliveries by run, each run's attempts in order, and the keys of those still owed."""
 
-    def __init__(self) -> None:
+    def __init__(self, rechecks: Rechecks | None = None) -> None:
+        self.rechecks = rechecks  # applied before this model: a re-check's verdicts
         self.by_run: dict[str, tuple[Delivery, ...]] = {}
         self.attempts: dict[str, list[Attempt]] = {}
         self.owed: set[tuple[str, int]] = set()
@@ -68,6 +86,8 @@ class Notifications:
                     Delivery(e.run_id, i, s) for i, s in enumerate(e.notify, 1)
                 )
                 self.owed.update((e.run_id, i) for i in range(1, len(e.notify) + 1))
+        elif type(e) in _SETTLING:  # one lookup: a replay meets these for every run
+            self._settled(getattr(e, "run_id", ""))
         elif isinstance(e, RunDeleted):
             for d in self.by_run.pop(e.run_id, ()):
                 self.owed.discard((e.run_id, d.number))
@@ -100,8 +120,20 @@ class Notifications:
                         last_at=None,
                         delivered=False,
                         gave_up=False,
+                        quiet=False,
                     )
                 )
+
+    def _settled(self, run_id: str) -> None:
+        """A run ended for good: a re-check that kept its verdict (or gave none) owes nothing."""
+        rechecks = self.rechecks
+        if rechecks is None or run_id not in rechecks.was:
+            return
+        run = rechecks.runs.get(run_id)
+        now = verdict(run) if run is not None else None
+        if now is None or now == rechecks.was[run_id]:
+            for d in self.by_run.get(run_id, ()):
+                self._put(attrs.evolve(d, quiet=True))
 
     def _put(self, d: Delivery) -> None:
         found = list(self.by_run[d.run_id])

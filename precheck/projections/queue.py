@@ -4,6 +4,9 @@ Fair: FIFO within an owner, round-robin across owners. A queued run's key is (it
 its owner's queued runs, when its owner last had a run start, its place in arrival order): each
 owner's first waiting run comes before anyone's second, and among firsts the owner served
 longest ago goes first. The key is made of the log alone, so a replay gives the same order.
+
+Re-checks the server queued for a new image (`reason` `recheck`) come after every user's runs,
+in arrival order, and no more than `max_rechecks` of them hold a slot at once.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from precheck.domain.recheck import REASON
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
     RunCancelled,
@@ -73,6 +77,8 @@ class Queue:
         self._order: list[str] | None = None  # the fair order, made when first asked after a change
         self._place: dict[str, int] = {}
         self.max_running_per_owner = 0  # from the config: 0 for no limit
+        self.rechecks: set[str] = set()  # queued or running runs the server queued as re-checks
+        self.max_rechecks = 1  # re-checks holding a slot at once (from `[recheck] max_share`)
         # Why a queued run at the head cannot be placed on any engine now: set by the
         # supervisor as it places runs, not derived from the log.
         self.waiting: dict[str, str] = {}
@@ -102,27 +108,45 @@ class Queue:
         """Queued runs that may start now, in the fair order: the runs of an owner with
         `max_running_per_owner` runs running wait (a setting from the config, not the log)."""
         limit = self.max_running_per_owner
+        order = self._fair()
+        if self.rechecks and self.running_rechecks() >= self.max_rechecks:
+            order = [r for r in order if r not in self.rechecks]
         if not limit:
-            return list(self._fair())
-        full = {o for o in {self.owner(r) for r in self.running} if self.running_by(o) >= limit}
-        return [r for r in self._fair() if self.owner(r) not in full]
+            return list(order)
+        running = (r for r in self.running if r not in self.rechecks)
+        full = {o for o in {self.owner(r) for r in running} if self.running_by(o) >= limit}
+        return [r for r in order if r in self.rechecks or self.owner(r) not in full]
+
+    def running_rechecks(self) -> int:
+        """How many re-checks hold a slot."""
+        return sum(1 for run_id in self.running if run_id in self.rechecks)
 
     def owner(self, run_id: str) -> str:
         """Who queued the run (the actor of its `run.queued`)."""
         return self._owner.get(run_id, "")
 
     def queued_by(self, owner: str) -> int:
-        """How many of `owner`'s runs wait."""
-        return sum(1 for run_id in self._ticket if self._owner.get(run_id) == owner)
+        """How many of `owner`'s runs wait (re-checks count against no one: the server's)."""
+        return sum(
+            1
+            for run_id in self._ticket
+            if self._owner.get(run_id) == owner and run_id not in self.rechecks
+        )
 
     def running_by(self, owner: str) -> int:
-        """How many of `owner`'s runs hold a slot."""
-        return sum(1 for run_id in self.running if self._owner.get(run_id) == owner)
+        """How many of `owner`'s runs hold a slot (re-checks not counted)."""
+        return sum(
+            1
+            for run_id in self.running
+            if self._owner.get(run_id) == owner and run_id not in self.rechecks
+        )
 
     def _fair(self) -> list[str]:
         if self._order is None:
             fifo = [self._run_of_ticket[t] for t in self._tickets]
-            self._order = fair_order(fifo, self.owner, lambda o: self._served.get(o, 0))
+            users = [r for r in fifo if r not in self.rechecks]
+            self._order = fair_order(users, self.owner, lambda o: self._served.get(o, 0))
+            self._order += [r for r in fifo if r in self.rechecks]  # last, first come first
             self._place = {run_id: i for i, run_id in enumerate(self._order, 1)}
         return self._order
 
@@ -139,6 +163,8 @@ class Queue:
             self._run_of_ticket[r.position] = e.run_id
             self._owner[e.run_id] = r.metadata.actor
             self._first_ticket[e.run_id] = r.position
+            if e.reason == REASON:
+                self.rechecks.add(e.run_id)
         elif kind is RunRetried:
             self.running.discard(e.run_id)
             ticket = self._first_ticket.get(e.run_id, r.position)
@@ -147,12 +173,14 @@ class Queue:
                 insort(self._tickets, ticket)
                 self._run_of_ticket[ticket] = e.run_id
         elif kind is RunStarted:
-            self._served[self.owner(e.run_id)] = r.position
+            if e.run_id not in self.rechecks:  # a re-check's start serves no user
+                self._served[self.owner(e.run_id)] = r.position
             self._dequeue(e.run_id)
             self.running.add(e.run_id)
         else:
             self._dequeue(e.run_id)
             self.running.discard(e.run_id)
+            self.rechecks.discard(e.run_id)
 
     def _dequeue(self, run_id: str) -> None:
         ticket = self._ticket.pop(run_id, None)
@@ -175,8 +203,11 @@ def queue_at(runs: Iterable[RunRecord], run: RunRecord, position: int) -> tuple[
     for r in every:
         started = r.dequeued_position
         if r.started_at is not None and started is not None and started <= position:
-            served[r.owner] = max(served.get(r.owner, 0), started)
+            if r.reason != REASON:
+                served[r.owner] = max(served.get(r.owner, 0), started)
     owners = {r.id: r.owner for r in waiting}
-    order = fair_order([r.id for r in waiting], owners.__getitem__, lambda o: served.get(o, 0))
+    users = [r.id for r in waiting if r.reason != REASON]
+    order = fair_order(users, owners.__getitem__, lambda o: served.get(o, 0))
+    order += [r.id for r in waiting if r.reason == REASON]
     place = order.index(run.id) + 1 if run.id in owners else None
     return place, len(waiting)

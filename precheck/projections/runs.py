@@ -17,6 +17,7 @@ from precheck.events.types import (
     NotificationSent,
     OutputFile,
     Preflight,
+    RecheckPlanned,
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
@@ -161,6 +162,7 @@ class RunRecord:
     reused_across_owners: bool = False  # ... a run another owner queued: not named to a user
     pruned: tuple[Pruning, ...] = ()  # retention removals of its files, oldest first
     peak: ResourcePeak | None = None  # of the attempt that ended the run (None: no samples)
+    reason: str = ""  # `recheck`: queued by the server for a new image; "" for a user's run
 
     @property
     def active(self) -> bool:
@@ -193,6 +195,9 @@ class Runs:
         e: Any = r.event  # dispatched on its type below
         kind = type(e)
         if kind is RunQueued:
+            owner = r.metadata.actor
+            if e.reason and (of := self.by_id.get(e.recheck_of)) is not None:
+                owner = of.owner  # queued by the server, for the owner of the run it re-checks
             self.by_id[e.run_id] = RunRecord(
                 e.run_id,
                 e.upload_id,
@@ -208,10 +213,11 @@ class Runs:
                 position=r.position,
                 queued_position=r.position,
                 preflight=e.preflight,
-                owner=r.metadata.actor,
+                owner=owner,
                 notify=e.notify,
                 recheck_of=e.recheck_of,
                 output_format=e.output_format,
+                reason=e.reason,
             )
             return
         change = _CHANGES.get(kind)
@@ -435,4 +441,5 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     NotificationSent: lambda e: {},
     NotificationFailed: lambda e: {},
     NotificationRedeliveryRequested: lambda e: {},
+    RecheckPlanned: lambda e: {},
 }

@@ -100,7 +100,18 @@ class Starter:
                     f"its start failed; tried again in {self._held[run_id] - now:.0f} s"
                 )
                 continue
-            if limit:  # an owner's runs being started count against its limit too
+            if run_id in queue.rechecks:
+                # Behind every user's run (the fair order puts them last), and within the
+                # share of slots re-checks may hold, re-checks being started counted too.
+                starting = sum(1 for s in self.starting if s in queue.rechecks)
+                if queue.running_rechecks() + starting >= queue.max_rechecks:
+                    waiting.setdefault(
+                        run_id,
+                        f"a re-check: {queue.max_rechecks} of them at most hold a slot at"
+                        " once (recheck.max_share)",
+                    )
+                    continue
+            elif limit:  # an owner's runs being started count against its limit too
                 owner = queue.owner(run_id)
                 starting = sum(1 for s in self.starting if queue.owner(s) == owner)
                 if queue.running_by(owner) + starting >= limit:

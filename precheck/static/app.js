@@ -395,9 +395,27 @@ function showDocument(doc) {
     $("recheck-of-link").textContent = doc.RecheckOf;
     $("recheck-of-link").href = `#/runs/${encodeURIComponent(doc.RecheckOf)}`;
   }
+  showRecheck(doc.Recheck);
   showImage(doc);
   showTimes(v);
   showSteps(v);
+}
+
+// What a newer image means for this run: one is available, its re-check is queued, or the
+// re-check kept or changed the verdict (`Recheck` of the run document).
+const RECHECK_STATES = {
+  "newer-image-available": (r) => `A newer image is available (${r.Image}); this verdict came from an older one.`,
+  "recheck-queued": (r) => `A newer image is available: re-check ${r.Run} is queued or running.`,
+  "rechecked-same": (r) => `Re-checked on a newer image (${r.Image}): same verdict, ${r.Verdict}.`,
+  "verdict-changed": (r) => `Re-checked on a newer image (${r.Image}): the verdict changed, ${r.Before} before, ${r.Verdict} now.`,
+  "recheck-failed": (r) => `Re-checked on a newer image (${r.Image || "not started"}): the re-check gave no verdict.`,
+};
+
+function showRecheck(recheck) {
+  const text = recheck && RECHECK_STATES[recheck.State];
+  $("recheck-state").hidden = !text;
+  $("recheck-state").textContent = text ? text(recheck) : "";
+  $("recheck-state").dataset.state = recheck ? recheck.State : "";
 }
 
 // Which image the attempt runs, pinned, and the command line that runs it elsewhere.
@@ -1412,6 +1430,7 @@ async function showRun(id, line) {
   $("rerun").hidden = true;
   $("recheck").hidden = true;
   $("recheck-of").hidden = true;
+  $("recheck-state").hidden = true;
   $("image-card").hidden = true;
   $("run-command").textContent = "";
   setStatus($("copy-status"), "");

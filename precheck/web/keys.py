@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from precheck.service.layout_inspector import LayoutInspector
     from precheck.service.metrics import Metrics
     from precheck.service.notifier import Notifier
+    from precheck.service.rechecker import Rechecker
     from precheck.service.retention import Retention
     from precheck.service.upload_expiry import UploadExpiry
     from precheck.storage.files import Storage
@@ -39,6 +40,7 @@ OUTPUT_LINES = web.AppKey["OutputLineStore"]("output_lines")
 SUPERVISOR = web.AppKey["Supervisor"]("supervisor")
 METRICS = web.AppKey["Metrics"]("metrics")
 NOTIFIER = web.AppKey["Notifier"]("notifier")
+RECHECKER = web.AppKey["Rechecker"]("rechecker")  # only with `[recheck] enabled`
 REACTIONS = web.AppKey["Reactions"]("reactions")  # who reacts to which events
 RETENTION = web.AppKey["Retention"]("retention")
 ALLOWED_HOSTS = web.AppKey["frozenset[str]"]("allowed_hosts")

@@ -27,6 +27,8 @@ def notification_documents(run: RunRecord, state: Projections) -> list[dict[str,
             status = "delivered"
         elif d.gave_up:
             status = "given-up"
+        elif d.quiet:  # a re-check that kept its verdict: nothing to tell
+            status = "not-needed"
         else:
             status = "pending"
         docs.append(

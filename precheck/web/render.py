@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from precheck.config import Config
+from precheck.domain import recheck
 from precheck.domain.notify import redact
 from precheck.domain.preflight import slot_of
 from precheck.domain.retention import pruned_kinds
@@ -29,8 +30,10 @@ def _time(t: datetime | None) -> str:
     return ZERO_TIME if t is None else iso(t)
 
 
-def upload_document(u: UploadRecord, now: datetime) -> dict[str, Any]:
-    """`GET /api/v1/uploads/{id}`."""
+def upload_document(
+    u: UploadRecord, now: datetime, state: Projections | None = None, image: str = ""
+) -> dict[str, Any]:
+    """`GET /api/v1/uploads/{id}`; with `state` and the configured `image`, its `Recheck`."""
     expired = u.status == "expired" or u.expires_at <= now
     return {
         "Id": u.id,
@@ -43,6 +46,7 @@ def upload_document(u: UploadRecord, now: datetime) -> dict[str, Any]:
         "State": {"Status": "expired" if expired else "available", "Expired": expired},
         "Runs": list(u.run_ids),
         "Layout": layout_document(u),
+        "Recheck": upload_recheck(u, state, image) if state is not None else None,
     }
 
 
@@ -226,6 +230,9 @@ def run_document(
         "Pruned": pruned_documents(run),
         # The peak of the resource timeline (`/resources`) of the attempt that ended the run.
         "Resources": peak_document(run.peak),
+        # `recheck` for a run the server queued for a new image; "" for a user's run.
+        "Reason": run.reason,
+        "Recheck": run_recheck(run, state, config.docker.image),
     }
     if "outputs" in pruned_kinds(run):
         doc["Output"]["Available"] = False  # its facts stay; the file went (`Pruned` says when)
@@ -266,6 +273,59 @@ def peak_document(p: ResourcePeak | None) -> dict[str, Any] | None:
         "MemoryLimitBytes": p.limit_bytes,
         "PeakCpuPercent": p.cpu_percent,
         "Samples": p.samples,
+    }
+
+
+def upload_recheck(u: UploadRecord, state: Projections, image: str) -> dict[str, Any] | None:
+    """An upload's `Recheck`: that of its newest run (see `run_recheck`)."""
+    for run_id in reversed(u.run_ids):
+        run = state.runs.get(run_id)
+        if run is not None:
+            return run_recheck(run, state, image)
+    return None
+
+
+def run_recheck(run: RunRecord, state: Projections, image: str) -> dict[str, Any] | None:
+    """A run's `Recheck`: re-checked on a newer image (the re-check queued, or its verdict the
+    same, changed, or none), or a newer image is available to the newest verdict of its
+    upload; None when there is nothing to say."""
+    rechecks = state.rechecks
+    again = state.runs.get(rechecks.run_of.get(run.id, ""))
+    if again is not None:
+        return _recheck_outcome(again, run.id, rechecks.was.get(again.id))
+    if run.reason == recheck.REASON:
+        return _recheck_outcome(run, run.recheck_of, rechecks.was.get(run.id))
+    current = rechecks.current(image)
+    if not current or recheck.verdict(run) is None or recheck.image_ref(run) == current:
+        return None
+    upload = state.uploads.get(run.upload_id)
+    if upload is None or not upload.run_ids or upload.run_ids[-1] != run.id:
+        return None  # an older run of its upload: the newest one speaks for it
+    return {
+        "State": recheck.NEWER_IMAGE,
+        "Of": run.id,
+        "Run": None,
+        "Image": current,
+        "Before": recheck.verdict(run),
+        "Verdict": None,
+    }
+
+
+def _recheck_outcome(again: RunRecord, of: str, was: str | None) -> dict[str, Any]:
+    now = recheck.verdict(again)
+    if not again.settled:
+        state = recheck.QUEUED
+    elif now is None:
+        state = recheck.FAILED
+    else:
+        state = recheck.SAME if now == was else recheck.CHANGED
+    return {
+        "State": state,
+        "Of": of,
+        "Run": again.id,
+        "Image": recheck.image_ref(again) or None,
+        "Before": was,
+        "Verdict": now,
     }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
@@ -13,6 +15,7 @@ from precheck.config import SLOTS
 from precheck.domain.commands import TOP_CELL, DeleteUpload, ReceiveUpload, upload_expiry
 from precheck.domain.preflight import check
 from precheck.errors import Invalid, NotFound, TooLarge
+from precheck.projections.uploads import UploadRecord
 from precheck.service.as_of import upload_as_of
 from precheck.storage.files import SUFFIX
 from precheck.web import keys, quota
@@ -69,7 +72,7 @@ async def create_upload(request: web.Request) -> web.Response:
         storage.remove_upload(upload_id)
         raise
     upload = app[keys.PROJECTIONS].uploads.by_id[upload_id]
-    return web.json_response(upload_document(upload, app[keys.CLOCK]()))
+    return web.json_response(_document(request, upload, app[keys.CLOCK]()))
 
 
 async def _layout_stream(request: web.Request) -> tuple[str, AsyncIterator[bytes]]:
@@ -112,7 +115,7 @@ async def list_uploads(request: web.Request) -> web.Response:
         key=lambda u: u.created,
         reverse=True,
     )
-    return web.json_response([upload_document(u, now) for u in uploads])
+    return web.json_response([_document(request, u, now) for u in uploads])
 
 
 async def get_upload(request: web.Request) -> web.Response:
@@ -120,12 +123,17 @@ async def get_upload(request: web.Request) -> web.Response:
     upload = find_upload(request)
     now = request.app[keys.CLOCK]()
     if "as_of" not in request.query:
-        return web.json_response(upload_document(upload, now))
+        return web.json_response(_document(request, upload, now))
     position = await as_of_position(request)
     then = await upload_as_of(request.app[keys.STORE], upload.id, position)
     if then is None:
         raise NotFound(f"upload {upload.id} did not exist yet at position {position}")
-    return web.json_response({**upload_document(then, now), "AsOf": position})
+    return web.json_response({**_document(request, then, now), "AsOf": position})
+
+
+def _document(request: web.Request, upload: UploadRecord, now: datetime) -> dict[str, Any]:
+    app = request.app
+    return upload_document(upload, now, app[keys.PROJECTIONS], app[keys.CONFIG].docker.image)
 
 
 async def get_preflight(request: web.Request) -> web.Response:
