@@ -35,6 +35,7 @@ from precheck.events.types import (
     Preflight,
     PreflightCheck,
     ReactionFailed,
+    RecheckPlanned,
     RunCancelled,
     RunCancelRequested,
     RunDeleted,
@@ -195,6 +196,8 @@ SAMPLES: list[object] = [
     ),
     RunFilesPruned("r9", ("outputs", "logs"), 3, 123456, "age", T0),
     RunResourcesPeaked("r9", 1, 3 << 30, 24 << 30, 180.5, 42, T0),
+    RecheckPlanned("u1", "r1", "precheck:latest", "sha256:" + "a" * 64, T0),
+    run_queued("r12", recheck_of="r1", reason="recheck", at=T0),
 ]
 
 

@@ -475,8 +475,9 @@ def _plan_rechecks(c: PlanRechecks, state: Projections) -> Decision:
                 c.now,
                 preflight,
                 last.notify,
-                last.id,
-                REASON,
+                recheck_of=last.id,
+                output_format=last.output_format,
+                reason=REASON,
             )
         )
         expect[upload_stream(upload.id)] = upload.version
