@@ -37,6 +37,7 @@ from bench.harness import (
     LONG,
     DockerWatch,
     LocalServer,
+    Part,
     Results,
     docker_section,
     local_app,
@@ -182,7 +183,7 @@ async def bench_big(tmp: Path, image: str, results: Results) -> None:
     raw = await raw_read(image, layout)
     raw_s = statistics.mean(raw)
     print(
-        f"   raw archive read of the file (aiodocker, bytes dropped): "
+        "   raw archive read of the file (aiodocker, bytes dropped): "
         + ", ".join(f"{s:.2f} s" for s in raw)
         + f"  (mean {raw_s:.2f} s, {BIG_BYTES / raw_s / 1e6:.0f} MB/s)"
     )
@@ -232,7 +233,7 @@ def main() -> None:
     parser.add_argument("--image", help="use this simulator tag instead of building one")
     parser.add_argument("--runs", type=int, default=SMALL_RUNS, help="runs of part 1")
     args = parser.parse_args()
-    parts = {1: functools.partial(bench_small, runs=args.runs), 2: bench_big}
+    parts: dict[int, Part] = {1: functools.partial(bench_small, runs=args.runs), 2: bench_big}
     run_parts(
         args.only or [1, 2],
         parts,
