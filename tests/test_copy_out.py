@@ -45,8 +45,9 @@ def test_what_is_not_read_yet_is_asked_for_by_the_fewest_paths() -> None:
     assert _unread(listing, done | {"r/final/gds/top.gds", "r/final/metrics.json"}, "r") == []
 
 
-def test_names_the_list_cannot_match_mean_reading_past() -> None:
-    assert _unread({"r", "r/\ufffd.txt", "r/big"}, {"r/big"}, "r") is None
+def test_a_list_that_cannot_be_matched_means_reading_past() -> None:
+    assert _unread({"r", "r/\ufffd.txt", "r/big"}, {"r/big"}, "r") is None  # not UTF-8
+    assert _unread(set(), {"r/big"}, "r") is None  # no list (the container is gone)
 
 
 def big_layout() -> bytes:

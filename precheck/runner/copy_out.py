@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 
 import attrs
@@ -62,11 +62,17 @@ class Caps:
 
 
 async def copy_out(
-    engine: Engine, storage: Storage, run: RunRecord, container_id: str, caps: Caps = Caps()
-) -> CopiedOut:
+    engine: Engine,
+    storage: Storage,
+    run: RunRecord,
+    container_id: str,
+    caps: Caps = Caps(),
+    go: Awaitable[bool] | None = None,
+) -> CopiedOut | None:
     """Copy the output layout and the run folder (minus bulky intermediates) out; what the
     caps leave out is listed with why. Raises `CopyOutFailed`, leaving nothing in the run's
-    folder, when a file it keeps cannot be stored."""
+    folder, when a file it keeps cannot be stored. With `go`, the files are read while it is
+    pending and take their names only if it comes true (None, and nothing kept, if not)."""
     run_dir = storage.run_dir(run.id)
     files: list[OutputFile] = []
     skipped: list[SkippedFile] = []
@@ -119,6 +125,9 @@ async def copy_out(
     try:
         run_files, out_files = await asyncio.gather(*copies)
         failed = [x for x in run_files + out_files if x.error is not None]
+        if not failed and go is not None and not await go:
+            await asyncio.to_thread(staged.discard)
+            return None
         placed = {} if failed else await staged.place()
     except BaseException:
         for c in copies:
@@ -228,9 +237,11 @@ def _under(paths: list[str], parent: PurePosixPath, folder: PurePosixPath) -> se
 def _unread(listing: set[str], done: set[str], root: str) -> list[str] | None:
     """The fewest paths under `root` whose archives hold every listed path not read yet and
     nothing read already, in the order an archive gives them; None when a name in the list
-    is not one the archives give (not UTF-8), so it cannot be matched."""
+    is not one the archives give (not UTF-8), or the list misses a file read."""
     if any("\ufffd" in p for p in listing):
         return None
+    if any(p not in listing for p in done if p.startswith(root + "/")):
+        return None  # the list misses a file read: it cannot tell what is left
     children: dict[str, set[str]] = {}
     for p in listing | done:
         while p != root and "/" in p:

@@ -233,6 +233,11 @@ class Engine:
                     async for chunk in response.content.iter_chunked(1 << 20):
                         yield chunk
             finally:
+                # A read stopped early closes the connection: left open, the engine would
+                # wait to send the rest, holding the container (other requests on it wait).
+                if not response.content.at_eof():
+                    response.close()
+                response.release()
                 await cm.__aexit__(None, None, None)
 
         return chunks()
