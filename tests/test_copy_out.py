@@ -4,14 +4,19 @@ the same as when everything is read."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import uuid
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from precheck.events.types import RunOutputsStored
+from precheck.runner.container_spec import LABEL_INSTANCE
 from precheck.runner.copy_out import SKIP_READ, _unread
+from precheck.runner.engine import Engine
 from precheck.web import keys
 from tests.docker_fixtures import StartApp
 from tests.layouts import gds
@@ -103,3 +108,38 @@ async def test_a_big_file_not_kept_is_not_read_and_the_same_files_are_kept(
         if p.is_file() and p.name != "findings.json"
     )
     assert on_disk == sorted(f.path for f in (big.output, *big.files))
+
+
+@pytest.mark.docker
+async def test_an_archive_read_stopped_early_lets_the_next_request_through(
+    simulator_image: str, docker_instances: set[str]
+) -> None:
+    """An archive left half read frees its container at once: the engine would otherwise
+    hold it to send the rest, and the next request on it would wait."""
+    engine = Engine()
+    instance = uuid.uuid4().hex
+    docker_instances.add(instance)  # removed after the test whatever happens
+    spec = {
+        "Image": simulator_image,
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["mkdir -p /output && head -c 268435456 /dev/zero > /output/big"],
+        "Labels": {LABEL_INSTANCE: instance},
+    }
+    container_id = await engine.create(f"precheck-test-{uuid.uuid4().hex[:12]}", spec)
+    try:
+        await engine.start(container_id)
+        async with asyncio.timeout(60):
+            while (state := await engine.inspect(container_id)) and state.running:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+        tar = await engine.get_archive(container_id, "/output/big")
+        assert isinstance(tar, AsyncGenerator)
+        await anext(tar)
+        await tar.aclose()
+        async with asyncio.timeout(10):
+            assert await engine.inspect(container_id) is not None
+            again = await engine.get_archive(container_id, "/output")
+            assert isinstance(again, AsyncGenerator)
+            await again.aclose()
+    finally:
+        await engine.remove(container_id)
+        await engine.close()
