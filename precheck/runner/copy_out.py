@@ -215,7 +215,7 @@ async def _copy_folder(
             continue
         if listing is None:
             paths = await engine.changed_paths(container_id)
-            listing = _under(paths or [], parent, path)
+            listing = _under(paths or [], parent, PurePosixPath(folder))
         rest = _unread(listing, done, str(path.relative_to(parent)))
         if rest is None:  # names the list cannot tell apart: read past, as one archive
             todo.insert(0, (path, False))
