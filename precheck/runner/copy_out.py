@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import attrs
@@ -62,17 +62,11 @@ class Caps:
 
 
 async def copy_out(
-    engine: Engine,
-    storage: Storage,
-    run: RunRecord,
-    container_id: str,
-    caps: Caps = Caps(),
-    go: Awaitable[bool] | None = None,
-) -> CopiedOut | None:
+    engine: Engine, storage: Storage, run: RunRecord, container_id: str, caps: Caps = Caps()
+) -> CopiedOut:
     """Copy the output layout and the run folder (minus bulky intermediates) out; what the
     caps leave out is listed with why. Raises `CopyOutFailed`, leaving nothing in the run's
-    folder, when a file it keeps cannot be stored. With `go`, the files are read while it is
-    pending and take their names only if it comes true (None, and nothing kept, if not)."""
+    folder, when a file it keeps cannot be stored."""
     run_dir = storage.run_dir(run.id)
     files: list[OutputFile] = []
     skipped: list[SkippedFile] = []
@@ -125,9 +119,6 @@ async def copy_out(
     try:
         run_files, out_files = await asyncio.gather(*copies)
         failed = [x for x in run_files + out_files if x.error is not None]
-        if not failed and go is not None and not await go:
-            await asyncio.to_thread(staged.discard)
-            return None
         placed = {} if failed else await staged.place()
     except BaseException:
         for c in copies:

@@ -2,8 +2,7 @@
 verdict and record the exit, copy the outputs out, record what was stored, remove the container.
 
 The exit is recorded as soon as Docker and the log tell it, so the run's slot is free for the
-next one while a big layout is still being copied out. The copy starts with it: the outputs are
-read while the exit is being recorded, and take their names only once it is.
+next one while a big layout is still being copied out.
 """
 
 from __future__ import annotations
@@ -63,48 +62,45 @@ class RunEnd:
         container = None
         if engine is not None and run.container_id:
             container = await engine.inspect(run.container_id)
-        copied = None
         if run.status == RunStatus.RUNNING:
             if container is not None and container.running:
                 return False  # a stale event; the container lives on
-            # 2-4. The outputs are read out of the stopped container while the exit is
-            # recorded, and take their names only once it is (and says they are wanted).
-            go: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            fetch = None
-            if engine is not None and container is not None:
-                fetch = asyncio.ensure_future(
-                    copy_out(engine, self.storage, run, container.id, self.caps, go)
-                )
-            try:
-                exited, facts = await self._record_exit(run, container, engine_lost)
+            # 2. The log's facts: the live capture read to its end, or the stored lines.
+            if container is not None:
+                facts = await self.facts_of(run)
+            else:
+                facts = await stored_facts(self.output_lines, run.id, run.after_line)
+            # 3. The verdict, recorded: the slot is free from here on. A system failure with
+            # attempts left queues the run again instead.
+            stopped = _exit(container)
+            retry = Retry(self.max_attempts, await self.output_lines.end(run.id))
+            exited = await self.recorder.append_for(
+                run_id,
+                lambda r: exit_events(
+                    r,
+                    stopped,
+                    facts,
+                    self.timeout_minutes,
+                    self.clock(),
+                    retry,
+                    engine_lost or GONE,
+                ),
+            )
+            if exited is None or exited.settled or exited.status == RunStatus.QUEUED:
                 # Deleted, cancelled or retried: nothing to copy.
-                copying = not (
-                    exited is None or exited.settled or exited.status == RunStatus.QUEUED
-                )
-                go.set_result(copying)
-                if fetch is not None and copying:
-                    copied = await fetch
-            except BaseException:
-                if fetch is not None:
-                    fetch.cancel()
-                raise
-            finally:
-                if fetch is not None:
-                    await asyncio.gather(fetch, return_exceptions=True)
-            if not copying:
                 await self._remove(run, container)
                 return True
         else:
             # Exited before a restart, outputs not yet stored: finish the copy.
             facts = await stored_facts(self.output_lines, run.id, run.after_line)
-            if engine is not None and container is not None:
-                copied = await copy_out(engine, self.storage, run, container.id, self.caps)
-        # 4. The reports' findings, read in a thread (a big database takes seconds) and
-        # written to `findings.json` before the event that counts them.
-        if copied is not None:
-            found = await asyncio.to_thread(
-                store_findings, self.storage.run_dir(run.id), copied.files
-            )
+        # 4. The outputs, copied out of the stopped container.
+        copied = None
+        if engine is not None and container is not None:
+            copied = await copy_out(engine, self.storage, run, container.id, self.caps)
+            # The reports' findings, read in a thread (a big database takes seconds) and
+            # written to `findings.json` before the event that counts them.
+            run_dir = self.storage.run_dir(run.id)
+            found = await asyncio.to_thread(store_findings, run_dir, copied.files)
             copied = attrs.evolve(copied, findings=found)
         # 5. What was stored: nothing more will be recorded about the run.
         await self.recorder.append_for(
@@ -112,33 +108,6 @@ class RunEnd:
         )
         await self._remove(run, container)
         return True
-
-    async def _record_exit(
-        self, run: RunRecord, container: ContainerState | None, engine_lost: str
-    ) -> tuple[RunRecord | None, OutputFacts]:
-        """The run's exit recorded; the run as it is then, and the log's facts."""
-        # 2. The log's facts: the live capture read to its end, or the stored lines.
-        if container is not None:
-            facts = await self.facts_of(run)
-        else:
-            facts = await stored_facts(self.output_lines, run.id, run.after_line)
-        # 3. The verdict, recorded: the slot is free from here on. A system failure with
-        # attempts left queues the run again instead.
-        stopped = _exit(container)
-        retry = Retry(self.max_attempts, await self.output_lines.end(run.id))
-        exited = await self.recorder.append_for(
-            run.id,
-            lambda r: exit_events(
-                r,
-                stopped,
-                facts,
-                self.timeout_minutes,
-                self.clock(),
-                retry,
-                engine_lost or GONE,
-            ),
-        )
-        return exited, facts
 
     async def _remove(self, run: RunRecord, container: ContainerState | None) -> None:
         # Followers of the log learn it is complete before the container goes.
