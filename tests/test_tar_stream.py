@@ -14,8 +14,10 @@ from precheck.runner.copy_out import _safe_relative
 from precheck.runner.tar_stream import (
     BLOCK,
     SMALL,
+    WRITE_BATCH,
     Entry,
     Extracted,
+    Staged,
     extract_tar,
     tree_entries,
     write_tar,
@@ -494,3 +496,58 @@ async def test_a_sparse_member_is_refused(tmp_path: Path, kind: str) -> None:
     with pytest.raises(tarfile.ReadError, match="sparse"):
         await extract_tar(chunked(archive), keep_under(tmp_path))
     assert list(tmp_path.iterdir()) == []  # noqa: ASYNC240
+
+
+async def test_a_big_member_is_written_whole_across_write_batches(tmp_path: Path) -> None:
+    """A member larger than several write batches, arriving in odd-sized chunks, is stored
+    byte for byte with its sha256."""
+    data = bytes(i % 253 for i in range(2 * WRITE_BATCH + 12345))
+    archive = tar_bytes([(reg("big.bin"), data)], tarfile.PAX_FORMAT)
+    [x] = await extract_tar(chunked(archive, 100_003), keep_under(tmp_path / "dst"))
+    assert x.sha256 == sha(data) and x.size == len(data)
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == data
+
+
+async def test_staged_files_take_their_names_only_when_placed(tmp_path: Path) -> None:
+    """With `staged`, kept files are written under hidden names only; `place` gives them their
+    names, with nothing hidden left over."""
+    big = bytes(i % 251 for i in range(SMALL + 1))
+    archive = tar_bytes([(reg("a.txt"), b"small"), (reg("b.bin"), big)], tarfile.PAX_FORMAT)
+    staged = Staged()
+    found = await extract_tar(chunked(archive), keep_under(tmp_path), staged)
+    assert [x.sha256 for x in found] == [sha(b"small"), sha(big)]
+    hidden = sorted(p.name for p in tmp_path.iterdir())  # noqa: ASYNC240
+    assert len(hidden) == 2 and all(n.startswith(".") and n.endswith(".part") for n in hidden)
+    assert await staged.place() == {}
+    assert files_under(tmp_path) == {"a.txt": b"small", "b.bin": big}
+
+
+async def test_discarded_staged_files_leave_nothing(tmp_path: Path) -> None:
+    archive = tar_bytes([(reg("a.txt"), b"small")], tarfile.PAX_FORMAT)
+    staged = Staged()
+    await extract_tar(chunked(archive), keep_under(tmp_path), staged)
+    staged.discard()
+    assert list(tmp_path.iterdir()) == []  # noqa: ASYNC240
+
+
+async def test_stop_ends_the_reading_at_a_member_not_kept(tmp_path: Path) -> None:
+    """A member not kept that `stop` picks ends the reading there, marked `cut_here`; what
+    came before is stored, what follows is not read, and the stream is closed."""
+    members = [(reg("a.txt"), b"a"), (reg("huge.bin"), b"h" * 5000), (reg("z.txt"), b"z")]
+    archive = tar_bytes(members, tarfile.PAX_FORMAT)
+    closed = []
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunked(archive, 512):
+                yield chunk
+        finally:
+            closed.append(True)
+
+    def keep(name: str, size: int) -> Path | None:
+        return None if name == "huge.bin" else tmp_path / name
+
+    found = await extract_tar(stream(), keep, stop=lambda name, size: size > 4096)
+    assert [(x.name, x.cut_here) for x in found] == [("a.txt", False), ("huge.bin", True)]
+    assert files_under(tmp_path) == {"a.txt": b"a"}
+    assert closed == [True]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -17,7 +16,7 @@ from precheck.events.types import OutputFile, SkippedFile
 from precheck.projections.runs import RunRecord
 from precheck.runner.container_spec import OUTPUT_DIR, WORKDIR, output_name
 from precheck.runner.engine import Engine
-from precheck.runner.tar_stream import Extracted, extract_tar
+from precheck.runner.tar_stream import Extracted, Staged, extract_tar
 from precheck.storage.files import Storage
 
 log = logging.getLogger(__name__)
@@ -26,6 +25,8 @@ MAX_KEPT_FILE = 256 << 20  # intermediate layouts in step folders are not worth 
 MAX_SKIPPED_LISTED = 100  # files not copied out named in the event; the rest are counted
 RUN_FOLDER = "run"  # runs/<id>/run/ holds the precheck's own run folder (reports/, final/, ...)
 OUTPUT_FOLDER = "output"
+# A file not kept bigger than this is not read past: asking anew for what follows costs less.
+SKIP_READ = 8 << 20
 
 
 def _safe_relative(name: str) -> PurePosixPath | None:
@@ -101,20 +102,39 @@ async def copy_out(
 
     name = output_name(run)
     target = run_dir / OUTPUT_FOLDER / name
+    staged = Staged()
 
-    async def copy(path: str, keep: Callable[[str, int], Path | None]) -> list[Extracted]:
-        tar = await engine.get_archive(container_id, path)
-        return [] if tar is None else await extract_tar(tar, keep)
+    async def copy_output() -> list[Extracted]:
+        tar = await engine.get_archive(container_id, f"{OUTPUT_DIR}/{name}")
+        keep = lambda n, _: target if n == name else None  # noqa: E731
+        return [] if tar is None else await extract_tar(tar, keep, staged)
 
     # Both copies at once: most of each is Docker preparing the archive of a stopped container.
-    run_files, out_files = await asyncio.gather(
-        copy(f"{WORKDIR}/runs/{run.id}", keep_run_file),
-        copy(f"{OUTPUT_DIR}/{name}", lambda n, _: target if n == name else None),
-    )
-    failed = [x for x in run_files + out_files if x.error is not None]
+    copies = [
+        asyncio.ensure_future(
+            _copy_folder(engine, container_id, f"{WORKDIR}/runs/{run.id}", keep_run_file, staged)
+        ),
+        asyncio.ensure_future(copy_output()),
+    ]
+    try:
+        run_files, out_files = await asyncio.gather(*copies)
+        failed = [x for x in run_files + out_files if x.error is not None]
+        placed = {} if failed else await staged.place()
+    except BaseException:
+        for c in copies:
+            c.cancel()
+        await asyncio.gather(*copies, return_exceptions=True)
+        await asyncio.shield(asyncio.to_thread(staged.discard))
+        raise
+    failed += [
+        attrs.evolve(x, path=None, error=placed[x.path])
+        for x in run_files + out_files
+        if x.path is not None and x.path in placed
+    ]
     if failed:
         # A kept file that cannot be stored (a full disk) fails the finish, which is tried
         # again: a run is never final without its files. Nothing of this try is left behind.
+        await asyncio.to_thread(staged.discard)
         await asyncio.to_thread(_remove_tree, run_dir)
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
@@ -127,8 +147,6 @@ async def copy_out(
                 output = OutputFile(rel, x.size, x.sha256)
             else:
                 files.append(OutputFile(rel, x.size, x.sha256))
-    # The folders' entries are on disk too before the event that names the files.
-    await asyncio.to_thread(_fsync_folders, run_dir)
     metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
     return CopiedOut(
         output, tuple(files), frozenset(completed), metrics, tuple(skipped), skipped_more[0]
@@ -139,16 +157,102 @@ def _remove_tree(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _fsync_folders(root: Path) -> None:
-    if not root.is_dir():
-        return
-    folders = [root.parent, root] + [Path(d) / n for d, names, _ in os.walk(root) for n in names]
-    for folder in folders:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+async def _copy_folder(
+    engine: Engine,
+    container_id: str,
+    folder: str,
+    keep: Callable[[str, int], Path | None],
+    staged: Staged,
+) -> list[Extracted]:
+    """The regular files of `folder`'s tree, named as its archive names them (under its base
+    name), kept as `keep` says. One archive read, unless it comes to a big file not kept: then
+    that read stops there, and what it has not given yet is asked for by its own paths (the
+    container's list of changed paths tells them), so such files are never read."""
+    parent = PurePosixPath(folder).parent
+    done: set[str] = set()  # names of the regular files read, in any of the archives
+    found: list[Extracted] = []
+    listing: set[str] | None = None
+
+    def stop(name: str, size: int) -> bool:
+        return size > SKIP_READ
+
+    async def read(path: PurePosixPath, cut: bool) -> bool:
+        """Read the archive of `path`; True when it stopped at a big file not kept."""
+        tar = await engine.get_archive(container_id, str(path))
+        if tar is None:
+            return False
+        base = path.parent.relative_to(parent)
+        full = (lambda n: n) if base == PurePosixPath(".") else (lambda n: f"{base}/{n}")
+
+        def keep_new(n: str, size: int) -> Path | None:
+            return None if full(n) in done else keep(full(n), size)
+
+        def stop_new(n: str, size: int) -> bool:
+            return cut and full(n) not in done and stop(n, size)
+
+        stopped = False
+        for x in await extract_tar(tar, keep_new, staged, stop_new):
+            name = full(x.name)
+            if name not in done:
+                done.add(name)
+                found.append(attrs.evolve(x, name=name))
+            stopped |= x.cut_here
+        return stopped
+
+    todo: list[tuple[PurePosixPath, bool]] = [(PurePosixPath(folder), True)]
+    while todo:
+        path, cut = todo.pop(0)
+        if not await read(path, cut):
+            continue
+        if listing is None:
+            paths = await engine.changed_paths(container_id)
+            listing = _under(paths or [], parent, PurePosixPath(folder))
+        rest = _unread(listing, done, str(path.relative_to(parent)))
+        if rest is None:  # names the list cannot tell apart: read past, as one archive
+            todo.insert(0, (path, False))
+        else:
+            todo[:0] = [(parent / r, True) for r in rest]
+    return found
+
+
+def _under(paths: list[str], parent: PurePosixPath, folder: PurePosixPath) -> set[str]:
+    """The changed paths in `folder`'s tree, relative to `parent`."""
+    top = str(folder)
+    return {
+        str(PurePosixPath(p).relative_to(parent))
+        for p in paths
+        if p == top or p.startswith(top + "/")
+    }
+
+
+def _unread(listing: set[str], done: set[str], root: str) -> list[str] | None:
+    """The fewest paths under `root` whose archives hold every listed path not read yet and
+    nothing read already, in the order an archive gives them; None when a name in the list
+    is not one the archives give (not UTF-8), or the list misses a file read."""
+    if any("\ufffd" in p for p in listing):
+        return None
+    if any(p not in listing for p in done if p.startswith(root + "/")):
+        return None  # the list misses a file read: it cannot tell what is left
+    children: dict[str, set[str]] = {}
+    for p in listing | done:
+        while p != root and "/" in p:
+            up = p.rsplit("/", 1)[0]
+            children.setdefault(up, set()).add(p)
+            p = up
+    touched = {root}
+    for p in done:
+        while p not in touched and p != root:
+            touched.add(p)
+            p = p.rsplit("/", 1)[0]
+
+    def cover(node: str) -> list[str]:
+        if node not in touched:
+            return [node]
+        if node in done:
+            return []
+        return [x for c in sorted(children.get(node, ())) for x in cover(c)]
+
+    return cover(root)
 
 
 def _metrics(path: Path) -> dict[str, float | int | str | None]:

@@ -65,6 +65,7 @@ def _refusal(status: int, message: str) -> EngineError:
 
 MAX_LINE = 64 << 10  # bytes of one output line kept (the rest is counted, with a marker)
 FRAME_READ = 1 << 20  # a frame's payload is read in pieces of at most this
+_DELETED = 2  # the Kind of a path the container deleted, in its list of changes
 
 
 @attrs.frozen
@@ -232,9 +233,24 @@ class Engine:
                     async for chunk in response.content.iter_chunked(1 << 20):
                         yield chunk
             finally:
+                # A read stopped early closes the connection: left open, the engine would
+                # wait to send the rest, holding the container (other requests on it wait).
+                if not response.content.at_eof():
+                    response.close()
+                response.release()
                 await cm.__aexit__(None, None, None)
 
         return chunks()
+
+    async def changed_paths(self, container_id: str) -> list[str] | None:
+        """The paths added or changed in the container's own layer (not those it deleted);
+        None when the container no longer exists."""
+        try:
+            with _translated():
+                changes = await self._api_json(f"containers/{container_id}/changes")
+        except EngineNotFound:
+            return None
+        return [str(c["Path"]) for c in changes or () if c.get("Kind") != _DELETED]
 
     async def start(self, container_id: str) -> None:
         """Start a created container."""

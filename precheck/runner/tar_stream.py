@@ -7,6 +7,8 @@ disk reads and writes run in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import hashlib
 import os
 import secrets
@@ -94,63 +96,192 @@ class Extracted:
     path: Path | None
     sha256: str | None
     error: str | None = None  # why a kept file could not be stored (then `path` is None)
+    cut_here: bool = False  # `stop` ended the reading at this member
 
 
 class _Reader:
+    """The archive's bytes as they arrive; file data is handed on as views of the chunks it
+    came in, never copied."""
+
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
-        self._buf = bytearray()
+        self._chunk = memoryview(b"")  # the unread rest of the current chunk
         self._eof = False
 
-    async def _fill(self, n: int) -> None:
-        while len(self._buf) < n and not self._eof:
+    async def _next(self) -> bool:
+        while not self._eof:
             try:
-                self._buf += await anext(self._chunks)
+                chunk = await anext(self._chunks)
             except StopAsyncIteration:
                 self._eof = True
+                break
+            if chunk:
+                self._chunk = memoryview(chunk)
+                return True
+        return False
 
     async def exactly(self, n: int) -> bytes:
-        await self._fill(n)
-        if len(self._buf) < n:
-            raise tarfile.ReadError("tar stream ended early")
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+        if len(self._chunk) >= n:
+            out = self._chunk[:n].tobytes()
+            self._chunk = self._chunk[n:]
+            return out
+        parts: list[memoryview] = []
+        async for piece in self.pieces(n):
+            parts.append(piece)
+        return b"".join(parts)
 
-    async def pieces(self, n: int) -> AsyncIterator[bytes]:
+    async def pieces(self, n: int) -> AsyncIterator[memoryview]:
         while n > 0:
-            if not self._buf:
-                await self._fill(1)
-                if not self._buf:
-                    raise tarfile.ReadError("tar stream ended early")
-            take = min(n, len(self._buf), CHUNK)
-            piece = bytes(self._buf[:take])
-            del self._buf[:take]
-            n -= take
+            if not self._chunk and not await self._next():
+                raise tarfile.ReadError("tar stream ended early")
+            piece = self._chunk[:n]
+            self._chunk = self._chunk[len(piece) :]
+            n -= len(piece)
             yield piece
 
 
 async def extract_tar(
-    chunks: AsyncIterator[bytes], keep: Callable[[str, int], Path | None]
+    chunks: AsyncIterator[bytes],
+    keep: Callable[[str, int], Path | None],
+    staged: Staged | None = None,
+    stop: Callable[[str, int], bool] | None = None,
 ) -> list[Extracted]:
     """Read a tar stream; write each regular file that `keep(name, size)` gives a path for.
 
     Every regular file is listed, kept or not; kept files are hashed as they are written and
-    appear at their path only once complete. Links and devices are ignored: a member can never
-    write outside the paths `keep` returns.
+    appear at their path only once complete and on disk. With `staged`, they are only written
+    (hidden) and the caller places them all at once with `staged.place()`, one sync for many
+    files. A member not kept for which `stop(name, size)` is true ends the reading there
+    (its entry marked `cut_here`): reading past a big file costs more than asking again for
+    what follows it. Links and devices are ignored: a member can never write outside the
+    paths `keep` returns.
     """
+    own = staged is None
+    staged = Staged() if staged is None else staged
     try:
-        return await _extract(chunks, keep)
+        found = await _extract(chunks, keep, staged, stop)
+    except BaseException:
+        if own:
+            await asyncio.get_running_loop().run_in_executor(None, staged.discard)
+        raise
     finally:
         # The archive ends at its zero blocks, before the stream does: close the stream now so
         # its connection goes back at once, not when the generator is collected.
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+    if own:
+        placed = await staged.place()
+        found = [
+            attrs.evolve(x, path=None, sha256=None, error=placed[x.path])
+            if x.path is not None and x.path in placed
+            else x
+            for x in found
+        ]
+    return found
+
+
+class Staged:
+    """Kept files written in full under hidden temporary names beside their targets, not yet
+    synced nor named: `place` makes them all durable and gives them their names at once."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[Path, Path]] = []  # (temporary file, target)
+
+    def add(self, part: Path, target: Path) -> None:
+        self.parts.append((part, target))
+
+    async def place(self) -> dict[Path, str]:
+        """Sync the files, rename each to its target, sync the folders; the targets that
+        could not be placed, with why (none of them is left behind). Blocking work runs in a
+        thread."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._place)
+
+    def _place(self) -> dict[Path, str]:
+        parts, self.parts = self.parts, []
+        failed: dict[Path, str] = {}
+        if not parts:
+            return failed
+        try:
+            _sync([p for p, _ in parts])  # the data is on disk before any file takes its name
+        except OSError as e:
+            for part, target in parts:
+                part.unlink(missing_ok=True)
+                failed[target] = _why(e)
+            return failed
+        for part, target in parts:
+            try:
+                os.replace(part, target)
+            except OSError as e:
+                part.unlink(missing_ok=True)
+                failed[target] = _why(e)
+        try:
+            # The names are on disk too before the event that lists them.
+            _sync_folders({t.parent for _, t in parts})
+        except OSError as e:
+            for _, target in parts:
+                target.unlink(missing_ok=True)
+                failed[target] = _why(e)
+        return failed
+
+    def discard(self) -> None:
+        parts, self.parts = self.parts, []
+        for part, _ in parts:
+            part.unlink(missing_ok=True)
+
+
+def _syncfs(path: Path) -> bool:
+    """Flush the whole file system `path` is on, in one call (Linux): cheaper than syncing
+    many files one by one, each its own journal commit. False where it is not available."""
+    if _LIBC is None or not hasattr(_LIBC, "syncfs"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+    return True
+
+
+def _sync(files: list[Path]) -> None:
+    if _syncfs(files[0].parent):
+        return
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _sync_folders(folders: set[Path]) -> None:
+    if _syncfs(next(iter(folders))):
+        return
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 async def _extract(
-    chunks: AsyncIterator[bytes], keep: Callable[[str, int], Path | None]
+    chunks: AsyncIterator[bytes],
+    keep: Callable[[str, int], Path | None],
+    staged: Staged,
+    stop: Callable[[str, int], bool] | None,
 ) -> list[Extracted]:
     loop = asyncio.get_running_loop()
     reader = _Reader(chunks)
@@ -162,7 +293,6 @@ async def _extract(
     while True:
         block = await reader.exactly(BLOCK)
         if block == b"\0" * BLOCK:
-            await _flush_small(loop, small, found)
             break
         info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
@@ -184,6 +314,9 @@ async def _extract(
             continue
         target = keep(name, size)
         if target is None:
+            if stop is not None and stop(name, size):
+                found.append(Extracted(name, size, None, None, cut_here=True))
+                break
             await _skip(reader, padded)
             found.append(Extracted(name, size, None, None))
             continue
@@ -193,11 +326,12 @@ async def _extract(
             small_bytes += size
             found.append(Extracted(name, size, target, None))
             if small_bytes > SMALL_BATCH:
-                await _flush_small(loop, small, found)
+                await _flush_small(loop, small, found, staged)
                 small_bytes = 0
             continue
-        found.append(await _write_member(loop, reader, name, size, target))
+        found.append(await _write_member(loop, reader, name, size, target, staged))
         await _skip(reader, padded - size)
+    await _flush_small(loop, small, found, staged)
     return found
 
 
@@ -208,61 +342,96 @@ def _padded(size: int) -> int:
 SMALL = 256 << 10
 MAX_NAME_HEADER = 1 << 20  # a pax or long-name header's size; real ones hold a few paths
 SMALL_BATCH = 8 << 20
+WRITE_BATCH = 8 << 20  # a big member's data handed to the writer thread in pieces this big
 
 
 async def _flush_small(
-    loop: asyncio.AbstractEventLoop, small: list[tuple[int, Path, bytes]], found: list[Extracted]
+    loop: asyncio.AbstractEventLoop,
+    small: list[tuple[int, Path, bytes]],
+    found: list[Extracted],
+    staged: Staged,
 ) -> None:
     if not small:
         return
     batch = list(small)
     small.clear()
-    hashes = await loop.run_in_executor(None, _write_small, batch)
-    for (i, _, _), h in zip(batch, hashes, strict=True):
-        if isinstance(h, OSError):
-            found[i] = attrs.evolve(found[i], path=None, error=_why(h))
+    written = await loop.run_in_executor(None, _write_small, batch)
+    for (i, target, _), w in zip(batch, written, strict=True):
+        if isinstance(w, OSError):
+            found[i] = attrs.evolve(found[i], path=None, error=_why(w))
         else:
-            found[i] = attrs.evolve(found[i], sha256=h)
+            part, digest = w
+            staged.add(part, target)
+            found[i] = attrs.evolve(found[i], sha256=digest)
 
 
 async def _write_member(
-    loop: asyncio.AbstractEventLoop, reader: _Reader, name: str, size: int, target: Path
+    loop: asyncio.AbstractEventLoop,
+    reader: _Reader,
+    name: str,
+    size: int,
+    target: Path,
+    staged: Staged,
 ) -> Extracted:
-    """Stream one member's data into `target` (through a hidden temporary file in its folder,
-    fsynced before it takes the name). A member that cannot be stored (a name the file system
-    refuses, a full disk) is read past and reported with its error."""
+    """Stream one member's data into a hidden temporary file beside `target`, hashed on the
+    way, in a thread that writes one batch while the next is read; staged once complete. A
+    member that cannot be stored (a name the file system refuses, a full disk) is read past
+    and reported with its error."""
     digest = hashlib.sha256()
     f: BinaryIO | None = None
     error: str | None = None
     part = target.parent / _part_name()
+    pending: asyncio.Future[None] | None = None
+    batch: list[memoryview] = []
+    held = 0
     try:
-        await loop.run_in_executor(None, _open_part, part)
-        f = await loop.run_in_executor(None, part.open, "wb")
+        f = await loop.run_in_executor(None, _open_part, part)
     except OSError as e:
         error = _why(e)
+
+    async def written() -> None:
+        """Wait for the batch being written; on failure stop writing and drop the file."""
+        nonlocal pending, f, error
+        if pending is None:
+            return
+        done, pending = pending, None
+        try:
+            await done
+        except OSError as e:
+            error = _why(e)
+            if f is not None:
+                await loop.run_in_executor(None, _discard, f, part)
+                f = None
+
     try:
         async for piece in reader.pieces(size):
             if f is None:
                 continue  # read past what cannot be stored
-            try:
-                await loop.run_in_executor(None, _write, f, digest, piece)
-            except OSError as e:
-                error = _why(e)
-                await loop.run_in_executor(None, _discard, f, part)
-                f = None
+            batch.append(piece)
+            held += len(piece)
+            if held >= WRITE_BATCH:
+                await written()
+                if f is not None:
+                    pending = loop.run_in_executor(None, _write_parts, f, digest, batch)
+                batch, held = [], 0
+        await written()
         if f is not None:
             done, f = f, None
             try:
-                await loop.run_in_executor(None, _finish, done, part, target)
+                await loop.run_in_executor(None, _close, done, digest, batch)
             except OSError as e:
                 error = _why(e)
                 part.unlink(missing_ok=True)
     except BaseException:
+        if pending is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.shield(pending)
         if f is not None:
             await loop.run_in_executor(None, _discard, f, part)
         raise
     if error is not None:
         return Extracted(name, size, None, None, error)
+    staged.add(part, target)
     return Extracted(name, size, target, digest.hexdigest())
 
 
@@ -275,44 +444,46 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _open_part(part: Path) -> None:
+def _open_part(part: Path) -> BinaryIO:
     part.parent.mkdir(parents=True, exist_ok=True)
+    return part.open("wb")
 
 
-def _finish(f: BinaryIO, part: Path, target: Path) -> None:
-    with f:
+def _write_parts(f: BinaryIO, digest: hashlib._Hash, batch: list[memoryview]) -> None:
+    # hashlib lets go of the GIL for big buffers: the event loop reads on meanwhile.
+    for piece in batch:
+        digest.update(piece)
+    f.writelines(batch)
+
+
+def _close(f: BinaryIO, digest: hashlib._Hash, batch: list[memoryview]) -> None:
+    try:
+        _write_parts(f, digest, batch)
         f.flush()
-        os.fsync(f.fileno())  # the data is on disk before the event that names it
-    os.replace(part, target)
+    finally:
+        f.close()
 
 
 def _discard(f: BinaryIO, part: Path) -> None:
-    f.close()
+    with contextlib.suppress(OSError):
+        f.close()  # what is thrown away may fail to flush (a full disk)
     part.unlink(missing_ok=True)
 
 
-def _write_small(batch: list[tuple[int, Path, bytes]]) -> list[str | OSError]:
-    out: list[str | OSError] = []
+def _write_small(batch: list[tuple[int, Path, bytes]]) -> list[tuple[Path, str] | OSError]:
+    out: list[tuple[Path, str] | OSError] = []
     for _, target, data in batch:
         part = target.parent / _part_name()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with part.open("wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(part, target)
         except OSError as e:
             part.unlink(missing_ok=True)
             out.append(e)
             continue
-        out.append(hashlib.sha256(data).hexdigest())
+        out.append((part, hashlib.sha256(data).hexdigest()))
     return out
-
-
-def _write(f: BinaryIO, digest: hashlib._Hash, data: bytes) -> None:
-    f.write(data)
-    digest.update(data)
 
 
 async def _skip(reader: _Reader, n: int) -> None:
