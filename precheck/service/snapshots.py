@@ -35,9 +35,9 @@ class SnapshotWriter:
     async def run(self) -> None:
         """Write whenever `every` events have been applied since the last snapshot."""
         while True:
+            await asyncio.sleep(CHECK_SECONDS)  # first: a start serves before it writes
             if self.projections.position - self.written >= self.every:
                 await self.write()
-            await asyncio.sleep(CHECK_SECONDS)
 
     async def write(self) -> bool:
         """Write a snapshot at the current position unless the one on disk is there already."""
