@@ -131,13 +131,15 @@ async def verify(config: Config, anchor: tuple[int, str] | None = None) -> Verif
                     position,
                 )
             report.lines.append(f"anchor: position {position} holds hash {want}")
-        problem = await _check_snapshot(store, db_path, report)
-        if problem:
-            return report.fail(problem)
-    try:
-        state, _ = await read_state(config)
-    except Exception as e:  # an event that no longer decodes or applies
-        return report.fail(f"replay failed: {type(e).__name__}: {e}")
+        # One replay serves both checks: up to the snapshot's position, then to the head.
+        state = Projections()
+        try:
+            problem = await _check_snapshot(store, db_path, report, state)
+            if problem:
+                return report.fail(problem)
+            await state.catch_up(store)
+        except Exception as e:  # an event that no longer decodes or applies
+            return report.fail(f"replay failed: {type(e).__name__}: {e}")
     report.lines.append(
         f"replay: {head} events decode and apply: {len(state.uploads.by_id)} uploads,"
         f" {len(state.runs.by_id)} runs"
@@ -156,9 +158,12 @@ async def verify(config: Config, anchor: tuple[int, str] | None = None) -> Verif
     return report
 
 
-async def _check_snapshot(store: EventStore, db_path: Path, report: VerifyReport) -> str:
+async def _check_snapshot(
+    store: EventStore, db_path: Path, report: VerifyReport, replayed: Projections
+) -> str:
     """Report the snapshot; a problem (empty: none) when one a start would use differs from a
-    replay at its position. One a start ignores (damaged, older code) is only reported."""
+    replay at its position (`replayed`, empty, is left there). One a start ignores (damaged,
+    older code) is only reported."""
     path = snapshot_path(db_path)
     if not path.exists():
         report.lines.append("snapshot: none (a start replays the whole log)")
@@ -168,8 +173,7 @@ async def _check_snapshot(store: EventStore, db_path: Path, report: VerifyReport
     except SnapshotUnusable as e:
         report.lines.append(f"snapshot: ignored at start ({e}); the next start replays the log")
         return ""
-    replayed = Projections()
-    async for r in store.read_all():
+    async for r in store.read_all(page=min(5000, max(loaded.position, 1))):
         if r.position > loaded.position:
             break
         replayed.apply(r)
