@@ -42,7 +42,7 @@ EVERY = 100_000
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 # Every module whose classes or folding logic a pickled state depends on.
-_SOURCES = ("projections", "events/types.py", "events/store.py", "domain/status.py")
+_SOURCES = ("projections", "events/types.py", "events/store.py", "domain")
 
 
 @cache
