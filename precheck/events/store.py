@@ -14,7 +14,7 @@ import hashlib
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import islice
@@ -397,6 +397,15 @@ class EventStore:
 
     async def read_all(self, after: int = 0, page: int = 5000) -> AsyncIterator[RecordedEvent]:
         """Every event after `after` that is committed now, read in pages."""
+        async for events in self.read_pages(after, page):
+            for r in events:
+                yield r
+
+    async def read_pages(
+        self, after: int = 0, page: int = 5000
+    ) -> AsyncIterator[Iterator[RecordedEvent]]:
+        """`read_all` a page at a time, each page an iterator: a replay's inner loop then has
+        no await per event."""
         end = self._head
         # The next page is read in the database's thread while this one is decoded here.
         ahead: asyncio.Future[list[sqlite3.Row]] | None = None
@@ -412,8 +421,7 @@ class EventStore:
                 # Each row is decoded as it is consumed, not the page at once: a replay's
                 # events then die young, instead of piling into the oldest GC generation and
                 # making the collector rescan the whole read models again and again.
-                for row in rows:
-                    yield _row_to_event(row)
+                yield map(_row_to_event, rows)
         finally:
             if ahead is not None:  # the reader stopped early: the page read ahead is not wanted
                 ahead.cancel()

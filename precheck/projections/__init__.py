@@ -69,11 +69,11 @@ class Projections:
 
     async def catch_up(self, store: EventStore) -> int:
         """Apply every committed event not applied yet; return how many were applied."""
-        count = 0
-        async for r in store.read_all(after=self.position):
-            self.apply(r)
-            count += 1
-        return count
+        start, apply = self.position, self.apply
+        async for events in store.read_pages(after=self.position):
+            for r in events:
+                apply(r)
+        return self.position - start
 
     @classmethod
     async def replay(cls, store: EventStore) -> Projections:
