@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import io
 import json
 import logging
 import os
@@ -95,7 +96,9 @@ def dump(projections: Projections) -> tuple[SnapshotInfo, bytes]:
     was_enabled = gc.isenabled()
     gc.disable()  # pickling only allocates: no garbage for collections to find
     try:
-        data = pickle.dumps(projections, protocol=pickle.HIGHEST_PROTOCOL)
+        out = io.BytesIO()
+        _Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(projections)
+        data = out.getvalue()
     finally:
         if was_enabled:
             gc.enable()
@@ -104,6 +107,40 @@ def dump(projections: Projections) -> tuple[SnapshotInfo, bytes]:
         projection_version(), projections.position, projections.last_hash, digest, len(data)
     )
     return info, data
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a slotted attrs record as a call of its class with its fields' values.
+
+    attrs restores a slotted record through a `__setstate__` written in Python; a constructor
+    call loads a quarter faster, and a snapshot is mostly such records. Only for classes whose
+    constructor gives the record back as it was: every field set by `__init__`, positionally,
+    with no converter or validator.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        names = _BY_CONSTRUCTOR[cls] if cls in _BY_CONSTRUCTOR else _by_constructor(cls)
+        if names is None:
+            return NotImplemented
+        return cls, tuple(getattr(obj, name) for name in names)
+
+
+_BY_CONSTRUCTOR: dict[type, tuple[str, ...] | None] = {}
+
+
+def _by_constructor(cls: type) -> tuple[str, ...] | None:
+    """The fields to pass to `cls` to rebuild one of its records, or None: not that way."""
+    names: tuple[str, ...] | None = None
+    if "__slots__" in cls.__dict__ and attrs.has(cls):
+        fields = attrs.fields(cls)
+        if not any(
+            not f.init or f.kw_only or f.converter is not None or f.validator is not None
+            for f in fields
+        ):
+            names = tuple(f.name for f in fields)
+    _BY_CONSTRUCTOR[cls] = names
+    return names
 
 
 def write_bytes(path: Path, info: SnapshotInfo, data: bytes) -> SnapshotInfo:
