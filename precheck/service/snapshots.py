@@ -1,7 +1,8 @@
 """Writes the read models' snapshot beside the log: every `snapshot.EVERY` events and at stop.
 
-Pickling takes the live state at once, in the event loop (a fraction of a second for a million
-events' state); the file is written in a thread. A failed write is logged and retried at the
+Pickling takes the live state at once, in the event loop, which waits for it (seconds for a
+million events' state on a busy machine, hence only every `EVERY` events); the file is written
+in a thread. A failed write is logged and retried at the
 next occasion: without a snapshot a restart replays the whole log, which is slower, not wrong.
 """
 
