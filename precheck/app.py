@@ -16,7 +16,7 @@ from precheck.domain.recheck import recheck_slots
 from precheck.events.store import EventStore
 from precheck.events.types import InstanceCreated
 from precheck.layout.reading import Limits
-from precheck.projections import Projections
+from precheck.projections.snapshot import restore, snapshot_path
 from precheck.reactions import Reactions
 from precheck.runner.engine import Engine, engine_for
 from precheck.runner.supervisor import Supervisor
@@ -29,6 +29,7 @@ from precheck.service.notifier import Notifier
 from precheck.service.rechecker import Rechecker
 from precheck.service.retention import Retention
 from precheck.service.run_announcer import RunAnnouncer
+from precheck.service.snapshots import SnapshotWriter
 from precheck.service.upload_expiry import SERVER, UploadExpiry
 from precheck.storage.files import Storage
 from precheck.storage.output_lines import OutputLineStore
@@ -63,6 +64,7 @@ from precheck.web.sse import close_revoked_streams, line_message, stop_streams
 log = logging.getLogger(__name__)
 
 _ENGINE = web.AppKey["Callable[[str], Engine]"]("engine_factory")
+_SNAPSHOTS = web.AppKey("snapshots", SnapshotWriter)
 
 
 def create_app(
@@ -88,6 +90,7 @@ def create_app(
     app[keys.ALLOWED_HOSTS] = allowed_hosts(config.server.host, config.server.allowed_hosts)
     app[keys.AUTH] = Authenticator(config.auth, config.server.trusted_proxies, admin_token)
     app.cleanup_ctx.append(_event_log)
+    app.cleanup_ctx.append(_snapshots)  # stopped after the parts below: the last state is saved
     app.cleanup_ctx.append(_upload_expiry)
     if config.preflight.enabled:
         app.cleanup_ctx.append(_layout_inspector)
@@ -129,7 +132,9 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     store = await EventStore.open(storage.db_path)
     output_lines_store = await OutputLineStore.open(storage.db_path, encoder=line_message)
     try:
-        projections = await Projections.replay(store)
+        snapshot = snapshot_path(storage.db_path)
+        projections, since = await restore(store, snapshot)
+        app[_SNAPSHOTS] = SnapshotWriter(projections, snapshot, since)
         config = app[keys.CONFIG]
         projections.queue.max_running_per_owner = config.server.max_running_per_owner
         projections.queue.max_rechecks = recheck_slots(
@@ -162,6 +167,13 @@ async def _event_log(app: web.Application) -> AsyncIterator[None]:
     finally:
         await output_lines_store.close()
         await store.close()
+
+
+async def _snapshots(app: web.Application) -> AsyncIterator[None]:
+    writer = app[_SNAPSHOTS]
+    async with background(writer.run(), "snapshot-writer"):
+        yield
+    await writer.write()  # a clean stop: the next start folds nothing
 
 
 async def _upload_expiry(app: web.Application) -> AsyncIterator[None]:

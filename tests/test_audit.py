@@ -126,8 +126,11 @@ def test_verify_passes_on_a_good_log_and_says_what_it_checked(copy: tuple[Path, 
     lines = r.stdout.splitlines()
     assert lines[0] == f"hash chain: {n} events, positions 1..{n} with no gap, every hash matches"
     assert lines[1] == "append-only triggers: present"
-    assert lines[2] == f"replay: {n} events decode and apply: 2 uploads, 3 runs"
-    assert "no server running" in lines[3]
+    assert lines[2] == (  # the server that wrote it left a snapshot at its stop
+        f"snapshot: position {n} equals a full replay of the log up to there (2 uploads, 3 runs)"
+    )
+    assert lines[3] == f"replay: {n} events decode and apply: 2 uploads, 3 runs"
+    assert "no server running" in lines[4]
     report = json.loads(run_cli("verify", "--json", "--config", str(config)).stdout)
     assert report == {"ok": True, "checked": lines, "problem": None, "first_bad_position": None}
 

@@ -14,8 +14,9 @@ import hashlib
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
@@ -396,17 +397,34 @@ class EventStore:
 
     async def read_all(self, after: int = 0, page: int = 5000) -> AsyncIterator[RecordedEvent]:
         """Every event after `after` that is committed now, read in pages."""
+        async for events in self.read_pages(after, page):
+            for r in events:
+                yield r
+
+    async def read_pages(
+        self, after: int = 0, page: int = 5000
+    ) -> AsyncIterator[Iterator[RecordedEvent]]:
+        """`read_all` a page at a time, each page an iterator: a replay's inner loop then has
+        no await per event."""
         end = self._head
-        while after < end:
-            rows = await self._rows(after, min(page, end - after))
-            if not rows:
-                return
-            # Each row is decoded as it is consumed, not the page at once: a replay's events
-            # then die young, instead of piling into the oldest GC generation and making the
-            # collector rescan the whole read models again and again.
-            for row in rows:
-                yield _row_to_event(row)
-            after = rows[-1][0]
+        # The next page is read in the database's thread while this one is decoded here.
+        ahead: asyncio.Future[list[sqlite3.Row]] | None = None
+        try:
+            while after < end:
+                rows = await (ahead or self._rows(after, min(page, end - after)))
+                ahead = None
+                if not rows:
+                    return
+                after = rows[-1][0]
+                if after < end:
+                    ahead = asyncio.ensure_future(self._rows(after, min(page, end - after)))
+                # Each row is decoded as it is consumed, not the page at once: a replay's
+                # events then die young, instead of piling into the oldest GC generation and
+                # making the collector rescan the whole read models again and again.
+                yield map(_row_to_event, rows)
+        finally:
+            if ahead is not None:  # the reader stopped early: the page read ahead is not wanted
+                ahead.cancel()
 
     async def read_from(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
         """Committed events after `after` without waiting: from memory when recent enough.
@@ -457,7 +475,11 @@ def _row_to_event(row: Iterable[object]) -> RecordedEvent:
         version,  # type: ignore[arg-type]
         decode(tag, schema, data),  # type: ignore[arg-type]
         decode_metadata(meta),  # type: ignore[arg-type]
-        datetime.fromisoformat(recorded),  # type: ignore[arg-type]
+        _recorded_time(recorded),
         tag,  # type: ignore[arg-type]
         hash_,  # type: ignore[arg-type]
     )
+
+
+# Every row of one commit has the same recorded time: a replay parses each once.
+_recorded_time = lru_cache(maxsize=256)(datetime.fromisoformat)

@@ -28,6 +28,7 @@ from precheck.domain.retention import kind_of, pruned_kinds
 from precheck.events.store import EventStore
 from precheck.ops.errors import OpsError
 from precheck.projections import Projections
+from precheck.projections.snapshot import SnapshotUnusable, load, snapshot_path
 from precheck.storage.files import Storage
 
 MANIFEST = "manifest.json"
@@ -191,6 +192,18 @@ def _copy_files(storage: Storage, dest: Path, state: Projections, report: Backup
     os.replace(part, manifest_path)
 
 
+async def _read_copy(store: EventStore, snapshot: Path) -> Projections:
+    """The copied log's projections. The server's snapshot, when it fits the copy (checked by
+    its chain hash), spares a full replay of a big log; the copy's later events are folded onto
+    it. One that does not (newer than the copy, older code) is no news here: a replay."""
+    try:
+        state = await load(snapshot, store)
+    except SnapshotUnusable:
+        return await Projections.replay(store)
+    await state.fold(store)
+    return state
+
+
 async def backup(config: Config, dest: Path) -> BackupReport:
     """Back the configured storage folder up into `dest` (made if needed)."""
     storage = Storage(config.server.storage_path)
@@ -200,7 +213,7 @@ async def backup(config: Config, dest: Path) -> BackupReport:
     await asyncio.to_thread(_copy_database, storage.db_path, copy)
     store = await EventStore.open(copy)
     try:
-        state = await Projections.replay(store)
+        state = await _read_copy(store, snapshot_path(storage.db_path))
         report.position = store.head
     finally:
         await store.close()

@@ -66,6 +66,8 @@ def fair_order(
 class Queue:
     """Queued runs (ticket = the queuing event's position) in fair order, and running ones."""
 
+    EVENTS = _QUEUE_EVENTS  # the types `apply` looks at: `Projections` feeds it no others
+
     def __init__(self) -> None:
         self._ticket: dict[str, int] = {}
         self._tickets: list[int] = []  # sorted, since positions only grow
@@ -181,6 +183,16 @@ class Queue:
             self._dequeue(e.run_id)
             self.running.discard(e.run_id)
             self.rechecks.discard(e.run_id)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A snapshot keeps what the log says: the config's limit and the supervisor's reasons
+        # are set anew by whoever loads it, and the fair order is made again when asked.
+        return self.__dict__ | {
+            "waiting": {},
+            "max_running_per_owner": 0,
+            "_order": None,
+            "_place": {},
+        }
 
     def _dequeue(self, run_id: str) -> None:
         ticket = self._ticket.pop(run_id, None)

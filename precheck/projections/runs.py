@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -182,6 +182,8 @@ _replace_result = replacer(RunResult)
 
 class Runs:
     """Every run, by id, in creation order."""
+
+    EVENTS: ClassVar[frozenset[type]]  # the types `apply` looks at (set below `_CHANGES`)
 
     def __init__(self) -> None:
         self.by_id: dict[str, RunRecord] = {}
@@ -443,3 +445,5 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
     NotificationRedeliveryRequested: lambda e: {},
     RecheckPlanned: lambda e: {},
 }
+
+Runs.EVENTS = frozenset({RunQueued, *_CHANGES})

@@ -63,6 +63,8 @@ _UPLOAD_EVENTS = frozenset(
 class Uploads:
     """Every upload that is not retired, by id."""
 
+    EVENTS = _UPLOAD_EVENTS  # the types `apply` looks at: `Projections` feeds it no others
+
     def __init__(self) -> None:
         self.by_id: dict[str, UploadRecord] = {}
 
