@@ -244,7 +244,9 @@ def differences(a: Any, b: Any, where: str = "projections") -> str:
         return f"{where}: {type(a).__name__} against {type(b).__name__}"
     if hasattr(a, "__dict__") and not attrs.has(type(a)):
         sa, sb = _state(a), _state(b)
-        for key in sorted(sa.keys() | sb.keys()):
+        # In the order the object sets them (a read model another holds, like the runs a
+        # re-check model reads, is then named at its own place first), then any extra.
+        for key in [*sa, *(k for k in sorted(sb) if k not in sa)]:
             if key not in sa or key not in sb:
                 return f"{where}.{key}: in one only"
             found = differences(sa[key], sb[key], f"{where}.{key}")
