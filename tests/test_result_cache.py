@@ -20,6 +20,7 @@ import pytest
 
 from precheck.config import Config, NotifyConfig
 from precheck.web import keys
+from tests.browser import Browser
 from tests.docker_fixtures import Api, StartApp, docker
 from tests.layouts import gds
 from tests.notify_receivers import SECRET, start_receiver
@@ -407,3 +408,28 @@ async def test_a_source_whose_files_cannot_be_linked_leaves_nothing_and_the_run_
     assert sorted(p.name for p in (root / "tmp").iterdir()) == ["moved-aside"]
     assert sorted(p.name for p in (root / "runs").iterdir()) == [first]
     assert (await api.wait(doc["Id"], 60))["Status"] == "completed"
+
+
+async def test_the_run_page_says_a_run_was_answered_from_the_cache(
+    browser: Browser, start_app: StartApp, cached: Callable[..., Config]
+) -> None:
+    """A run answered from the cache says so under its verdict, naming the run it came from;
+    the run that really ran says nothing of the kind."""
+    api = await start_app(cached())
+    layout = gds("chip_top")
+    first = await api.run(layout, "chip.gds")
+    assert (await api.wait(first, 60))["Status"] == "completed"
+    again = await api.run(layout, "again.gds")
+    assert (await api.get(again))["Result"]["ReusedFrom"] == first
+    browser.point_at(api.client)
+
+    def look(run: str) -> tuple[str, bool]:
+        browser.open(f"#/runs/{run}")
+        browser.until_visible("verdict")
+        browser.until(lambda _: browser.find("verdict-text").text)
+        shown = browser.find("reused")
+        return shown.text, shown.is_displayed()
+
+    text, shown = await browser.drive(lambda: look(again), 60)
+    assert shown and text.startswith("Answered from the result cache") and first in text
+    assert (await browser.drive(lambda: look(first), 60))[1] is False

@@ -1136,6 +1136,12 @@ async function showVerdict(v, doc) {
     if (r?.FailedStep) text = `${text.replace(/\.$/, "")}; failed step ${r.FailedStep}`;
   }
   $("verdict-text").textContent = text;
+  // Answered from the result cache: no container ran; the source is named only to those who
+  // may see it.
+  $("reused").hidden = !r?.Reused;
+  $("reused").textContent = !r?.Reused ? "" : r.ReusedFrom
+    ? `Answered from the result cache: the same layout, parameters and image as run ${r.ReusedFrom}; no container ran.`
+    : "Answered from the result cache: an identical earlier check (same layout bytes, parameters and image); no container ran.";
   const metrics = $("metrics").tBodies[0];
   metrics.innerHTML = "";
   for (const [k, value] of Object.entries(r?.Metrics || {})) {
