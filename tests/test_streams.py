@@ -111,8 +111,9 @@ async def test_run_changes_resume_exactly(start_app: StartApp, ask: str) -> None
     ids = [int(str(m.id)) for m in got[:-1]]  # `end` repeats the final change's id
     assert ids == sorted(set(ids)), f"ids must strictly increase: {ids}"
     kinds = " ".join(m.event for m in got)
-    # The end comes in two changes: the verdict (run.exited), then the outputs stored.
-    assert re.fullmatch(r"(status )+(progress ){16}status status end", kinds), kinds
+    # The end comes in three changes: the verdict (run.exited) with the attempt's resource
+    # peak (run.resources-peaked, in the same append), then the outputs stored.
+    assert re.fullmatch(r"(status )+(progress ){16}status status status end", kinds), kinds
     steps = [doc(m)["Progress"]["Step"] for m in got if m.event == "progress"]
     assert steps == list(range(1, 17))
     final, end = got[-2], got[-1]

@@ -13,7 +13,7 @@ let source = null; // the one open EventSource
 const RUN_EVENTS = ["run.queued", "run.started", "run.progressed", "run.cancel-requested",
   "run.timed-out", "run.exited", "run.outputs-stored", "run.finished", "run.cancelled",
   "run.failed-to-start", "run.finish-failed", "run.retried", "run.deleted", "run.files-pruned",
-  "run.resources-peaked"];
+  "run.resources-peaked", "run.reused"];
 const UPLOAD_EVENTS = [
   "upload.received", "upload.expired", "upload.deleted", "upload.inspected", "upload.inspection-failed",
 ];
