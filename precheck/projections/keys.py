@@ -23,6 +23,8 @@ class KeyRecord:
 class Keys:
     """Live issued keys by name and by digest, and each name's stream version."""
 
+    EVENTS = frozenset({KeyIssued, KeyRevoked})  # the types `apply` looks at
+
     def __init__(self) -> None:
         self.by_name: dict[str, KeyRecord] = {}
         self.by_digest: dict[str, KeyRecord] = {}

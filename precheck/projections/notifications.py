@@ -66,6 +66,12 @@ Attempt = NotificationSent | NotificationFailed
 class Notifications:
     """Deliveries by run, each run's attempts in order, and the keys of those still owed."""
 
+    # The types `apply` looks at: `Projections` feeds it no others.
+    EVENTS = frozenset(
+        {RunQueued, RunDeleted, NotificationSent, NotificationFailed, *_SETTLING}
+        | {NotificationRedeliveryRequested}
+    )
+
     def __init__(self, rechecks: Rechecks | None = None) -> None:
         self.rechecks = rechecks  # applied before this model: a re-check's verdicts
         self.by_run: dict[str, tuple[Delivery, ...]] = {}

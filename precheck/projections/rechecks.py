@@ -21,6 +21,8 @@ class Rechecks:
     re-check run of each run re-checked (by the server, for a new image), and the verdict of
     the run each re-check re-checks, as it was when the re-check was queued (`was`)."""
 
+    EVENTS = _TAKES  # the types `apply` looks at: `Projections` feeds it no others
+
     def __init__(self, runs: Runs) -> None:
         self.runs = runs  # applied before this model, so a queued re-check finds its old run
         self.refs: dict[str, dict[str, int]] = {}  # image -> ref -> position first seen

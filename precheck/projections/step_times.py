@@ -55,6 +55,8 @@ class _Open:
 class StepTimes:
     """The recent ended runs' phase durations per slot size, and the runs under way."""
 
+    EVENTS = _EVENTS  # the types `apply` looks at: `Projections` feeds it no others
+
     def __init__(self) -> None:
         self._shape: dict[str, tuple[str, bool]] = {}  # queued or running run -> (slot, cob)
         self._open: dict[str, _Open] = {}
