@@ -19,11 +19,13 @@ pytestmark = pytest.mark.docker
 
 # The times of day the flow's lines carry: its logger's and its tools' own.
 STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?: [+-]\d{4})?|\[\d\d:\d\d:\d\d\]")
+# The progress bar's last line ends with the time the flow took (`16/16 0:00:01`).
+ELAPSED = re.compile(r"(\d+/\d+) \d+:\d\d:\d\d$")
 
 
 def timeless(lines: list[str]) -> list[str]:
-    """The lines with their times of day blanked out."""
-    return [STAMP.sub("<time>", line) for line in lines]
+    """The lines with their times of day, and the flow's elapsed time, blanked out."""
+    return [ELAPSED.sub(r"\1 <elapsed>", STAMP.sub("<time>", line)) for line in lines]
 
 
 async def shell(command: str, cwd: Path) -> tuple[int, list[str]]:
