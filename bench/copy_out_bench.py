@@ -34,6 +34,7 @@ from typing import Any
 import aiodocker
 
 from bench.harness import (
+    CACHE_OFF,
     LONG,
     DockerWatch,
     LocalServer,
@@ -74,6 +75,7 @@ def local_config(tmp: Path, image: str, name: str, memory: str, **server: Any) -
         },
         "docker": docker_section(image, PREFIX, memory_limit=memory),
         "preflight": PREFLIGHT_OFF,
+        "cache": CACHE_OFF,  # every run is a real one: the same layout is queued again
     }
     return parse_config(raw, "copy-out-bench")
 

@@ -19,6 +19,7 @@ from precheck.domain.run_end import with_peak
 from precheck.events.types import RunExited, RunResourcesPeaked, RunRetried
 from precheck.projections.runs import ResourcePeak
 from precheck.runner.engine import Engine, EngineUnreachable
+from precheck.runner.resource_sampler import ResourceSampler
 from precheck.runner.resource_stats import Thinning, sample_of
 from precheck.storage.output_lines import OutputLineStore
 from precheck.storage.resource_samples import MAX_SAMPLES, ResourceSample
@@ -295,6 +296,45 @@ class BreakingStats(Engine):
             n += 1
             if self.opened <= self.breaks and n >= self.after:
                 raise EngineUnreachable("injected: the stats stream broke")
+
+
+class HangingStats(Engine):
+    """An engine of our own whose stats stream gives `messages` and then nothing, as Docker's
+    does for up to a second after the container stopped (it never talks to an engine)."""
+
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        super().__init__("unix:///nonexistent.sock")
+        self.messages = messages
+        self.drained = asyncio.Event()  # every message read (and so handled by the reader)
+
+    async def stats_stream(self, container_id: str) -> AsyncIterator[dict[str, Any]]:
+        for m in self.messages:
+            yield m
+        self.drained.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_sampler_stopped_at_the_runs_end_keeps_the_sample_it_held(tmp_path: Path) -> None:
+    """The run's end does not wait for Docker's stream to say the container stopped: it stops
+    the sampler, which stores the highest sample it held back (the climb before an OOM)."""
+    store = await OutputLineStore.open(tmp_path / "precheck.db")
+    assert store.resources is not None
+    reads = ["2026-12-02T02:18:21Z", "2026-12-02T02:18:22Z", "2026-12-02T02:18:23Z"]
+    messages = [stats(read=r, usage=u << 20) for r, u in zip(reads, (100, 300, 200), strict=True)]
+    engine = HangingStats(messages)
+    sampler = ResourceSampler(engine, store.resources, "r1", "c1", 15, lambda: True)
+    task = asyncio.create_task(sampler.run())
+    try:
+        await asyncio.wait_for(engine.drained.wait(), 5)
+        assert len(await store.resources.samples("r1")) == 1  # the later two thinned away
+        task.cancel()
+        await asyncio.wait((task,), timeout=2)
+        assert task.done()
+        kept = [s.memory_bytes >> 20 for s in await store.resources.samples("r1")]
+        assert kept == [100, 300]  # the first, and the held peak: not the lower last one
+    finally:
+        task.cancel()
+        await store.close()
 
 
 @pytest.mark.docker

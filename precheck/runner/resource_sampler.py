@@ -39,29 +39,32 @@ class ResourceSampler:
         self._wait = REOPEN_FIRST  # before the next open; back to the first once samples came
 
     async def run(self) -> None:
-        """Sample until the container stops (or the run stops working)."""
+        """Sample until the container stops (or the run stops working, or this is cancelled)."""
         last = await self.store.last(self.run_id)  # a resumed run continues its timeline
         if last is not None:
             peak = await self.store.peak(self.run_id)
             self.thinning.last_kept = last.at
             self.thinning.peak_kept = peak.memory_bytes if peak else 0
-        while self.working():
-            try:
-                if await self._follow():
-                    break  # the container stopped
-            except asyncio.CancelledError:
-                raise
-            except EngineNotFound:
-                break  # the container is gone
-            except EngineError as e:
-                log.info("resource stats of run %s: %s; opening again", self.run_id, e.message)
-            except Exception:
-                log.exception("resource stats of run %s failed; opening again", self.run_id)
-            await asyncio.sleep(self._wait)
-            self._wait = min(2 * self._wait, REOPEN_MAX)
-        held = self.thinning.last()
-        if held is not None:
-            await self._keep(held)
+        try:
+            while self.working():
+                try:
+                    if await self._follow():
+                        break  # the container stopped
+                except asyncio.CancelledError:
+                    raise
+                except EngineNotFound:
+                    break  # the container is gone
+                except EngineError as e:
+                    log.info("resource stats of run %s: %s; opening again", self.run_id, e.message)
+                except Exception:
+                    log.exception("resource stats of run %s failed; opening again", self.run_id)
+                await asyncio.sleep(self._wait)
+                self._wait = min(2 * self._wait, REOPEN_MAX)
+        finally:
+            # Also when cancelled (the run's end stops it): the sample held back is kept.
+            held = self.thinning.last()
+            if held is not None:
+                await self._keep(held)
 
     async def _follow(self) -> bool:
         """Read the stream; True once it says the container stopped."""

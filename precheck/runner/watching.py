@@ -26,7 +26,7 @@ from precheck.storage.output_lines import OutputLineStore
 from precheck.tasks import TaskSet
 
 CAPTURE_GRACE = 30.0  # seconds to wait for the last output lines after a container died
-SAMPLES_GRACE = 3.0  # and for the last resource sample (Docker's stream says so within 1 s)
+SAMPLES_GRACE = 3.0  # and for the sampler to keep the sample it held
 KILL_TRIES = 5
 
 
@@ -98,7 +98,10 @@ class Watcher:
             capture.cancel()
             raise
         sampler = self._samplers.get(run.id)
-        if sampler is not None:  # its last sample counts in the run's peak
+        if sampler is not None:
+            # The container stopped: Docker's stream would say so only at its next tick, up to
+            # a second on. Stopped now, the sampler keeps what it held (it counts in the peak).
+            sampler.cancel()
             await asyncio.wait((sampler,), timeout=SAMPLES_GRACE)
         return facts
 
