@@ -34,7 +34,6 @@ from typing import Any
 import aiodocker
 
 from bench.harness import (
-    CACHE_OFF,
     LONG,
     DockerWatch,
     LocalServer,
@@ -55,7 +54,7 @@ from precheck.runner.container_spec import OUTPUT_DIR
 from precheck.runner.engine import Engine
 from precheck.runner.tar_stream import Entry, write_tar
 from tests import layouts, sse_client
-from tests.simulator_config import PREFLIGHT_OFF
+from tests.simulator_config import CACHE_OFF, PREFLIGHT_OFF
 
 SMALL_RUNS = 30
 WARMUP = 1
