@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from precheck.app import create_app
 from precheck.config import Config
 from precheck.events.store import EventStore, RecordedEvent
 from precheck.events.types import RunProgressed, RunStarted
+from precheck.runner.container_spec import LABEL_RUN, RUNS_DIR
 from precheck.runner.engine import Engine
 from precheck.web import keys
 from tests.simulator_config import simulator_docker
@@ -162,6 +163,27 @@ def _remove_test_containers() -> Iterator[set[str]]:
 def docker_instances(_remove_test_containers: set[str]) -> set[str]:
     """Instance ids of the apps a test started; their containers are removed after the test."""
     return _remove_test_containers
+
+
+class AddingToRunFolder(Engine):
+    """A real engine that puts the tar archive `extra()` into the run folder of a stopped
+    container just before the copy-out reads it (through the archive API, as if the run had
+    written those files)."""
+
+    def extra(self) -> bytes:
+        raise NotImplementedError
+
+    async def get_archive(self, container_id: str, path: str) -> AsyncIterator[bytes] | None:
+        if path == RUNS_DIR:  # the copy-out's read of the runs folder
+            state = await self.inspect(container_id)
+            assert state is not None
+            data = self.extra()
+
+            async def body() -> AsyncIterator[bytes]:
+                yield data
+
+            await self.put_archive(container_id, f"{RUNS_DIR}/{state.labels[LABEL_RUN]}", body())
+        return await super().get_archive(container_id, path)
 
 
 class StartApp(Protocol):

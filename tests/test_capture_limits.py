@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
 from precheck.config import Config
 from precheck.events.types import RunOutputsStored
 from precheck.runner.copy_out import MAX_SKIPPED_LISTED
-from precheck.runner.engine import Engine
 from precheck.web import keys
-from tests.docker_fixtures import StartApp
+from tests.docker_fixtures import AddingToRunFolder, StartApp
 from tests.layouts import gds
 
 pytestmark = pytest.mark.docker
@@ -66,24 +65,17 @@ async def test_copy_out_past_its_caps_lists_what_it_skipped(
 EXTRA_FILES = MAX_SKIPPED_LISTED + 150
 
 
-class ManyFilesEngine(Engine):
-    """A real engine that adds EXTRA_FILES small files to a run folder (through the archive
-    API of the stopped container) before handing out its archive."""
+class ManyFilesEngine(AddingToRunFolder):
+    """A real engine that adds EXTRA_FILES small files to a run folder."""
 
-    async def get_archive(self, container_id: str, path: str) -> AsyncIterator[bytes] | None:
-        if "/runs/" in path:
-            raw = io.BytesIO()
-            with tarfile.open(fileobj=raw, mode="w") as tar:
-                for n in range(EXTRA_FILES):
-                    info = tarfile.TarInfo(f"extra/file-{n:04}.txt")
-                    info.size = 1
-                    tar.addfile(info, io.BytesIO(b"x"))
-
-            async def body() -> AsyncIterator[bytes]:
-                yield raw.getvalue()
-
-            await self.put_archive(container_id, path, body())
-        return await super().get_archive(container_id, path)
+    def extra(self) -> bytes:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            for n in range(EXTRA_FILES):
+                info = tarfile.TarInfo(f"extra/file-{n:04}.txt")
+                info.size = 1
+                tar.addfile(info, io.BytesIO(b"x"))
+        return raw.getvalue()
 
 
 async def test_the_list_of_skipped_files_is_bounded(

@@ -13,12 +13,22 @@ from typing import Any
 
 import pytest
 
+from precheck.config import DockerConfig
 from precheck.events.types import RunOutputsStored
-from precheck.runner.container_spec import LABEL_INSTANCE
-from precheck.runner.copy_out import SKIP_READ, _unread
+from precheck.runner.container_spec import (
+    INPUT_DIR,
+    LABEL_INSTANCE,
+    container_spec,
+    input_entries,
+    input_path,
+)
+from precheck.runner.copy_out import SKIP_READ, Caps, CopyOut, _unread, copy_out
 from precheck.runner.engine import Engine
+from precheck.runner.tar_stream import Entry, write_tar
+from precheck.storage.files import Storage
 from precheck.web import keys
 from tests.docker_fixtures import StartApp
+from tests.factories import given, run_queued, run_started
 from tests.layouts import gds
 
 
@@ -75,7 +85,7 @@ async def test_a_big_file_not_kept_is_not_read_and_the_same_files_are_kept(
     start_app: StartApp, tmp_path: Path
 ) -> None:
     """The final layout in the run folder (not kept: it is the output) is bigger than
-    SKIP_READ: the run folder takes more than one archive read, and the run keeps the same
+    SKIP_READ: the runs folder takes more than one archive read, and the run keeps the same
     files as a run of a small layout, each on disk with its listed size and sha256."""
     api = await start_app()
     engine = api.app[keys.SUPERVISOR].engine
@@ -92,8 +102,8 @@ async def test_a_big_file_not_kept_is_not_read_and_the_same_files_are_kept(
     layout = big_layout()
     run = await api.run(layout)
     big = await stored(api, run)
-    assert small_reads == 2, paths  # the run folder and the output, one read each
-    assert len(paths) - small_reads > 2, paths  # the run folder's read stopped and went on
+    assert paths[:small_reads] == ["/workspace/runs"], paths  # the run folder and the output
+    assert len(paths) - small_reads > 1, paths  # the runs folder's read stopped and went on
     assert not any("/final/gds" in p for p in paths), paths  # the final layout is never asked
     assert [f.path for f in big.files] == [f.path for f in small.files]
     assert big.output is not None and big.output.size == len(layout)
@@ -147,3 +157,82 @@ async def test_an_archive_read_stopped_early_lets_the_next_request_through(
             await cleanup.remove(container_id)
         finally:
             await cleanup.close()
+
+
+async def _stopped_run(
+    simulator_image: str, instance: str, entries: list[Entry]
+) -> tuple[Engine, str]:
+    """A container of the simulator run to its end as the server runs it, given `entries`
+    (the input archive) before its start."""
+    engine = Engine()
+    run = given(run_queued(top_cell="chip_top"), run_started()).runs.by_id["r1"]
+    spec = container_spec(run, DockerConfig(image=simulator_image), instance)
+    container_id = await engine.create(f"precheck-test-{uuid.uuid4().hex[:12]}", spec)
+    await engine.put_archive(container_id, "/", write_tar(entries))
+    await engine.start(container_id)
+    async with asyncio.timeout(60):
+        while (state := await engine.inspect(container_id)) and state.running:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    return engine, container_id
+
+
+@pytest.mark.docker
+async def test_a_container_from_before_the_output_link_still_gives_its_output(
+    simulator_image: str, docker_instances: set[str], tmp_path: Path
+) -> None:
+    """A container made before `/output` linked beside the run folder (a real folder there,
+    as an upgrade finds one) gives the same files: the output read on its own."""
+    instance = uuid.uuid4().hex
+    docker_instances.add(instance)
+    run = given(run_queued(top_cell="chip_top"), run_started()).runs.by_id["r1"]
+    layout = tmp_path / "layout.gds"
+    layout.write_bytes(gds("chip_top"))
+    old = [
+        Entry(INPUT_DIR.lstrip("/")),
+        Entry("output"),
+        Entry(input_path(run).lstrip("/"), layout),
+    ]
+    engine, container_id = await _stopped_run(simulator_image, instance, old)
+    paths: list[str] = []
+    get_archive = engine.get_archive
+
+    async def counted(cid: str, path: str) -> Any:
+        paths.append(path)
+        return await get_archive(cid, path)
+
+    setattr(engine, "get_archive", counted)  # noqa: B010 - on this instance only
+    try:
+        copied = await copy_out(engine, Storage(tmp_path / "data"), run, container_id)
+    finally:
+        await engine.close()
+    assert paths == ["/workspace/runs", "/output/chip_top.gds"], paths
+    assert copied.output is not None and copied.output.path == "output/chip_top.gds"
+    assert copied.output.size > 0
+    assert any(f.path == "run/flow.log" for f in copied.files), copied.files
+
+
+@pytest.mark.docker
+async def test_an_abandoned_copy_out_leaves_nothing(
+    simulator_image: str, docker_instances: set[str], tmp_path: Path
+) -> None:
+    """Begun while the exit is recorded, a copy-out the exit makes pointless (the run is
+    retried) is abandoned: no file of it stays, hidden or named."""
+    instance = uuid.uuid4().hex
+    docker_instances.add(instance)
+    run = given(run_queued(top_cell="chip_top"), run_started()).runs.by_id["r1"]
+    layout = tmp_path / "layout.gds"
+    layout.write_bytes(gds("chip_top"))
+    engine, container_id = await _stopped_run(simulator_image, instance, input_entries(run, layout))
+    storage = Storage(tmp_path / "data")
+    try:
+        copying = CopyOut(engine, storage, run, container_id, Caps())
+        await asyncio.sleep(0.5)  # well into the read, or past it
+        await copying.abandon()
+        done = await CopyOut(engine, storage, run, container_id, Caps()).finish()
+    finally:
+        await engine.close()
+    assert done.output is not None  # the same container still gives everything
+    left = sorted(p.name for p in storage.run_dir(run.id).rglob("*") if p.is_file())
+    assert left == sorted(Path(f.path).name for f in (done.output, *done.files)), (
+        left
+    )  # only the finished copy's files: none of the abandoned one's

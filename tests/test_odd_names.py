@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
 from precheck.config import Config
-from precheck.runner.engine import Engine
-from tests.docker_fixtures import StartApp
+from tests.docker_fixtures import AddingToRunFolder, StartApp
 from tests.layouts import gds
 
 pytestmark = pytest.mark.docker
@@ -24,25 +23,18 @@ RAW_NAME = b"reports/caf\xe9-\xff.txt"  # Latin-1 bytes, not UTF-8
 ESCAPED = "caf\\xe9-\\xff.txt"
 
 
-async def one_archive(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+class OddNameEngine(AddingToRunFolder):
+    """A real engine that adds a file with a name that is not UTF-8 to a run folder."""
 
-
-class OddNameEngine(Engine):
-    """A real engine that adds a file with a name that is not UTF-8 to a run folder before
-    handing out its archive."""
-
-    async def get_archive(self, container_id: str, path: str) -> AsyncIterator[bytes] | None:
-        if "/runs/" in path:
-            raw = io.BytesIO()
-            with tarfile.open(
-                fileobj=raw, mode="w", format=tarfile.GNU_FORMAT, errors="surrogateescape"
-            ) as tar:
-                info = tarfile.TarInfo(RAW_NAME.decode("utf-8", "surrogateescape"))
-                info.size = 5
-                tar.addfile(info, io.BytesIO(b"odd\n\n"))
-            await self.put_archive(container_id, path, one_archive(raw.getvalue()))
-        return await super().get_archive(container_id, path)
+    def extra(self) -> bytes:
+        raw = io.BytesIO()
+        with tarfile.open(
+            fileobj=raw, mode="w", format=tarfile.GNU_FORMAT, errors="surrogateescape"
+        ) as tar:
+            info = tarfile.TarInfo(RAW_NAME.decode("utf-8", "surrogateescape"))
+            info.size = 5
+            tar.addfile(info, io.BytesIO(b"odd\n\n"))
+        return raw.getvalue()
 
 
 async def test_a_name_that_is_not_utf8_is_stored_escaped(

@@ -247,10 +247,12 @@ def test_an_engine_limits_memory_and_cpus_of_its_own() -> None:
 
 
 def test_the_input_archive_holds_both_folders_and_the_layout() -> None:
-    """The layout goes to /input under its stored name; /output exists before the start."""
+    """The layout goes to /input under its stored name; /output exists before the start, as a
+    link to a folder beside the run folders (so one archive holds the output and the run)."""
     entries = input_entries(_run(), Path("/somewhere/input.gds"))
-    assert [(e.name, e.source) for e in entries] == [
-        ("input", None),
-        ("output", None),
-        ("input/input.gds", Path("/somewhere/input.gds")),
+    assert [(e.name, e.source, e.link) for e in entries] == [
+        ("input", None, None),
+        ("workspace/runs/.output", None, None),
+        ("output", None, "/workspace/runs/.output"),
+        ("input/input.gds", Path("/somewhere/input.gds"), None),
     ]

@@ -12,9 +12,9 @@ from pathlib import Path, PurePosixPath
 import attrs
 
 from precheck.domain.run_end import CopiedOut
-from precheck.events.types import OutputFile, SkippedFile
+from precheck.events.types import FindingsCount, OutputFile, SkippedFile
 from precheck.projections.runs import RunRecord
-from precheck.runner.container_spec import OUTPUT_DIR, WORKDIR, output_name
+from precheck.runner.container_spec import OUTPUT_DIR, OUTPUT_STORE, RUNS_DIR, output_name
 from precheck.runner.engine import Engine
 from precheck.runner.tar_stream import Extracted, Staged, extract_tar
 from precheck.storage.files import Storage
@@ -25,6 +25,7 @@ MAX_KEPT_FILE = 256 << 20  # intermediate layouts in step folders are not worth 
 MAX_SKIPPED_LISTED = 100  # files not copied out named in the event; the rest are counted
 RUN_FOLDER = "run"  # runs/<id>/run/ holds the precheck's own run folder (reports/, final/, ...)
 OUTPUT_FOLDER = "output"
+OUTPUT_STORE_NAME = PurePosixPath(OUTPUT_STORE).name
 # A file not kept bigger than this is not read past: asking anew for what follows costs less.
 SKIP_READ = 8 << 20
 
@@ -48,6 +49,13 @@ def _utf8_name(path: PurePosixPath) -> PurePosixPath:
     return path
 
 
+# Reads a run's kept reports and writes what it found beside them, not yet synced (blocking):
+# (run folder, kept files) -> (the counts for the event, the files it wrote).
+FindingsWriter = Callable[
+    [Path, tuple[OutputFile, ...]], tuple[tuple[FindingsCount, ...], list[Path]]
+]
+
+
 class CopyOutFailed(Exception):
     """A file the copy-out keeps could not be stored; the finish fails and is tried again."""
 
@@ -64,93 +72,144 @@ class Caps:
 async def copy_out(
     engine: Engine, storage: Storage, run: RunRecord, container_id: str, caps: Caps = Caps()
 ) -> CopiedOut:
-    """Copy the output layout and the run folder (minus bulky intermediates) out; what the
-    caps leave out is listed with why. Raises `CopyOutFailed`, leaving nothing in the run's
-    folder, when a file it keeps cannot be stored."""
-    run_dir = storage.run_dir(run.id)
-    files: list[OutputFile] = []
-    skipped: list[SkippedFile] = []
-    completed: set[str] = set()
-    skipped_more = [0]  # files past MAX_SKIPPED_LISTED, counted only
-    taken = [0, 0]  # files, bytes
+    """Copy the output layout and the run folder (minus bulky intermediates) out, at once."""
+    return await CopyOut(engine, storage, run, container_id, caps).finish()
 
-    def keep_run_file(name: str, size: int) -> Path | None:
+
+class CopyOut:
+    """One run's copy-out of its stopped container, begun as soon as it is made (while the
+    run's exit is still being recorded) and then finished, or abandoned when there is nothing
+    to keep after all (the run is retried, cancelled or deleted).
+
+    The output layout and the run folder are read in one archive of the runs folder (`/output`
+    links there; a container of the layout from before that is read in two). Files are written
+    hidden and given their names only by `finish`: an abandoned copy leaves nothing."""
+
+    def __init__(
+        self, engine: Engine, storage: Storage, run: RunRecord, container_id: str, caps: Caps
+    ) -> None:
+        self.engine = engine
+        self.run = run
+        self.container_id = container_id
+        self.caps = caps
+        self.run_dir = storage.run_dir(run.id)
+        self.name = output_name(run)
+        self.target = self.run_dir / OUTPUT_FOLDER / self.name
+        self.skipped: list[SkippedFile] = []
+        self.skipped_more = 0  # files past MAX_SKIPPED_LISTED, counted only
+        self.completed: set[str] = set()
+        self.taken = [0, 0]  # files, bytes
+        self.staged = Staged()
+        self._fetch = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> list[Extracted]:
+        found = await _copy_folder(
+            self.engine, self.container_id, RUNS_DIR, self._keep, self.staged
+        )
+        if not any(x.path == self.target for x in found):
+            # No output in the runs folder: a container made before `/output` linked there
+            # (or a run that wrote none, for which this finds none either).
+            tar = await self.engine.get_archive(self.container_id, f"{OUTPUT_DIR}/{self.name}")
+            if tar is not None:
+                keep = lambda n, _: self.target if n == self.name else None  # noqa: E731
+                found += await extract_tar(tar, keep, self.staged)
+        return found
+
+    def _keep(self, name: str, size: int) -> Path | None:
+        """Where a file of the runs folder's archive (`runs/...`) goes, or None: not kept."""
         rel = _safe_relative(name)
-        if rel is None or len(rel.parts) < 2:
+        if rel is None or len(rel.parts) < 3:
             return None
-        inner = _utf8_name(PurePosixPath(*rel.parts[1:]))  # drop the <tag>/ it starts with
+        if rel.parts[1] == OUTPUT_STORE_NAME:
+            return self.target if rel.parts[2:] == (self.name,) else None
+        if rel.parts[1] != self.run.id:
+            return None  # not this run's folder
+        inner = _utf8_name(PurePosixPath(*rel.parts[2:]))
         if inner.name == "state_out.json" and len(inner.parts) == 2:
-            completed.add(f"runs/{run.id}/{inner.parts[0]}")
+            self.completed.add(f"runs/{self.run.id}/{inner.parts[0]}")
         if inner.parts[:2] == ("final", "gds"):
             return None  # the final layout is the output, copied on its own
         why = None
         if size > MAX_KEPT_FILE:
             why = f"larger than {MAX_KEPT_FILE >> 20} MiB (an intermediate layout)"
-        elif taken[0] >= caps.files:
-            why = f"over docker.max_output_files ({caps.files})"
-        elif taken[1] + size > caps.bytes:
-            why = f"over docker.max_output_mib ({caps.bytes >> 20})"
+        elif self.taken[0] >= self.caps.files:
+            why = f"over docker.max_output_files ({self.caps.files})"
+        elif self.taken[1] + size > self.caps.bytes:
+            why = f"over docker.max_output_mib ({self.caps.bytes >> 20})"
         if why is not None:
-            if len(skipped) < MAX_SKIPPED_LISTED:
-                skipped.append(SkippedFile(inner.as_posix(), size, why))
+            if len(self.skipped) < MAX_SKIPPED_LISTED:
+                self.skipped.append(SkippedFile(inner.as_posix(), size, why))
             else:
-                skipped_more[0] += 1
+                self.skipped_more += 1
             return None
-        taken[0] += 1
-        taken[1] += size
-        return run_dir / RUN_FOLDER / inner
+        self.taken[0] += 1
+        self.taken[1] += size
+        return self.run_dir / RUN_FOLDER / inner
 
-    name = output_name(run)
-    target = run_dir / OUTPUT_FOLDER / name
-    staged = Staged()
+    async def abandon(self) -> None:
+        """Stop reading and drop what was written."""
+        self._fetch.cancel()
+        await asyncio.gather(self._fetch, return_exceptions=True)
+        await asyncio.shield(asyncio.to_thread(self.staged.discard))
 
-    async def copy_output() -> list[Extracted]:
-        tar = await engine.get_archive(container_id, f"{OUTPUT_DIR}/{name}")
-        keep = lambda n, _: target if n == name else None  # noqa: E731
-        return [] if tar is None else await extract_tar(tar, keep, staged)
+    async def finish(self, write_findings: FindingsWriter | None = None) -> CopiedOut:
+        """The files, in the run's folder under their names, and what `write_findings` read
+        from them (the file it wrote is synced with them, in the same flush). Raises
+        `CopyOutFailed`, leaving nothing in the run's folder, when a file it keeps cannot be
+        stored."""
+        findings: tuple[FindingsCount, ...] = ()
 
-    # Both copies at once: most of each is Docker preparing the archive of a stopped container.
-    copies = [
-        asyncio.ensure_future(
-            _copy_folder(engine, container_id, f"{WORKDIR}/runs/{run.id}", keep_run_file, staged)
-        ),
-        asyncio.ensure_future(copy_output()),
-    ]
-    try:
-        run_files, out_files = await asyncio.gather(*copies)
-        failed = [x for x in run_files + out_files if x.error is not None]
-        placed = {} if failed else await staged.place()
-    except BaseException:
-        for c in copies:
-            c.cancel()
-        await asyncio.gather(*copies, return_exceptions=True)
-        await asyncio.shield(asyncio.to_thread(staged.discard))
-        raise
-    failed += [
-        attrs.evolve(x, path=None, error=placed[x.path])
-        for x in run_files + out_files
-        if x.path is not None and x.path in placed
-    ]
-    if failed:
-        # A kept file that cannot be stored (a full disk) fails the finish, which is tried
-        # again: a run is never final without its files. Nothing of this try is left behind.
-        await asyncio.to_thread(staged.discard)
-        await asyncio.to_thread(_remove_tree, run_dir)
-        first = failed[0]
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise CopyOutFailed(f"could not store {first.name!r}: {first.error}{more}")
-    output = None
-    for x in run_files + out_files:
-        if x.path is not None and x.sha256 is not None:
-            rel = x.path.relative_to(run_dir).as_posix()
-            if x.path == target:
-                output = OutputFile(rel, x.size, x.sha256)
-            else:
-                files.append(OutputFile(rel, x.size, x.sha256))
-    metrics = _metrics(run_dir / RUN_FOLDER / "final" / "metrics.json")
-    return CopiedOut(
-        output, tuple(files), frozenset(completed), metrics, tuple(skipped), skipped_more[0]
-    )
+        def write_found() -> list[Path]:
+            nonlocal findings
+            if write_findings is None:
+                return []
+            findings, written = write_findings(self.run_dir, files)
+            return written
+
+        try:
+            found = await self._fetch
+            failed = [x for x in found if x.error is not None]
+            output, files = self._listed(found)
+            placed = {} if failed else await self.staged.place(write_found)
+        except BaseException:
+            await self.abandon()
+            raise
+        failed += [
+            attrs.evolve(x, path=None, error=placed[x.path])
+            for x in found
+            if x.path is not None and x.path in placed
+        ]
+        if failed:
+            # A kept file that cannot be stored (a full disk) fails the finish, which is tried
+            # again: a run is never final without its files. Nothing of this try is left behind.
+            await asyncio.to_thread(self.staged.discard)
+            await asyncio.to_thread(_remove_tree, self.run_dir)
+            first = failed[0]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise CopyOutFailed(f"could not store {first.name!r}: {first.error}{more}")
+        metrics = _metrics(self.run_dir / RUN_FOLDER / "final" / "metrics.json")
+        return CopiedOut(
+            output=output,
+            files=files,
+            completed_folders=frozenset(self.completed),
+            metrics=metrics,
+            skipped=tuple(self.skipped),
+            skipped_more=self.skipped_more,
+            findings=findings,
+        )
+
+    def _listed(self, found: list[Extracted]) -> tuple[OutputFile | None, tuple[OutputFile, ...]]:
+        """The output layout and the other files kept, as the event lists them."""
+        output = None
+        files: list[OutputFile] = []
+        for x in found:
+            if x.path is not None and x.sha256 is not None:
+                rel = x.path.relative_to(self.run_dir).as_posix()
+                if x.path == self.target:
+                    output = OutputFile(rel, x.size, x.sha256)
+                else:
+                    files.append(OutputFile(rel, x.size, x.sha256))
+        return output, tuple(files)
 
 
 def _remove_tree(root: Path) -> None:

@@ -84,31 +84,45 @@ def counts(found: Iterable[ReportFindings]) -> tuple[FindingsCount, ...]:
 
 
 def store_findings(run_dir: Path, files: Iterable[OutputFile]) -> tuple[FindingsCount, ...]:
-    """Read the run's reports and write `findings.json` whole (a temporary file, synced, then
-    renamed); the counts for the event. Nothing to read: no file. Blocking. A file that cannot
-    be written (a full disk) is logged and the run ends without findings."""
+    """Read the run's reports and write `findings.json` whole, synced; the counts for the
+    event. Nothing to read: no file. Blocking."""
+    found, written = write_findings(run_dir, files)
+    try:
+        for path in written:
+            for p in (path, path.parent):
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except OSError as e:
+        log.warning("findings of %s not stored: %s", run_dir.name, e)
+        return ()
+    return found
+
+
+def write_findings(
+    run_dir: Path, files: Iterable[OutputFile]
+) -> tuple[tuple[FindingsCount, ...], list[Path]]:
+    """Read the run's reports and write `findings.json` whole (a temporary file renamed), not
+    yet synced: the counts for the event, and the file written (none when there was nothing to
+    read). Blocking. A file that cannot be written (a full disk) is logged and the run ends
+    without findings."""
     found = read_findings(run_dir, files)
     if not found:
-        return ()
+        return (), []
     target = run_dir / FINDINGS_FILE
     temp = run_dir / f".{FINDINGS_FILE}.part"
     try:
         with temp.open("w", encoding="utf-8") as out:
             json.dump({"reports": to_jsonable(found)}, out, ensure_ascii=False)
-            out.flush()
-            os.fsync(out.fileno())
         temp.replace(target)
-        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
     except OSError as e:
         log.warning("findings of %s not stored: %s", run_dir.name, e)
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
-        return ()
-    return counts(found)
+        return (), []
+    return counts(found), [target]
 
 
 def load_findings(run_dir: Path) -> list[dict[str, Any]]:

@@ -63,23 +63,24 @@ class Finisher:
         self.finishing: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()  # a stop came while the run's end was being recorded
 
-    def finish_soon(self, run_id: str, engine_lost: str = "") -> None:
+    def finish_soon(self, run_id: str, engine_lost: str = "", died: bool = False) -> None:
         """Record the run's end in the background (`engine_lost`: its engine is gone for good,
-        and why). A stop seen while it is under way finishes it again afterwards."""
+        and why; `died`: its engine said the container died). A stop seen while it is under
+        way finishes it again afterwards."""
         if run_id in self.finishing:
             self._again.add(run_id)  # the finish under way may have seen it running
             return
         self.finishing[run_id] = self.tasks.spawn(
-            self._finish(run_id, engine_lost), f"finish-{run_id}"
+            self._finish(run_id, engine_lost, died), f"finish-{run_id}"
         )
 
-    async def _finish(self, run_id: str, engine_lost: str) -> None:
+    async def _finish(self, run_id: str, engine_lost: str, died: bool) -> None:
         async def failed(e: Exception, tries: int) -> None:
             await self.recorder.failed(f"finish (try {tries} of {FINISH_TRIES})", e, run_id)
 
         try:
             ended = await retried(
-                lambda: self.run_end.record(run_id, engine_lost), self.finish_backoff, failed
+                lambda: self.run_end.record(run_id, engine_lost, died), self.finish_backoff, failed
             )
             if ended:
                 self.watcher.forget(run_id)

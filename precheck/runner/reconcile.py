@@ -93,7 +93,7 @@ class Reconciler:
         # `die` ends a run; `destroy` of a container someone else removed too. OOM needs no
         # reaction of its own: the `die` that follows carries it in the container's state.
         if run.status == RunStatus.RUNNING and action in ("die", "destroy"):
-            self.finisher.finish_soon(run_id)
+            self.finisher.finish_soon(run_id, died=action == "die")
 
     async def reconcile(self, f: EngineFollower) -> None:
         """Match every labelled container on engine `f` to its run: adopt, finish or remove it."""
