@@ -119,6 +119,26 @@ def simulator_image(docker_available: str | None) -> Iterator[str]:
 
 
 @pytest.fixture
+def image_and_another(simulator_image: str) -> Iterator[tuple[str, str]]:
+    """A name standing for the simulator image, and another image (another id, the same
+    content) to bring under that name later, as a republished or rebuilt tag would:
+    `(name, other)`, both removed after the test."""
+    name = f"precheck-named:{uuid.uuid4().hex[:12]}"
+    other = f"precheck-other:{uuid.uuid4().hex[:12]}"
+    subprocess.run(["docker", "tag", simulator_image, name], check=True, timeout=60)
+    subprocess.run(
+        ["docker", "build", "-q", "-t", other, "-"],
+        input=f"FROM {simulator_image}\nLABEL precheck.test=other\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    yield name, other
+    subprocess.run(["docker", "rmi", name, other], capture_output=True, timeout=60)
+
+
+@pytest.fixture
 def sim_config(make_config: Callable[..., Config], simulator_image: str) -> Callable[..., Config]:
     """Factory: a Config running the simulator image, never pulling, with a small memory limit.
 

@@ -3,9 +3,7 @@ resolves the image anew (pulled unless the engine's policy is `never`), linked t
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -15,25 +13,6 @@ from tests.docker_fixtures import StartApp, docker
 from tests.layouts import gds
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def published(simulator_image: str) -> Iterator[tuple[str, str]]:
-    """A name standing for the simulator image, and a newer image (another id) that a pull of
-    that name brings: `(name, newer)`, removed after the test."""
-    name = f"precheck-recheck:{uuid.uuid4().hex[:12]}"
-    newer = f"precheck-recheck-newer:{uuid.uuid4().hex[:12]}"
-    subprocess.run(["docker", "tag", simulator_image, name], check=True, timeout=60)
-    subprocess.run(
-        ["docker", "build", "-q", "-t", newer, "-"],
-        input=f"FROM {simulator_image}\nLABEL precheck.test=newer\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    yield name, newer
-    subprocess.run(["docker", "rmi", name, newer], capture_output=True, timeout=60)
 
 
 class Registry(Engine):
@@ -55,11 +34,11 @@ async def _image_id(image: str) -> str:
 
 
 async def test_a_recheck_runs_the_image_the_name_stands_for_now(
-    start_app: StartApp, sim_config: Callable[..., Config], published: tuple[str, str]
+    start_app: StartApp, sim_config: Callable[..., Config], image_and_another: tuple[str, str]
 ) -> None:
     """With pull policy `missing` a re-run keeps the image the engine has; a re-check pulls
     first and runs the newer one, same upload and parameters, `RecheckOf` naming the run."""
-    name, newer = published
+    name, newer = image_and_another
     engines: list[Registry] = []
 
     def make(url: str) -> Registry:

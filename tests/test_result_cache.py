@@ -7,10 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,31 +202,12 @@ async def test_with_the_cache_off_in_the_config_every_run_runs(
     assert (await api.wait(doc["Id"], 60))["Status"] == "completed"
 
 
-@pytest.fixture
-def renamed(simulator_image: str) -> Iterator[tuple[str, str]]:
-    """A name standing for the simulator image, and another image (another id) to put under
-    that name later: `(name, rebuilt)`, removed after the test."""
-    name = f"precheck-cache:{uuid.uuid4().hex[:12]}"
-    rebuilt = f"precheck-cache-rebuilt:{uuid.uuid4().hex[:12]}"
-    subprocess.run(["docker", "tag", simulator_image, name], check=True, timeout=60)
-    subprocess.run(
-        ["docker", "build", "-q", "-t", rebuilt, "-"],
-        input=f"FROM {simulator_image}\nLABEL precheck.test=rebuilt\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    yield name, rebuilt
-    subprocess.run(["docker", "rmi", name, rebuilt], capture_output=True, timeout=60)
-
-
 async def test_an_image_changed_under_its_name_makes_the_next_run_real(
-    start_app: StartApp, cached: Callable[..., Config], renamed: tuple[str, str]
+    start_app: StartApp, cached: Callable[..., Config], image_and_another: tuple[str, str]
 ) -> None:
     """The image is resolved before deciding: once the name stands for another image (a tag
     rebuilt), the next identical run runs on it; the one after is answered from that one."""
-    name, rebuilt = renamed
+    name, rebuilt = image_and_another
     api = await start_app(cached(image=name))
     layout = gds("chip_top")
     first = await api.run(layout)
