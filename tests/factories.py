@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from precheck.domain.status import RunStatus
 from precheck.events.store import RecordedEvent
 from precheck.events.types import (
     TAGS,
@@ -25,6 +26,7 @@ from precheck.events.types import (
     stream_of,
 )
 from precheck.projections import Projections
+from precheck.projections.runs import InputFile, RunRecord
 
 T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
 EXPIRY = timedelta(hours=1)
@@ -98,3 +100,21 @@ def given(*events: Event) -> Projections:
             )
         )
     return state
+
+
+def running_record(queued_at: datetime = T0, **changes: Any) -> RunRecord:
+    """A running run's record, for pure tests: upload `uuu...`'s GDS file, top cell
+    `chip_top`, slot 1x1, container `ccc...`; `changes` set other fields."""
+    run = RunRecord(
+        "r" * 32,
+        "u" * 32,
+        "chip_top",
+        "AB12CD34",
+        "1x1",
+        False,
+        InputFile("chip.gds", "input.gds", "gds", 100, "0" * 64),
+        queued_at,
+        status=RunStatus.RUNNING,
+        container_id="c" * 64,
+    )
+    return attrs.evolve(run, **changes)

@@ -27,7 +27,7 @@ from precheck.events.types import (
     RunFailedToStart,
     RunRetried,
 )
-from precheck.projections.runs import InputFile, RunRecord, RunResult
+from precheck.projections.runs import RunRecord, RunResult
 from precheck.runner.container_spec import (
     LABEL_INSTANCE,
     LABEL_RUN,
@@ -38,7 +38,7 @@ from precheck.runner.container_spec import (
     precheck_argv,
     step_total,
 )
-from tests.factories import run_outputs_stored
+from tests.factories import run_outputs_stored, running_record
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 STOPPED = datetime(2026, 11, 26, 11, 59, 58, tzinfo=UTC)
@@ -53,19 +53,7 @@ FAILURE = "Error: The precheck failed with the following exception:"
 
 
 def _run(**changes: Any) -> RunRecord:
-    run = RunRecord(
-        "r" * 32,
-        "u" * 32,
-        "chip_top",
-        "AB12CD34",
-        "1x1",
-        False,
-        InputFile("chip.gds", "input.gds", "gds", 100, "0" * 64),
-        NOW,
-        status=RunStatus.RUNNING,
-        container_id="c" * 64,
-    )
-    return attrs.evolve(run, **changes)
+    return running_record(NOW, **changes)
 
 
 def _facts(*lines: str) -> OutputFacts:

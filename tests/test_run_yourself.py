@@ -13,12 +13,12 @@ from precheck.config import Config, DockerConfig, EngineConfig
 from precheck.domain.notify import payload, summary_lines
 from precheck.domain.status import RunStatus
 from precheck.events.types import RunRetried
-from precheck.projections.runs import InputFile, RunRecord
+from precheck.projections.runs import RunRecord
 from precheck.runner.container_spec import container_spec, precheck_argv
 from precheck.runner.image_ref import ImageRef, repo_digest, repository
 from precheck.runner.run_yourself import layout_name, run_argv, run_command, size
 from precheck.web.render import run_document
-from tests.factories import T0, given, run_queued, run_started, upload_received
+from tests.factories import T0, given, run_queued, run_started, running_record, upload_received
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 ID = "sha256:" + "1d" * 32
@@ -26,21 +26,7 @@ DIGEST = "ghcr.io/wafer-space/gf180mcu-precheck@sha256:" + "d1" * 32
 
 
 def _run(**changes: Any) -> RunRecord:
-    run = RunRecord(
-        "r" * 32,
-        "u" * 32,
-        "chip_top",
-        "AB12CD34",
-        "1x1",
-        False,
-        InputFile("chip.gds", "input.gds", "gds", 100, "0" * 64),
-        NOW,
-        status=RunStatus.RUNNING,
-        container_id="c" * 64,
-        image_id=ID,
-        image_digest=DIGEST,
-    )
-    return attrs.evolve(run, **changes)
+    return running_record(NOW, **{"image_id": ID, "image_digest": DIGEST, **changes})
 
 
 def _words(command: str) -> list[str]:
