@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from functools import singledispatch
+from typing import Protocol
 
 import attrs
 
@@ -24,6 +25,7 @@ from precheck.events.types import (
     KeyIssued,
     KeyRevoked,
     NotificationRedeliveryRequested,
+    Preflight,
     RecheckPlanned,
     RunCancelled,
     RunCancelRequested,
@@ -37,6 +39,7 @@ from precheck.events.types import (
     UploadReceived,
 )
 from precheck.projections import Projections
+from precheck.projections.uploads import UploadRecord
 
 DIE_ID = re.compile(r"[A-Za-z0-9]{8}")
 # A plain cell name: it becomes a file name in the container, so no dots, slashes or spaces.
@@ -292,24 +295,7 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
             ' (send "preflight": "warn" to queue it anyway)',
             preflight.checks,
         )
-    event = RunQueued(
-        c.run_id,
-        upload.id,
-        c.top_cell,
-        c.die_id,
-        c.slot,
-        c.cob,
-        upload.name,
-        upload.filename,
-        upload.format,
-        upload.size,
-        upload.sha256,
-        c.now,
-        preflight,
-        c.notify,
-        c.recheck_of,
-        c.output_format,
-    )
+    event = _queued(c.run_id, upload, c, c.now, preflight, c.notify, c.recheck_of, c.output_format)
     expect = {upload_stream(upload.id): upload.version, run_stream(c.run_id): 0}
     if c.reuse is None:
         return Decision((event,), expect)
@@ -319,6 +305,52 @@ def _queue(c: QueueRun, state: Projections) -> Decision:
     # The source's version too: a change to it before this append makes it decided again.
     expect[run_stream(source.id)] = source.version
     return Decision((event, reused_event(c.run_id, c.owner, source, c.now)), expect)
+
+
+class _RunParameters(Protocol):
+    """What a run is asked to check with: a user's `QueueRun`, or the run a re-check repeats."""
+
+    @property
+    def top_cell(self) -> str: ...
+    @property
+    def die_id(self) -> str: ...
+    @property
+    def slot(self) -> str: ...
+    @property
+    def cob(self) -> bool: ...
+
+
+def _queued(
+    run_id: str,
+    upload: UploadRecord,
+    p: _RunParameters,
+    now: datetime,
+    preflight: Preflight,
+    notify: tuple[Subscription, ...],
+    recheck_of: str,
+    output_format: str,
+    reason: str = "",
+) -> RunQueued:
+    """The run of `upload`'s file with parameters `p`, joining the queue."""
+    return RunQueued(
+        run_id,
+        upload.id,
+        p.top_cell,
+        p.die_id,
+        p.slot,
+        p.cob,
+        upload.name,
+        upload.filename,
+        upload.format,
+        upload.size,
+        upload.sha256,
+        now,
+        preflight,
+        notify,
+        recheck_of,
+        output_format,
+        reason,
+    )
 
 
 def _key(c: QueueRun, queued: RunQueued, reuse: Reuse) -> CacheKey:
@@ -460,23 +492,15 @@ def _plan_rechecks(c: PlanRechecks, state: Projections) -> Decision:
             continue
         events.append(RecheckPlanned(upload.id, last.id, c.image, c.ref, c.now))
         events.append(
-            RunQueued(
+            _queued(
                 run_id,
-                upload.id,
-                last.top_cell,
-                last.die_id,
-                last.slot,
-                last.cob,
-                upload.name,
-                upload.filename,
-                upload.format,
-                upload.size,
-                upload.sha256,
+                upload,
+                last,
                 c.now,
                 preflight,
                 last.notify,
-                recheck_of=last.id,
-                output_format=last.output_format,
+                last.id,
+                last.output_format,
                 reason=REASON,
             )
         )
