@@ -337,6 +337,32 @@ async def test_a_sampler_stopped_at_the_runs_end_keeps_the_sample_it_held(tmp_pa
         await store.close()
 
 
+async def test_a_resumed_timeline_skips_the_first_message_that_has_no_cpu_figure(
+    tmp_path: Path,
+) -> None:
+    """A stream opened again (after a break, or a restart) starts with a message without the
+    previous CPU reading: on a timeline already begun it is skipped, not kept as 0% CPU."""
+    store = await OutputLineStore.open(tmp_path / "precheck.db")
+    assert store.resources is not None
+    await store.resources.append("r1", ResourceSample(1000.0, 1 << 20, 100, 50.0))
+    first = stats(read="2026-12-02T02:18:21Z", usage=100 << 20)
+    first["precpu_stats"] = {}  # as Docker sends it first on each stream
+    later = stats(read="2026-12-02T02:18:22Z", usage=90 << 20)
+    engine = HangingStats([first, later])
+    sampler = ResourceSampler(engine, store.resources, "r1", "c1", 1, lambda: True)
+    task = asyncio.create_task(sampler.run())
+    try:
+        await asyncio.wait_for(engine.drained.wait(), 5)
+        task.cancel()
+        await asyncio.wait((task,), timeout=2)
+        kept = await store.resources.samples("r1")
+        assert [s.memory_bytes >> 20 for s in kept] == [1, 90], kept
+        assert kept[1].cpu_percent == 20.0  # (3e9 - 2e9) / (20e9 - 10e9) * 2 CPUs
+    finally:
+        task.cancel()
+        await store.close()
+
+
 @pytest.mark.docker
 async def test_a_broken_stats_stream_is_opened_again_and_never_fails_the_run(
     start_app: StartApp, sim_config: Callable[..., Config]

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 
 from precheck.runner.engine import Engine, EngineError, EngineNotFound
-from precheck.runner.resource_stats import Thinning, sample_of
+from precheck.runner.resource_stats import Thinning, has_cpu_figure, sample_of
 from precheck.storage.resource_samples import ResourceSample, ResourceSampleStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class ResourceSampler:
             if sample is None:
                 return True  # Docker sends empty samples once the container stopped
             self._wait = REOPEN_FIRST
+            if self.thinning.last_kept is not None and not has_cpu_figure(stats):
+                continue  # a reopened stream's first message: its CPU is no figure, but 0%
             if self.thinning.take(sample):
                 await self._keep(sample)
         return False

@@ -32,6 +32,13 @@ def sample_of(stats: dict[str, Any]) -> ResourceSample | None:
     )
 
 
+def has_cpu_figure(stats: dict[str, Any]) -> bool:
+    """Does the message carry the previous CPU reading its CPU figure is the delta from? The
+    first message of each stream does not (its CPU would read as 0%)."""
+    pre = stats.get("precpu_stats") or {}
+    return bool(pre.get("system_cpu_usage"))
+
+
 def _cpu_percent(stats: dict[str, Any]) -> float:
     """Percent of one CPU since the previous sample (as `docker stats`: 200 is two CPUs)."""
     cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
