@@ -13,11 +13,15 @@ from precheck.web.access import identity
 
 
 def stored_bytes(state: Projections, owner: str) -> int:
-    """The bytes `owner`'s uploads and runs' kept files hold."""
+    """The bytes `owner`'s uploads and runs' kept files hold. A run answered from the result
+    cache holds links to its source's files: nothing more while the source is there (once it
+    is deleted, the links hold the bytes, and count)."""
+    runs = state.runs.by_id
     total = sum(u.size for u in state.uploads.by_id.values() if u.owner == owner)
-    for run in state.runs.by_id.values():
-        if run.owner == owner:
-            total += sum(kinds_held(run).values())  # what retention removed is not held
+    for run in runs.values():
+        if run.owner != owner or (run.reused_from and run.reused_from in runs):
+            continue
+        total += sum(kinds_held(run).values())  # what retention removed is not held
     return total
 
 
