@@ -25,7 +25,9 @@ import gc
 import io
 import pickle
 import sys
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -65,15 +67,15 @@ class _Pickler(pickle.Pickler):
         self._values: dict[Any, Any] = {}  # a value -> the one object written for it
         self._copies: dict[int, tuple[Any, Any]] = {}  # id -> (container, its shared copy)
         self._names: dict[tuple[str, ...], _Names] = {}
+        self._leaves = set(_AS_IS)  # the types `_share` gives back as they are
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
         how = _HOW[cls] if cls in _HOW else _how(cls)
         if how is None:
             return NotImplemented
-        share = self._share
-        if how is not _WITH_DICT and how is not _BY_STATE:
-            return cls, tuple([share(getattr(obj, name)) for name in how])
+        if not isinstance(how, str):  # a record by its constructor
+            return cls, tuple(self._shared(how(obj)))
         rv = obj.__reduce_ex__(self._protocol)
         if not isinstance(rv, tuple) or len(rv) < 3:
             return rv
@@ -86,9 +88,23 @@ class _Pickler(pickle.Pickler):
             and rv[3:] == (None, None)
         ):
             names = tuple(state)
-            written = self._names.get(names) or self._names.setdefault(names, _Names(names))
-            return _with_dict, (cls, written, tuple([share(v) for v in state.values()]))
-        return (rv[0], share(rv[1]), share(state), *rv[3:])
+            written = self._names.get(names) or self._names_of(names)
+            if written is not None:
+                return _with_dict, (cls, written, tuple(self._shared(state.values())))
+        return (rv[0], self._share(rv[1]), self._share(state), *rv[3:])
+
+    def _names_of(self, names: tuple[str, ...]) -> _Names | None:
+        if not all(type(n) is str for n in names):
+            return None  # a state of its own making: left to the unpickler's own way
+        return self._names.setdefault(names, _Names(names))
+
+    def _shared(self, values: Iterable[Any]) -> list[Any]:
+        """`_share` of each of `values`; the commonest kinds without a call (millions)."""
+        known, leaves, share = self._values, self._leaves, self._share
+        return [
+            known.setdefault(v, v) if (t := type(v)) is str else v if t in leaves else share(v)
+            for v in values
+        ]
 
     def _share(self, v: Any) -> Any:
         """`v` with the equal strings and datetimes in it replaced by one object each."""
@@ -98,43 +114,54 @@ class _Pickler(pickle.Pickler):
         if cls is datetime:
             # Equal times of other zones (or folds) are not the same value.
             return self._values.setdefault((v, id(v.tzinfo), v.fold), v)
-        if cls not in _CONTAINERS or not v:
+        if cls not in _CONTAINERS:
+            self._leaves.add(cls)  # a record, an enum: pickled in its own turn
+            return v
+        if not v:
             return v
         done = self._copies.get(id(v))
         if done is not None:
             return done[1]
-        share = self._share
         if cls is dict:
-            copy: Any = {share(k): share(x) for k, x in v.items()}
+            copy: Any = dict(zip(self._shared(v), self._shared(v.values()), strict=True))
         else:
-            copy = cls([share(x) for x in v])
+            copy = cls(self._shared(v))
         self._copies[id(v)] = (v, copy)  # the original kept: no other gets its id meanwhile
         return copy
 
 
+_AS_IS = frozenset({int, float, bool, type(None)})  # not shared: pickle writes them inline
 _CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
-# Markers of how a class's objects are written, besides by a constructor call.
-_WITH_DICT = ("<its class, names and values>",)
-_BY_STATE = ("<its class and state, shared>",)
-_HOW: dict[type, tuple[str, ...] | None] = {}
+# How a class's objects are written: by a call of the class with the values a getter reads
+# from one, or by one of these, or None: as pickle would (a class, a function, a value with
+# its own reduce).
+_WITH_DICT = "its class, names and values"
+_BY_STATE = "its class and state, shared"
+_How = Callable[[Any], tuple[Any, ...]] | str | None
+_HOW: dict[type, _How] = {}
 
 
-def _how(cls: type) -> tuple[str, ...] | None:
-    """How `cls`'s objects are written: by a constructor call with these fields' values,
-    `_WITH_DICT`, `_BY_STATE`, or None: as pickle would (a class, a function, a value with
-    its own reduce)."""
-    how: tuple[str, ...] | None = None
+def _how(cls: type) -> _How:
+    how: _How = None
     if "__slots__" in cls.__dict__ and attrs.has(cls):
         fields = attrs.fields(cls)
-        if not any(
+        if fields and not any(
             not f.init or f.kw_only or f.converter is not None or f.validator is not None
             for f in fields
         ):
-            how = tuple(f.name for f in fields)
+            how = _fields_getter([f.name for f in fields])
     if how is None and _default_reduce(cls):
         how = _BY_STATE if hasattr(cls, "__setstate__") else _WITH_DICT
     _HOW[cls] = how
     return how
+
+
+def _fields_getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """What reads the fields `names` of a record, as a tuple (in C, for more than one)."""
+    if len(names) > 1:
+        return attrgetter(*names)
+    (name,) = names  # one name: an attrgetter would read the value, not a tuple of it
+    return lambda o: (getattr(o, name),)
 
 
 def _default_reduce(cls: type) -> bool:
