@@ -16,7 +16,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from precheck.config import Config, load_config
-from precheck.events.store import EventStore
+from precheck.events.store import ConcurrencyError, EventStore
 from precheck.events.types import Metadata, RunProgressed
 from precheck.ops.writes import open_log
 from precheck.projections import Projections
@@ -74,6 +74,34 @@ async def test_a_snapshot_equals_a_replay_and_a_restore_folds_what_follows(
     assert_same_state(restored, live)
     progress = restored.runs.by_id["r5"].progress
     assert progress is not None and progress.step == 3
+
+
+async def test_after_a_restore_appends_are_numbered_and_checked_against_the_log(
+    log: tuple[EventStore, Projections, Path],
+) -> None:
+    """A store opened beside a snapshot reads no stream's version up front: the first append
+    to a stream the snapshot knows still gets the next version, and a stale one is refused."""
+    store, live, path = log
+    snap.write(path, live)
+    await store.close()
+    reopened = await EventStore.open(store.path)
+    try:
+        restored, since = await snap.restore(reopened, path)
+        assert since == restored.position == reopened.head
+        restored.attach(reopened)
+        version = restored.runs.by_id["r5"].version
+        assert version > 1
+        stale = {"run-r5": version - 1}
+        with pytest.raises(ConcurrencyError, match=f"at version {version}, expected"):
+            await reopened.append([RunProgressed("r5", 1, 16, "Step1", T0)], SUPERVISOR, stale)
+        [r] = await reopened.append([RunProgressed("r5", 1, 16, "Step1", T0)], SUPERVISOR)
+        assert r.version == version + 1 == restored.runs.by_id["r5"].version
+        [r] = await reopened.append(
+            [RunProgressed("r5", 2, 16, "Step2", T0)], SUPERVISOR, {"run-r5": version + 1}
+        )
+        assert r.version == version + 2 and await reopened.version_of("run-r5") == version + 2
+    finally:
+        await reopened.close()
 
 
 async def test_differences_names_what_differs(log: tuple[EventStore, Projections, Path]) -> None:

@@ -91,8 +91,8 @@ class EventStoreContract:
         ]
         assert [r.type for r in recorded] == ["run.progressed"] * 5
         assert store.head == 5
-        assert (store.version_of("run-a"), store.version_of("run-b")) == (2, 2)
-        assert store.version_of("run-none") == 0
+        assert (await store.version_of("run-a"), await store.version_of("run-b")) == (2, 2)
+        assert await store.version_of("run-none") == 0
 
     async def test_an_empty_append_writes_nothing(self, store: EventStore) -> None:
         """Appending no events returns nothing and leaves the head where it was."""
@@ -117,7 +117,7 @@ class EventStoreContract:
         assert store.head == 2
         assert await store.read(after=2) == []
         assert await store.read(stream="run-b") == []
-        assert (store.version_of("run-a"), store.version_of("run-b")) == (2, 0)
+        assert (await store.version_of("run-a"), await store.version_of("run-b")) == (2, 0)
 
     async def test_expectation_on_an_unwritten_stream_is_checked(self, store: EventStore) -> None:
         """An expectation on a stream the append does not write to is checked all the same."""
@@ -156,7 +156,7 @@ class EventStoreContract:
             try:
                 await store.append([step("x", i)], META, expect={"run-x": 0})
             except ConcurrencyError:
-                seen_by_losers.append((store.head, store.version_of("run-x")))
+                seen_by_losers.append((store.head, await store.version_of("run-x")))
 
         await asyncio.gather(*(race(i) for i in range(5)))
         assert seen_by_losers == [(1, 1)] * 4
@@ -193,12 +193,39 @@ class EventStoreContract:
         store = await self.open_store(path)
         try:
             assert store.head == 3
-            assert (store.version_of("run-a"), store.version_of("run-b")) == (2, 1)
+            assert (await store.version_of("run-a"), await store.version_of("run-b")) == (2, 1)
             [after] = await store.append([step("a", 3)], META, expect={"run-a": 2})
             assert (after.position, after.version) == (4, 3)
             # Row 4 only checks out if it was chained to row 3's hash, not started afresh.
             report = await store.verify_chain()
             assert (report.checked, report.first_bad) == (4, None)
+        finally:
+            await store.close()
+
+    async def test_a_reopened_store_checks_streams_it_has_not_touched_yet(self, path: Path) -> None:
+        """A reopened store reads no stream's version up front, yet the first append to each
+        stream, in one batch with others, is numbered and checked against the log."""
+        store = await self.open_store(path)
+        await store.append([step("a", 1), step("a", 2), step("b", 1)], META)
+        for i in range(3):
+            await store.append([step(f"many{i}", 1)], META)
+        await store.close()
+        store = await self.open_store(path)
+        try:
+            results = await asyncio.gather(
+                store.append([step("a", 3)], META),  # no expectation: still version 3
+                store.append([step("b", 2)], META, expect={"run-b": 0}),  # stale
+                store.append([step("c", 1)], META, expect={"run-many1": 1, "run-c": 0}),
+                store.append([step("d", 1)], META, expect={"run-many2": 0}),  # stale
+                return_exceptions=True,
+            )
+            a, b, c, d = results
+            assert isinstance(a, list) and (a[0].stream, a[0].version) == ("run-a", 3)
+            assert isinstance(b, ConcurrencyError) and "at version 1, expected 0" in str(b)
+            assert isinstance(c, list) and (c[0].stream, c[0].version) == ("run-c", 1)
+            assert isinstance(d, ConcurrencyError) and "run-many2 is at version 1" in str(d)
+            versions = [await store.version_of(f"run-{s}") for s in ("a", "b", "c", "many0", "x")]
+            assert versions == [3, 1, 1, 1, 0]
         finally:
             await store.close()
 
@@ -339,7 +366,7 @@ class TestSQLiteEventStore(EventStoreContract):
             db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (*row, "h"))
         [r] = await store.append([step("a", 2)], META)
         assert (r.position, r.version) == (3, 2)
-        assert (store.head, store.version_of("run-other")) == (3, 1)
+        assert (store.head, await store.version_of("run-other")) == (3, 1)
         with _raw(path) as db:
             positions = [p for (p,) in db.execute("SELECT position FROM events ORDER BY 1")]
         assert positions == [1, 2, 3]

@@ -2,9 +2,11 @@
 
 One writer task owns all appends: concurrent `append` calls queue up and are written by one
 transaction (group commit, `precheck.storage.sqlite_writer`), so a durable write costs one fsync
-per batch, not per event. The store keeps the head position, the last chain hash and every
-stream's version in memory; the `UNIQUE(stream, version)` constraint and the integer primary key
-stay as the database's own guard against another writer.
+per batch, not per event. The store keeps the head position and the last chain hash in memory,
+and the version of each stream written or checked since it opened: a stream's version is read
+from the log (through the `UNIQUE(stream, version)` index) when an append first needs it, by
+the writer, so opening a log of millions of events reads none of them. That constraint and the
+integer primary key stay as the database's own guard against another writer.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE refused'); END;
 
 GENESIS = "0" * 64
 _COLUMNS = "position, stream, version, type, schema, data, metadata, recorded, hash"
+_PER_QUERY = 500  # streams whose versions one query reads (SQLite bounds a query's arguments)
 
 
 class StoreError(Exception):
@@ -155,6 +158,8 @@ class EventStore:
         )
         self._head = 0
         self._last_hash = GENESIS
+        # Streams' versions, as the writer learnt them: every stream it wrote or checked since
+        # the open, each read from the log first. Only the writer sets them.
         self._versions: dict[str, int] = {}
         self._recent: deque[RecordedEvent] = deque(maxlen=self.RECENT)
         self._advanced: asyncio.Future[None] | None = None  # shared by every waiter
@@ -201,10 +206,30 @@ class EventStore:
         ) as cur:
             row = await cur.fetchone()
         self._head, self._last_hash = (row[0], row[1]) if row else (0, GENESIS)
-        async with self._writer_db.execute(
-            "SELECT stream, MAX(version) FROM events GROUP BY stream"
-        ) as cur:
-            self._versions = {s: v for s, v in await cur.fetchall()}
+        self._versions = {}  # read again as appends need them
+
+    async def _read_versions(
+        self, db: aiosqlite.Connection, streams: Iterable[str]
+    ) -> dict[str, int]:
+        """The versions of `streams` in the log (0: no events), read through its index."""
+        found = dict.fromkeys(streams, 0)
+        names = list(found)
+        for start in range(0, len(names), _PER_QUERY):
+            chunk = names[start : start + _PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT stream, MAX(version) FROM events WHERE stream IN ({marks}) GROUP BY 1"
+            async with db.execute(sql, chunk) as cur:
+                found.update({s: v for s, v in await cur.fetchall()})
+        return found
+
+    async def _learn_versions(self, db: aiosqlite.Connection, batch: list[_Append]) -> None:
+        """Read the versions of the streams `batch` writes or checks that are not known yet."""
+        known = self._versions
+        missing = {
+            s for a in batch for s in (*a.expect, *map(stream_of, a.events)) if s not in known
+        }
+        if missing:
+            known.update(await self._read_versions(db, missing))
 
     # Writing ----------------------------------------------------------------------------------
 
@@ -213,9 +238,14 @@ class EventStore:
         """Position of the last committed event (0 for an empty log)."""
         return self._head
 
-    def version_of(self, stream: str) -> int:
+    async def version_of(self, stream: str) -> int:
         """Current version of `stream` (0 if it has no events)."""
-        return self._versions.get(stream, 0)
+        if stream in self._versions:
+            return self._versions[stream]
+        if self._closed:
+            raise StoreClosed("the event store is closed")
+        # Not kept: only the writer sets versions, in order with its commits.
+        return (await self._read_versions(self._reader_db, [stream]))[stream]
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener` with every committed event, in position order, before appends return."""
@@ -247,6 +277,7 @@ class EventStore:
     async def _write_batch(self, db: aiosqlite.Connection, batch: list[_Append]) -> _Batch:
         """Insert the batch's accepted rows; the writer commits them."""
         for attempt in (1, 2):
+            await self._learn_versions(db, batch)
             prepared = self._prepare(batch)
             if not prepared.rows:
                 break
@@ -274,9 +305,9 @@ class EventStore:
         outcomes: list[Outcome] = []
         for a in batch:
             wrong = [
-                (s, v, versions.get(s, self._versions.get(s, 0)))
+                (s, v, versions.get(s, self._versions[s]))
                 for s, v in a.expect.items()
-                if versions.get(s, self._versions.get(s, 0)) != v
+                if versions.get(s, self._versions[s]) != v
             ]
             if wrong:
                 s, want, have = wrong[0]
@@ -293,7 +324,7 @@ class EventStore:
                 meta.encode("utf-8")  # a lone surrogate cannot be stored as text
                 for event in a.events:
                     stream = stream_of(event)
-                    version = seen.get(stream, self._versions.get(stream, 0)) + 1
+                    version = seen.get(stream, self._versions[stream]) + 1
                     seen[stream] = version
                     pos += 1
                     tag, schema, data = encode(event)

@@ -15,13 +15,10 @@ A damaged or mismatching snapshot is ignored with a log line: a full replay is n
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
-import io
 import json
 import logging
 import os
-import pickle
 import sys
 from collections.abc import Iterator
 from functools import cache
@@ -31,7 +28,7 @@ from typing import Any
 import attrs
 
 from precheck.events.store import EventStore
-from precheck.projections import Projections
+from precheck.projections import Projections, state_pickle
 
 log = logging.getLogger(__name__)
 
@@ -93,54 +90,12 @@ def write(path: Path, projections: Projections) -> SnapshotInfo:
 
 def dump(projections: Projections) -> tuple[SnapshotInfo, bytes]:
     """The header and pickle of `projections`: taken at once, as the state is live."""
-    was_enabled = gc.isenabled()
-    gc.disable()  # pickling only allocates: no garbage for collections to find
-    try:
-        out = io.BytesIO()
-        _Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(projections)
-        data = out.getvalue()
-    finally:
-        if was_enabled:
-            gc.enable()
+    data = state_pickle.dumps(projections)
     digest = hashlib.sha256(data).hexdigest()
     info = SnapshotInfo(
         projection_version(), projections.position, projections.last_hash, digest, len(data)
     )
     return info, data
-
-
-class _Pickler(pickle.Pickler):
-    """Pickles a slotted attrs record as a call of its class with its fields' values.
-
-    attrs restores a slotted record through a `__setstate__` written in Python; a constructor
-    call loads a quarter faster, and a snapshot is mostly such records. Only for classes whose
-    constructor gives the record back as it was: every field set by `__init__`, positionally,
-    with no converter or validator.
-    """
-
-    def reducer_override(self, obj: Any) -> Any:
-        cls = type(obj)
-        names = _BY_CONSTRUCTOR[cls] if cls in _BY_CONSTRUCTOR else _by_constructor(cls)
-        if names is None:
-            return NotImplemented
-        return cls, tuple(getattr(obj, name) for name in names)
-
-
-_BY_CONSTRUCTOR: dict[type, tuple[str, ...] | None] = {}
-
-
-def _by_constructor(cls: type) -> tuple[str, ...] | None:
-    """The fields to pass to `cls` to rebuild one of its records, or None: not that way."""
-    names: tuple[str, ...] | None = None
-    if "__slots__" in cls.__dict__ and attrs.has(cls):
-        fields = attrs.fields(cls)
-        if not any(
-            not f.init or f.kw_only or f.converter is not None or f.validator is not None
-            for f in fields
-        ):
-            names = tuple(f.name for f in fields)
-    _BY_CONSTRUCTOR[cls] = names
-    return names
 
 
 def write_bytes(path: Path, info: SnapshotInfo, data: bytes) -> SnapshotInfo:
@@ -199,15 +154,10 @@ async def load(path: Path, store: EventStore) -> Projections:
     at = await store.read(info.position - 1, 1) if info.position > 0 else []
     if info.position > 0 and (not at or at[0].hash != info.hash):
         raise SnapshotUnusable(f"the log's hash at position {info.position} is not its own")
-    was_enabled = gc.isenabled()
-    gc.disable()
     try:
-        projections = pickle.loads(data)
+        projections = state_pickle.loads(data)
     except Exception as e:  # a class renamed without a version change, a bad pickle
         raise SnapshotUnusable(f"it does not load: {type(e).__name__}: {e}") from None
-    finally:
-        if was_enabled:
-            gc.enable()
     if not isinstance(projections, Projections) or projections.position != info.position:
         raise SnapshotUnusable("it holds no projections at its position")
     return projections

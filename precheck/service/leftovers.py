@@ -5,7 +5,7 @@ never knew is kept: folders are moved aside to `orphans/`, output lines stay, bo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable
 
 from precheck.events.store import EventStore
 from precheck.projections import Projections
@@ -22,16 +22,20 @@ async def settle_leftovers(
     log retired and move aside, or keep, what it never knew."""
     storage.refuse_without_log(store.head == 0)
 
-    def retired(prefix: str) -> Callable[[str], bool]:
+    async def retired(prefix: str, ids: Iterable[str]) -> set[str]:
         # The log has the entity's stream, yet no live entity: a retiring event ended it.
-        return lambda id_: store.version_of(f"{prefix}-{id_}") > 0
+        return {id_ for id_ in ids if await store.version_of(f"{prefix}-{id_}") > 0}
 
-    uploads = storage.settle("uploads", state.uploads.by_id, retired("upload"))
-    runs = storage.settle("runs", state.runs.by_id, retired("run"))
+    retired_uploads = await retired("upload", storage.unowned("uploads", state.uploads.by_id))
+    retired_runs = await retired("run", storage.unowned("runs", state.runs.by_id))
+    uploads = storage.settle("uploads", state.uploads.by_id, retired_uploads.__contains__)
+    runs = storage.settle("runs", state.runs.by_id, retired_runs.__contains__)
     removed_runs = set(runs.removed)
     unknown_lines: list[str] = []
-    for run_id in sorted(await output_lines.run_ids() - set(state.runs.by_id)):
-        if retired("run")(run_id):
+    lines_only = sorted(await output_lines.run_ids() - set(state.runs.by_id))
+    retired_lines = await retired("run", lines_only)
+    for run_id in lines_only:
+        if run_id in retired_lines:
             await output_lines.delete_run(run_id)
             removed_runs.add(run_id)
         else:

@@ -245,16 +245,19 @@ class Storage:
             f" move {self.uploads.name}/ and {self.runs.name}/ out of the folder."
         )
 
+    def unowned(self, kind: str, live: Collection[str]) -> list[str]:
+        """The folders of `uploads/` or `runs/` (`kind`) no `live` entity owns, by name."""
+        return sorted(d.name for d in (self.root / kind).iterdir() if d.name not in live)
+
     def settle(self, kind: str, live: Collection[str], retired: Callable[[str], bool]) -> Settled:
         """Settle the folders of `uploads/` or `runs/` (`kind`) no `live` entity owns: one the
         log retired (`retired(id)`: a crash came between the event and the removal) is
         removed; one the log never knew is moved to `orphans/<kind>/`, not ours to delete."""
         removed: list[str] = []
         moved: list[Path] = []
-        for d in sorted((self.root / kind).iterdir()):
-            if d.name in live:
-                continue
-            if retired(d.name):
+        for name in self.unowned(kind, live):
+            d = self.root / kind / name
+            if retired(name):
                 _remove(d)
                 removed.append(d.name)
             else:
