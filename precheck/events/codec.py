@@ -119,15 +119,11 @@ def encode_metadata(meta: Metadata) -> str:
     return _dumps(converter.unstructure(meta))
 
 
-def decode_metadata(data: str) -> Metadata:
-    """Rebuild metadata from its JSON text."""
-    return _decode_metadata(data)
-
-
 # Metadata is frozen and repeats (every event of one request or of the supervisor shares it),
 # so a replay rebuilds each distinct text once.
 @lru_cache(maxsize=4096)
-def _decode_metadata(data: str) -> Metadata:
+def decode_metadata(data: str) -> Metadata:
+    """Rebuild metadata from its JSON text."""
     try:
         meta: Metadata = _METADATA.decode(data)
         return meta
