@@ -402,7 +402,7 @@ def _pruned(run: RunRecord, e: RunFilesPruned) -> dict[str, Any]:
 _PROGRESS: dict[tuple[int, int, str], Progress] = {}
 
 
-def _progressed(e: RunProgressed) -> dict[str, Any]:
+def _progressed(run: RunRecord, e: RunProgressed) -> dict[str, Any]:
     key = (e.step, e.total, e.name)
     progress = _PROGRESS.get(key)
     if progress is None:
@@ -423,7 +423,7 @@ _CHANGES: dict[type, Callable[[RunRecord, Any], dict[str, Any]]] = {
         **_image_of(e),
         engine=e.engine,
     ),
-    RunProgressed: lambda run, e: _progressed(e),
+    RunProgressed: _progressed,
     RunCancelRequested: lambda run, e: dict(cancel_requested=True),
     RunTimedOut: lambda run, e: dict(timed_out=True),
     RunResourcesPeaked: lambda run, e: dict(
