@@ -115,7 +115,7 @@ class Pruning:
     at: datetime
 
 
-@attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.replacer`)
+@attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.updater`)
 class RunRecord:
     """One run. `position` is the global position of the last event that changed it."""
 
