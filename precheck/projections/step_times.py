@@ -116,7 +116,8 @@ def _durations(run: _Open, end: datetime, passed: bool) -> dict[str, float]:
     out: dict[str, float] = {}
     for (step, name, began), (next_step, _, next_began) in pairwise(marks):
         if next_step == step + 1:
-            out[name] = max(0.0, (next_began - began).total_seconds())
+            seconds = (next_began - began).total_seconds()
+            out[name] = seconds if seconds > 0.0 else 0.0  # `max(0.0, ...)`, without the call
     _, name, began = marks[-1]
     if passed and name == flow_phases(run.cob)[-1]:
         out[name] = max(0.0, (end - began).total_seconds())
