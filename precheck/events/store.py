@@ -452,7 +452,7 @@ class EventStore:
                 # Each row is decoded as it is consumed, not the page at once: a replay's
                 # events then die young, instead of piling into the oldest GC generation and
                 # making the collector rescan the whole read models again and again.
-                yield map(_row_to_event, rows)
+                yield _decoded(rows)
         finally:
             if ahead is not None:  # the reader stopped early: the page read ahead is not wanted
                 ahead.cancel()
@@ -498,6 +498,16 @@ class EventStore:
         return ChainReport(checked, None)
 
 
+def _decoded(rows: list[sqlite3.Row]) -> Iterator[RecordedEvent]:
+    """`_row_to_event` over a page, as a generator: a replay resumes it once per event instead
+    of calling a function and the tuple's constructor."""
+    make = tuple.__new__
+    for position, stream, version, tag, schema, data, meta, recorded, hash_ in rows:
+        event, metadata = decode(tag, schema, data), decode_metadata(meta)
+        fields = (position, stream, version, event, metadata, _recorded_time(recorded), tag, hash_)
+        yield make(RecordedEvent, fields)
+
+
 def _row_to_event(row: Iterable[object]) -> RecordedEvent:
     position, stream, version, tag, schema, data, meta, recorded, hash_ = row
     return RecordedEvent(
@@ -505,7 +515,7 @@ def _row_to_event(row: Iterable[object]) -> RecordedEvent:
         stream,  # type: ignore[arg-type]
         version,  # type: ignore[arg-type]
         decode(tag, schema, data),  # type: ignore[arg-type]
-        decode_metadata(meta),  # type: ignore[arg-type]
+        decode_metadata(meta),
         _recorded_time(recorded),
         tag,  # type: ignore[arg-type]
         hash_,  # type: ignore[arg-type]

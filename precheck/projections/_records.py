@@ -39,3 +39,21 @@ def replacer(cls: type[T]) -> Callable[..., T]:
     exec(compile(code, f"<replace {cls.__name__}>", "exec"), scope)
     fn: Callable[..., T] = scope["replace"]
     return fn
+
+
+def updater(cls: type[T]) -> Callable[[T, dict[str, Any]], T]:
+    """`update(record, changes)`: `replacer`'s copy of a record of `cls` (a class with a
+    `__dict__`), the changes given as one dict, so a caller that builds them as a dict has
+    nothing packed into keyword arguments and out again."""
+    if "__slots__" in cls.__dict__:
+        raise TypeError(f"{cls.__name__} has slots: use replacer")
+    new = object.__new__
+
+    def update(o: T, c: dict[str, Any]) -> T:
+        copy = new(cls)
+        d = copy.__dict__
+        d.update(o.__dict__)
+        d.update(c)
+        return copy
+
+    return update

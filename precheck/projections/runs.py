@@ -37,7 +37,7 @@ from precheck.events.types import (
     SkippedFile,
     Subscription,
 )
-from precheck.projections._records import replacer
+from precheck.projections._records import replacer, updater
 
 
 @attrs.frozen
@@ -115,7 +115,7 @@ class Pruning:
     at: datetime
 
 
-@attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.replacer`)
+@attrs.frozen(slots=False)  # a dict, so a replay copies it in C (see `_records.updater`)
 class RunRecord:
     """One run. `position` is the global position of the last event that changed it."""
 
@@ -176,7 +176,7 @@ class RunRecord:
         )
 
 
-_replace = replacer(RunRecord)
+_update = updater(RunRecord)
 _replace_result = replacer(RunResult)
 
 
@@ -231,25 +231,16 @@ class Runs:
         if kind is RunDeleted:
             del self.by_id[run.id]
             return
-        if kind is RunOutputsStored:
-            changes = _stored(run, e)
-        elif kind is RunFinishFailed:
-            changes = _finish_failed(run, e)
-        elif kind is RunFilesPruned:
-            pruning = Pruning(e.kinds, e.files, e.bytes_freed, e.reason, e.at)
-            changes = dict(pruned=(*run.pruned, pruning))
-        elif kind is RunRetried:
-            changes = _retried(run, e)
-            changes["dequeued_position"] = None
-        else:
-            changes = change(e)
+        changes = change(run, e)
         if (
             run.status == RunStatus.QUEUED
             and changes.get("status", RunStatus.QUEUED) != RunStatus.QUEUED
         ):
             changes["dequeued_position"] = r.position
+        changes["version"] = r.version
+        changes["position"] = r.position
         # One copy per event: copying the record is most of what a replay costs.
-        self.by_id[run.id] = _replace(run, **changes, version=r.version, position=r.position)
+        self.by_id[run.id] = _update(run, changes)
 
 
 def _finished(e: RunFinished) -> dict[str, Any]:
@@ -349,6 +340,7 @@ def _retried(run: RunRecord, e: RunRetried) -> dict[str, Any]:
         attempt=e.attempt,
         attempts=(*run.attempts, ended),
         after_line=e.after_line,
+        dequeued_position=None,  # queued again, at its first place
     )
 
 
@@ -400,10 +392,30 @@ def _finish_failed(run: RunRecord, e: RunFinishFailed) -> dict[str, Any]:
     )
 
 
-# What each event changes in its run's record; dispatched on the event's type, not a chain of
-# isinstance checks, since a replay runs this for every event.
-_CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
-    RunStarted: lambda e: dict(
+def _pruned(run: RunRecord, e: RunFilesPruned) -> dict[str, Any]:
+    pruning = Pruning(e.kinds, e.files, e.bytes_freed, e.reason, e.at)
+    return dict(pruned=(*run.pruned, pruning))
+
+
+# The progress records runs share: a flow has few steps, and a replay meets each step once per
+# run. Frozen, so sharing one is as good as a copy; bounded, whatever names the log holds.
+_PROGRESS: dict[tuple[int, int, str], Progress] = {}
+
+
+def _progressed(run: RunRecord, e: RunProgressed) -> dict[str, Any]:
+    key = (e.step, e.total, e.name)
+    progress = _PROGRESS.get(key)
+    if progress is None:
+        if len(_PROGRESS) >= 4096:
+            _PROGRESS.clear()
+        progress = _PROGRESS[key] = Progress(*key)
+    return dict(progress=progress)
+
+
+# What each event changes in its run's record (given the record and the event); dispatched on
+# the event's type, not a chain of isinstance checks, since a replay runs this for every event.
+_CHANGES: dict[type, Callable[[RunRecord, Any], dict[str, Any]]] = {
+    RunStarted: lambda run, e: dict(
         status=RunStatus.RUNNING,
         started_at=e.at,
         container_id=e.container_id,
@@ -411,39 +423,39 @@ _CHANGES: dict[type, Callable[[Any], dict[str, Any]]] = {
         **_image_of(e),
         engine=e.engine,
     ),
-    RunProgressed: lambda e: dict(progress=Progress(e.step, e.total, e.name)),
-    RunCancelRequested: lambda e: dict(cancel_requested=True),
-    RunTimedOut: lambda e: dict(timed_out=True),
-    RunResourcesPeaked: lambda e: dict(
+    RunProgressed: _progressed,
+    RunCancelRequested: lambda run, e: dict(cancel_requested=True),
+    RunTimedOut: lambda run, e: dict(timed_out=True),
+    RunResourcesPeaked: lambda run, e: dict(
         peak=ResourcePeak(e.memory_bytes, e.limit_bytes, e.cpu_percent, e.samples)
     ),
-    RunCancelled: lambda e: dict(
+    RunCancelled: lambda run, e: dict(
         status=RunStatus.CANCELLED,
         finished_at=e.at,
         error="cancelled",
         exit_code=e.exit_code,
         settled=True,
     ),
-    RunFailedToStart: lambda e: dict(
+    RunFailedToStart: lambda run, e: dict(
         status=RunStatus.FAILED,
         finished_at=e.at,
         error=e.error,
         settled=True,
         result=RunResult(passed=False, classification="system"),
     ),
-    RunFinished: _finished,
-    RunFinishFailed: lambda e: {},  # needs the record: see `Runs.apply`
-    RunRetried: lambda e: {},  # likewise
-    RunReused: _reused,
-    RunExited: _exited,
-    RunOutputsStored: lambda e: {},  # needs the record: see `Runs.apply`
-    RunDeleted: lambda e: {},
-    RunFilesPruned: lambda e: {},  # needs the record: see `Runs.apply`
+    RunFinished: lambda run, e: _finished(e),
+    RunFinishFailed: _finish_failed,
+    RunRetried: _retried,
+    RunReused: lambda run, e: _reused(e),
+    RunExited: lambda run, e: _exited(e),
+    RunOutputsStored: _stored,
+    RunDeleted: lambda run, e: {},  # removes the record: see `Runs.apply`
+    RunFilesPruned: _pruned,
     # In the run's stream: the record keeps its version (for the next command's expectation).
-    NotificationSent: lambda e: {},
-    NotificationFailed: lambda e: {},
-    NotificationRedeliveryRequested: lambda e: {},
-    RecheckPlanned: lambda e: {},
+    NotificationSent: lambda run, e: {},
+    NotificationFailed: lambda run, e: {},
+    NotificationRedeliveryRequested: lambda run, e: {},
+    RecheckPlanned: lambda run, e: {},
 }
 
 Runs.EVENTS = frozenset({RunQueued, *_CHANGES})

@@ -80,16 +80,16 @@ class StepTimes:
         kind = type(e)
         if kind not in _EVENTS:
             return
-        if kind is RunQueued:
+        if kind is RunProgressed:  # first: most of a log's events
+            run = self._open.get(e.run_id)
+            if run is not None:
+                run.marks.append((e.step, e.name, e.at))
+        elif kind is RunQueued:
             self._shape[e.run_id] = (e.slot, e.cob)
         elif kind is RunStarted:
             shape = self._shape.get(e.run_id)
             if shape is not None:
                 self._open[e.run_id] = _Open(*shape, [(0, START, e.at)])
-        elif kind is RunProgressed:
-            run = self._open.get(e.run_id)
-            if run is not None:
-                run.marks.append((e.step, e.name, e.at))
         elif kind is RunRetried:
             self._open.pop(e.run_id, None)  # the attempt failed on the system: not counted
         elif kind is RunExited or kind is RunFinished:
@@ -116,7 +116,8 @@ def _durations(run: _Open, end: datetime, passed: bool) -> dict[str, float]:
     out: dict[str, float] = {}
     for (step, name, began), (next_step, _, next_began) in pairwise(marks):
         if next_step == step + 1:
-            out[name] = max(0.0, (next_began - began).total_seconds())
+            seconds = (next_began - began).total_seconds()
+            out[name] = seconds if seconds > 0.0 else 0.0  # `max(0.0, ...)`, without the call
     _, name, began = marks[-1]
     if passed and name == flow_phases(run.cob)[-1]:
         out[name] = max(0.0, (end - began).total_seconds())
