@@ -135,7 +135,8 @@ def image_and_another(simulator_image: str) -> Iterator[tuple[str, str]]:
         timeout=120,
     )
     yield name, other
-    subprocess.run(["docker", "rmi", name, other], capture_output=True, timeout=60)
+    # -f: a stopped container of the run may still use `other` (its name is gone either way)
+    subprocess.run(["docker", "rmi", "-f", name, other], capture_output=True, timeout=60)
 
 
 @pytest.fixture
