@@ -400,7 +400,7 @@ class EventStore:
     ) -> list[RecordedEvent]:
         """Up to `limit` events after position `after`, in position order; of one `stream`, and
         matching `where` (an SQL clause starting with AND, and its arguments), if given."""
-        return [_row_to_event(r) for r in await self._rows(after, limit, stream, where)]
+        return list(_decoded(await self._rows(after, limit, stream, where)))
 
     async def _rows(
         self,
@@ -499,27 +499,13 @@ class EventStore:
 
 
 def _decoded(rows: list[sqlite3.Row]) -> Iterator[RecordedEvent]:
-    """`_row_to_event` over a page, as a generator: a replay resumes it once per event instead
-    of calling a function and the tuple's constructor."""
+    """The events of a page of rows, as a generator: a replay resumes it once per event
+    instead of calling a function and the tuple's constructor."""
     make = tuple.__new__
     for position, stream, version, tag, schema, data, meta, recorded, hash_ in rows:
         event, metadata = decode(tag, schema, data), decode_metadata(meta)
         fields = (position, stream, version, event, metadata, _recorded_time(recorded), tag, hash_)
         yield make(RecordedEvent, fields)
-
-
-def _row_to_event(row: Iterable[object]) -> RecordedEvent:
-    position, stream, version, tag, schema, data, meta, recorded, hash_ = row
-    return RecordedEvent(
-        position,  # type: ignore[arg-type]
-        stream,  # type: ignore[arg-type]
-        version,  # type: ignore[arg-type]
-        decode(tag, schema, data),  # type: ignore[arg-type]
-        decode_metadata(meta),
-        _recorded_time(recorded),
-        tag,  # type: ignore[arg-type]
-        hash_,  # type: ignore[arg-type]
-    )
 
 
 # Every row of one commit has the same recorded time: a replay parses each once.

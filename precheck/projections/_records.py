@@ -22,14 +22,10 @@ def replacer(cls: type[T]) -> Callable[..., T]:
     built by the projections only.
     """
     if "__slots__" not in cls.__dict__:
-        new = object.__new__
+        update = updater(cls)
 
         def replace(o: T, **c: Any) -> T:
-            copy = new(cls)
-            d = copy.__dict__
-            d.update(o.__dict__)
-            d.update(c)
-            return copy
+            return update(o, c)
 
         return replace
     fields = attrs.fields(cls)  # type: ignore[arg-type]
