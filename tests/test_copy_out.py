@@ -80,15 +80,8 @@ async def stored(api: Any, run: str) -> RunOutputsStored:
     return r.event
 
 
-@pytest.mark.docker
-async def test_a_big_file_not_kept_is_not_read_and_the_same_files_are_kept(
-    start_app: StartApp, tmp_path: Path
-) -> None:
-    """The final layout in the run folder (not kept: it is the output) is bigger than
-    SKIP_READ: the runs folder takes more than one archive read, and the run keeps the same
-    files as a run of a small layout, each on disk with its listed size and sha256."""
-    api = await start_app()
-    engine = api.app[keys.SUPERVISOR].engine
+def archive_reads(engine: Engine) -> list[str]:
+    """The paths `engine` is asked for archives of, from now on (this instance only)."""
     paths: list[str] = []
     get_archive = engine.get_archive
 
@@ -97,6 +90,18 @@ async def test_a_big_file_not_kept_is_not_read_and_the_same_files_are_kept(
         return await get_archive(container_id, path)
 
     setattr(engine, "get_archive", counted)  # noqa: B010 - on this instance only
+    return paths
+
+
+@pytest.mark.docker
+async def test_a_big_file_not_kept_is_not_read_and_the_same_files_are_kept(
+    start_app: StartApp, tmp_path: Path
+) -> None:
+    """The final layout in the run folder (not kept: it is the output) is bigger than
+    SKIP_READ: the runs folder takes more than one archive read, and the run keeps the same
+    files as a run of a small layout, each on disk with its listed size and sha256."""
+    api = await start_app()
+    paths = archive_reads(api.app[keys.SUPERVISOR].engine)
     small = await stored(api, await api.run(gds("chip_top")))
     small_reads = len(paths)
     layout = big_layout()
@@ -193,14 +198,7 @@ async def test_a_container_from_before_the_output_link_still_gives_its_output(
         Entry(input_path(run).lstrip("/"), layout),
     ]
     engine, container_id = await _stopped_run(simulator_image, instance, old)
-    paths: list[str] = []
-    get_archive = engine.get_archive
-
-    async def counted(cid: str, path: str) -> Any:
-        paths.append(path)
-        return await get_archive(cid, path)
-
-    setattr(engine, "get_archive", counted)  # noqa: B010 - on this instance only
+    paths = archive_reads(engine)
     try:
         copied = await copy_out(engine, Storage(tmp_path / "data"), run, container_id)
     finally:
