@@ -6,7 +6,9 @@ Real Docker engine, the simulator image, the app in this process on 127.0.0.1.
    `/events?follow=1` opened right after the run is queued. Latency = receipt of `event: end`
    minus Docker's `State.FinishedAt` of the container (from the supervisor's own inspect; the
    `die` event's time is the fallback). p50 and p95 (target p50 <= 100 ms), and how it splits
-   (from a store listener: when `run.exited` and `run.outputs-stored` were applied).
+   (from a store listener: when `run.exited` and `run.outputs-stored` were applied). Then the
+   engine's own share: its `die` delay, and bare archive reads of the same runs folder out of a
+   stopped container of the image holding what the last run kept (bytes dropped).
 2. A 1 GiB output layout: the raw archive read of one 1 GiB file out of a stopped container
    through aiodocker (the bytes read and dropped; a container of the same image the file was
    put into), against a run of a 1 GiB layout (its output layout is that size): State.FinishedAt
@@ -50,7 +52,7 @@ from bench.harness import (
 )
 from bench.sse_bench import EndProbe
 from precheck.config import parse_config
-from precheck.runner.container_spec import OUTPUT_DIR
+from precheck.runner.container_spec import OUTPUT_DIR, RUNS_DIR
 from precheck.runner.engine import Engine
 from precheck.runner.tar_stream import Entry, write_tar
 from tests import layouts, sse_client
@@ -60,6 +62,7 @@ SMALL_RUNS = 30
 WARMUP = 1
 BIG_BYTES = 1 << 30
 RAW_READS = 2
+BARE_READS = 20
 TOKEN = uuid.uuid4().hex[:10]
 PREFIX = f"precheck-copyoutbench-{TOKEN}-"  # container names of every container this bench makes
 
@@ -116,12 +119,16 @@ async def bench_small(tmp: Path, image: str, results: Results, runs: int) -> Non
             t0 = finished(probe, watch, run_id)
             rows.append({
                 "end": end_at - t0,
+                "FinishedAt -> `die` at this bench's own Docker watch (engine)": (
+                    watch.seen[run_id]["die"] - t0
+                ),
                 "FinishedAt -> run.exited applied": probe.exited[run_id] - t0,
                 "run.exited -> run.outputs-stored applied (copy out, findings, append)": (
                     probe.stored[run_id] - probe.exited[run_id]
                 ),
                 "run.outputs-stored applied -> `end` at the client": end_at - probe.stored[run_id],
             })  # fmt: skip
+        bare = await bare_reads(image, config.server.storage_path / "runs" / run_id, run_id)
     end = [r["end"] for r in rows]
     p50, p95 = med(end), pct(end, 95)
     print(f"1. small outputs: {len(rows)} sequential quick runs ({WARMUP} warm-up not counted)")
@@ -134,10 +141,51 @@ async def bench_small(tmp: Path, image: str, results: Results, runs: int) -> Non
         if k != "end":
             v = [r[k] for r in rows]
             print(f"      {k:72s} {ms(med(v))}  {ms(pct(v, 95))}")
+    die = med([r["FinishedAt -> `die` at this bench's own Docker watch (engine)"] for r in rows])
+    print(
+        f"   the engine's own share: a bare archive read of the last run's folder (same tree,"
+        f" stopped container, {len(bare)} reads) p50 {ms(med(bare))}, min {ms(min(bare))};"
+        f" with the `die` delay, {ms(die + med(bare))} of the p50 before the copy's first byte"
+        " could be written"
+    )
     results["small"] = [
         f"small outputs  exit -> end p50 {ms(p50).strip()}, p95 {ms(p95).strip()}"
         f" (p50 <= 100 ms) {verdict(p50 <= 0.100)}"
     ]
+
+
+async def bare_reads(image: str, run_dir: Path, run_id: str) -> list[float]:
+    """Seconds of each archive read of the runs folder, bytes dropped, out of a stopped
+    container of `image` holding what the run kept, where its container had it: how long the
+    engine alone takes to give a copy-out its bytes."""
+    runs = RUNS_DIR.lstrip("/")
+    entries = [Entry(runs), Entry(f"{runs}/{run_id}"), Entry(f"{runs}/.output")]
+    for path in sorted((run_dir / "run").rglob("*")):
+        name = f"{runs}/{run_id}/{path.relative_to(run_dir / 'run').as_posix()}"
+        entries.append(Entry(name, path) if path.is_file() else Entry(name))
+    for path in sorted((run_dir / "output").iterdir()):
+        entries.append(Entry(f"{runs}/.output/{path.name}", path))
+    engine = Engine()
+    docker = aiodocker.Docker()
+    container_id = ""
+    try:
+        spec = {"Image": image, "Cmd": ["true"], "Labels": {"precheck.bench": TOKEN}}
+        container_id = await engine.create(f"{PREFIX}bare", spec)
+        await engine.put_archive(container_id, "/", write_tar(entries))
+        seconds = []
+        for _ in range(BARE_READS):
+            t = time.perf_counter()
+            url = f"containers/{container_id}/archive"
+            async with docker._query(url, params={"path": RUNS_DIR}, timeout=LONG) as r:
+                async for _chunk in r.content.iter_any():
+                    pass
+            seconds.append(time.perf_counter() - t)
+        return seconds
+    finally:
+        if container_id:
+            await engine.remove(container_id)
+        await engine.close()
+        await docker.close()
 
 
 # 2. 1 GiB output layout ------------------------------------------------------------------------
