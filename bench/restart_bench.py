@@ -9,6 +9,9 @@ log's time (so nothing expires); "serving" is the first `/health` answer on its 
 3. a start from that snapshot (target < 1 s);
 4. a start from the snapshot with `--after` (10,000) events appended after it, folded in.
 
+After start 3, a periodic snapshot of that state is written twice, pickled in the event loop
+and (as the server does) in a forked copy: how long each takes and the loop's longest stall.
+
 Run: `python -m bench.restart_bench` (a few minutes, most of it building the log).
 """
 
@@ -33,6 +36,7 @@ from precheck.events.codec import encode, encode_metadata, iso
 from precheck.events.store import EventStore, chain_hash
 from precheck.events.types import stream_of
 from precheck.projections.snapshot import read_header, snapshot_path
+from precheck.service.snapshots import SnapshotWriter
 from precheck.web import keys
 
 
@@ -44,7 +48,35 @@ def _config(storage: Path, port: int) -> Config:
     return parse_config(raw, "restart-bench")
 
 
-async def start_and_stop(config: Config) -> tuple[float, float, int, float]:
+async def snapshot_stalls(app: web.Application, folder: Path) -> None:
+    """A periodic snapshot of the started server's state, taken in the loop and in a forked
+    copy (the server's way): how long each took, and the loop's longest stall meanwhile."""
+    projections = app[keys.PROJECTIONS]
+    for serving in (False, True):
+        writer = SnapshotWriter(projections, folder / "stall.snapshot", written=0)
+        gaps: list[float] = []
+
+        async def tick(gaps: list[float]) -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick(gaps))
+        await asyncio.sleep(0.05)
+        with Timer() as took:
+            assert await writer.write(serving=serving)
+        ticker.cancel()
+        how = "in a forked copy (the server's way)" if serving else "in the loop"
+        print(
+            f"   periodic snapshot {how}: {took.wall:.2f} s,"
+            f" the loop's longest stall {max(gaps) * 1000:,.0f} ms"
+        )
+
+
+async def start_and_stop(config: Config, stalls: bool = False) -> tuple[float, float, int, float]:
     """Seconds to the first `/health` answer (printing its CPU seconds too: on a busy machine
     wall time includes waiting for a core), seconds to stop (which writes the snapshot; its CPU
     seconds printed too), events in the log, and the events replayed per second of start."""
@@ -61,6 +93,8 @@ async def start_and_stop(config: Config) -> tuple[float, float, int, float]:
     serving = time.perf_counter() - started
     print(f"   (start: {serving:.2f} s wall, {time.process_time() - cpu:.2f} s cpu)")
     head = app[keys.STORE].head
+    if stalls:
+        await snapshot_stalls(app, config.server.storage_path)
     cpu = time.process_time()
     with Timer() as stop:
         await runner.cleanup()
@@ -116,7 +150,7 @@ async def main(args: argparse.Namespace) -> None:
             f"2. clean stop: {stop:.2f} s, snapshot at position {info.position:,} written"
             f" ({info.bytes / 2**20:.1f} MiB)"
         )
-        serving, _, head2, _ = await start_and_stop(config)
+        serving, _, head2, _ = await start_and_stop(config, stalls=True)
         assert head2 == head
         print(f"3. start from the snapshot: serving after {serving:.2f} s (target < 1 s)")
 

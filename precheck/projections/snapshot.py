@@ -90,12 +90,20 @@ def write(path: Path, projections: Projections) -> SnapshotInfo:
 
 def dump(projections: Projections) -> tuple[SnapshotInfo, bytes]:
     """The header and pickle of `projections`: taken at once, as the state is live."""
-    data = state_pickle.dumps(projections)
+    data = pickled(projections)
+    return header_of(projections.position, projections.last_hash, data), data
+
+
+def pickled(projections: Projections) -> bytes:
+    """The pickle a snapshot of `projections` holds."""
+    return state_pickle.dumps(projections)
+
+
+def header_of(position: int, last_hash: str, data: bytes) -> SnapshotInfo:
+    """The header of `data`, a pickle of the projections at `position` (chain hash
+    `last_hash`)."""
     digest = hashlib.sha256(data).hexdigest()
-    info = SnapshotInfo(
-        projection_version(), projections.position, projections.last_hash, digest, len(data)
-    )
-    return info, data
+    return SnapshotInfo(projection_version(), position, last_hash, digest, len(data))
 
 
 def write_bytes(path: Path, info: SnapshotInfo, data: bytes) -> SnapshotInfo:
