@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import tarfile
@@ -14,6 +15,7 @@ from precheck.runner.copy_out import _safe_relative
 from precheck.runner.tar_stream import (
     BLOCK,
     SMALL,
+    SMALL_FILES,
     WRITE_BATCH,
     Entry,
     Extracted,
@@ -551,3 +553,72 @@ async def test_stop_ends_the_reading_at_a_member_not_kept(tmp_path: Path) -> Non
     assert [(x.name, x.cut_here) for x in found] == [("a.txt", False), ("huge.bin", True)]
     assert files_under(tmp_path) == {"a.txt": b"a"}
     assert closed == [True]
+
+
+def run_folder(files: int) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """Small files in a few folders, like a run folder: several batches of small files."""
+    return [
+        (reg(f"step{i % 7}/report{i}.txt"), f"report {i}\n".encode() * (i + 1))
+        for i in range(files)
+    ]
+
+
+def files_in(root: Path) -> list[Path]:
+    """Every file under `root`, hidden ones too (none when it does not exist)."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+async def test_a_hundred_small_files_are_written_in_batches_and_placed_whole(
+    tmp_path: Path,
+) -> None:
+    """More small files than a batch holds, several batches under way at once: each is stored
+    with its sha256, in the archive's order, under its name only once placed."""
+    members = run_folder(10 * SMALL_FILES + 3)
+    archive = tar_bytes(members, tarfile.PAX_FORMAT)
+    staged = Staged()
+    found = await extract_tar(chunked(archive, 700), keep_under(tmp_path), staged)
+    assert [x.name for x in found] == [info.name for info, _ in members]
+    assert [x.sha256 for x in found] == [sha(data or b"") for _, data in members]
+    assert all(p.name.endswith(".part") for p in files_in(tmp_path))
+    assert await staged.place() == {}
+    assert files_under(tmp_path) == {info.name: data for info, data in members}
+
+
+async def test_an_archive_cut_among_small_files_leaves_no_hidden_file(tmp_path: Path) -> None:
+    """Cut after several batches of small files went to their threads: the batches under way
+    are waited for and what they wrote is removed with the rest."""
+    archive = tar_bytes(run_folder(10 * SMALL_FILES), tarfile.PAX_FORMAT)
+    last = archive.index(f"report {10 * SMALL_FILES - 1}\n".encode())  # the last file's data
+    for cut in (len(archive) // 3, last + 5):
+        dst = tmp_path / str(cut)
+        with pytest.raises(tarfile.ReadError, match="ended early"):
+            await extract_tar(chunked(archive[:cut], 700), keep_under(dst))
+        assert files_in(dst) == [], cut
+
+
+async def test_a_cancelled_read_among_small_files_leaves_only_staged_files(
+    tmp_path: Path,
+) -> None:
+    """Cancelled while batches are under way: every file they wrote is staged, so discarding
+    the staged files leaves nothing."""
+    archive = tar_bytes(run_folder(10 * SMALL_FILES), tarfile.PAX_FORMAT)
+    half = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield archive[: len(archive) // 2]
+        half.set()
+        await asyncio.sleep(60)  # the rest never comes
+        yield archive[len(archive) // 2 :]
+
+    staged = Staged()
+    reading = asyncio.ensure_future(extract_tar(stalls(), keep_under(tmp_path), staged))
+    await half.wait()
+    await asyncio.sleep(0.05)  # the batches of the first half are in their threads, or done
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    written = files_in(tmp_path)
+    assert written and all(p.name.endswith(".part") for p in written)
+    assert written == sorted(part for part, _ in staged.parts)
+    staged.discard()
+    assert files_in(tmp_path) == []

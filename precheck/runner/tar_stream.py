@@ -15,6 +15,7 @@ import secrets
 import tarfile
 import time
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -298,10 +299,28 @@ async def _extract(
     stop: Callable[[str, int], bool] | None,
 ) -> list[Extracted]:
     loop = asyncio.get_running_loop()
-    reader = _Reader(chunks)
     found: list[Extracted] = []
-    small: list[tuple[int, Path, bytes]] = []
-    small_bytes = 0
+    small = _SmallFiles(loop, found, staged)
+    try:
+        await _members(_Reader(chunks), keep, staged, stop, found, small)
+        await small.finish()
+    except BaseException:
+        await small.abandon()  # what is written under way is staged: the caller discards it
+        raise
+    return found
+
+
+async def _members(
+    reader: _Reader,
+    keep: Callable[[str, int], Path | None],
+    staged: Staged,
+    stop: Callable[[str, int], bool] | None,
+    found: list[Extracted],
+    small: _SmallFiles,
+) -> None:
+    """Read the archive's members to its end, listing each regular file in `found` and
+    writing those kept (the small ones through `small`)."""
+    loop = asyncio.get_running_loop()
     long_name: str | None = None
     pax_size: int | None = None  # a pax header's `size`, which overrides the next header's
     while True:
@@ -336,17 +355,11 @@ async def _extract(
             continue
         if size <= SMALL:  # whole in memory; written with others in one thread hop
             data = await reader.exactly(padded)
-            small.append((len(found), target, data[:size]))
-            small_bytes += size
             found.append(Extracted(name, size, target, None))
-            if small_bytes > SMALL_BATCH:
-                await _flush_small(loop, small, found, staged)
-                small_bytes = 0
+            await small.add(len(found) - 1, target, data[:size])
             continue
         found.append(await _write_member(loop, reader, name, size, target, staged))
         await _skip(reader, padded - size)
-    await _flush_small(loop, small, found, staged)
-    return found
 
 
 def _padded(size: int) -> int:
@@ -355,28 +368,82 @@ def _padded(size: int) -> int:
 
 SMALL = 256 << 10
 MAX_NAME_HEADER = 1 << 20  # a pax or long-name header's size; real ones hold a few paths
-SMALL_BATCH = 8 << 20
+SMALL_BATCH = 8 << 20  # bytes of small files written in one thread hop, at most
+SMALL_FILES = 16  # ... and files: a run folder's hundred are written in a few hops at once
+SMALL_HOPS = 2  # hops under way at once, while the archive is read on
 WRITE_BATCH = 8 << 20  # a big member's data handed to the writer thread in pieces this big
 
 
-async def _flush_small(
-    loop: asyncio.AbstractEventLoop,
-    small: list[tuple[int, Path, bytes]],
-    found: list[Extracted],
-    staged: Staged,
-) -> None:
-    if not small:
-        return
-    batch = list(small)
-    small.clear()
-    written = await loop.run_in_executor(None, _write_small, batch)
-    for (i, target, _), w in zip(batch, written, strict=True):
-        if isinstance(w, OSError):
-            found[i] = attrs.evolve(found[i], path=None, error=_why(w))
-        else:
-            part, digest = w
-            staged.add(part, target)
-            found[i] = attrs.evolve(found[i], sha256=digest)
+_Written = list[tuple[Path, str] | OSError]  # per file: its hidden file and sha256, or why not
+
+
+class _SmallFiles:
+    """Small kept members, written in batches in threads while the archive is read on: a run
+    folder is a hundred small files or more, and creating them is most of what a small
+    copy-out does after the engine. Each batch's files are staged once it is written."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, found: list[Extracted], staged: Staged
+    ) -> None:
+        self.loop = loop
+        self.found = found
+        self.staged = staged
+        self.batch: list[tuple[int, Path, bytes]] = []  # (index in `found`, target, data)
+        self.bytes = 0
+        self.hops: deque[tuple[list[tuple[int, Path, bytes]], asyncio.Future[_Written]]] = deque()
+
+    async def add(self, index: int, target: Path, data: bytes) -> None:
+        """Write `data` to a hidden file beside `target`, for the file `found[index]`."""
+        self.batch.append((index, target, data))
+        self.bytes += len(data)
+        if len(self.batch) >= SMALL_FILES or self.bytes > SMALL_BATCH:
+            self._send()
+            while len(self.hops) > SMALL_HOPS:
+                await self._settle_oldest()
+
+    async def finish(self) -> None:
+        """Write what is left and wait for every batch."""
+        self._send()
+        while self.hops:
+            await self._settle_oldest()
+
+    async def abandon(self) -> None:
+        """Wait for the batches under way and stage what they wrote (for the caller to
+        discard): a thread's files are never left behind unknown."""
+        while self.hops:
+            batch, hop = self.hops.popleft()
+            try:
+                written = await asyncio.shield(hop)
+            except Exception:
+                continue  # it wrote nothing it kept (`_write_small` removes what failed)
+            self._stage(batch, written)
+
+    def _send(self) -> None:
+        if self.batch:
+            batch, self.batch, self.bytes = self.batch, [], 0
+            self.hops.append((batch, self.loop.run_in_executor(None, _write_small, batch)))
+
+    async def _settle_oldest(self) -> None:
+        batch, hop = self.hops[0]
+        try:
+            written = await asyncio.shield(hop)  # cancelled, the batch stays for `abandon`
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self.hops.popleft()
+            raise
+        self.hops.popleft()
+        self._stage(batch, written)
+
+    def _stage(self, batch: list[tuple[int, Path, bytes]], written: _Written) -> None:
+        found = self.found
+        for (i, target, _), w in zip(batch, written, strict=True):
+            if isinstance(w, OSError):
+                found[i] = attrs.evolve(found[i], path=None, error=_why(w))
+            else:
+                part, digest = w
+                self.staged.add(part, target)
+                found[i] = attrs.evolve(found[i], sha256=digest)
 
 
 async def _write_member(
@@ -484,10 +551,10 @@ def _discard(f: BinaryIO, part: Path) -> None:
     part.unlink(missing_ok=True)
 
 
-def _write_small(batch: list[tuple[int, Path, bytes]]) -> list[tuple[Path, str] | OSError]:
+def _write_small(batch: list[tuple[int, Path, bytes]]) -> _Written:
     # A run folder is a hundred small files or more: each takes the fewest system calls
     # (its folder made once per batch, no buffered file object).
-    out: list[tuple[Path, str] | OSError] = []
+    out: _Written = []
     made: set[Path] = set()
     for _, target, data in batch:
         part = target.parent / _part_name()
