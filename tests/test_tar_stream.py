@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from precheck.runner import tar_stream
 from precheck.runner.copy_out import _safe_relative
 from precheck.runner.tar_stream import (
     BLOCK,
@@ -621,4 +622,55 @@ async def test_a_cancelled_read_among_small_files_leaves_only_staged_files(
     assert written and all(p.name.endswith(".part") for p in written)
     assert written == sorted(part for part, _ in staged.parts)
     staged.discard()
+    assert files_in(tmp_path) == []
+
+
+async def test_placing_is_one_flush_for_the_files_and_what_is_made_from_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files take their names, `then` writes its file, and one flush covers them all."""
+    flushes: list[set[Path]] = []  # the files each flush of the folders was given
+    syncs: list[Path] = []  # each flush of the file system
+    real_folders, real_syncfs = tar_stream._sync_folders, tar_stream._syncfs
+
+    def counted(folders: set[Path], files: list[Path] | None = None) -> None:
+        flushes.append(set(files or []))
+        real_folders(folders, files)
+
+    def counted_syncfs(path: Path) -> bool:
+        syncs.append(path)
+        return real_syncfs(path)
+
+    monkeypatch.setattr(tar_stream, "_sync_folders", counted)
+    monkeypatch.setattr(tar_stream, "_syncfs", counted_syncfs)
+    archive = tar_bytes(run_folder(2 * SMALL_FILES), tarfile.PAX_FORMAT)
+    staged = Staged()
+    await extract_tar(chunked(archive), keep_under(tmp_path), staged)
+
+    def then() -> list[Path]:
+        assert (tmp_path / "step0" / "report0.txt").read_bytes() == b"report 0\n"  # named
+        made = tmp_path / "made.json"
+        made.write_text("{}")
+        return [made]
+
+    assert await staged.place(then) == {}
+    assert len(flushes) == 1 and len(syncs) == 1
+    assert flushes[0] == {tmp_path / name for name in files_under(tmp_path)}
+
+
+async def test_a_flush_that_fails_leaves_none_of_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refuses the flush: every file is reported with why, and none is left, named
+    or hidden."""
+
+    def refused(folders: set[Path], files: list[Path] | None = None) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(tar_stream, "_sync_folders", refused)
+    members = run_folder(SMALL_FILES + 1)
+    staged = Staged()
+    await extract_tar(chunked(tar_bytes(members, tarfile.PAX_FORMAT)), keep_under(tmp_path), staged)
+    failed = await staged.place()
+    assert failed == {tmp_path / info.name: "Input/output error" for info, _ in members}
     assert files_in(tmp_path) == []

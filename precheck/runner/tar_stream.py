@@ -155,13 +155,13 @@ async def extract_tar(
 ) -> list[Extracted]:
     """Read a tar stream; write each regular file that `keep(name, size)` gives a path for.
 
-    Every regular file is listed, kept or not; kept files are hashed as they are written and
-    appear at their path only once complete and on disk. With `staged`, they are only written
-    (hidden) and the caller places them all at once with `staged.place()`, one sync for many
-    files. A member not kept for which `stop(name, size)` is true ends the reading there
-    (its entry marked `cut_here`): reading past a big file costs more than asking again for
-    what follows it. Links and devices are ignored: a member can never write outside the
-    paths `keep` returns.
+    Every regular file is listed, kept or not; kept files are hashed as they are written,
+    appear at their path only once complete, and are on disk when this returns. With
+    `staged`, they are only written (hidden) and the caller places them all at once with
+    `staged.place()`, one flush for many files. A member not kept for which
+    `stop(name, size)` is true ends the reading there (its entry marked `cut_here`): reading
+    past a big file costs more than asking again for what follows it. Links and devices are
+    ignored: a member can never write outside the paths `keep` returns.
     """
     own = staged is None
     staged = Staged() if staged is None else staged
@@ -190,7 +190,7 @@ async def extract_tar(
 
 class Staged:
     """Kept files written in full under hidden temporary names beside their targets, not yet
-    synced nor named: `place` makes them all durable and gives them their names at once."""
+    synced nor named: `place` gives them their names and makes them all durable at once."""
 
     def __init__(self) -> None:
         self.parts: list[tuple[Path, Path]] = []  # (temporary file, target)
@@ -199,40 +199,34 @@ class Staged:
         self.parts.append((part, target))
 
     async def place(self, then: Callable[[], list[Path]] | None = None) -> dict[Path, str]:
-        """Sync the files, rename each to its target, sync the folders; the targets that
-        could not be placed, with why (none of them is left behind). `then`, when all were
-        renamed, writes files made from them (it returns their paths): synced with the
-        folders, in the same flush. Blocking work runs in a thread."""
+        """Give each file its target's name, then make them durable, names and data, in one
+        flush; the targets that could not be placed, with why (none of them is left behind).
+        `then`, when all were renamed, writes files made from them (it returns their paths):
+        synced with them, in the same flush. Blocking work runs in a thread.
+
+        One flush is as safe as a flush before the renames and one after: until the flush
+        returns, no event names these files, and a crash before it means the copy-out is done
+        again, each file replaced whole by its new copy."""
         return await asyncio.get_running_loop().run_in_executor(None, self._place, then)
 
     def _place(self, then: Callable[[], list[Path]] | None = None) -> dict[Path, str]:
         parts, self.parts = self.parts, []
         failed: dict[Path, str] = {}
-        if not parts:
-            if then is not None:
-                made = then()
-                if made:
-                    _sync_folders({p.parent for p in made}, made)
-            return failed
-        try:
-            _sync([p for p, _ in parts])  # the data is on disk before any file takes its name
-        except OSError as e:
-            for part, target in parts:
-                part.unlink(missing_ok=True)
-                failed[target] = _why(e)
-            return failed
         for part, target in parts:
             try:
                 os.replace(part, target)
             except OSError as e:
                 part.unlink(missing_ok=True)
                 failed[target] = _why(e)
+        placed = [target for _, target in parts if target not in failed]
         made = then() if then is not None and not failed else []
+        if not placed and not made:
+            return failed
         try:
-            # The names are on disk too before the event that lists them.
-            _sync_folders({t.parent for _, t in parts} | {p.parent for p in made}, made)
+            # Data and names on disk before the event that lists them.
+            _sync_folders({p.parent for p in placed + made}, placed + made)
         except OSError as e:
-            for _, target in parts:
+            for target in placed:
                 target.unlink(missing_ok=True)
                 failed[target] = _why(e)
         return failed
