@@ -165,22 +165,32 @@ async def bare_reads(image: str, run_dir: Path, run_id: str) -> list[float]:
         entries.append(Entry(name, path) if path.is_file() else Entry(name))
     for path in sorted((run_dir / "output").iterdir()):
         entries.append(Entry(f"{runs}/.output/{path.name}", path))
+    reads = await timed_reads(image, "bare", entries, RUNS_DIR, BARE_READS)
+    return [seconds for seconds, _ in reads]
+
+
+async def timed_reads(
+    image: str, name: str, entries: list[Entry], path: str, reads: int
+) -> list[tuple[float, int]]:
+    """Seconds and bytes of each of `reads` archive reads of `path` (bytes dropped) out of a
+    stopped container of `image` (named `name`) holding `entries`."""
     engine = Engine()
     docker = aiodocker.Docker()
     container_id = ""
     try:
         spec = {"Image": image, "Cmd": ["true"], "Labels": {"precheck.bench": TOKEN}}
-        container_id = await engine.create(f"{PREFIX}bare", spec)
+        container_id = await engine.create(f"{PREFIX}{name}", spec)
         await engine.put_archive(container_id, "/", write_tar(entries))
-        seconds = []
-        for _ in range(BARE_READS):
+        out = []
+        for _ in range(reads):
             t = time.perf_counter()
+            got = 0
             url = f"containers/{container_id}/archive"
-            async with docker._query(url, params={"path": RUNS_DIR}, timeout=LONG) as r:
-                async for _chunk in r.content.iter_any():
-                    pass
-            seconds.append(time.perf_counter() - t)
-        return seconds
+            async with docker._query(url, params={"path": path}, timeout=LONG) as r:
+                async for chunk in r.content.iter_any():
+                    got += len(chunk)
+            out.append((time.perf_counter() - t, got))
+        return out
     finally:
         if container_id:
             await engine.remove(container_id)
@@ -194,32 +204,12 @@ async def bare_reads(image: str, run_dir: Path, run_id: str) -> list[float]:
 async def raw_read(image: str, layout: Path) -> list[float]:
     """Seconds of each raw archive read of the 1 GiB file out of a stopped container."""
     name = "big.gds"
-    engine = Engine()
-    docker = aiodocker.Docker()
-    container_id = ""
-    try:
-        spec = {"Image": image, "Cmd": ["true"], "Labels": {"precheck.bench": TOKEN}}
-        container_id = await engine.create(f"{PREFIX}raw", spec)
-        entries = [Entry(OUTPUT_DIR.lstrip("/")), Entry(f"{OUTPUT_DIR.lstrip('/')}/{name}", layout)]
-        await engine.put_archive(container_id, "/", write_tar(entries))
-        seconds = []
-        for _ in range(RAW_READS):
-            t = time.perf_counter()
-            got = 0
-            path = f"containers/{container_id}/archive"
-            params = {"path": f"{OUTPUT_DIR}/{name}"}
-            async with docker._query(path, params=params, timeout=LONG) as r:
-                async for chunk in r.content.iter_any():
-                    got += len(chunk)
-            seconds.append(time.perf_counter() - t)
-            if got < BIG_BYTES:
-                raise RuntimeError(f"the raw read got {got} bytes")
-        return seconds
-    finally:
-        if container_id:
-            await engine.remove(container_id)
-        await engine.close()
-        await docker.close()
+    out = OUTPUT_DIR.lstrip("/")
+    entries = [Entry(out), Entry(f"{out}/{name}", layout)]
+    reads = await timed_reads(image, "raw", entries, f"{OUTPUT_DIR}/{name}", RAW_READS)
+    if any(got < BIG_BYTES for _, got in reads):
+        raise RuntimeError(f"a raw read got fewer than {BIG_BYTES} bytes: {reads}")
+    return [seconds for seconds, _ in reads]
 
 
 async def bench_big(tmp: Path, image: str, results: Results) -> None:
