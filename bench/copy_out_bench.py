@@ -6,9 +6,11 @@ Real Docker engine, the simulator image, the app in this process on 127.0.0.1.
    `/events?follow=1` opened right after the run is queued. Latency = receipt of `event: end`
    minus Docker's `State.FinishedAt` of the container (from the supervisor's own inspect; the
    `die` event's time is the fallback). p50 and p95 (target p50 <= 100 ms), and how it splits
-   (from a store listener: when `run.exited` and `run.outputs-stored` were applied). Then the
-   engine's own share: its `die` delay, and bare archive reads of the same runs folder out of a
-   stopped container of the image holding what the last run kept (bytes dropped).
+   (from a store listener: when `run.exited` and `run.outputs-stored` were applied; from the
+   server's own engine client: when the copy-out asked for the archive, when its first bytes
+   came and when its last bytes were read). Then the engine's own share: its `die` delay, and
+   bare archive reads of the same runs folder out of a stopped container of the image holding
+   what the last run kept (bytes dropped).
 2. A 1 GiB output layout: the raw archive read of one 1 GiB file out of a stopped container
    through aiodocker (the bytes read and dropped; a container of the same image the file was
    put into), against a run of a 1 GiB layout (its output layout is that size): State.FinishedAt
